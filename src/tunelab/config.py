@@ -1,0 +1,254 @@
+"""The run configuration: pydantic models with a docstring per field, loaded from YAML plus dotted overrides.
+
+Unknown keys and bad values become one `ConfigError` that names the key (and its line in the file), says what
+is wrong and suggests the closest valid key. Every field has a default except `data.train`, so a config that
+names only the training data is a complete config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import ConfigError, did_you_mean
+from tunelab.methods import METHOD_CONFIGS, MethodConfig
+from tunelab.schema import Section
+
+
+class ModelSection(Section):
+    source: str = "smollm2-135m"
+    """Embedded model name (`tunelab models`), a local Hugging Face folder, or a local `.gguf` file."""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Storage dtype of frozen weights. `auto`: bf16 when training in bf16 and the method freezes the base."""
+
+
+class DataSection(Section):
+    train: list[str]
+    """Training file(s): JSONL in OpenAI chat format (`messages`) or Alpaca (`instruction`/`input`/`output`)."""
+    validation: list[str] = []
+    """Validation file(s). When empty, `val_fraction` of the training rows is held out instead."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of training rows held out for validation when no validation file is given."""
+    format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion"] = "auto"
+    """Row format; `auto` detects it per file from the first valid row."""
+    max_length: int = Field(1024, ge=8)
+    """Maximum tokens per example after the chat template; longer rows are cut on the right."""
+    loss_on: Literal["assistant", "last", "all"] = "assistant"
+    """Which tokens carry loss: every assistant turn, only the last assistant turn, or every token."""
+    system_prompt: str | None = None
+    """System message added to rows that have none (otherwise the chat template's default applies)."""
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """Abort when more than this fraction of rows is rejected (rejects are always written to rejects.jsonl)."""
+
+    @field_validator("train", "validation", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class TrainingSection(Section):
+    epochs: int = Field(1, ge=1)
+    """Passes over the training data (ignored when `max_steps` is set)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps."""
+    batch_size: int = Field(8, ge=1)
+    """Examples per micro-batch on each device."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step; the loss is normalised over all target tokens of the step."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay, applied to matrices only (not to norms, biases or embeddings' scales)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warmup."""
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    """Warmup length as a fraction of all steps (`warmup_steps` wins when set)."""
+    warmup_steps: int | None = Field(None, ge=0)
+    """Warmup length in steps."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value; null disables clipping."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Compute precision. `auto`: bf16 autocast where the device supports it (trainable weights stay fp32)."""
+    seed: int = 42
+    """Seed for data order, splits, dropout and initialisation."""
+    eval_every: int | None = Field(None, ge=1)
+    """Evaluate validation loss every N steps (always at the end of each epoch and of training)."""
+    save_every: int | None = Field(None, ge=1)
+    """Write a resumable checkpoint every N steps (always at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many recent checkpoints to keep."""
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many evaluations without improving validation loss by `early_stopping_min_delta`."""
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    """Smallest validation-loss decrease that counts as an improvement."""
+    log_every: int = Field(10, ge=1)
+    """Write a metrics line every N steps."""
+    group_by_length: bool = True
+    """Batch examples of similar length together to cut padding (order stays random across batches)."""
+    num_threads: int | None = Field(None, ge=1)
+    """CPU threads for torch; default: all cores."""
+
+
+class EvalSection(Section):
+    baseline: bool = True
+    """Evaluate the base model before training, for the before/after table."""
+    generate: bool = True
+    """Generate answers for validation prompts and score exact match."""
+    max_examples: int | None = Field(200, ge=1)
+    """Cap on validation examples used for generation metrics."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Generation length limit."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts per generation batch."""
+    samples: int = Field(3, ge=0)
+    """Sample answers shown in the final report."""
+
+
+class OutputSection(Section):
+    dir: str = "runs"
+    """Folder that holds run folders."""
+    name: str | None = None
+    """Run folder name; default: the config file's name."""
+    overwrite: bool = False
+    """Replace an existing run folder of the same name instead of stopping."""
+
+
+class TunelabConfig(Section):
+    """A whole run."""
+
+    model: ModelSection = ModelSection()
+    data: DataSection
+    method: Annotated[MethodConfig, Field(discriminator="name")] = Field(
+        default_factory=lambda: METHOD_CONFIGS["lora"]()
+    )
+    training: TrainingSection = TrainingSection()
+    eval: EvalSection = EvalSection()
+    output: OutputSection = OutputSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_shorthand(cls, raw: Any) -> Any:
+        # `method: lora` is short for `method: {name: lora}`.
+        if isinstance(raw, dict) and isinstance(raw.get("method"), str):
+            raw = {**raw, "method": {"name": raw["method"]}}
+        return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> TunelabConfig:
+    """Read a YAML config, apply `key.sub=value` overrides and validate.
+
+    Relative data paths in the file are resolved against the file's folder; paths given in overrides against
+    the current folder.
+    """
+    raw: dict[str, Any] = dict(base or {})
+    lines: dict[str, int] = {}
+    where = "command line"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file '{path}' does not exist. Check the path, or run `tunelab init` first.")
+        text = path.read_text(encoding="utf-8")
+        try:
+            loaded = yaml.safe_load(text) or {}
+            lines = _key_lines(yaml.compose(text))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}. Fix the syntax (indentation, quotes, colons).") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, method, ...).")
+        raw.update(loaded)
+        _resolve_data_paths(raw, path.parent)
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return TunelabConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, where, lines)) from None
+
+
+def dump_config(cfg: TunelabConfig) -> str:
+    """The resolved config as YAML (every default written out), for the run folder."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"Override '{item}' must look like 'section.key=value', e.g. training.learning_rate=1e-4.")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str) and part == "method":
+            child = {"name": child}
+        if not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> None:
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("train", "validation"):
+        value = data.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            data[key] = [str(folder / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in value]
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """Map dotted keys to their 1-based line in the YAML text."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            dotted = f"{prefix}{key_node.value}"
+            out[dotted] = key_node.start_mark.line + 1
+            out.update(_key_lines(value_node, dotted + "."))
+    return out
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the section that holds the last element of `loc` (a location with the method tag removed)."""
+    model: type[BaseModel] | None = TunelabConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model else []
+
+
+def _explain(exc: ValidationError, where: str, lines: dict[str, int]) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        valid: list[str] | None = None
+        if len(loc) > 1 and loc[0] == "method" and loc[1] in METHOD_CONFIGS:
+            # pydantic puts the union's tag into the location: method.lora.r -> method.r
+            valid = list(METHOD_CONFIGS[loc[1]].model_fields)
+            loc = (loc[0], *loc[2:])
+        dotted = ".".join(str(p) for p in loc)
+        line = lines.get(dotted)
+        at = f"{where}:{line}" if line else where
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), valid if valid is not None else _valid_keys(loc))
+            problems.append(f"{at}: unknown key '{dotted}'.{hint}")
+        elif kind == "missing":
+            problems.append(f"{at}: '{dotted}' is required.")
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            tag = err.get("ctx", {}).get("tag", "")
+            hint = did_you_mean(str(tag), METHOD_CONFIGS)
+            problems.append(f"{at}: '{tag}' is not a method.{hint} Valid methods: {', '.join(METHOD_CONFIGS)}.")
+        else:
+            problems.append(f"{at}: '{dotted}': {err['msg']} (got {err.get('input')!r}).")
+    head = "The config has a problem" if len(problems) == 1 else f"The config has {len(problems)} problems"
+    return f"{head}: " + " ".join(problems) + " Fix the config (or the --set override) and run `tunelab validate` again."

@@ -1,0 +1,37 @@
+"""Errors a user can cause. The CLI prints them as one paragraph, without a traceback, and exits 2.
+
+Anything else that escapes is a bug in tunelab and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TunelabError(Exception):
+    """A mistake the user can fix: the message says what was wrong, where, and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(TunelabError):
+    """A config key or value is wrong."""
+
+
+class DataError(TunelabError):
+    """A data file is missing, unreadable, or has too many bad rows."""
+
+
+class ModelError(TunelabError):
+    """A model source cannot be found or loaded."""
+
+
+class RunError(TunelabError):
+    """A run folder is missing, incomplete, or cannot be resumed."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

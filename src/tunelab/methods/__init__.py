@@ -1,0 +1,21 @@
+"""Methods decide which weights learn. One module per method, one registry line per method.
+
+Each method module exposes `METHOD = Method(config=..., apply_=..., save=..., load_=...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from tunelab.methods import freeze, full, lora
+from tunelab.methods.base import Method, register
+
+METHODS: dict[str, Method] = {}
+register(METHODS, full.METHOD)
+register(METHODS, freeze.METHOD)
+register(METHODS, lora.METHOD)
+
+METHOD_CONFIGS = {name: method.config for name, method in METHODS.items()}
+MethodConfig = Union[tuple(METHOD_CONFIGS.values())]  # noqa: UP007 - built at run time from the registry
+
+__all__ = ["METHODS", "METHOD_CONFIGS", "Method", "MethodConfig"]

