@@ -13,7 +13,31 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from tunelab.models.load import CHATML_TEMPLATE
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-WORDS = "the a cat dog sat ran on mat red blue one two three four five six yes no what is color of sky".split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "mat",
+    "red",
+    "blue",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "yes",
+    "no",
+    "what",
+    "is",
+    "color",
+    "of",
+    "sky",
+]
 
 
 def corpus(n: int = 400, seed: int = 0) -> list[str]:
@@ -70,7 +94,11 @@ def write_color_task(path: Path, n: int, seed: int = 0) -> Path:
     with path.open("w") as fh:
         for _ in range(n):
             word = rng.choice(list(colors))
-            row = {"messages": [{"role": "user", "content": f"what is color of {word}"},
-                                {"role": "assistant", "content": colors[word]}]}
+            row = {
+                "messages": [
+                    {"role": "user", "content": f"what is color of {word}"},
+                    {"role": "assistant", "content": colors[word]},
+                ]
+            }
             fh.write(json.dumps(row) + "\n")
     return path

@@ -251,4 +251,6 @@ def _explain(exc: ValidationError, where: str, lines: dict[str, int]) -> str:
         else:
             problems.append(f"{at}: '{dotted}': {err['msg']} (got {err.get('input')!r}).")
     head = "The config has a problem" if len(problems) == 1 else f"The config has {len(problems)} problems"
-    return f"{head}: " + " ".join(problems) + " Fix the config (or the --set override) and run `tunelab validate` again."
+    return (
+        f"{head}: " + " ".join(problems) + " Fix the config (or the --set override) and run `tunelab validate` again."
+    )

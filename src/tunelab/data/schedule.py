@@ -29,7 +29,9 @@ def epoch_batches(
     if group_by_length:
         mega = batch_size * 64
         order = [
-            i for start in range(0, len(order), mega) for i in sorted(order[start : start + mega], key=lengths.__getitem__)
+            i
+            for start in range(0, len(order), mega)
+            for i in sorted(order[start : start + mega], key=lengths.__getitem__)
         ]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length and shuffle:

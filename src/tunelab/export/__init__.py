@@ -1,0 +1,1 @@
+"""Export trained results in formats other tools read."""

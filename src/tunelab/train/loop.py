@@ -1,0 +1,228 @@
+"""The training loop. One loop for every technique: they plug in as an objective, a method or a data schedule.
+
+Read top to bottom: restore → for each optimizer step: gather micro-batches, count target tokens, forward and
+backward each micro-batch with the loss normalised over the whole step, clip, step → log / evaluate / save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from tunelab.config import TrainingSection
+from tunelab.data.schedule import epoch_batches
+from tunelab.data.tokenize import Tokenized, collate
+from tunelab.objectives import Objective
+from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
+from tunelab.train.metrics import MetricsLog, peak_memory_mb
+from tunelab.train.optim import build_optimizer, build_scheduler
+from tunelab.train.progress import TrainProgress
+
+
+class TrainingModule(nn.Module):
+    """The model plus its objective, so that a distributed wrapper sees the whole loss computation as one
+    forward (DDP synchronises gradients through hooks on the wrapped module's forward)."""
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts = self.objective.loss(self.model, batch)
+        correct = parts.correct if parts.correct is not None else torch.zeros((), device=parts.loss_sum.device)
+        return parts.loss_sum, parts.count, correct
+
+
+@dataclass
+class FitResult:
+    steps: int
+    stopped_early: bool
+    best_val_loss: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast for matmuls; trainable weights and optimizer state stay fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def validation_metrics(
+    module: nn.Module, data: list[Tokenized], batch_size: int, pad_id: int, device: torch.device, bf16: bool
+) -> dict[str, float]:
+    """Token-averaged validation loss, perplexity and next-token accuracy over the whole set."""
+    was_training = module.training
+    module.eval()
+    loss_sum = count = correct = 0.0
+    order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        batch = collate([data[i] for i in order[start : start + batch_size]], pad_id)
+        with autocast(device, bf16):
+            loss, n, right = module({k: v.to(device) for k, v in batch.items()})
+        loss_sum, count, correct = loss_sum + float(loss), count + float(n), correct + float(right)
+    module.train(was_training)
+    mean = loss_sum / max(count, 1.0)
+    return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_token_acc": correct / max(count, 1.0)}
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    train: list[Tokenized],
+    val: list[Tokenized],
+    cfg: TrainingSection,
+    run_dir: Path,
+    *,
+    pad_id: int,
+    accelerator: Accelerator,
+    bf16: bool,
+    resume: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Train `model` in place on `train`, evaluating on `val`; checkpoints and metrics go to `run_dir`."""
+    device = accelerator.device
+    rank, world = accelerator.process_index, accelerator.num_processes
+    lengths = [len(t.input_ids) for t in train]
+    batches_per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, rank=rank, world_size=world))
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+
+    module = TrainingModule(model, objective)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    module, optimizer = accelerator.prepare(module, optimizer)
+
+    ckpt_dir = run_dir / "checkpoints"
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "best_val": None, "bad_evals": 0}
+    if resume and (latest := latest_checkpoint(ckpt_dir)) is not None:
+        state = load_checkpoint(latest, accelerator.unwrap_model(module).model, optimizer, scheduler)
+    # A resumed run drops the metric lines written after its checkpoint, so the file ends as if never killed.
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process, keep=state.get("metric_lines", 0))
+    step, epoch, stopped_early = state["step"], state["epoch"], False
+
+    def evaluate_and_maybe_stop() -> bool:
+        metrics = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16)
+        log.write({"step": step, "epoch": epoch, **metrics})
+        progress.note(f"step {step}: val_loss {metrics['val_loss']:.4f}  token_acc {metrics['val_token_acc']:.1%}")
+        best = state["best_val"]
+        if best is None or metrics["val_loss"] < best - cfg.early_stopping_min_delta:
+            state["best_val"], state["bad_evals"] = metrics["val_loss"], 0
+            if cfg.early_stopping_patience and accelerator.is_main_process:
+                _save_best(accelerator.unwrap_model(module).model, ckpt_dir)
+            return False
+        state["bad_evals"] += 1
+        return bool(cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience)
+
+    def checkpoint() -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(
+                ckpt_dir, step, accelerator.unwrap_model(module).model, optimizer, scheduler,
+                {**state, "step": step, "epoch": epoch, "metric_lines": len(log.lines)}, cfg.keep_checkpoints,
+            )  # fmt: skip
+        accelerator.wait_for_everyone()
+
+    module.train()
+    progress = TrainProgress(total_steps, start=step, enabled=accelerator.is_main_process)
+    window_tokens, window_start = 0, time.perf_counter()
+    with progress:
+        while step < total_steps and not stopped_early:
+            batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, rank=rank, world_size=world)
+            for start in range(state["micro"], len(batches), cfg.grad_accum):
+                group = [collate([train[i] for i in b], pad_id) for b in batches[start : start + cfg.grad_accum]]
+                # Normalise by the target tokens of the whole step on every process, so that accumulation and
+                # data parallelism give the same gradient as one big batch (DDP averages over processes).
+                step_tokens = sum(int((g["labels"][:, 1:] != -100).sum()) for g in group)
+                total_tokens = accelerator.reduce(torch.tensor(step_tokens, device=device), "sum").item()
+                step_loss = torch.zeros((), device=device)
+                for k, batch in enumerate(group):
+                    sync = k == len(group) - 1
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(module), autocast(device, bf16):
+                        loss_sum, _, _ = module({key: v.to(device) for key, v in batch.items()})
+                        loss = loss_sum * world / max(total_tokens, 1)
+                    accelerator.backward(loss)
+                    step_loss += loss_sum.detach()
+                    window_tokens += int(batch["attention_mask"].sum())
+                grad_norm = (
+                    accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+                    if cfg.max_grad_norm
+                    else _grad_norm(module)
+                )
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                state["micro"], state["step"] = start + cfg.grad_accum, step
+
+                if step % cfg.log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    mean_loss = accelerator.reduce(step_loss, "sum").item() / max(total_tokens, 1)
+                    tokens_per_s = window_tokens * world / max(elapsed, 1e-9)
+                    log.write(
+                        {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
+                         "tokens_per_s": tokens_per_s, "peak_mem_mb": peak_memory_mb(device)}
+                    )  # fmt: skip
+                    progress.update(step, loss=mean_loss, tokens_per_s=tokens_per_s)
+                    window_tokens, window_start = 0, time.perf_counter()
+                else:
+                    progress.update(step)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and val:
+                    stopped_early = evaluate_and_maybe_stop()
+                if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                    checkpoint()
+                if on_step is not None:
+                    on_step(step)
+                if step >= total_steps or stopped_early:
+                    break
+            else:
+                epoch, state["micro"] = epoch + 1, 0
+                state["epoch"] = epoch
+                if val and step < total_steps and not (cfg.eval_every and step % cfg.eval_every == 0):
+                    stopped_early = evaluate_and_maybe_stop()
+        if val:
+            final = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16)
+            log.write({"step": step, "epoch": epoch, "final": True, **final})
+        checkpoint()
+
+    if stopped_early and (ckpt_dir / "best.safetensors").is_file():
+        _load_best(accelerator.unwrap_model(module).model, ckpt_dir)
+    return FitResult(steps=step, stopped_early=stopped_early, best_val_loss=state["best_val"], history=log.lines)
+
+
+def _grad_norm(module: nn.Module) -> torch.Tensor:
+    grads = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
+
+
+def _save_best(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".best.tmp"
+    save_file(trainable_state(model), tmp)
+    tmp.replace(folder / "best.safetensors")
+
+
+def _load_best(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    params = dict(model.named_parameters())
+    for name, tensor in load_file(folder / "best.safetensors").items():
+        params[name].data.copy_(tensor)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All lines of a run's metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -1,0 +1,39 @@
+"""metrics.jsonl: one JSON object per line, appended as training goes."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class MetricsLog:
+    """Appends metric lines to a file. `keep` lines already in the file survive (a resumed run); the rest go."""
+
+    def __init__(self, path: Path, *, enabled: bool = True, keep: int = 0) -> None:
+        self.path = path
+        self.enabled = enabled
+        old = path.read_text().splitlines() if keep and path.is_file() else []
+        self.lines: list[dict[str, Any]] = [json.loads(line) for line in old[:keep]]
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(line) + "\n" for line in self.lines))
+
+    def write(self, line: dict[str, Any]) -> None:
+        self.lines.append(line)
+        if self.enabled:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: allocated GPU memory on CUDA, resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

@@ -1,0 +1,183 @@
+"""A whole run, top to bottom: setup → baseline evaluation → fit → save → final evaluation → report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.config import EvalSection, TunelabConfig, dump_config
+from tunelab.data.prepare import PreparedData, prepare_chat_data
+from tunelab.eval import generation_metrics, metrics_table, write_predictions
+from tunelab.methods import METHODS
+from tunelab.methods.base import trainable_parameters
+from tunelab.models import load_model, load_tokenizer, resolve_source
+from tunelab.objectives import OBJECTIVES
+from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder
+from tunelab.train.loop import TrainingModule, fit, validation_metrics
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    baseline: dict[str, float] | None
+    final: dict[str, float]
+    model: nn.Module
+    """The trained model in memory (adapter still attached), in eval mode."""
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 when asked, or under `auto` when the device has fast bf16 matmuls (recent GPUs, AVX512-BF16/AMX CPUs)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return (
+        device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def run_training(
+    cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console: Console | None = None
+) -> RunResult:
+    """Train as configured and return where the run is and its before/after metrics."""
+    console = console or Console()
+    accelerator = Accelerator()
+    main = accelerator.is_main_process
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    run_dir = run_folder(cfg, config_path, resume) if main else _wait_for_run_dir(cfg, config_path)
+    accelerator.wait_for_everyone()
+    if main:
+        (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+    set_seed(cfg.training.seed)
+
+    # Setup: data, model, method.
+    source = resolve_source(cfg.model.source)
+    tokenizer = load_tokenizer(source)
+    data = prepare_chat_data(cfg.data, tokenizer, cfg.training.seed, run_dir)
+    _print_data(console, data, main)
+    device = accelerator.device
+    bf16 = use_bf16(cfg.training.precision, device)
+    method = METHODS[cfg.method.name]
+    storage_bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and bf16 and method.freezes_base)
+    model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
+    model = method.apply_(model, cfg.method)
+    trainable, total = trainable_parameters(model)
+    if main:
+        console.print(
+            f"[bold]{cfg.method.name}[/]: {trainable:,} trainable of {total:,} parameters "
+            f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}"
+        )
+    objective = OBJECTIVES["sft"]
+
+    # Before training the model is the base model (LoRA's B starts at zero), so this is the baseline.
+    baseline_file = run_dir / "eval_baseline.json"
+    baseline = None
+    if cfg.eval.baseline:
+        if resume and baseline_file.is_file():
+            baseline = json.loads(baseline_file.read_text())
+        else:
+            baseline = evaluate(
+                model, objective, tokenizer, data, cfg, device, bf16, run_dir / "predictions_base.jsonl"
+            )
+            if main:
+                baseline_file.write_text(json.dumps(baseline, indent=2))
+
+    result = fit(
+        model, objective, data.train, data.val, cfg.training, run_dir,
+        pad_id=tokenizer.pad_token_id, accelerator=accelerator, bf16=bf16, resume=resume,
+    )  # fmt: skip
+
+    # Save first, evaluate second: a crash in evaluation must not lose the trained weights.
+    model = accelerator.unwrap_model(model)
+    if main:
+        saved = artifact_dir(run_dir, cfg.method.name)
+        method.save(model, saved)
+        tokenizer.save_pretrained(saved)
+    final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, run_dir / "predictions.jsonl")
+    final["steps"] = result.steps
+    if main:
+        (run_dir / "eval.json").write_text(json.dumps(final, indent=2))
+        _report(console, run_dir, baseline, final)
+    accelerator.wait_for_everyone()
+    return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model.eval())
+
+
+def evaluate(
+    model: nn.Module,
+    objective: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    cfg: TunelabConfig,
+    device: torch.device,
+    bf16: bool,
+    predictions_file: Path,
+) -> dict[str, float]:
+    """Validation loss/perplexity/token accuracy, plus generation metrics when `eval.generate` is on."""
+    if not data.val:
+        return {}
+    module = TrainingModule(model, objective)
+    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16)
+    if cfg.eval.generate and data.val_examples:
+        gen, predictions = _generate(model, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
+        metrics.update(gen)
+        write_predictions(predictions, predictions_file)
+    return metrics
+
+
+def _generate(model, tokenizer, examples, cfg: EvalSection, system_prompt, bf16) -> tuple[dict, list]:
+    return generation_metrics(
+        model, tokenizer, examples,
+        max_examples=cfg.max_examples, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        system_prompt=system_prompt, precision="bf16" if bf16 else "fp32",
+    )  # fmt: skip
+
+
+def _print_data(console: Console, data: PreparedData, main: bool) -> None:
+    if not main:
+        return
+    r = data.report
+    console.print(
+        f"data: {r['rows']:,} rows → {r['train_examples']:,} train / {r['val_examples']:,} validation, "
+        f"{r['rejected']:,} rejected" + (f" (see {r['rejects_file']})" if r["rejected"] else "")
+    )
+
+
+def _report(console: Console, run_dir: Path, baseline: dict | None, final: dict) -> None:
+    columns = {"base": baseline, "tuned": final} if baseline else {"tuned": final}
+    shown = {name: {k: v for k, v in m.items() if k != "steps"} for name, m in columns.items()}
+    console.print(metrics_table(shown, title=f"Validation: {run_dir}"))
+    _print_samples(console, run_dir)
+    console.print(f"run folder: {run_dir}")
+
+
+def _print_samples(console: Console, run_dir: Path, n: int = 3) -> None:
+    base_file, tuned_file = run_dir / "predictions_base.jsonl", run_dir / "predictions.jsonl"
+    if not tuned_file.is_file():
+        return
+    tuned = [json.loads(x) for x in tuned_file.read_text().splitlines()[:n]]
+    base = [json.loads(x) for x in base_file.read_text().splitlines()[:n]] if base_file.is_file() else []
+    for i, row in enumerate(tuned):
+        console.print(f"[bold]prompt[/]: {row['prompt'][:200]}")
+        console.print(f"  reference: {row['reference'][:200]}")
+        if i < len(base):
+            console.print(f"  base:      {base[i]['prediction'][:200]}")
+        console.print(f"  tuned:     {row['prediction'][:200]}")
+
+
+def _wait_for_run_dir(cfg: TunelabConfig, config_path: Path | None) -> Path:
+    name = cfg.output.name or (config_path.stem if config_path else "run")
+    return Path(cfg.output.dir) / name
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

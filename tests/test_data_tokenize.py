@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunelab.data.records import Example, Message
+from tunelab.data.schedule import epoch_batches
+from tunelab.data.tokenize import IGNORE, collate, tokenize_example
+from tunelab.models import load_tokenizer
+
+CONV = Example(
+    messages=[
+        Message("user", "what is color of cat"),
+        Message("assistant", "red"),
+        Message("user", "and dog"),
+        Message("assistant", "blue", trainable=True),
+    ],
+    origin="x:1",
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def trained_text(tokenizer, example: Example, **kwargs) -> str:
+    t = tokenize_example(example, tokenizer, max_length=512, **kwargs)
+    return tokenizer.decode([i for i, label in zip(t.input_ids, t.labels, strict=True) if label != IGNORE])
+
+
+def test_loss_only_on_assistant_turns_including_end_token(tokenizer) -> None:
+    assert trained_text(tokenizer, CONV) == "red<|im_end|>blue<|im_end|>"
+    assert trained_text(tokenizer, CONV, loss_on="last") == "blue<|im_end|>"
+    full = tokenize_example(CONV, tokenizer, max_length=512, loss_on="all")
+    assert all(label != IGNORE for label in full.labels)
+
+
+def test_weight_zero_and_system_prompt(tokenizer) -> None:
+    muted = Example(messages=[*CONV.messages[:1], Message("assistant", "red", trainable=False), *CONV.messages[2:]],
+                    origin="x:2")  # fmt: skip
+    assert trained_text(tokenizer, muted) == "blue<|im_end|>"
+    t = tokenize_example(CONV, tokenizer, max_length=512, system_prompt="be brief")
+    assert tokenizer.decode(t.input_ids).startswith("<|im_start|>system\nbe brief<|im_end|>")
+
+
+def test_truncation_that_leaves_no_answer_is_an_error(tokenizer) -> None:
+    with pytest.raises(ValueError, match="max_length=8"):
+        tokenize_example(CONV, tokenizer, max_length=8)
+
+
+def test_collate_pads_right_and_masks(tokenizer) -> None:
+    a = tokenize_example(CONV, tokenizer, 512)
+    b = tokenize_example(Example([Message("user", "hi"), Message("assistant", "yes")], "x:3"), tokenizer, 512)
+    batch = collate([a, b], pad_id=tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(a.input_ids))
+    assert int(batch["attention_mask"][1].sum()) == len(b.input_ids)
+    assert (batch["labels"][1, len(b.input_ids) :] == IGNORE).all()
+
+
+def test_epoch_batches_deterministic_complete_and_sharded() -> None:
+    lengths = [5, 50, 7, 48, 6, 49, 8, 47, 9, 46]
+    first = epoch_batches(lengths, 2, seed=1, epoch=0)
+    assert first == epoch_batches(lengths, 2, seed=1, epoch=0)
+    assert first != epoch_batches(lengths, 2, seed=1, epoch=1)
+    assert sorted(i for b in first for i in b) == list(range(10))
+    # grouped by length: each batch holds two short or two long rows
+    assert all(len({lengths[i] > 20 for i in b}) == 1 for b in first)
+    shards = [epoch_batches(lengths, 2, seed=1, epoch=0, rank=r, world_size=2) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 2
+    assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
