@@ -31,12 +31,12 @@ def test_misspelled_key_names_line_and_suggests(tmp_path: Path) -> None:
 def test_method_keys_are_checked_against_the_chosen_method(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
         load_config(write(tmp_path, "data: {train: x.jsonl}\nmethod: {name: lora, alpah: 8}\n"))
-    with pytest.raises(ConfigError, match="'lorra' is not a method. Did you mean 'lora'"):
+    with pytest.raises(ConfigError, match=r"'lorra' is not a method\. Did you mean 'lora'"):
         load_config(None, ["data.train=x", "method=lorra"])
 
 
 def test_bad_value_and_missing_data(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="training.batch_size"):
+    with pytest.raises(ConfigError, match=r"training\.batch_size"):
         load_config(None, ["data.train=x", "training.batch_size=0"])
     with pytest.raises(ConfigError, match="'data' is required"):
         load_config(write(tmp_path, "training: {epochs: 2}\n"))

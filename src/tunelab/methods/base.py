@@ -40,9 +40,9 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The transformer blocks: the largest ModuleList of same-type modules, with its dotted name."""
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
-                best = (name, module)
+        uniform = isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1
+        if uniform and (best is None or len(module) > len(best[1])):
+            best = (name, module)
     if best is None:
         raise ValueError(f"{type(model).__name__} has no list of transformer layers")
     return best

@@ -23,7 +23,7 @@ class FreezeConfig(Section):
 
 def apply_(model: nn.Module, cfg: FreezeConfig) -> nn.Module:
     freeze_all_(model)
-    prefix, layers = decoder_layers(model)
+    _, layers = decoder_layers(model)
     if cfg.top_k_layers > len(layers):
         raise ValueError(f"top_k_layers={cfg.top_k_layers} but the model has {len(layers)} layers")
     for layer in list(layers)[len(layers) - cfg.top_k_layers :]:
