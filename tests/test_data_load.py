@@ -26,14 +26,24 @@ def test_every_row_is_kept_or_rejected_with_line_and_reason(tmp_path: Path) -> N
     ]
     path.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode())  # BOM and CRLF
     result = load_examples([path])
-    assert len(result.examples) == 2 and len(result.rejects) == 6 and result.rows == 8
+    assert len(result.examples) == 1 and len(result.rejects) == 7 and result.rows == 8
     by_line = {r.origin.rsplit(":", 1)[1]: r.reason for r in result.rejects}
-    assert set(by_line) == {"2", "3", "4", "7", "8", "9"}
+    assert set(by_line) == {"2", "3", "4", "6", "7", "8", "9"}
     assert "malformed JSON" in by_line["2"]
     assert "'robot'" in by_line["3"]
     assert "no assistant turn" in by_line["4"]
-    assert "'output' must be a string" in by_line["7"]
-    assert result.examples[1].messages[0].content == "Add\n\n2 and 3"
+    # The format is detected per file from its first good row: an Alpaca row in a chat file is a bad chat row.
+    assert "'messages'" in by_line["6"]
+
+
+def test_alpaca_rows(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    rows = [{"instruction": "Add", "input": "2 and 3", "output": "5"}, {"instruction": "Add", "output": 5}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    result = load_examples([path])
+    assert result.formats[str(path)] == "alpaca"
+    assert result.examples[0].messages[0].content == "Add\n\n2 and 3"
+    assert "'output' must be a string" in result.rejects[0].reason and result.rejects[0].origin.endswith(":2")
 
 
 def test_invalid_utf8_line_is_rejected_not_fatal(tmp_path: Path) -> None:

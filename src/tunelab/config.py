@@ -133,9 +133,11 @@ class TunelabConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _method_shorthand(cls, raw: Any) -> Any:
-        # `method: lora` is short for `method: {name: lora}`.
+        # `method: lora` is short for `method: {name: lora}`; a method section without a name is the default, lora.
         if isinstance(raw, dict) and isinstance(raw.get("method"), str):
             raw = {**raw, "method": {"name": raw["method"]}}
+        if isinstance(raw, dict) and isinstance(raw.get("method"), dict) and "name" not in raw["method"]:
+            raw = {**raw, "method": {"name": "lora", **raw["method"]}}
         return raw
 
 
@@ -152,7 +154,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         path = Path(path)
         where = str(path)
         if not path.is_file():
-            raise ConfigError(f"Config file '{path}' does not exist. Check the path, or run `tunelab init` first.")
+            raise ConfigError(f"Config file '{path}' does not exist. Check the path.")
         text = path.read_text(encoding="utf-8")
         try:
             loaded = yaml.safe_load(text) or {}

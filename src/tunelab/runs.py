@@ -13,6 +13,7 @@ from tunelab.config import TunelabConfig, load_config
 from tunelab.errors import RunError
 from tunelab.methods import METHODS
 from tunelab.models import load_model, load_tokenizer
+from tunelab.models.load import tokenizer_from_folder
 
 CONFIG_FILE = "config.yaml"
 
@@ -64,4 +65,4 @@ def load_for_inference(spec: str, dtype: torch.dtype = torch.float32) -> tuple[n
         raise RunError(f"Run '{spec}' has no trained result in '{saved}': it did not finish. Resume it first.")
     method = METHODS[cfg.method.name]
     model = method.load_(load_model(cfg.model.source, dtype=dtype), saved)
-    return model.eval(), load_tokenizer(str(saved))
+    return model.eval(), tokenizer_from_folder(saved)

@@ -88,10 +88,15 @@ def resolve_source(spec: str) -> ModelSource:
 def load_tokenizer(source: ModelSource | str) -> PreTrainedTokenizerBase:
     """The source's tokenizer, with a pad token and a chat template (ChatML when the model has none)."""
     source = resolve_source(source) if isinstance(source, str) else source
-    tokenizer = AutoTokenizer.from_pretrained(source.materialize())
+    return tokenizer_from_folder(source.materialize(), chat=source.task == "causal-lm")
+
+
+def tokenizer_from_folder(folder: str | Path, chat: bool = True) -> PreTrainedTokenizerBase:
+    """A tokenizer saved in `folder` (a model folder, or an adapter folder saved with its tokenizer)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if source.task == "causal-lm" and not tokenizer.chat_template:
+    if chat and not tokenizer.chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 

@@ -156,7 +156,7 @@ def _print_data(console: Console, data: PreparedData, main: bool) -> None:
 def _report(console: Console, run_dir: Path, baseline: dict | None, final: dict) -> None:
     columns = {"base": baseline, "tuned": final} if baseline else {"tuned": final}
     shown = {name: {k: v for k, v in m.items() if k != "steps"} for name, m in columns.items()}
-    console.print(metrics_table(shown, title=f"Validation: {run_dir}"))
+    console.print(metrics_table(shown, title="Validation before and after training" if baseline else "Validation"))
     _print_samples(console, run_dir)
     console.print(f"run folder: {run_dir}")
 
