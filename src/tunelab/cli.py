@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from tunelab.errors import TunelabError
+from tunelab.export.cli import add_export_command
 
 console = Console()
 err_console = Console(stderr=True)
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system")
 
     add("models", cmd_models, "List the embedded models.")
+    add_export_command(sub)
     return parser
 
 
