@@ -1,0 +1,98 @@
+"""Several LoRA adapters on one base model, picked per request by the request's `model`.
+
+Adapters come from `--adapter name=path` at start and, at runtime, from one configured folder: a request for
+`model: "x"` loads `ADAPTER_DIR/x` on first use. Names are checked before they touch the file system (letters,
+digits, `._-`, no path separators, no `..`), the resolved folder must lie inside the adapter folder (no symlink
+escapes), and it must hold a PEFT adapter in safetensors: nothing else is ever opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from peft import PeftModel
+
+from tunelab.serve.engine import Engine
+from tunelab.serve.errors import APIError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_adapter_folder(path: Path) -> Path:
+    """`path` if it is a PEFT adapter in safetensors; raises ValueError saying what is missing otherwise."""
+    if not (path / "adapter_config.json").is_file() or not (path / "adapter_model.safetensors").is_file():
+        raise ValueError(
+            f"'{path}' is not a PEFT adapter in safetensors: it needs adapter_config.json and "
+            "adapter_model.safetensors (export one with `tunelab export RUN --format peft`)."
+        )
+    return path
+
+
+class Adapters:
+    """The model names a server answers to: the base and its adapters (loaded now or on first request)."""
+
+    def __init__(self, engine: Engine, base_name: str, adapter_dir: Path | None = None) -> None:
+        self.engine = engine
+        self.base_name = base_name
+        self.adapter_dir = adapter_dir.resolve() if adapter_dir else None
+        self.loaded: dict[str, Path] = {}
+        self._lock = asyncio.Lock()
+
+    def add_now(self, name: str, path: Path) -> None:
+        """Load an adapter before serving starts (blocks until the engine thread has loaded it)."""
+        if not NAME.match(name) or name == self.base_name:
+            raise ValueError(f"Adapter name '{name}' is not allowed: use letters, digits, '.', '_' or '-'.")
+        self.engine.call(lambda: self._load(name, check_adapter_folder(path))).result()
+
+    def names(self) -> list[str]:
+        """The base, the loaded adapters, then adapters in the folder that would load on first use."""
+        names = [self.base_name, *self.loaded]
+        if self.adapter_dir and self.adapter_dir.is_dir():
+            for entry in sorted(self.adapter_dir.iterdir()):
+                if entry.name not in names and self._in_folder(entry.name) is not None:
+                    names.append(entry.name)
+        return names
+
+    async def resolve(self, model: str) -> str | None:
+        """The adapter serving `model` (None for the base); loads it from the folder if needed, else 404."""
+        if model == self.base_name:
+            return None
+        if model in self.loaded:
+            return model
+        path = self._in_folder(model)
+        if path is None:
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist. Available models: {', '.join(self.names())} "
+                "(GET /v1/models lists them).",
+                param="model",
+                code="model_not_found",
+            )
+        async with self._lock:
+            if model not in self.loaded:
+                future = self.engine.call(lambda: self._load(model, path))
+                await asyncio.wrap_future(future)
+        return model
+
+    def _in_folder(self, name: str) -> Path | None:
+        if self.adapter_dir is None or not NAME.match(name) or ".." in name:
+            return None
+        path = (self.adapter_dir / name).resolve()
+        if path.parent != self.adapter_dir:
+            return None
+        try:
+            return check_adapter_folder(path)
+        except ValueError:
+            return None
+
+    def _load(self, name: str, path: Path) -> None:
+        # Runs on the engine thread: the model is never changed under a forward pass.
+        model = self.engine.model
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name).eval()
+            self.engine.set_model(model)
+        self.loaded[name] = path

@@ -1,0 +1,268 @@
+"""The OpenAI-compatible HTTP API (FastAPI): models, chat and text completions, embeddings, health, metrics.
+
+Bodies are read and validated here rather than by FastAPI's automatic parsing, so that every failure (bad JSON,
+wrong types, oversize bodies) gets OpenAI's error shape and status instead of FastAPI's 422 layout.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tunelab.serve.adapters import Adapters
+from tunelab.serve.config import ServeConfig
+from tunelab.serve.constraints import ConstraintCompiler
+from tunelab.serve.embeddings import Embedder
+from tunelab.serve.engine import Engine
+from tunelab.serve.errors import APIError
+from tunelab.serve.generation import (
+    Job,
+    build_specs,
+    chat_prompt,
+    complete,
+    completion_prompts,
+    response_schema,
+    stream,
+)
+from tunelab.serve.metrics import ServerMetrics
+from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/health", "/metrics")
+OPEN_ROUTES = ("/health", "/metrics")
+T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass
+class ServerState:
+    """Everything the routes use. `engine`/`adapters` serve a causal LM; `embedder` serves an encoder."""
+
+    config: ServeConfig
+    metrics: ServerMetrics
+    engine: Engine | None = None
+    adapters: Adapters | None = None
+    embedder: Embedder | None = None
+    embedding_name: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    _compiler: ConstraintCompiler | None = None
+
+    def compiler(self) -> ConstraintCompiler:
+        if self._compiler is None:
+            assert self.engine is not None
+            # The guide ends output with this token, which the engine treats as a stop.
+            tokenizer = self.engine.tokenizer
+            eos = tokenizer.eos_token_id if tokenizer.eos_token_id in self.engine.stops else min(self.engine.stops)
+            self._compiler = ConstraintCompiler(tokenizer, eos)
+        return self._compiler
+
+    def model_names(self) -> list[str]:
+        names = self.adapters.names() if self.adapters else []
+        return names + ([self.embedding_name] if self.embedding_name else [])
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The FastAPI application for `state` (run it with uvicorn)."""
+    app = FastAPI(title="tunelab", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.tunelab = state
+    app.add_middleware(_Guard, state=state)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"No route {request.method} {request.url.path}.", 405: "Method not allowed on this route."}
+        return APIError(exc.status_code, message.get(exc.status_code, str(exc.detail))).response()
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        return APIError(500, f"Internal server error: {type(exc).__name__}. The server logs have details.").response()
+
+    @app.get("/health")
+    async def health() -> dict:
+        engine = state.engine
+        return {"status": "ok", "models": state.model_names(), "queue_depth": engine.queue_depth if engine else 0}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [_model_card(state, name) for name in state.model_names()]}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str) -> dict:
+        if name not in state.model_names():
+            raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+        return _model_card(state, name)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> dict | StreamingResponse:
+        body = await _read(request, ChatCompletionRequest, state.config)
+        engine, adapter = await _generator(state, body.model)
+        prompt = chat_prompt(engine.tokenizer, body)
+        schema = response_schema(body)
+        specs = build_specs(
+            body, [prompt], engine.tokenizer, state.config, engine.context_length, state.compiler, adapter, schema
+        )
+        return await _respond(state, engine, Job("chat.completion", body.model, len(prompt), specs), body)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> dict | StreamingResponse:
+        body = await _read(request, CompletionRequest, state.config)
+        engine, adapter = await _generator(state, body.model)
+        if body.echo or body.suffix:
+            raise APIError(400, "`echo` and `suffix` are not supported; leave them unset.", param="echo")
+        prompts = completion_prompts(engine.tokenizer, body)
+        specs = build_specs(
+            body, prompts, engine.tokenizer, state.config, engine.context_length, state.compiler, adapter
+        )
+        job = Job("text_completion", body.model, sum(len(p) for p in prompts), specs)
+        return await _respond(state, engine, job, body)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> dict:
+        body = await _read(request, EmbeddingRequest, state.config)
+        embedder = _embedder(state, body.model)
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        if inputs and isinstance(inputs[0], int):
+            inputs = [inputs]
+        if not inputs or len(inputs) > state.config.max_embedding_inputs:
+            limit = state.config.max_embedding_inputs
+            raise APIError(400, f"input must hold 1 to {limit} items; got {len(inputs)}.", param="input")
+        if body.dimensions is not None and body.dimensions != embedder.dimensions:
+            raise APIError(400, f"This model's embeddings have {embedder.dimensions} dimensions.", param="dimensions")
+        vectors, tokens = await anyio.to_thread.run_sync(embedder.embed, inputs)
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return {"object": "list", "data": data, "model": body.model, "usage": usage}
+
+    return app
+
+
+async def _respond(state: ServerState, engine: Engine, job: Job, body: object) -> dict | StreamingResponse:
+    if state.metrics:
+        state.metrics.prompt_tokens.inc(job.prompt_tokens)
+    if getattr(body, "stream", False):
+        chunks = await stream(engine, job, state.config, body.include_usage_in_stream())
+        return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return await complete(engine, job, state.config)
+
+
+async def _generator(state: ServerState, model: str) -> tuple[Engine, str | None]:
+    if state.engine is None or state.adapters is None:
+        raise APIError(
+            400, f"'{model}' is an embedding model; it answers POST /v1/embeddings, not completions.", param="model"
+        )
+    if model == state.embedding_name:
+        raise APIError(400, f"'{model}' is an embedding model; use POST /v1/embeddings.", param="model")
+    return state.engine, await state.adapters.resolve(model)
+
+
+def _embedder(state: ServerState, model: str) -> Embedder:
+    if state.embedder is None:
+        raise APIError(
+            400, "This server has no embedding model; start it with --embedding-model (e.g. minilm-l6).", param="model"
+        )
+    if model != state.embedding_name:
+        raise APIError(
+            404, f"The embedding model '{model}' does not exist; this server embeds with '{state.embedding_name}'.",
+            param="model", code="model_not_found",
+        )  # fmt: skip
+    return state.embedder
+
+
+def _model_card(state: ServerState, name: str) -> dict:
+    return {"id": name, "object": "model", "created": state.created, "owned_by": "tunelab"}
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector
+
+
+async def _read(request: Request, schema: type[T], config: ServeConfig) -> T:
+    """The JSON body as `schema`; 413 past the size limit, 400 for bad JSON or wrong fields."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > config.max_body_bytes:
+            raise APIError(413, f"Request body is larger than {config.max_body_bytes} bytes.", code="body_too_large")
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        more = f" ({exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise APIError(400, f"Invalid value for '{param}': {first['msg']}{more}.", param=param) from None
+
+
+class _Guard:
+    """Pure ASGI middleware: API keys, the Content-Length limit, and metrics timed to the last byte sent."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        route = path if path in ROUTES else ("/v1/models/{name}" if path.startswith("/v1/models/") else "other")
+        started = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.state.metrics.observe(route, status, time.perf_counter() - started)
+
+        rejection = self._reject(scope, path)
+        if rejection is not None:
+            await rejection.response()(scope, receive, timed_send)
+            return
+        await self.app(scope, receive, timed_send)
+
+    def _reject(self, scope: Scope, path: str) -> APIError | None:
+        headers = dict(scope.get("headers") or [])
+        keys = self.state.config.api_keys
+        if keys and path not in OPEN_ROUTES:
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            token = auth[7:] if auth.lower().startswith("bearer ") else ""
+            # compare_digest: the time taken does not reveal how much of a key was right.
+            if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
+                what = "Invalid API key" if token else "Missing API key"
+                return APIError(401, f"{what}. Send it as `Authorization: Bearer KEY`.", code="invalid_api_key")
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.state.config.max_body_bytes:
+            limit = self.state.config.max_body_bytes
+            return APIError(413, f"Request body is larger than {limit} bytes.", code="body_too_large")
+        return None

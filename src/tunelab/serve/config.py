@@ -1,0 +1,25 @@
+"""The server's settings: limits and protection. The CLI flags of `tunelab serve` map one to one onto these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServeConfig:
+    api_keys: list[str] = field(default_factory=list)
+    """Accepted `Authorization: Bearer` keys; empty means no authentication (bind to 127.0.0.1 then)."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body; larger ones get 413."""
+    max_tokens_limit: int = 1024
+    """Largest `max_tokens` a request may ask for; more gets 400."""
+    default_max_tokens: int = 256
+    """`max_tokens` when a request gives none (capped by the context left after the prompt)."""
+    max_batch_size: int = 16
+    """Sequences decoded together in one forward pass."""
+    max_queue: int = 64
+    """Sequences waiting for a batch slot; past that, requests get 429."""
+    request_timeout: float = 120.0
+    """Seconds a request may take in all; then 504 (or an error event when streaming)."""
+    max_embedding_inputs: int = 256
+    """Most texts in one /v1/embeddings request."""

@@ -1,0 +1,52 @@
+"""Sentence embeddings from an encoder (e.g. the embedded all-MiniLM-L6-v2): mean pooling, then L2 norm.
+
+That is the pooling sentence-transformers uses for the MiniLM family, so vectors match theirs. Requests run one
+at a time under a lock, in a worker thread, in batches of `batch_size` texts.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+
+class Embedder:
+    """Turns texts (or token-id lists) into unit-length vectors."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+        self.dimensions = int(model.config.hidden_size)
+        self._lock = threading.Lock()
+
+    def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        """(one vector per input, in order; prompt tokens counted)."""
+        vectors: list[list[float]] = []
+        tokens = 0
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(inputs), self.batch_size):
+                chunk = inputs[start : start + self.batch_size]
+                batch = self._encode(chunk)
+                tokens += int(batch["attention_mask"].sum())
+                hidden = self.model(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                vectors.extend(F.normalize(pooled, dim=-1).tolist())
+        return vectors, tokens
+
+    def _encode(self, chunk: list[str] | list[list[int]]) -> dict[str, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        if chunk and isinstance(chunk[0], list):
+            ids = [list(x)[: self.max_length] for x in chunk]
+            batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        else:
+            batch = self.tokenizer(
+                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+        return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -1,0 +1,279 @@
+"""The generation engine: one worker thread runs every sequence in a continuously batched decode loop.
+
+HTTP handlers `submit` sequences and read `Event`s from an asyncio queue; the worker admits waiting sequences
+between decode steps (prefilled together, then joined to the running `Batch`), samples each row with its own
+settings, turns tokens into text, applies stop tokens, stop strings and `max_tokens`, and drops finished or
+cancelled rows. Throughput grows with load because one forward pass serves every row in flight.
+
+The model is touched only by this thread; `call` runs other model work (loading an adapter) between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.eval.generate import stop_token_ids
+from tunelab.serve.batch import Batch, prefill
+from tunelab.serve.metrics import ServerMetrics
+from tunelab.serve.sampling import Constraint, Sampler, SamplingParams
+
+log = logging.getLogger(__name__)
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
+
+
+class QueueFullError(Exception):
+    """More sequences are waiting than the engine's queue holds; the caller should answer 429."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """New text for choice `index`; `finish_reason` is set on its last event ("stop", "length" or "error")."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class Handle:
+    """One HTTP request's link to its sequences: events arrive on `events` in the server's event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = threading.Event()
+
+    def emit(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def cancel(self) -> None:
+        """Stop generating for this request (client gone, timeout); its rows leave at the next step."""
+        self.cancelled.set()
+
+
+@dataclass
+class SequenceSpec:
+    """What to generate for one choice."""
+
+    index: int
+    prompt: list[int]
+    params: SamplingParams
+    constraint: Constraint | None = None
+    adapter: str | None = None
+
+
+@dataclass
+class _Sequence:
+    spec: SequenceSpec
+    handle: Handle
+    sampler: Sampler
+    generated: list[int] = field(default_factory=list)
+    sent: int = 0
+    next_token: int = -1
+
+
+class Engine:
+    """Continuous-batching generation for one causal LM (optionally peft-wrapped with several LoRA adapters)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_batch_size: int = 16,
+        max_queue: int = 64,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.stops = set(stop_token_ids(model, tokenizer))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stops)
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self._waiting: deque[_Sequence] = deque()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._active: list[_Sequence] = []
+        self._batch = Batch(model)
+        self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
+
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    def set_model(self, model: nn.Module) -> None:
+        """Swap in a wrapped model (the base inside a PeftModel); only from the engine thread, via `call`."""
+        self.model = model
+        self._batch.model = model
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, specs: list[SequenceSpec], handle: Handle) -> None:
+        """Queue `specs` (one request's choices, all or none); raises `QueueFullError` when the queue is full."""
+        with self._wake:
+            if len(self._waiting) + len(specs) > self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} sequences already waiting (limit {self.max_queue})")
+            for spec in specs:
+                self._waiting.append(_Sequence(spec, handle, Sampler(spec.params, spec.constraint)))
+            self._report_queue()
+            self._wake.notify()
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run `fn` on the worker thread between decode steps (so it never races a forward pass)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._wake:
+            self._calls.append((fn, future))
+            self._wake.notify()
+        return future
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not (self._stopped or self._waiting or self._calls or self._active):
+                        self._wake.wait()
+                    if self._stopped:
+                        break
+                    calls = list(self._calls)
+                    self._calls.clear()
+                    room = self.max_batch_size - len(self._active)
+                    admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                    self._report_queue()
+                for fn, future in calls:
+                    _run_call(fn, future)
+                try:
+                    self._admit([s for s in admitted if not s.handle.cancelled.is_set()])
+                    if self._active:
+                        self._step()
+                except Exception as exc:  # a bug or out-of-memory: fail the rows in flight, keep serving
+                    log.exception("generation failed")
+                    for seq in [*self._active, *admitted]:
+                        seq.handle.emit(Event(seq.spec.index, "", "error", len(seq.generated), error=repr(exc)))
+                    self._active = []
+                    self._batch.keep([])
+
+    def _admit(self, new: list[_Sequence]) -> None:
+        if not new:
+            return
+        logits, cache, mask = prefill(self.model, [s.spec.prompt for s in new], self.pad_id, self._extra(new))
+        self._batch.join(cache, mask)
+        self._active.extend(new)
+        self._sample(new, logits)
+
+    def _step(self) -> None:
+        if self.metrics:
+            self.metrics.batch_size.observe(len(self._active))
+        logits = self._batch.step([s.next_token for s in self._active], self._extra(self._active))
+        self._sample(list(self._active), logits)
+
+    def _sample(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+        """Pick each row's next token (`logits` has one row per entry of `rows`), emit text, drop finished rows."""
+        finished: set[int] = set()
+        for offset, seq in enumerate(rows):
+            if seq.handle.cancelled.is_set():
+                finished.add(id(seq))
+                continue
+            token = seq.sampler.pick(logits[offset], seq.generated)
+            if self._advance(seq, token):
+                finished.add(id(seq))
+        if finished:
+            keep = [i for i, s in enumerate(self._active) if id(s) not in finished]
+            self._active = [self._active[i] for i in keep]
+            self._batch.keep(keep)
+
+    def _advance(self, seq: _Sequence, token: int) -> bool:
+        """Record `token` for `seq`, send the text that is safe to send; True when the sequence is done."""
+        params = seq.spec.params
+        if token in self.stops:
+            self._finish(seq, self._text(seq), "stop")
+            return True
+        seq.generated.append(token)
+        seq.next_token = token
+        if self.metrics:
+            self.metrics.tokens_generated.inc()
+        text = self._text(seq)
+        cut = _find_stop(text, params.stop, seq.sent)
+        if cut is not None:
+            self._finish(seq, text[:cut], "stop")
+            return True
+        constraint_done = seq.spec.constraint is not None and seq.spec.constraint.is_finished()
+        if constraint_done or len(seq.generated) >= params.max_tokens:
+            self._finish(seq, text, "stop" if constraint_done else "length")
+            return True
+        if len(seq.spec.prompt) + len(seq.generated) >= self.context_length:
+            self._finish(seq, text, "length")
+            return True
+        safe = len(text) - _held_back(text, params.stop)
+        if text[:safe].endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            safe -= 1
+        if safe > seq.sent:
+            seq.handle.emit(Event(seq.spec.index, text[seq.sent : safe], None, len(seq.generated)))
+            seq.sent = safe
+        return False
+
+    def _finish(self, seq: _Sequence, text: str, reason: str) -> None:
+        seq.handle.emit(Event(seq.spec.index, text[seq.sent :], reason, len(seq.generated)))
+
+    def _text(self, seq: _Sequence) -> str:
+        return self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+
+    def _extra(self, rows: list[_Sequence]) -> dict[str, Any]:
+        # peft routes each row through its own LoRA adapter when given one name per row.
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        return {"adapter_names": [s.spec.adapter or BASE_ADAPTER for s in rows]}
+
+    def _report_queue(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(len(self._waiting))
+
+
+def _run_call(fn: Callable[[], Any], future: concurrent.futures.Future) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
+def _find_stop(text: str, stops: list[str], sent: int) -> int | None:
+    """Where the first stop string starts in `text`, looking only where a new one could be."""
+    best: int | None = None
+    for stop in stops:
+        at = text.find(stop, max(0, sent - len(stop) + 1))
+        if at != -1 and (best is None or at < best):
+            best = at
+    return best
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters could be the start of a stop string (not sent until we know)."""
+    held = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:k]):
+                held = k
+                break
+    return held

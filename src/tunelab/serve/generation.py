@@ -1,0 +1,267 @@
+"""Turn an OpenAI completion request into engine sequences, and the engine's events into OpenAI responses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.serve.config import ServeConfig
+from tunelab.serve.constraints import ANY_OBJECT_SCHEMA, ConstraintCompiler, ConstraintError
+from tunelab.serve.engine import Engine, Event, Handle, QueueFullError, SequenceSpec
+from tunelab.serve.errors import APIError
+from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, GenerationFields
+from tunelab.serve.sampling import Constraint, SamplingParams
+
+JSON_OBJECT_SCHEMA = ANY_OBJECT_SCHEMA
+
+
+@dataclass
+class Job:
+    """One HTTP request's work: its prompts' token ids and the sequences to generate."""
+
+    kind: str  # "chat.completion" or "text_completion"
+    model: str
+    prompt_tokens: int
+    specs: list[SequenceSpec]
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, body: ChatCompletionRequest) -> list[int]:
+    """The conversation rendered with the model's chat template, plus the assistant prompt, as token ids."""
+    if body.tools:
+        raise APIError(
+            400, "Tool calling is not supported by this server; send the request without `tools`.", param="tools"
+        )
+    messages = []
+    for i, message in enumerate(body.messages):
+        if message.role == "tool":
+            raise APIError(
+                400, "Messages with role 'tool' are not supported (no tool calling).", param=f"messages[{i}]"
+            )
+        role = "system" if message.role == "developer" else message.role
+        messages.append({"role": role, "content": message.text()})
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # jinja templates raise their own errors for conversations they refuse
+        raise APIError(400, f"The model's chat template rejected these messages: {exc}", param="messages") from None
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def completion_prompts(tokenizer: PreTrainedTokenizerBase, body: CompletionRequest) -> list[list[int]]:
+    """Each prompt of a /v1/completions request as token ids (text is tokenized with the model's own BOS rules)."""
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        prompts: list = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not prompts:
+        raise APIError(400, "prompt is empty; give a string, a list of strings or token ids.", param="prompt")
+    out = []
+    vocab = len(tokenizer)
+    for p in prompts:
+        ids = tokenizer(p)["input_ids"] if isinstance(p, str) else list(p)
+        if any(not 0 <= i < vocab for i in ids):
+            raise APIError(400, f"prompt holds token ids outside the vocabulary (0..{vocab - 1}).", param="prompt")
+        out.append(ids)
+    return out
+
+
+def build_specs(
+    body: GenerationFields,
+    prompts: list[list[int]],
+    tokenizer: PreTrainedTokenizerBase,
+    config: ServeConfig,
+    context_length: int,
+    compiler: Callable[[], ConstraintCompiler],
+    adapter: str | None,
+    response_schema: str | None = None,
+) -> list[SequenceSpec]:
+    """n sequences per prompt, with max_tokens checked against the limits and the model's context."""
+    if body.logprobs:
+        raise APIError(400, "logprobs are not supported by this server; leave `logprobs` unset.", param="logprobs")
+    wanted = body.wanted_tokens()
+    if wanted is not None and wanted > config.max_tokens_limit:
+        raise APIError(
+            400, f"max_tokens is {wanted}, more than this server's limit of {config.max_tokens_limit}. Ask for fewer.",
+            param="max_tokens", code="max_tokens_too_large",
+        )  # fmt: skip
+    vocab = len(tokenizer)
+    bias = {int(k): v for k, v in (body.logit_bias or {}).items()}
+    if any(k >= vocab for k in bias):
+        raise APIError(400, f"logit_bias names token ids outside the vocabulary (0..{vocab - 1}).", param="logit_bias")
+    banned = _banned_sequences(tokenizer, body.banned_words or [])
+    specs = []
+    for p, prompt in enumerate(prompts):
+        room = context_length - len(prompt)
+        if room <= 0 or (wanted is not None and wanted > room):
+            raise APIError(
+                400, f"This model's context is {context_length} tokens; the prompt has {len(prompt)} and "
+                f"max_tokens asks for {wanted or 1} more. Shorten the prompt or lower max_tokens.",
+                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )  # fmt: skip
+        for j in range(body.n):
+            params = SamplingParams(
+                max_tokens=wanted or min(config.default_max_tokens, room),
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=None if body.seed is None else body.seed + j,
+                stop=list(body.stop or []),
+                logit_bias=bias,
+                banned=banned,
+            )
+            constraint = _constraint(body, compiler, response_schema)
+            specs.append(SequenceSpec(p * body.n + j, prompt, params, constraint, adapter))
+    return specs
+
+
+def response_schema(body: ChatCompletionRequest) -> str | None:
+    """The JSON schema `response_format` asks for, as text (None for plain text)."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return JSON_OBJECT_SCHEMA
+    if fmt.json_schema is None or not fmt.json_schema.schema_:
+        raise APIError(400, "response_format json_schema needs `json_schema.schema`.", param="response_format")
+    return json.dumps(fmt.json_schema.schema_)
+
+
+def _constraint(
+    body: GenerationFields, compiler: Callable[[], ConstraintCompiler], schema: str | None
+) -> Constraint | None:
+    if schema is not None and body.regex:
+        raise APIError(400, "Give either response_format or regex, not both.", param="regex")
+    try:
+        if schema is not None:
+            return compiler().json_schema(schema)
+        if body.regex:
+            return compiler().regex(body.regex)
+    except ConstraintError as exc:
+        raise APIError(400, str(exc), param="regex" if body.regex else "response_format") from None
+    return None
+
+
+def _banned_sequences(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[list[int]]:
+    # A word can be spelled by several tokenizations; block the usual ones: bare, after a space, capitalised.
+    sequences: list[list[int]] = []
+    for word in words:
+        for variant in {word, f" {word}", word.capitalize(), f" {word.capitalize()}"}:
+            ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if ids and ids not in sequences:
+                sequences.append(ids)
+    return sequences
+
+
+def submit(engine: Engine, specs: list[SequenceSpec]) -> Handle:
+    handle = Handle(asyncio.get_running_loop())
+    try:
+        engine.submit(specs, handle)
+    except QueueFullError as exc:
+        raise APIError(429, f"The server is busy ({exc}). Retry after a short wait.", code="queue_full") from None
+    return handle
+
+
+async def events(handle: Handle, count: int, deadline: float) -> AsyncIterator[Event]:
+    """The events of `count` sequences until each has finished; raises TimeoutError past `deadline`."""
+    open_ = count
+    try:
+        while open_:
+            event = await asyncio.wait_for(handle.events.get(), timeout=max(0.0, deadline - time.monotonic()))
+            if event.finish_reason is not None:
+                open_ -= 1
+            yield event
+    finally:
+        if open_:
+            handle.cancel()
+
+
+async def complete(engine: Engine, job: Job, config: ServeConfig) -> dict:
+    """The whole response body for a non-streaming request."""
+    handle = submit(engine, job.specs)
+    texts = [""] * len(job.specs)
+    reasons: list[str | None] = [None] * len(job.specs)
+    tokens = [0] * len(job.specs)
+    try:
+        async for event in events(handle, len(job.specs), time.monotonic() + config.request_timeout):
+            if event.error:
+                raise APIError(500, f"Generation failed: {event.error}", code="generation_failed")
+            texts[event.index] += event.text
+            tokens[event.index] = event.completion_tokens
+            reasons[event.index] = event.finish_reason or reasons[event.index]
+    except TimeoutError:
+        raise APIError(
+            504, f"Generation took longer than {config.request_timeout:.0f}s; ask for fewer tokens."
+        ) from None
+    choices = []
+    for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
+        if job.kind == "chat.completion":
+            message = {"role": "assistant", "content": text, "refusal": None}
+            choices.append({"index": i, "message": message, "finish_reason": reason, "logprobs": None})
+        else:
+            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
+    return {**_envelope(job), "choices": choices, "usage": _usage(job, sum(tokens))}
+
+
+async def stream(engine: Engine, job: Job, config: ServeConfig, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events for a streaming request, ending with `data: [DONE]`."""
+    handle = submit(engine, job.specs)
+
+    async def body() -> AsyncIterator[str]:
+        head = _envelope(job, chunk=True)
+        tokens = [0] * len(job.specs)
+        if job.kind == "chat.completion":
+            for spec in job.specs:
+                yield _sse({**head, "choices": [_chunk_choice(job, spec.index, "", None, role=True)]})
+        try:
+            async for event in events(handle, len(job.specs), time.monotonic() + config.request_timeout):
+                if event.error:
+                    yield _sse(APIError(500, f"Generation failed: {event.error}").body())
+                    break
+                tokens[event.index] = event.completion_tokens
+                if event.text or event.finish_reason:
+                    choice = _chunk_choice(job, event.index, event.text, event.finish_reason)
+                    yield _sse({**head, "choices": [choice]})
+        except TimeoutError:
+            yield _sse(APIError(504, f"Generation took longer than {config.request_timeout:.0f}s.").body())
+        if include_usage:
+            yield _sse({**head, "choices": [], "usage": _usage(job, sum(tokens))})
+        yield "data: [DONE]\n\n"
+
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for piece in body():
+                yield piece
+        finally:
+            handle.cancel()  # the client went away or the stream ended: stop generating either way
+
+    return guarded()
+
+
+def _chunk_choice(job: Job, index: int, text: str, reason: str | None, role: bool = False) -> dict:
+    if job.kind == "chat.completion":
+        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+        return {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
+    return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+
+
+def _envelope(job: Job, chunk: bool = False) -> dict:
+    prefix = "chatcmpl" if job.kind == "chat.completion" else "cmpl"
+    obj = job.kind + (".chunk" if chunk and job.kind == "chat.completion" else "")
+    return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": obj, "created": int(time.time()), "model": job.model}
+
+
+def _usage(job: Job, completion_tokens: int) -> dict:
+    total = job.prompt_tokens + completion_tokens
+    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

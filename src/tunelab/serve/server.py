@@ -1,0 +1,117 @@
+"""Build a server from a model spec and run it: with uvicorn in the foreground (`tunelab serve`) or in a
+background thread (tests, benchmarks, `tunelab chat --url` demos)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import uvicorn
+
+from tunelab.errors import TunelabError
+from tunelab.serve.adapters import Adapters
+from tunelab.serve.app import ServerState, create_app
+from tunelab.serve.config import ServeConfig
+from tunelab.serve.embeddings import Embedder
+from tunelab.serve.engine import Engine
+from tunelab.serve.loading import load_served
+from tunelab.serve.metrics import ServerMetrics
+
+
+class ServeError(TunelabError):
+    """The server cannot start as asked (bad adapter, embedding model that is not an encoder, ...)."""
+
+
+def build_state(
+    spec: str,
+    config: ServeConfig | None = None,
+    *,
+    adapters: dict[str, Path] | None = None,
+    adapter_dir: Path | None = None,
+    embedding_model: str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    int8: bool = False,
+    trust_remote_code: bool = False,
+    name: str | None = None,
+) -> ServerState:
+    """Load `spec` (and an optional embedding model) and start its engine; the result feeds `create_app`."""
+    config = config or ServeConfig()
+    state = ServerState(config=config, metrics=ServerMetrics())
+    served = load_served(spec, dtype=dtype, trust_remote_code=trust_remote_code, name=name)
+    if served.task == "encoder":
+        if adapters or adapter_dir:
+            raise ServeError(f"'{spec}' is an encoder (embeddings only); adapters are served on causal LMs.")
+        state.embedder, state.embedding_name = Embedder(served.model, served.tokenizer), served.name
+        return state
+    model = served.model
+    if int8:
+        from tunelab.export.int8 import quantize_int8_
+
+        model = quantize_int8_(model)
+    engine = Engine(
+        model, served.tokenizer, max_batch_size=config.max_batch_size, max_queue=config.max_queue, metrics=state.metrics
+    ).start()
+    state.engine = engine
+    state.adapters = Adapters(engine, served.name, adapter_dir)
+    for adapter_name, path in {**served.adapters, **(adapters or {})}.items():
+        try:
+            state.adapters.add_now(adapter_name, Path(path))
+        except ValueError as exc:
+            engine.stop()
+            raise ServeError(f"Cannot serve adapter '{adapter_name}': {exc}") from None
+    if embedding_model:
+        extra = load_served(embedding_model, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        if extra.task != "encoder":
+            raise ServeError(f"--embedding-model '{embedding_model}' is not an encoder; give one such as minilm-l6.")
+        state.embedder, state.embedding_name = Embedder(extra.model, extra.tokenizer), extra.name
+    return state
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    """A server running in a background thread; `stop()` shuts it down and stops its engine."""
+
+    url: str
+    state: ServerState
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        if self.state.engine:
+            self.state.engine.stop()
+
+
+def serve_in_thread(state: ServerState, host: str = "127.0.0.1", port: int | None = None) -> RunningServer:
+    """Start uvicorn for `state` in a daemon thread and wait until it accepts connections."""
+    port = port or free_port(host)
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="tunelab-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.02)
+    return RunningServer(f"http://{host}:{port}", state, server, thread)
+
+
+def serve_forever(state: ServerState, host: str, port: int) -> None:
+    """Run uvicorn in the foreground until Ctrl-C."""
+    try:
+        uvicorn.run(create_app(state), host=host, port=port, log_level="info", timeout_keep_alive=30)
+    finally:
+        if state.engine:
+            state.engine.stop()
