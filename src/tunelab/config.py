@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from tunelab.data.config import DataSection
 from tunelab.errors import ConfigError, did_you_mean
 from tunelab.methods import METHOD_CONFIGS, MethodConfig
 from tunelab.schema import Section
@@ -23,30 +24,6 @@ class ModelSection(Section):
     """Embedded model name (`tunelab models`), a local Hugging Face folder, or a local `.gguf` file."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Storage dtype of frozen weights. `auto`: bf16 when training in bf16 and the method freezes the base."""
-
-
-class DataSection(Section):
-    train: list[str]
-    """Training file(s): JSONL in OpenAI chat format (`messages`) or Alpaca (`instruction`/`input`/`output`)."""
-    validation: list[str] = []
-    """Validation file(s). When empty, `val_fraction` of the training rows is held out instead."""
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    """Fraction of training rows held out for validation when no validation file is given."""
-    format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion"] = "auto"
-    """Row format; `auto` detects it per file from the first valid row."""
-    max_length: int = Field(1024, ge=8)
-    """Maximum tokens per example after the chat template; longer rows are cut on the right."""
-    loss_on: Literal["assistant", "last", "all"] = "assistant"
-    """Which tokens carry loss: every assistant turn, only the last assistant turn, or every token."""
-    system_prompt: str | None = None
-    """System message added to rows that have none (otherwise the chat template's default applies)."""
-    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    """Abort when more than this fraction of rows is rejected (rejects are always written to rejects.jsonl)."""
-
-    @field_validator("train", "validation", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
 
 class TrainingSection(Section):

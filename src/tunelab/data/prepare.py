@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.config import DataSection
+from tunelab.data.config import DataSection
 from tunelab.data.load import LoadResult, check_bad_fraction, load_examples
 from tunelab.data.records import Example, Reject, write_rejects
 from tunelab.data.split import random_split

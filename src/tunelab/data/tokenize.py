@@ -67,6 +67,23 @@ def loss_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], loss
     return full, spans
 
 
+def token_length(example: Example, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None) -> int:
+    """How many tokens the record takes (chat: after the chat template; preference: prompt plus the longer
+    answer; classification: the text and its pair; pairs: the longest text)."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    if example.kind == "chat":
+        return count(render(tokenizer, with_system(example.messages, system_prompt)))
+    if example.kind == "preference":
+        prompt = render(tokenizer, with_system(example.messages, system_prompt), add_generation_prompt=True)
+        return count(prompt) + max(count(example.chosen), count(example.rejected))
+    if example.kind == "pairs":
+        return max(count(t) for t in (example.anchor, example.positive, example.negative))
+    return count(example.text) + (count(example.text_pair) if example.text_pair else 0)
+
+
 def tokenize_example(
     example: Example,
     tokenizer: PreTrainedTokenizerBase,

@@ -1,0 +1,105 @@
+"""The `data` section of a run config. Each field's docstring is its help text and the wording of its errors."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from tunelab.schema import Section
+
+FormatName = Literal[
+    "auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "openai_preference",
+    "classification", "pairs",
+]  # fmt: skip
+
+
+class CleanSection(Section):
+    """Text normalisation, duplicate removal and noise filters. Removed records go to removed.jsonl."""
+
+    unicode: Literal["NFKC", "NFC", "none"] = "NFKC"
+    """Unicode normalisation of every text. NFKC also folds compatibility forms (full-width letters, ligatures,
+    superscripts: 'x²' becomes 'x2'); use NFC to keep those."""
+    whitespace: bool = True
+    """Unify line endings, drop trailing spaces and runs of blank lines, strip both ends (inner spaces are kept)."""
+    remove_control: bool = True
+    """Remove control characters (except tab and newline) and zero-width characters."""
+    strip_html: bool = False
+    """Remove HTML tags, scripts and comments, and decode entities (&amp; -> &)."""
+    pii: list[Literal["email", "phone", "ip"]] = []
+    """Personal data to mask: e-mail addresses -> [EMAIL], phone numbers -> [PHONE], IP addresses -> [IP]."""
+    dedup: Literal["off", "exact", "near"] = "off"
+    """Duplicate removal: `exact` (same text after normalising Unicode and spacing), `near` (exact, then MinHash
+    near duplicates at `near_threshold`). The first occurrence is kept."""
+    near_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """Jaccard similarity of character n-gram sets (lower case, punctuation removed) from which two records
+    are near duplicates."""
+    near_ngram: int = Field(5, ge=1, le=32)
+    """Characters per shingle for near-duplicate detection."""
+    num_perm: int = Field(128, ge=16, le=1024)
+    """MinHash permutations (more: fewer missed near duplicates, slower)."""
+    min_chars: int | None = Field(None, ge=0)
+    """Remove records with fewer characters than this (all texts together)."""
+    max_chars: int | None = Field(None, ge=1)
+    """Remove records with more characters than this (all texts together)."""
+    min_tokens: int | None = Field(None, ge=0)
+    """Remove records with fewer tokens than this (after the chat template)."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Remove records with more tokens than this (after the chat template), instead of truncating them."""
+    max_repeated_ngram_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    """Remove records where more than this share of the word 3-grams repeat an earlier one (degenerate loops)."""
+    max_non_letter_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    """Remove records where more than this share of the non-space characters are not letters."""
+    drop_trivial_answers: bool = False
+    """Remove records whose answer has no letter or digit, is a placeholder (N/A, TODO), or is shorter than
+    `min_answer_chars`."""
+    min_answer_chars: int = Field(1, ge=1)
+    """With `drop_trivial_answers`: the shortest answer kept, in characters."""
+
+
+class DataSection(Section):
+    train: list[str]
+    """Training file(s), folder(s) or glob patterns: JSON Lines, JSON, CSV/TSV, Parquet or .txt (gzip allowed).
+    Formats are detected per file: chat (`messages`), ShareGPT (`conversations`), Alpaca (`instruction`),
+    prompt/completion, text, preference (`chosen`/`rejected`, or OpenAI's `preferred_output`), classification
+    (`text` + `label`), embedding pairs (`anchor`/`positive`)."""
+    validation: list[str] = []
+    """Validation file(s). When empty, `val_fraction` of the training rows is held out instead."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of training rows held out for validation when no validation file is given."""
+    format: FormatName = "auto"
+    """Row format of every file; `auto` detects it per file (the most common format among its first rows)."""
+    text_unit: Literal["line", "paragraph", "document"] = "line"
+    """How a .txt file is cut into records: each line, each blank-line-separated paragraph, or the whole file."""
+    max_row_chars: int = Field(1_000_000, ge=1)
+    """Rows with more characters than this (all texts together) are absurdly long; see `long_rows`."""
+    long_rows: Literal["reject", "truncate"] = "reject"
+    """What happens to rows over `max_row_chars`: rejected (listed in rejects.jsonl), or kept with every text
+    cut to `max_row_chars` characters (counted in the report)."""
+    max_length: int = Field(1024, ge=8)
+    """Maximum tokens per example after the chat template; see `truncation` for longer ones."""
+    truncation: Literal["right", "left", "reject"] = "right"
+    """Examples longer than `max_length` tokens: cut the end (`right`), cut the start (`left`, keeps the last
+    answer), or reject them (listed in rejects.jsonl)."""
+    loss_on: Literal["assistant", "last", "all"] = "assistant"
+    """Which tokens carry loss: every assistant turn, only the last assistant turn, or every token."""
+    system_prompt: str | None = None
+    """System message added to rows that have none (otherwise the chat template's default applies)."""
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """Abort when more than this fraction of rows is rejected (rejects are always written to rejects.jsonl)."""
+    clean: CleanSection = CleanSection()
+    """Normalisation, deduplication and noise filters."""
+    contamination: Literal["off", "warn", "remove"] = "warn"
+    """Check validation rows against training rows (exact and near duplicates at `clean.near_threshold`):
+    `warn` reports the overlap, `remove` also drops the overlapping rows from training."""
+    num_proc: int = Field(1, ge=1)
+    """Processes for reading, cleaning and tokenizing."""
+    cache: bool = True
+    """Reuse a prepared dataset with the same fingerprint (files, data settings, tokenizer)."""
+    cache_dir: str | None = None
+    """Where prepared datasets are cached; default `$TUNELAB_HOME/data`."""
+
+    @field_validator("train", "validation", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value

@@ -1,0 +1,305 @@
+"""Stage one of preparing data, shared by `data inspect` and `data prepare`: read, validate and clean every
+file, streaming, and keep per record only what deduplication needs later (a content hash and MinHash band
+keys, on disk) next to the cleaned records (an Arrow file, memory-mapped when read back).
+
+Memory stays flat in the number of rows: rows flow through in chunks, rejects and removed rows are written
+out as they come, and the only per-row state is 8 bytes of hash in memory plus 8 bytes per LSH band on disk.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tunelab.data.clean import Cleaner, CleanStats
+from tunelab.data.config import CleanSection
+from tunelab.data.dedup import (
+    MinHasher,
+    band_keys,
+    exact_duplicates,
+    exact_hash,
+    jaccard,
+    near_duplicates,
+    near_text,
+    optimal_bands,
+    shingle_batch,
+    shingles,
+)
+from tunelab.data.load import FileInfo, LoadOptions, stream_files
+from tunelab.data.records import Example, JsonlWriter, Reject, Removed
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("trainable", pa.bool_())])
+SCHEMA = pa.schema(
+    [("messages", pa.list_(MESSAGE)), ("origin", pa.string()), ("meta", pa.string()), ("kind", pa.string())]
+    + [(name, pa.string()) for name in ("text", "text_pair", "chosen", "rejected", "anchor", "positive", "negative")]
+    + [("label", pa.string()), ("task", pa.string()), ("synthetic", pa.bool_())]
+)
+"""Arrow schema of canonical records (`Example.to_row()`)."""
+
+
+@dataclass(frozen=True)
+class NearParams:
+    """MinHash settings; the same for every file of a run so that band keys can be compared across files."""
+
+    num_perm: int = 128
+    ngram: int = 5
+    threshold: float = 0.8
+
+    @cached_property
+    def bands(self) -> tuple[int, int]:
+        return optimal_bands(self.threshold, self.num_perm)
+
+
+@dataclass
+class ChunkOut:
+    """What one chunk of rows became, computed in a worker process."""
+
+    rejects: list[Reject]
+    removed: list[Removed]
+    batch: pa.RecordBatch
+    exact: np.ndarray
+    bands: np.ndarray | None
+    chars: np.ndarray
+    stats: CleanStats
+
+
+class ChunkProcessor:
+    """Clean a chunk of converted rows and hash what survives (picklable: it runs in worker processes)."""
+
+    def __init__(self, clean: CleanSection, near: NearParams | None) -> None:
+        self.cleaner = Cleaner(clean)
+        self.near = near
+
+    def __call__(self, items: list[Example | Reject]) -> ChunkOut:
+        stats = CleanStats()
+        rejects, removed, kept = [], [], []
+        for item in items:
+            if isinstance(item, Reject):
+                rejects.append(item)
+                continue
+            cleaned = self.cleaner.clean(item, stats)
+            (removed if isinstance(cleaned, Removed) else kept).append(cleaned)
+        bands = None
+        if self.near is not None:
+            hasher = MinHasher(self.near.num_perm, self.near.ngram)
+            hashes, counts = shingle_batch([near_text(e) for e in kept], self.near.ngram)
+            bands = band_keys(hasher.signatures(hashes, counts), *self.near.bands)
+        return ChunkOut(
+            rejects=rejects, removed=removed,
+            batch=pa.RecordBatch.from_pylist([e.to_row() for e in kept], schema=SCHEMA),
+            exact=np.fromiter((exact_hash(e) for e in kept), dtype=np.int64, count=len(kept)),
+            bands=bands, chars=np.fromiter((len(e.content()) for e in kept), dtype=np.int64, count=len(kept)),
+            stats=stats,
+        )  # fmt: skip
+
+
+@dataclass
+class Ingested:
+    """Cleaned records of one set of files (train, or validation), and what happened to the other rows."""
+
+    folder: Path
+    count: int = 0
+    files: list[FileInfo] = field(default_factory=list)
+    rejected: int = 0
+    first_rejects: list[Reject] = field(default_factory=list)
+    removed: Counter[str] = field(default_factory=Counter)
+    clean: CleanStats = field(default_factory=CleanStats)
+    exact: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    chars: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    near: NearParams | None = None
+
+    @property
+    def records_path(self) -> Path:
+        return self.folder / "records.arrow"
+
+    @property
+    def rows(self) -> int:
+        """Rows read from the files (kept, rejected or removed)."""
+        return sum(f.rows for f in self.files)
+
+    def table(self) -> pa.Table:
+        """The cleaned records, memory-mapped."""
+        with pa.memory_map(str(self.records_path)) as source:
+            return pa.ipc.open_stream(source).read_all()
+
+    def band_column(self, band: int) -> np.ndarray:
+        return np.fromfile(self.folder / f"band{band}.i64", dtype=np.int64)
+
+
+def ingest(
+    paths: list[str | Path],
+    folder: Path,
+    options: LoadOptions,
+    clean: CleanSection,
+    *,
+    rejects: JsonlWriter,
+    removed: JsonlWriter,
+    near: NearParams | None,
+    num_proc: int = 1,
+    keep_going: bool = False,
+) -> Ingested:
+    """Read, validate and clean `paths` into `folder` (records.arrow, band keys); rejects and removed rows are
+    written as they come. With `keep_going`, unreadable files are reported in their `FileInfo` instead of
+    raising."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = Ingested(folder=folder, near=near)
+    processor = ChunkProcessor(clean, near)
+    exact, chars = [], []
+    band_files = [(folder / f"band{b}.i64").open("wb") for b in range(near.bands[0])] if near else []
+    try:
+        with pa.OSFile(str(out.records_path), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+            for info, chunks in stream_files(paths, options, keep_going=keep_going, num_proc=num_proc, then=processor):
+                out.files.append(info)
+                for chunk in chunks:
+                    _absorb(chunk, out, writer, band_files, rejects, removed, exact, chars)
+    finally:
+        for fh in band_files:
+            fh.close()
+    out.exact = np.concatenate(exact) if exact else out.exact
+    out.chars = np.concatenate(chars) if chars else out.chars
+    return out
+
+
+def _absorb(chunk: ChunkOut, out: Ingested, writer, band_files, rejects, removed, exact, chars) -> None:
+    for r in chunk.rejects:
+        rejects.write(r)
+    for r in chunk.removed:
+        removed.write(r)
+    out.rejected += len(chunk.rejects)
+    out.first_rejects += chunk.rejects[: max(0, 3 - len(out.first_rejects))]
+    out.clean.merge(chunk.stats)
+    out.removed.update(chunk.stats.removed)
+    if chunk.batch.num_rows:
+        writer.write_batch(chunk.batch)
+    out.count += chunk.batch.num_rows
+    exact.append(chunk.exact)
+    chars.append(chunk.chars)
+    if chunk.bands is not None:
+        for b, fh in enumerate(band_files):
+            np.ascontiguousarray(chunk.bands[:, b]).tofile(fh)
+
+
+class RowTexts:
+    """Shingle sets of records read back by index (only rows that LSH makes candidates are ever read)."""
+
+    def __init__(self, sources: list[tuple[pa.Table, np.ndarray | None]], ngram: int) -> None:
+        # Each source is a table and the indices into it that the combined numbering covers (None: all rows).
+        self.parts = []
+        for table, idx in sources:
+            self.parts.append((table, np.arange(table.num_rows) if idx is None else idx))
+        self.offsets = np.cumsum([0] + [len(idx) for _, idx in self.parts])
+        self.ngram = ngram
+        self.cache: dict[int, np.ndarray] = {}
+
+    def row(self, i: int) -> dict:
+        part = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        table, idx = self.parts[part]
+        return table.slice(int(idx[i - self.offsets[part]]), 1).to_pylist()[0]
+
+    def shingles(self, i: int) -> np.ndarray:
+        if i not in self.cache:
+            if len(self.cache) > 100_000:
+                self.cache.clear()
+            self.cache[i] = shingles(near_text(Example.from_row(self.row(i))), self.ngram)
+        return self.cache[i]
+
+    def similarity(self, i: int, j: int) -> float:
+        return jaccard(self.shingles(i), self.shingles(j))
+
+
+@dataclass
+class Duplicates:
+    """Rows to drop as duplicates: index -> (index of the kept row, similarity; 1.0 for exact)."""
+
+    exact: dict[int, tuple[int, float]] = field(default_factory=dict)
+    near: dict[int, tuple[int, float]] = field(default_factory=dict)
+
+    def all(self) -> dict[int, tuple[int, float]]:
+        return {**self.exact, **self.near}
+
+
+def find_duplicates(ing: Ingested, mode: str) -> Duplicates:
+    """Exact duplicates (`mode` exact or near) and then near duplicates (`mode` near) among one ingest's rows."""
+    found = Duplicates()
+    if mode == "off" or ing.count < 2:
+        return found
+    found.exact = {i: (j, 1.0) for i, j in exact_duplicates(ing.exact).items()}
+    if mode == "near" and ing.near is not None:
+        texts = RowTexts([(ing.table(), None)], ing.near.ngram)
+        found.near = near_duplicates(
+            ing.band_column, ing.near.bands[0], texts.similarity, ing.near.threshold, skip=set(found.exact)
+        )
+    return found
+
+
+def removed_rows(table: pa.Table, dups: dict[int, tuple[int, float]], name: str) -> Iterator[Removed]:
+    """`Removed` entries for duplicate rows, naming the row each one duplicates."""
+    for i in sorted(dups):
+        j, sim = dups[i]
+        row = table.slice(i, 1).to_pylist()[0]
+        kept = table.slice(j, 1).to_pylist()[0]["origin"]
+        how = "exact duplicate" if name == "exact_duplicate" else f"near duplicate (Jaccard {sim:.2f})"
+        yield Removed(origin=row["origin"], filter=name, reason=f"{how} of {kept}", record=row)
+
+
+@dataclass
+class Overlap:
+    """Contamination between two sets: rows of each side that have an exact or near duplicate on the other."""
+
+    left: dict[int, tuple[int, float]] = field(default_factory=dict)
+    right: dict[int, tuple[int, float]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        exact = sum(1 for _, s in self.right.values() if s >= 1.0)
+        return {"validation_rows": len(self.right), "exact": exact, "near": len(self.right) - exact,
+                "train_rows": len(self.left)}  # fmt: skip
+
+
+def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, np.ndarray], near: bool) -> Overlap:
+    """Rows of `left` (training) and `right` (validation) that duplicate a row on the other side; each side is
+    an ingest and the indices of its rows that belong to the set."""
+    (li, lidx), (ri, ridx) = left, right
+    overlap = Overlap()
+    lhash, rhash = li.exact[lidx], ri.exact[ridx]
+    for mine, theirs, out in ((rhash, lhash, overlap.right), (lhash, rhash, overlap.left)):
+        order = np.argsort(theirs, kind="stable")  # stable: the first of equal hashes is found first
+        ordered = theirs[order]
+        pos = np.minimum(np.searchsorted(ordered, mine), max(len(ordered) - 1, 0))
+        hit = np.flatnonzero(ordered[pos] == mine) if len(ordered) else np.zeros(0, dtype=np.int64)
+        out.update({int(k): (int(order[pos[k]]), 1.0) for k in hit})
+    if not near or li.near is None or not len(lidx) or not len(ridx):
+        return overlap
+    n = len(lidx)
+    texts = RowTexts([(li.table(), lidx), (ri.table(), ridx)], li.near.ngram)
+
+    def column(band: int) -> np.ndarray:
+        return np.concatenate([li.band_column(band)[lidx], ri.band_column(band)[ridx]])
+
+    for band in range(li.near.bands[0]):
+        keys = column(band)
+        order = np.argsort(keys, kind="stable")
+        starts = np.flatnonzero(np.diff(keys[order]) != 0) + 1
+        for group in np.split(order, starts):
+            lefts = [int(i) for i in group if i < n]
+            rights = [int(i) for i in group if i >= n]
+            for r in rights:
+                for m in lefts:
+                    if r - n in overlap.right and m in overlap.left:
+                        continue
+                    sim = texts.similarity(m, r)
+                    if sim >= li.near.threshold:
+                        overlap.right.setdefault(r - n, (m, sim))
+                        overlap.left.setdefault(m, (r - n, sim))
+    return overlap
+
+
+def index_origin(table: pa.Table) -> Callable[[int], str]:
+    """A function from row index to its origin, reading one row at a time."""
+    column = table.column("origin")
+    return lambda i: column[i].as_py()
