@@ -15,9 +15,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from tunelab.data.cli import add_data_commands
 from tunelab.errors import TunelabError
 from tunelab.export.cli import add_export_command
+from tunelab.serve.cli import add_serve_command
 
 console = Console()
 err_console = Console(stderr=True)
@@ -105,11 +105,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
+    from functools import partial
+
     from tunelab.data.records import Message
     from tunelab.eval import stream_reply
     from tunelab.runs import load_for_inference
+    from tunelab.serve.client import stream_remote_reply
 
-    model, tokenizer = load_for_inference(args.model)
+    if args.url:  # a running `tunelab serve` (or any OpenAI-compatible server); MODEL is the served model id
+        key = args.api_key or os.environ.get("TUNELAB_API_KEY")
+        reply_to = partial(stream_remote_reply, args.url, args.model, max_tokens=args.max_new_tokens, api_key=key)
+    else:
+        model, tokenizer = load_for_inference(args.model)
+        reply_to = partial(stream_reply, model, tokenizer, max_new_tokens=args.max_new_tokens)
     history: list[Message] = []
     console.print("Chat with the model. Empty line or Ctrl-D to quit; /reset clears the conversation.")
     while True:
@@ -125,10 +133,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         history.append(Message("user", text))
         console.print("[bold green]model> [/]", end="")
         reply = ""
-        for piece in stream_reply(
-            model, tokenizer, history, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            system_prompt=args.system,
-        ):  # fmt: skip
+        for piece in reply_to(history, temperature=args.temperature, system_prompt=args.system):
             reply += piece
             console.print(piece, end="", markup=False, highlight=False)
         console.print()
@@ -192,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--system")
+    p.add_argument("--url", help="talk to a running server (e.g. http://127.0.0.1:8000); MODEL is its model id")
+    p.add_argument("--api-key", help="Bearer key for --url (default: $TUNELAB_API_KEY)")
 
     add("models", cmd_models, "List the embedded models.")
     add_export_command(sub)
-    add_data_commands(sub)
+    add_serve_command(sub)
     return parser
 
 
