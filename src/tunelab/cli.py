@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from tunelab.data.cli import add_data_commands
 from tunelab.errors import TunelabError
 from tunelab.export.cli import add_export_command
 from tunelab.serve.cli import add_serve_command
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("models", cmd_models, "List the embedded models.")
     add_export_command(sub)
     add_serve_command(sub)
+    add_data_commands(sub)
     return parser
 
 
