@@ -152,6 +152,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         plain.tie_weights()
     if tokenizer.eos_token_id is not None:
         plain.generation_config.eos_token_id = tokenizer.eos_token_id
-        plain.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        plain.generation_config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
