@@ -78,8 +78,9 @@ class EvalSection(Section):
     """Generate answers for validation prompts and score exact match."""
     max_examples: int | None = Field(200, ge=1)
     """Cap on validation examples used for generation metrics."""
-    max_new_tokens: int = Field(128, ge=1)
-    """Generation length limit."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Generation length limit. Default: twice the longest reference answer (in tokens) plus 16, at most 512 —
+    a base model that rambles costs time, and tokens past that cannot turn into an exact match."""
     batch_size: int = Field(16, ge=1)
     """Prompts per generation batch."""
     samples: int = Field(3, ge=0)

@@ -108,7 +108,7 @@ def run_training(
     final["steps"] = result.steps
     if main:
         (run_dir / "eval.json").write_text(json.dumps(final, indent=2))
-        _report(console, run_dir, baseline, final)
+        _report(console, run_dir, baseline, final, cfg.eval.samples)
     accelerator.wait_for_everyone()
     return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model.eval())
 
@@ -138,9 +138,18 @@ def evaluate(
 def _generate(model, tokenizer, examples, cfg: EvalSection, system_prompt, bf16) -> tuple[dict, list]:
     return generation_metrics(
         model, tokenizer, examples,
-        max_examples=cfg.max_examples, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-        system_prompt=system_prompt, precision="bf16" if bf16 else "fp32",
+        max_examples=cfg.max_examples, max_new_tokens=generation_budget(cfg, tokenizer, examples),
+        batch_size=cfg.batch_size, system_prompt=system_prompt, precision="bf16" if bf16 else "fp32",
     )  # fmt: skip
+
+
+def generation_budget(cfg: EvalSection, tokenizer: PreTrainedTokenizerBase, examples: list) -> int:
+    """`eval.max_new_tokens`, or twice the longest reference answer plus 16 tokens (at most 512)."""
+    if cfg.max_new_tokens is not None:
+        return cfg.max_new_tokens
+    chosen = examples[: cfg.max_examples] if cfg.max_examples else examples
+    longest = max(len(tokenizer(e.prompt_and_answer()[1], add_special_tokens=False)["input_ids"]) for e in chosen)
+    return min(512, 2 * longest + 16)
 
 
 def _print_data(console: Console, data: PreparedData, main: bool) -> None:
@@ -153,15 +162,15 @@ def _print_data(console: Console, data: PreparedData, main: bool) -> None:
     )
 
 
-def _report(console: Console, run_dir: Path, baseline: dict | None, final: dict) -> None:
+def _report(console: Console, run_dir: Path, baseline: dict | None, final: dict, samples: int) -> None:
     columns = {"base": baseline, "tuned": final} if baseline else {"tuned": final}
     shown = {name: {k: v for k, v in m.items() if k != "steps"} for name, m in columns.items()}
     console.print(metrics_table(shown, title="Validation before and after training" if baseline else "Validation"))
-    _print_samples(console, run_dir)
+    _print_samples(console, run_dir, samples)
     console.print(f"run folder: {run_dir}")
 
 
-def _print_samples(console: Console, run_dir: Path, n: int = 3) -> None:
+def _print_samples(console: Console, run_dir: Path, n: int) -> None:
     base_file, tuned_file = run_dir / "predictions_base.jsonl", run_dir / "predictions.jsonl"
     if not tuned_file.is_file():
         return
