@@ -13,6 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from tests.tiny import build_tiny_llama
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.server import build_state, serve_in_thread
 
@@ -37,6 +38,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     make_adapter(tiny_model_dir, tmp / "adapters" / "blue", seed=1)
     make_adapter(tiny_model_dir, tmp / "adapters" / "green", seed=2)
     make_adapter(tiny_model_dir, tmp / "outside", seed=3)
+    make_adapter(build_tiny_llama(tmp / "wider", hidden=64), tmp / "adapters" / "mismatch", seed=5)
     state = build_state(
         str(tiny_model_dir), ServeConfig(max_batch_size=8), dtype=torch.float32, name="tiny",
         adapters={"red": make_adapter(tiny_model_dir, tmp / "red", seed=4)}, adapter_dir=tmp / "adapters",
@@ -55,7 +57,8 @@ def client(server) -> openai.OpenAI:
 
 def test_lists_models(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["tiny", "red", "blue", "green", "minilm-l6"]  # base, loaded adapter, folder adapters, encoder
+    # base, loaded adapter, folder adapters (sorted), encoder
+    assert ids == ["tiny", "red", "blue", "green", "mismatch", "minilm-l6"]
     assert "outside" not in ids
 
 
@@ -169,6 +172,13 @@ def test_adapter_names_cannot_escape_the_folder(client: openai.OpenAI) -> None:
         with pytest.raises(openai.NotFoundError) as caught:
             client.completions.create(model=name, prompt="x", max_tokens=1)
         assert caught.value.body["code"] == "model_not_found"
+
+
+def test_adapter_for_another_base_is_a_clear_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="mismatch", prompt="x", max_tokens=1)
+    assert caught.value.body["code"] == "adapter_load_failed"
+    assert client.completions.create(model="blue", prompt="x", max_tokens=1).choices  # others still work
 
 
 def test_embeddings(client: openai.OpenAI) -> None:

@@ -73,7 +73,13 @@ class Adapters:
         async with self._lock:
             if model not in self.loaded:
                 future = self.engine.call(lambda: self._load(model, path))
-                await asyncio.wrap_future(future)
+                try:
+                    await asyncio.wrap_future(future)
+                except Exception as exc:  # e.g. an adapter trained on another base: shapes do not match
+                    raise APIError(
+                        400, f"The adapter '{model}' cannot be loaded onto this server's base model: {exc}",
+                        param="model", code="adapter_load_failed",
+                    ) from None  # fmt: skip
         return model
 
     def _in_folder(self, name: str) -> Path | None:
@@ -91,7 +97,12 @@ class Adapters:
         # Runs on the engine thread: the model is never changed under a forward pass.
         model = self.engine.model
         if isinstance(model, PeftModel):
-            model.load_adapter(str(path), adapter_name=name)
+            try:
+                model.load_adapter(str(path), adapter_name=name)
+            except Exception:
+                if name in model.peft_config:  # a half-loaded adapter must not linger
+                    model.delete_adapter(name)
+                raise
         else:
             model = PeftModel.from_pretrained(model, str(path), adapter_name=name).eval()
             self.engine.set_model(model)

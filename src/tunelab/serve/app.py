@@ -115,8 +115,12 @@ def create_app(state: ServerState) -> FastAPI:
         engine, adapter = await _generator(state, body.model)
         prompt = chat_prompt(engine.tokenizer, body)
         schema = response_schema(body)
-        specs = build_specs(
-            body, [prompt], engine.tokenizer, state.config, engine.context_length, state.compiler, adapter, schema
+        # In a worker thread: compiling a new JSON schema against a large vocabulary can take a second or more,
+        # and the event loop must keep serving other requests meanwhile.
+        specs = await anyio.to_thread.run_sync(
+            lambda: build_specs(
+                body, [prompt], engine.tokenizer, state.config, engine.context_length, state.compiler, adapter, schema
+            )
         )
         return await _respond(state, engine, Job("chat.completion", body.model, len(prompt), specs), body)
 
@@ -127,8 +131,10 @@ def create_app(state: ServerState) -> FastAPI:
         if body.echo or body.suffix:
             raise APIError(400, "`echo` and `suffix` are not supported; leave them unset.", param="echo")
         prompts = completion_prompts(engine.tokenizer, body)
-        specs = build_specs(
-            body, prompts, engine.tokenizer, state.config, engine.context_length, state.compiler, adapter
+        specs = await anyio.to_thread.run_sync(
+            lambda: build_specs(
+                body, prompts, engine.tokenizer, state.config, engine.context_length, state.compiler, adapter
+            )
         )
         job = Job("text_completion", body.model, sum(len(p) for p in prompts), specs)
         return await _respond(state, engine, job, body)
