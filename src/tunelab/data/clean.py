@@ -47,8 +47,9 @@ _WORDS = re.compile(r"\w+")
 TRIVIAL_ANSWERS = {"n/a", "na", "null", "nan", "none.", "todo", "tbd", "lorem ipsum", "...", "-", "?"}
 
 
-def normalise(text: str, unicode_form: str = "NFKC", whitespace: bool = True, control: bool = True,
-              strip_html: bool = False) -> str:  # fmt: skip
+def normalise(
+    text: str, unicode_form: str = "NFKC", whitespace: bool = True, control: bool = True, strip_html: bool = False
+) -> str:
     """One text cleaned: HTML stripped (optional), Unicode normalised, control characters removed, and
     whitespace tidied (line endings unified, trailing spaces and runs of blank lines removed, ends stripped).
     Spaces inside a line are kept: they are indentation in code answers."""
@@ -184,13 +185,14 @@ class Cleaner:
 def _emptied(ex: Example) -> str | None:
     """A required text that normalisation left empty (it held only whitespace, control characters or HTML)."""
     required = {
-        "chat": [(f"messages[{i}]", m.content) for i, m in enumerate(ex.messages) if m.role == "assistant"
-                 and m.trainable],
+        "chat": [
+            (f"messages[{i}]", m.content) for i, m in enumerate(ex.messages) if m.role == "assistant" and m.trainable
+        ],
         "text": [("text", ex.text)],
         "preference": [("chosen", ex.chosen), ("rejected", ex.rejected)],
         "classification": [("text", ex.text)],
         "pairs": [("anchor", ex.anchor), ("positive", ex.positive)],
-    }[ex.kind]  # fmt: skip
+    }[ex.kind]
     for name, text in required:
         if not text:
             return f"{name} is empty after normalisation (it held only whitespace, control characters or markup)"

@@ -21,24 +21,35 @@ console = Console()
 
 def add_data_commands(sub: Any) -> None:
     """Register `tunelab data inspect` and `tunelab data prepare` on the top-level sub-parsers."""
-    data = sub.add_parser("data", help="Inspect data files, or prepare a config's dataset.",
-                          description="Inspect data files, or prepare a config's dataset.")  # fmt: skip
+    data = sub.add_parser(
+        "data",
+        help="Inspect data files, or prepare a config's dataset.",
+        description="Inspect data files, or prepare a config's dataset.",
+    )
     group = data.add_subparsers(dest="data_command", required=True)
 
     p = group.add_parser(
-        "inspect", help="Formats, counts, rejects, duplicates, lengths and labels of data files.",
+        "inspect",
+        help="Formats, counts, rejects, duplicates, lengths and labels of data files.",
         description="Read every row of the files (nothing is changed): detected format, rows kept and rejected "
         "with file:line and reason, exact and near duplicates, token length histogram, label balance, examples. "
         "Formats: chat (messages), sharegpt (conversations), alpaca (instruction/input/output), "
         "prompt_completion, text (or .txt files), preference (prompt/chosen/rejected), openai_preference "
         "(input/preferred_output/non_preferred_output), classification (text/label), pairs (anchor/positive).",
-    )  # fmt: skip
+    )
     p.add_argument("files", nargs="+", help="data files, folders or glob patterns")
     p.add_argument("--format", default="auto", help="row format of every file (default: detected per file)")
-    p.add_argument("--model", default="smollm2-135m",
-                   help="whose tokenizer measures lengths (embedded name or folder); 'none' counts words")  # fmt: skip
-    p.add_argument("--text-unit", choices=["line", "paragraph", "document"], default="line",
-                   help="how .txt files are cut into records")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="whose tokenizer measures lengths (embedded name or folder); 'none' counts words",
+    )
+    p.add_argument(
+        "--text-unit",
+        choices=["line", "paragraph", "document"],
+        default="line",
+        help="how .txt files are cut into records",
+    )
     p.add_argument("--max-row-chars", type=int, default=1_000_000, help="rows longer than this are rejected")
     p.add_argument("--near-threshold", type=float, default=0.8, help="Jaccard similarity of near duplicates")
     p.add_argument("--no-near", action="store_true", help="count exact duplicates only (faster)")
@@ -47,6 +58,19 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("--num-proc", type=int, default=1, help="processes for reading and hashing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = group.add_parser(
+        "prepare",
+        help="Run a config's data pipeline; write the dataset, report.json, report.md and plots.",
+        description="Run the data pipeline of a config (the `data` section, the model's tokenizer, the training "
+        "seed): validate, clean, deduplicate, split, check contamination, tokenize. The prepared dataset is "
+        "cached by fingerprint, so `tunelab train` with the same config reuses it.",
+    )
+    p.add_argument("config", help="YAML config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. data.clean.dedup=near")
+    p.add_argument("--out", help="folder for the dataset and reports (default prepared/<config name>)")
+    p.add_argument("--num-proc", type=int, help="processes (overrides data.num_proc)")
+    p.set_defaults(func=cmd_prepare)
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -62,10 +86,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     options = LoadOptions(format=args.format, text_unit=args.text_unit, max_row_chars=max(1, args.max_row_chars))
     tokenizer, note = _tokenizer(args.model)
     report = inspect_files(
-        args.files, options=options, tokenizer=tokenizer, num_proc=max(1, args.num_proc),
+        args.files,
+        options=options,
+        tokenizer=tokenizer,
+        num_proc=max(1, args.num_proc),
         near=None if args.no_near else NearParams(threshold=args.near_threshold),
         rejects_file=Path(args.rejects) if args.rejects else None,
-    )  # fmt: skip
+    )
     report["rejects"] = report["rejects"][: max(0, args.show)]
     if note:
         report["lengths"]["note"] = note
@@ -79,6 +106,72 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"{len(unreadable)} of {len(report['files'])} file(s) could not be read: "
             + " ".join(f["problem"] for f in unreadable)
         )
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from tunelab.config import load_config
+    from tunelab.data.prepare import prepare_dataset
+    from tunelab.models import load_tokenizer
+
+    overrides = list(args.set or [])
+    if args.num_proc:
+        overrides.append(f"data.num_proc={args.num_proc}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("prepared") / Path(args.config).stem
+    tokenizer = load_tokenizer(cfg.model.source)
+    prepared = prepare_dataset(
+        cfg.data, tokenizer, cfg.training.seed, out, batch_size=cfg.training.batch_size, plots=True
+    )
+    link_dataset(prepared.folder, out / "dataset")
+    print_prepare(prepared.report, out)
+
+
+def link_dataset(source: Path, target: Path) -> None:
+    """Put the cached dataset folders under `target` as hard links (no copy; a copy where links fail)."""
+    import os
+    import shutil
+
+    if target.exists():
+        shutil.rmtree(target)
+    for path in source.rglob("*"):
+        if path.is_dir() or path.suffix == ".jsonl" or path.name == "report.json":
+            continue
+        dest = target / path.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
+
+
+def print_prepare(r: dict[str, Any], out: Path) -> None:
+    """A short summary of a prepare run."""
+    a = r["accounting"]
+    cached = " (reused from the cache)" if r.get("cached") else ""
+    console.print(
+        f"[bold]{a['rows']:,} rows[/]{cached}: {r['train_records']:,} train + {r['val_records']:,} validation kept, "
+        f"{a['rejected']:,} rejected, {a['removed']:,} removed"
+    )
+    for name, count in r["removed"].items():
+        console.print(f"  removed by {name}: {count:,}")
+    c = r["contamination"]
+    if c.get("validation_rows"):
+        console.print(
+            f"[yellow]contamination[/]: {c['validation_rows']} validation rows ({c['exact']} exact, {c['near']} near) "
+            f"repeat {c['train_rows']} training rows; {c['removed']} removed (data.contamination={c['action']})"
+        )
+    if r["lengths"].get("count"):
+        p = r["padding"]
+        console.print(
+            f"{r['train_examples']:,} training sequences, {r['train_tokens']:,} tokens; padding at batch size "
+            f"{p['batch_size']}: random {p['random']:.1%}, length-grouped {p['length_grouped']:.1%}, "
+            f"packed {p['packed']:.1%}"
+        )
+    console.print(f"dataset: {escape(str(out / 'dataset'))}  (cache {escape(r['dataset'])})")
+    console.print(
+        f"report: {escape(str(out / 'report.md'))}; rejects: {escape(r['rejects_file'])}; "
+        f"removed: {escape(r['removed_file'])}"
+    )
 
 
 def _tokenizer(model: str) -> tuple[Any, str | None]:
@@ -105,8 +198,12 @@ def print_inspect(report: dict[str, Any]) -> None:
         if f.get("problem"):
             files.add_row(escape(f["path"]), f.get("file_type", ""), "[red]unreadable[/]", "-", "-", "-", "-")
         else:
-            files.add_row(escape(f["path"]), f["file_type"], f["format"], *(f"{f[k]:,}" for k in
-                          ("rows", "kept", "rejected", "truncated")))  # fmt: skip
+            files.add_row(
+                escape(f["path"]),
+                f["file_type"],
+                f["format"],
+                *(f"{f[k]:,}" for k in ("rows", "kept", "rejected", "truncated")),
+            )
     console.print(files)
     for f in report["files"]:
         if f.get("problem"):

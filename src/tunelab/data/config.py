@@ -9,9 +9,17 @@ from pydantic import Field, field_validator
 from tunelab.schema import Section
 
 FormatName = Literal[
-    "auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "openai_preference",
-    "classification", "pairs",
-]  # fmt: skip
+    "auto",
+    "chat",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "text",
+    "preference",
+    "openai_preference",
+    "classification",
+    "pairs",
+]
 
 
 class CleanSection(Section):
@@ -67,6 +75,8 @@ class DataSection(Section):
     """Validation file(s). When empty, `val_fraction` of the training rows is held out instead."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """Fraction of training rows held out for validation when no validation file is given."""
+    stratify: Literal["none", "label", "task"] = "none"
+    """How `val_fraction` is held out: at random, or stratified so every label (or task) keeps its share."""
     format: FormatName = "auto"
     """Row format of every file; `auto` detects it per file (the most common format among its first rows)."""
     text_unit: Literal["line", "paragraph", "document"] = "line"

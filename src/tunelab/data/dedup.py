@@ -126,19 +126,27 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
+FP_WEIGHT, FN_WEIGHT = 0.05, 0.95
+"""How (bands, rows) trade false positives for false negatives. Candidates are verified with the exact
+Jaccard similarity, so a false positive costs one comparison while a false negative is a duplicate kept:
+weigh misses heavily (at threshold 0.8 this finds pairs at similarity 0.85 with probability 0.99, where
+datasketch's equal weights find them with 0.69)."""
+
+
 @lru_cache(maxsize=64)
 def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) minimising the false-positive plus false-negative area around `threshold`, as
-    datasketch's MinHashLSH chooses them (equal weights)."""
-    s = np.linspace(0.0, 1.0, 1001)
+    """(bands, rows per band) minimising the weighted false-positive plus false-negative area around
+    `threshold`, computed as datasketch's MinHashLSH does."""
+    s = np.linspace(0.0, 1.0, 2001)
     best, best_error = (1, num_perm), float("inf")
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
             p = 1 - (1 - s**r) ** b
             fp = np.trapezoid(np.where(s <= threshold, p, 0), s)
             fn = np.trapezoid(np.where(s >= threshold, 1 - p, 0), s)
-            if fp + fn < best_error:
-                best, best_error = (b, r), fp + fn
+            error = FP_WEIGHT * fp + FN_WEIGHT * fn
+            if error < best_error:
+                best, best_error = (b, r), error
     return best
 
 

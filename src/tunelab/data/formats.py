@@ -69,8 +69,10 @@ def _content(value: Any, where: str) -> str:
         texts = []
         for j, part in enumerate(value):
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise RowError(f"{where}.content[{j}] is a {part.get('type')!r} part; only text parts are supported",
-                               f"{where}.content[{j}]")  # fmt: skip
+                raise RowError(
+                    f"{where}.content[{j}] is a {part.get('type')!r} part; only text parts are supported",
+                    f"{where}.content[{j}]",
+                )
             texts.append(part["text"])
         return "".join(texts)
     raise RowError(f"{where}.content must be a string, got {_type(value)}", f"{where}.content")
@@ -148,8 +150,9 @@ def from_alpaca(row: dict[str, Any], origin: str) -> Example:
     history = _structured(row, "history")
     if history is not None:
         if not isinstance(history, list):
-            raise RowError(f"field 'history' must be a list of [question, answer] pairs, got {_type(history)}",
-                           "history")  # fmt: skip
+            raise RowError(
+                f"field 'history' must be a list of [question, answer] pairs, got {_type(history)}", "history"
+            )
         for i, pair in enumerate(history):
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
                 raise RowError(f"history[{i}] must be a [question, answer] pair of strings", f"history[{i}]")
@@ -242,17 +245,23 @@ def _label(row: dict[str, Any]) -> str:
 def from_classification(row: dict[str, Any], origin: str) -> Example:
     """{"text", "text_pair"?, "label"}: one text (or a pair) and its class."""
     return Example(
-        kind="classification", text=_text(row, "text"), text_pair=_text(row, "text_pair", required=False),
-        label=_label(row), origin=origin,
-    )  # fmt: skip
+        kind="classification",
+        text=_text(row, "text"),
+        text_pair=_text(row, "text_pair", required=False),
+        label=_label(row),
+        origin=origin,
+    )
 
 
 def from_pairs(row: dict[str, Any], origin: str) -> Example:
     """Embedding pairs or triplets: {"anchor", "positive", "negative"?}."""
     return Example(
-        kind="pairs", anchor=_text(row, "anchor"), positive=_text(row, "positive"),
-        negative=_text(row, "negative", required=False), origin=origin,
-    )  # fmt: skip
+        kind="pairs",
+        anchor=_text(row, "anchor"),
+        positive=_text(row, "positive"),
+        negative=_text(row, "negative", required=False),
+        origin=origin,
+    )
 
 
 FORMATS: dict[str, Callable[[dict[str, Any], str], Example]] = {
@@ -267,10 +276,16 @@ FORMATS: dict[str, Callable[[dict[str, Any], str], Example]] = {
     "pairs": from_pairs,
 }
 KIND_OF: dict[str, str] = {
-    "chat": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat", "text": "text",
-    "preference": "preference", "openai_preference": "preference", "classification": "classification",
+    "chat": "chat",
+    "sharegpt": "chat",
+    "alpaca": "chat",
+    "prompt_completion": "chat",
+    "text": "text",
+    "preference": "preference",
+    "openai_preference": "preference",
+    "classification": "classification",
     "pairs": "pairs",
-}  # fmt: skip
+}
 
 # The keys whose presence identifies each format, checked in this order (most specific first).
 SIGNATURES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -285,11 +300,16 @@ SIGNATURES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("text",), "text"),
 )
 REQUIRED: dict[str, str] = {
-    "chat": "'messages'", "sharegpt": "'conversations'", "alpaca": "'instruction' and 'output'",
-    "prompt_completion": "'prompt' and 'completion'", "text": "'text'", "preference": "'chosen' and 'rejected'",
+    "chat": "'messages'",
+    "sharegpt": "'conversations'",
+    "alpaca": "'instruction' and 'output'",
+    "prompt_completion": "'prompt' and 'completion'",
+    "text": "'text'",
+    "preference": "'chosen' and 'rejected'",
     "openai_preference": "'input', 'preferred_output' and 'non_preferred_output'",
-    "classification": "'text' and 'label'", "pairs": "'anchor' and 'positive'",
-}  # fmt: skip
+    "classification": "'text' and 'label'",
+    "pairs": "'anchor' and 'positive'",
+}
 
 
 def detect(row: dict[str, Any]) -> str | None:

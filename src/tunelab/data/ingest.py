@@ -91,12 +91,14 @@ class ChunkProcessor:
             hashes, counts = shingle_batch([near_text(e) for e in kept], self.near.ngram)
             bands = band_keys(hasher.signatures(hashes, counts), *self.near.bands)
         return ChunkOut(
-            rejects=rejects, removed=removed,
+            rejects=rejects,
+            removed=removed,
             batch=pa.RecordBatch.from_pylist([e.to_row() for e in kept], schema=SCHEMA),
             exact=np.fromiter((exact_hash(e) for e in kept), dtype=np.int64, count=len(kept)),
-            bands=bands, chars=np.fromiter((len(e.content()) for e in kept), dtype=np.int64, count=len(kept)),
+            bands=bands,
+            chars=np.fromiter((len(e.content()) for e in kept), dtype=np.int64, count=len(kept)),
             stats=stats,
-        )  # fmt: skip
+        )
 
 
 @dataclass
@@ -254,11 +256,17 @@ class Overlap:
 
     left: dict[int, tuple[int, float]] = field(default_factory=dict)
     right: dict[int, tuple[int, float]] = field(default_factory=dict)
+    exact_left: set[int] = field(default_factory=set)
+    """Rows of `left` whose overlap is an exact duplicate (the others are near duplicates)."""
+    exact_right: set[int] = field(default_factory=set)
 
     def counts(self) -> dict[str, int]:
-        exact = sum(1 for _, s in self.right.values() if s >= 1.0)
-        return {"validation_rows": len(self.right), "exact": exact, "near": len(self.right) - exact,
-                "train_rows": len(self.left)}  # fmt: skip
+        return {
+            "validation_rows": len(self.right),
+            "exact": len(self.exact_right),
+            "near": len(self.right) - len(self.exact_right),
+            "train_rows": len(self.left),
+        }
 
 
 def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, np.ndarray], near: bool) -> Overlap:
@@ -273,6 +281,7 @@ def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, n
         pos = np.minimum(np.searchsorted(ordered, mine), max(len(ordered) - 1, 0))
         hit = np.flatnonzero(ordered[pos] == mine) if len(ordered) else np.zeros(0, dtype=np.int64)
         out.update({int(k): (int(order[pos[k]]), 1.0) for k in hit})
+    overlap.exact_left, overlap.exact_right = set(overlap.left), set(overlap.right)
     if not near or li.near is None or not len(lidx) or not len(ridx):
         return overlap
     n = len(lidx)

@@ -48,8 +48,17 @@ def inspect_files(
         work = Path(tmp)
         rejects_path = rejects_file or work / "rejects.jsonl"
         with JsonlWriter(rejects_path) as rejects, JsonlWriter(work / "removed.jsonl") as removed:
-            ing = ingest(paths, work / "records", options, AS_IS, rejects=rejects, removed=removed,
-                         near=near, num_proc=num_proc, keep_going=True)  # fmt: skip
+            ing = ingest(
+                paths,
+                work / "records",
+                options,
+                AS_IS,
+                rejects=rejects,
+                removed=removed,
+                near=near,
+                num_proc=num_proc,
+                keep_going=True,
+            )
         report = _counts(ing)
         report["rejects_file"] = str(rejects_file) if rejects_file else None
         report["rejects"] = _read_jsonl(rejects_path, limit=1000)
@@ -113,10 +122,14 @@ def length_stats(values: list[int]) -> dict[str, Any]:
     edges = [e for e in LENGTH_EDGES if e <= arr.max()] + [int(arr.max()) + 1]
     counts, _ = np.histogram(arr, bins=edges)
     return {
-        "count": len(arr), "min": int(arr.min()), "median": float(np.median(arr)),
-        "p95": float(np.percentile(arr, 95)), "max": int(arr.max()), "mean": float(arr.mean()),
+        "count": len(arr),
+        "min": int(arr.min()),
+        "median": float(np.median(arr)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": int(arr.max()),
+        "mean": float(arr.mean()),
         "histogram": [[int(lo), int(hi), int(c)] for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)],
-    }  # fmt: skip
+    }
 
 
 def reason_kind(reason: str) -> str:

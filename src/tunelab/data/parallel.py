@@ -16,14 +16,25 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], num_proc: int = 1) -> Iterator[R]:
-    """`map(fn, items)` in order, on `num_proc` processes when more than one; `fn` must be picklable."""
+def bounded_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    num_proc: int = 1,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> Iterator[R]:
+    """`map(fn, items)` in order, on `num_proc` processes when more than one; `fn` must be picklable.
+    `initializer(*initargs)` runs once in every worker (and here, when there are none): the place to set up
+    state that is too costly to send with every item, such as a tokenizer."""
     if num_proc <= 1:
+        if initializer is not None:
+            initializer(*initargs)
         yield from map(fn, items)
         return
     # fork is fast and shares the imported modules; spawn is the only choice where fork does not exist.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context(method)) as pool:
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=initializer, initargs=initargs) as pool:
         pending: deque[Future[R]] = deque()
         for item in items:
             pending.append(pool.submit(fn, item))

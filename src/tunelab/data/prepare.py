@@ -1,20 +1,62 @@
-"""The data stage of a run: load → split → tokenize, with every rejected row written out and counted."""
+"""The data pipeline of a run: load → clean → dedup → split → contamination check → tokenize → report.
+
+`prepare_dataset` runs it and stores the result as Hugging Face `datasets` folders in a cache entry named by
+a fingerprint of everything that decides the result (file contents, data settings, tokenizer, seed), so a
+rerun with the same inputs only copies the reports. `prepare_chat_data` is what training calls.
+
+Every row read is accounted for: it is kept (train or validation), rejected (rejects.jsonl, with file, line,
+field and reason), or removed by a named filter (removed.jsonl). The report's `accounting` checks the sum.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.config import DataSection
-from tunelab.data.load import LoadResult, check_bad_fraction, load_examples
-from tunelab.data.records import Example, Reject, write_rejects
-from tunelab.data.split import random_split
-from tunelab.data.tokenize import Tokenized, tokenize_all
+from tunelab.data.ingest import (
+    SCHEMA,
+    Ingested,
+    NearParams,
+    cross_duplicates,
+    find_duplicates,
+    ingest,
+    removed_rows,
+)
+from tunelab.data.load import LoadOptions, check_counts
+from tunelab.data.parallel import bounded_map, chunked
+from tunelab.data.records import Example, JsonlWriter, Reject, Removed
+from tunelab.data.report import build_report, padding_report, write_report
+from tunelab.data.split import split_indices
+from tunelab.data.tokenize import Tokenized, tokenize_record
+
+PIPELINE_VERSION = "2"
+"""Bump when a change to the pipeline changes its output, so old cache entries are not reused."""
+TOKENIZED = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("origin", pa.string()),
+        ("task", pa.string()),
+        ("label", pa.string()),
+        ("kind", pa.string()),
+        ("length", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("synthetic", pa.bool_()),
+    ]
+)
+SPLITS = ("train", "validation")
 
 
 @dataclass
@@ -26,42 +68,392 @@ class PreparedData:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare_chat_data(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, out_dir: Path) -> PreparedData:
-    """Load, split and tokenize the configured data; write `rejects.jsonl` and `data_report.json` to `out_dir`."""
-    rejects_file = out_dir / "rejects.jsonl"
-    train_raw = load_examples(cfg.train, cfg.format)
-    rejects = list(train_raw.rejects)
-    if cfg.validation:
-        val_raw = load_examples(cfg.validation, cfg.format)
-        rejects += val_raw.rejects
-        train_examples, val_examples = train_raw.examples, val_raw.examples
+@dataclass
+class PreparedDataset:
+    """A prepared dataset on disk: `folder/{train,validation}` (tokenized) and `folder/{split}_records`
+    (canonical records, all kinds), each a `datasets.load_from_disk` folder."""
+
+    folder: Path
+    report: dict[str, Any]
+
+    def load(self, name: str) -> Any:
+        """One of the saved `datasets.Dataset`s: train, validation, train_records, validation_records."""
+        import datasets
+
+        if not _data_files(self.folder / name):  # `datasets` saves an empty split without files, then cannot load it
+            return datasets.Dataset(self.table(name))
+        return datasets.load_from_disk(str(self.folder / name))
+
+    def table(self, name: str) -> pa.Table:
+        """The same as a memory-mapped Arrow table (faster to read row by row)."""
+        return read_saved(self.folder / name, TOKENIZED if name in SPLITS else SCHEMA)
+
+
+def read_saved(folder: Path, schema: pa.Schema) -> pa.Table:
+    """A table saved with `Dataset.save_to_disk`, memory-mapped (an empty one when the split is empty)."""
+    tables = []
+    for name in _data_files(folder):
+        with pa.memory_map(str(folder / name)) as source:
+            tables.append(pa.ipc.open_stream(source).read_all())
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _data_files(folder: Path) -> list[str]:
+    state = json.loads((folder / "state.json").read_text())
+    return [f["filename"] for f in state.get("_data_files", [])]
+
+
+def prepare_dataset(
+    cfg: DataSection,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+    plots: bool = False,
+) -> PreparedDataset:
+    """Run (or reuse from the cache) the whole pipeline; write report.json, report.md, data_report.json,
+    rejects.jsonl and removed.jsonl (and PNG plots with `plots`) to `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(cfg, tokenizer, seed)
+    root = Path(cfg.cache_dir) if cfg.cache_dir else _default_cache()
+    entry = root / fp
+    if not (cfg.cache and (entry / "report.json").is_file()):
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=root, prefix=f".{fp}-"))
+        try:
+            _build(cfg, tokenizer, seed, work, fp)
+            _publish(work, entry)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        cached = False
     else:
-        val_raw = LoadResult()
-        train_examples, val_examples = random_split(train_raw.examples, cfg.val_fraction, seed)
-    train, train_bad = tokenize_all(train_examples, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt)
-    val, val_bad = tokenize_all(val_examples, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt)
-    rejects += train_bad + val_bad
-    write_rejects(rejects, rejects_file)
-    combined = LoadResult(examples=train_raw.examples + val_raw.examples, rejects=rejects)
-    check_bad_fraction(combined, cfg.max_bad_fraction, rejects_file)
-    kept_val = {t.origin for t in val}
-    report = {
-        "files": {**train_raw.formats, **val_raw.formats},
-        "rows": train_raw.rows + val_raw.rows,
-        "rejected": len(rejects),
-        "rejected_by_reason": dict(Counter(_reason_kind(r) for r in rejects)),
-        "train_examples": len(train),
-        "val_examples": len(val),
-        "train_tokens": sum(len(t.input_ids) for t in train),
-        "train_target_tokens": sum(t.target_tokens for t in train),
-        "rejects_file": str(rejects_file),
-    }
-    (out_dir / "data_report.json").write_text(json.dumps(report, indent=2))
-    return PreparedData(
-        train=train, val=val, val_examples=[e for e in val_examples if e.origin in kept_val], report=report
+        cached = True
+    report = json.loads((entry / "report.json").read_text())
+    report["cached"] = cached
+    report["dataset"] = str(entry)
+    # Padding depends on the batch size, which is not part of the fingerprint; it is cheap to recompute.
+    lengths = read_saved(entry / "train", TOKENIZED).column("length").to_pylist()
+    report["padding"] = padding_report(lengths, batch_size, cfg.max_length, seed)
+    for name in ("rejects.jsonl", "removed.jsonl"):
+        if entry.resolve() != out_dir.resolve():
+            shutil.copyfile(entry / name, out_dir / name)
+    report["rejects_file"] = str(out_dir / "rejects.jsonl")
+    report["removed_file"] = str(out_dir / "removed.jsonl")
+    write_report(report, out_dir, plots=plots)
+    return PreparedDataset(folder=entry, report=report)
+
+
+def prepare_chat_data(
+    cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, out_dir: Path, *, batch_size: int = 8
+) -> PreparedData:
+    """The data for language-model training (chat and text records), in memory; reports go to `out_dir`."""
+    from tunelab.errors import DataError
+
+    prepared = prepare_dataset(cfg, tokenizer, seed, out_dir, batch_size=batch_size)
+    kinds = prepared.report["kinds"]
+    other = {k: n for k, n in kinds.items() if k not in ("chat", "text")}
+    if other:
+        shown = ", ".join(f"{n} {k}" for k, n in other.items())
+        raise DataError(
+            f"The training data holds {shown} records, which language-model training (sft) cannot use: it trains "
+            "on chat and text records. Give files of chat, instruction or text rows, or an objective made for "
+            "these records."
+        )
+    train = _tokenized(prepared.table("train"))
+    val = _tokenized(prepared.table("validation"))
+    records = prepared.table("validation_records")
+    val_origins = {t.origin for t in val}
+    val_examples = [
+        ex for row in records.to_pylist() if (ex := Example.from_row(row)).kind == "chat" and ex.origin in val_origins
+    ]
+    return PreparedData(train=train, val=val, val_examples=val_examples, report=prepared.report)
+
+
+def _tokenized(table: pa.Table) -> list[Tokenized]:
+    out = []
+    for batch in table.to_batches():
+        cols = batch.to_pydict()
+        for i in range(batch.num_rows):
+            out.append(
+                Tokenized(
+                    cols["input_ids"][i],
+                    cols["labels"][i],
+                    cols["origin"][i],
+                    cols["task"][i],
+                    cols["label"][i],
+                    truncated=cols["truncated"][i],
+                )
+            )
+    return out
+
+
+def _default_cache() -> Path:
+    from tunelab.models.load import tunelab_home
+
+    return tunelab_home() / "data"
+
+
+def fingerprint(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int) -> str:
+    """A hash of everything that decides the prepared dataset: file contents, data settings (not the ones that
+    only change speed or where the cache is), the tokenizer and chat template, the seed and pipeline version."""
+    from tunelab.data.readers import FileProblem, expand_paths
+
+    h = hashlib.sha256(f"tunelab-data:{PIPELINE_VERSION}:{seed}".encode())
+    settings = cfg.model_dump(mode="json", exclude={"num_proc", "cache", "cache_dir", "train", "validation"})
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for split, paths in (("train", cfg.train), ("validation", cfg.validation)):
+        try:
+            files = expand_paths(paths)
+        except FileProblem:
+            files = [Path(p) for p in paths]  # the pipeline reports the problem
+        for path in files:
+            h.update(f"{split}:{path.resolve()}:".encode())
+            h.update(_file_digest(path).encode())
+    h.update(_tokenizer_digest(tokenizer).encode())
+    return h.hexdigest()[:20]
+
+
+def _file_digest(path: Path) -> str:
+    if not path.is_file():
+        return "missing"
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([tokenizer.chat_template, tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token])
+    return hashlib.blake2b((vocab + extra).encode(), digest_size=16).hexdigest()
+
+
+def _publish(work: Path, entry: Path) -> None:
+    """Move a finished build into place atomically; if another process got there first, theirs is kept."""
+    final = work / "out"
+    if entry.exists():
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        final.rename(entry)
+    except OSError:
+        if not (entry / "report.json").is_file():
+            raise
+
+
+def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work: Path, fp: str) -> None:
+    out = work / "out"
+    out.mkdir()
+    options = LoadOptions(
+        format=cfg.format, text_unit=cfg.text_unit, max_row_chars=cfg.max_row_chars, long_rows=cfg.long_rows
     )
+    c = cfg.clean
+    near = NearParams(c.num_perm, c.near_ngram, c.near_threshold)
+    uses_near = c.dedup == "near" or cfg.contamination != "off"
+    counts: dict[str, Any] = {"removed": Counter(), "fingerprint": fp}
+    with JsonlWriter(out / "rejects.jsonl") as rejects, JsonlWriter(out / "removed.jsonl") as removed:
+        ingested = {}
+        for split, paths in (("train", cfg.train), ("validation", cfg.validation)):
+            if paths:
+                ingested[split] = ingest(
+                    paths,
+                    work / split,
+                    options,
+                    c,
+                    rejects=rejects,
+                    removed=removed,
+                    near=near if uses_near else None,
+                    num_proc=cfg.num_proc,
+                )
+        rows = sum(i.rows for i in ingested.values())
+        load_rejected = sum(i.rejected for i in ingested.values())
+        first = [r for i in ingested.values() for r in i.first_rejects][:3]
+        check_counts(rows, load_rejected, first, cfg.max_bad_fraction, None)
+        for ing in ingested.values():
+            counts["removed"].update(ing.removed)
+
+        keep = {split: _dedup(ing, c.dedup, removed, counts) for split, ing in ingested.items()}
+        train_ing = ingested["train"]
+        if "validation" in ingested:
+            sets = {"train": (train_ing, keep["train"]), "validation": (ingested["validation"], keep["validation"])}
+            counts["split"] = {"method": "files"}
+        else:
+            strata = _strata(train_ing, keep["train"], cfg.stratify)
+            tr, va = split_indices(len(keep["train"]), cfg.val_fraction, seed, strata)
+            sets = {"train": (train_ing, keep["train"][tr]), "validation": (train_ing, keep["train"][va])}
+            counts["split"] = {
+                "method": "random" if cfg.stratify == "none" else f"stratified by {cfg.stratify}",
+                "val_fraction": cfg.val_fraction,
+            }
+        sets["train"] = _contamination(cfg, sets, removed, counts)
+
+        token_rejects: list[Reject] = []
+        for split in SPLITS:
+            ing, idx = sets[split]
+            _write_split(cfg, tokenizer, ing, idx, out, split, rejects, removed, counts, token_rejects)
+        tokenize_rejected = counts.get("tokenize_rejected", 0)
+        check_counts(rows, load_rejected + tokenize_rejected, first or token_rejects[:3], cfg.max_bad_fraction, None)
+    report = build_report(cfg, ingested, counts, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
 
 
-def _reason_kind(reject: Reject) -> str:
-    """Group reasons by their leading words ('malformed JSON', 'missing field ...') for the report."""
-    return reject.reason.split("(")[0].split(":")[0].strip()
+def _dedup(ing: Ingested, mode: str, removed: JsonlWriter, counts: dict[str, Any]) -> np.ndarray:
+    """Indices of the rows that survive duplicate removal; the others are written to removed.jsonl."""
+    dups = find_duplicates(ing, mode)
+    if dups.exact or dups.near:
+        table = ing.table()
+        for name, found in (("exact_duplicate", dups.exact), ("near_duplicate", dups.near)):
+            for r in removed_rows(table, found, name):
+                removed.write(r)
+            counts["removed"][name] += len(found)
+    keep = np.ones(ing.count, dtype=bool)
+    keep[list(dups.all())] = False
+    return np.flatnonzero(keep)
+
+
+def _strata(ing: Ingested, idx: np.ndarray, by: str) -> list[str | None] | None:
+    if by == "none":
+        return None
+    column = ing.table().column("label" if by == "label" else "task").to_pylist()
+    return [column[i] for i in idx]
+
+
+def _contamination(cfg: DataSection, sets: dict, removed: JsonlWriter, counts: dict[str, Any]) -> tuple:
+    """Check validation against training; with `remove`, drop the training rows that overlap."""
+    train_ing, train_idx = sets["train"]
+    if cfg.contamination == "off" or not len(sets["validation"][1]):
+        return sets["train"]
+    overlap = cross_duplicates(sets["train"], sets["validation"], near=train_ing.near is not None)
+    counts["contamination"] = {"action": cfg.contamination, **overlap.counts(), "removed": 0}
+    if cfg.contamination == "remove" and overlap.left:
+        table = train_ing.table()
+        val_ing, val_idx = sets["validation"]
+        val_origin = val_ing.table().column("origin")
+        for k in sorted(overlap.left):
+            row = table.slice(int(train_idx[k]), 1).to_pylist()[0]
+            j, sim = overlap.left[k]
+            how = "exact duplicate" if k in overlap.exact_left else f"near duplicate (Jaccard {sim:.2f})"
+            removed.write(
+                Removed(
+                    origin=row["origin"],
+                    filter="contamination",
+                    reason=f"{how} of validation row {val_origin[int(val_idx[j])].as_py()}",
+                    record=row,
+                )
+            )
+        counts["removed"]["contamination"] += len(overlap.left)
+        counts["contamination"]["removed"] = len(overlap.left)
+        gone = set(overlap.left)
+        train_idx = np.array([x for k, x in enumerate(train_idx) if k not in gone], dtype=np.int64)
+    return train_ing, train_idx
+
+
+# Worker-side state for tokenizing, set once per worker process so the tokenizer is not sent with every chunk.
+_TOKENIZE: dict[str, Any] = {}
+
+
+def _set_tokenize(tokenizer: PreTrainedTokenizerBase, cfg: DataSection) -> None:
+    _TOKENIZE.update(tokenizer=tokenizer, cfg=cfg)
+
+
+def _write_split(
+    cfg: DataSection,
+    tokenizer: PreTrainedTokenizerBase,
+    ing: Ingested,
+    idx: np.ndarray,
+    out: Path,
+    split: str,
+    rejects: JsonlWriter,
+    removed: JsonlWriter,
+    counts: dict[str, Any],
+    first: list[Reject],
+) -> None:
+    """Save the split's records and their tokenized sequences as `datasets` folders."""
+    import datasets
+
+    datasets.disable_progress_bars()
+
+    table = ing.table() if ing.count else pa.table({f.name: pa.array([], f.type) for f in SCHEMA}, schema=SCHEMA)
+    records_file, tokens_file = out / f"{split}_records.arrow", out / f"{split}.arrow"
+    stats = counts.setdefault("tokenize", Counter())
+    with (
+        pa.OSFile(str(records_file), "wb") as rsink,
+        pa.ipc.new_stream(rsink, SCHEMA) as rec_writer,
+        pa.OSFile(str(tokens_file), "wb") as tsink,
+        pa.ipc.new_stream(tsink, TOKENIZED) as tok_writer,
+    ):
+        chunks = (table.take(pa.array(c, type=pa.int64())) for c in chunked(idx.tolist(), 2000))
+        results = bounded_map(_tokenize_chunk, chunks, cfg.num_proc, _set_tokenize, (tokenizer, cfg))
+        # An empty batch first: `datasets` cannot read an Arrow stream without any batch (an empty split).
+        rec_writer.write_batch(pa.RecordBatch.from_pylist([], schema=SCHEMA))
+        tok_writer.write_batch(pa.RecordBatch.from_pylist([], schema=TOKENIZED))
+        for kept, tokens, bad, gone, chunk_stats in results:
+            rec_writer.write_table(kept)
+            tok_writer.write_batch(tokens)
+            for r in bad:
+                rejects.write(r)
+            for r in gone:
+                removed.write(r)
+            first += bad[: max(0, 3 - len(first))]
+            counts["tokenize_rejected"] = counts.get("tokenize_rejected", 0) + len(bad)
+            counts["removed"]["length_tokens"] += len(gone)
+            stats.update(chunk_stats)
+    for name, path in ((f"{split}_records", records_file), (split, tokens_file)):
+        datasets.Dataset.from_file(str(path)).save_to_disk(str(out / name))
+        os.remove(path)
+
+
+def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Reject], list[Removed], Counter]:
+    tokenizer, cfg = _TOKENIZE["tokenizer"], _TOKENIZE["cfg"]
+    c = cfg.clean
+    keep_rows, sequences, bad, gone = [], [], [], []
+    stats: Counter[str] = Counter()
+    for row in chunk.to_pylist():
+        example = Example.from_row(row)
+        if example.kind not in ("chat", "text"):
+            keep_rows.append(row)
+            continue
+        try:
+            seqs = tokenize_record(example, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt, cfg.truncation)
+        except ValueError as exc:
+            bad.append(
+                Reject(
+                    origin=example.origin,
+                    reason=str(exc),
+                    row=json.dumps(row, ensure_ascii=False)[:500],
+                    stage="tokenize",
+                )
+            )
+            continue
+        n = sum(len(s.input_ids) for s in seqs)
+        if (c.min_tokens is not None and n < c.min_tokens) or (c.max_tokens is not None and n > c.max_tokens):
+            bound = (
+                f"fewer than clean.min_tokens={c.min_tokens}"
+                if c.min_tokens is not None and n < c.min_tokens
+                else f"more than clean.max_tokens={c.max_tokens}"
+            )
+            gone.append(
+                Removed(origin=example.origin, filter="length_tokens", reason=f"{n} tokens, {bound}", record=row)
+            )
+            continue
+        keep_rows.append(row)
+        stats["truncated"] += any(s.truncated for s in seqs)
+        stats["sequences"] += len(seqs)
+        for s in seqs:
+            sequences.append(
+                {
+                    "input_ids": s.input_ids,
+                    "labels": s.labels,
+                    "origin": s.origin,
+                    "task": s.task,
+                    "label": example.label,
+                    "kind": example.kind,
+                    "length": len(s.input_ids),
+                    "truncated": s.truncated,
+                    "synthetic": example.synthetic,
+                }
+            )
+    kept = pa.Table.from_pylist(keep_rows, schema=SCHEMA)
+    return kept, pa.RecordBatch.from_pylist(sequences, schema=TOKENIZED), bad, gone, stats

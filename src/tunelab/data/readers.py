@@ -24,9 +24,17 @@ from typing import IO, Any, Literal
 
 FileType = Literal["jsonl", "json", "csv", "tsv", "parquet", "txt"]
 SUFFIXES: dict[str, FileType] = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
-    ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".text": "txt", ".md": "txt",
-}  # fmt: skip
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "txt",
+    ".text": "txt",
+    ".md": "txt",
+}
 TextUnit = Literal["line", "paragraph", "document"]
 PREVIEW = 500
 
@@ -271,9 +279,11 @@ def _next_element(text: str, after: int, indent: str | None) -> int | None:
 
 def _csv(path: Path, encoding: str | None, delimiter: str | None) -> Iterator[RawRow]:
     text_stream = io.TextIOWrapper(
-        _open_binary(path), encoding="utf-16" if encoding == "utf-16" else "utf-8-sig",
-        errors="replace" if encoding == "utf-16" else "surrogateescape", newline="",
-    )  # fmt: skip
+        _open_binary(path),
+        encoding="utf-16" if encoding == "utf-16" else "utf-8-sig",
+        errors="replace" if encoding == "utf-16" else "surrogateescape",
+        newline="",
+    )
     with text_stream:
         first = text_stream.readline()
         if not first.strip():
@@ -307,9 +317,10 @@ def _csv(path: Path, encoding: str | None, delimiter: str | None) -> Iterator[Ra
             raw = delimiter.join(cells)
             if len(cells) != len(names):
                 yield RawRow(
-                    line=start, payload=raw,
+                    line=start,
+                    payload=raw,
                     error=f"the row has {len(cells)} fields but the header has {len(names)} ({', '.join(names)})",
-                )  # fmt: skip
+                )
                 continue
             # An empty cell is a missing value, as it would be in JSON.
             row = {n: c for n, c in zip(names, cells, strict=True) if c != ""}

@@ -121,8 +121,14 @@ class Reject:
 
     def to_json(self) -> dict[str, Any]:
         file, line = split_origin(self.origin)
-        return {"file": file, "line": line, "field": self.field, "reason": self.reason, "stage": self.stage,
-                "row": self.row}  # fmt: skip
+        return {
+            "file": file,
+            "line": line,
+            "field": self.field,
+            "reason": self.reason,
+            "stage": self.stage,
+            "row": self.row,
+        }
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Turn conversations into token ids and labels with the tokenizer's own chat template.
+"""Turn records into token ids and labels: chat with the tokenizer's own chat template, plain text as is.
 
-Which tokens carry loss is decided on the rendered text: each assistant turn's character span is found by
+Which chat tokens carry loss is decided on the rendered text: each assistant turn's character span is found by
 rendering the conversation up to that turn (with and without the turn), then the fast tokenizer's offsets map
 spans to tokens. This works for any prefix-stable template without special `{% generation %}` markers.
+Plain text (continued pretraining) carries loss on every token and is cut into `max_length` windows, so no
+text is lost to truncation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tunelab.data.records import Example, Message, Reject
 
 IGNORE = -100
 LossOn = Literal["assistant", "last", "all"]
+Truncation = Literal["right", "left", "reject"]
 
 
 @dataclass
@@ -25,6 +28,11 @@ class Tokenized:
     labels: list[int]
     """Same length as input_ids; IGNORE where no loss is taken (not yet shifted)."""
     origin: str
+    task: str = ""
+    label: str | None = None
+    seq_lens: list[int] | None = None
+    """For a packed sequence: the lengths of the examples packed into it, in order (positions restart at each)."""
+    truncated: bool = False
 
     @property
     def target_tokens(self) -> int:
@@ -90,8 +98,10 @@ def tokenize_example(
     max_length: int,
     loss_on: LossOn = "assistant",
     system_prompt: str | None = None,
+    truncation: Truncation = "right",
 ) -> Tokenized:
-    """Token ids and labels for one conversation, cut to `max_length`. Raises ValueError when nothing is left."""
+    """Token ids and labels for one conversation, fit to `max_length` by `truncation`. Raises ValueError when
+    the policy rejects it or nothing trainable is left."""
     messages = with_system(example.messages, system_prompt)
     text, spans = loss_spans(tokenizer, messages, loss_on)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -104,13 +114,54 @@ def tokenize_example(
             span = next(span_iter, None)
         if span is not None and end > span[0] and start < span[1]:
             labels[i] = ids[i]
-    tokenized = Tokenized(input_ids=ids[:max_length], labels=labels[:max_length], origin=example.origin)
+    cut = len(ids) > max_length
+    if cut and truncation == "reject":
+        raise ValueError(f"{len(ids)} tokens, more than data.max_length={max_length} (data.truncation=reject)")
+    window = slice(-max_length, None) if truncation == "left" else slice(0, max_length)
+    tokenized = Tokenized(
+        input_ids=ids[window], labels=labels[window], origin=example.origin, task=example.task, truncated=cut
+    )
     if tokenized.target_tokens == 0:
         raise ValueError(
             f"no answer tokens within data.max_length={max_length} (the row has {len(ids)} tokens); "
-            "raise data.max_length or shorten the prompt"
+            "raise data.max_length, shorten the prompt, or set data.truncation=left"
         )
     return tokenized
+
+
+def tokenize_text(
+    example: Example, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: Truncation = "right"
+) -> list[Tokenized]:
+    """Plain text for continued pretraining: loss on every token, an end-of-text token appended, and cut into
+    consecutive `max_length` windows (or rejected when `truncation` is reject)."""
+    ids = list(tokenizer(example.text)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if len(ids) > max_length and truncation == "reject":
+        raise ValueError(f"{len(ids)} tokens, more than data.max_length={max_length} (data.truncation=reject)")
+    windows = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    if len(windows) > 1 and len(windows[-1]) < 2:  # a lone last token has nothing to predict
+        windows.pop()
+    return [
+        Tokenized(input_ids=w, labels=list(w), origin=example.origin, task=example.task, truncated=len(windows) > 1)
+        for w in windows
+    ]
+
+
+def tokenize_record(
+    example: Example,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    loss_on: LossOn = "assistant",
+    system_prompt: str | None = None,
+    truncation: Truncation = "right",
+) -> list[Tokenized]:
+    """Sequences for one chat or text record (a long text gives several); ValueError says why there are none."""
+    if example.kind == "text":
+        return tokenize_text(example, tokenizer, max_length, truncation)
+    if example.kind != "chat":
+        raise ValueError(f"{example.kind} records are not tokenized for language modelling")
+    return [tokenize_example(example, tokenizer, max_length, loss_on, system_prompt, truncation)]
 
 
 def tokenize_all(
@@ -119,20 +170,27 @@ def tokenize_all(
     max_length: int,
     loss_on: LossOn = "assistant",
     system_prompt: str | None = None,
+    truncation: Truncation = "right",
 ) -> tuple[list[Tokenized], list[Reject]]:
     """Tokenize many examples; the ones that cannot be trained on become rejects with the reason."""
     done: list[Tokenized] = []
     rejects: list[Reject] = []
     for ex in examples:
         try:
-            done.append(tokenize_example(ex, tokenizer, max_length, loss_on, system_prompt))
+            done += tokenize_record(ex, tokenizer, max_length, loss_on, system_prompt, truncation)
         except ValueError as exc:
-            rejects.append(Reject(origin=ex.origin, reason=str(exc), row=str(ex.messages)[:500]))
+            rejects.append(Reject(origin=ex.origin, reason=str(exc), row=str(ex.messages)[:500], stage="tokenize"))
     return done, rejects
 
 
 def collate(batch: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch into input_ids, attention_mask and labels tensors."""
+    """Right-pad a batch into input_ids, attention_mask and labels tensors.
+
+    When the batch holds packed sequences (`seq_lens`), `position_ids` restart at 0 for every packed example
+    and the padding; give the model `position_ids` and no `attention_mask` (see `model_inputs`), and
+    transformers builds the block-diagonal causal mask (or uses varlen flash attention) from them, so packed
+    examples never attend to each other. `attention_mask` still marks real tokens, for counting.
+    """
     width = max(len(t.input_ids) for t in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -142,4 +200,23 @@ def collate(batch: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, :n] = torch.tensor(t.input_ids)
         labels[row, :n] = torch.tensor(t.labels)
         attention[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    if any(t.seq_lens for t in batch):
+        out["position_ids"] = torch.stack([_positions(t.seq_lens or [len(t.input_ids)], width) for t in batch])
+    return out
+
+
+def _positions(seq_lens: list[int], width: int) -> torch.Tensor:
+    parts = [torch.arange(n) for n in seq_lens]
+    used = sum(seq_lens)
+    if used < width:
+        parts.append(torch.arange(width - used))  # padding forms its own segment, attending only to itself
+    return torch.cat(parts)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keyword arguments for the model's forward: input_ids with either attention_mask (padded batches) or
+    position_ids (packed batches, whose mask transformers derives from where positions restart)."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
