@@ -7,9 +7,15 @@ import pytest
 from tunelab.data.formats import RowError, convert, detect, detect_file
 
 PARTS = [{"type": "text", "text": "a"}, {"type": "text", "text": "2"}]
-CHAT = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                     {"role": "assistant", "content": "a", "weight": 0}, {"role": "user", "content": "q2"},
-                     {"role": "assistant", "content": PARTS}]}  # fmt: skip
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "weight": 0},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": PARTS},
+    ]
+}
 
 
 def test_chat_with_weights_and_content_parts() -> None:
@@ -20,12 +26,19 @@ def test_chat_with_weights_and_content_parts() -> None:
 
 
 def test_sharegpt_alpaca_prompt_completion() -> None:
-    sg = convert({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "system": "s"},
-                 "f:1", "sharegpt")  # fmt: skip
+    sg = convert(
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "system": "s"},
+        "f:1",
+        "sharegpt",
+    )
     assert [(m.role, m.content) for m in sg.messages] == [("system", "s"), ("user", "q"), ("assistant", "a")]
     al = convert({"instruction": "i", "input": "x", "output": "o", "history": [["h1", "h2"]]}, "f:1", "alpaca")
-    assert [(m.role, m.content) for m in al.messages] == [("user", "h1"), ("assistant", "h2"), ("user", "i\n\nx"),
-                                                         ("assistant", "o")]  # fmt: skip
+    assert [(m.role, m.content) for m in al.messages] == [
+        ("user", "h1"),
+        ("assistant", "h2"),
+        ("user", "i\n\nx"),
+        ("assistant", "o"),
+    ]
     pc = convert({"prompt": [{"role": "user", "content": "p"}], "completion": "c"}, "f:1", "prompt_completion")
     assert [(m.role, m.content) for m in pc.messages] == [("user", "p"), ("assistant", "c")]
 
@@ -33,12 +46,16 @@ def test_sharegpt_alpaca_prompt_completion() -> None:
 def test_preference_both_formats() -> None:
     ex = convert({"prompt": "p", "chosen": "good", "rejected": "bad"}, "f:1", "preference")
     assert (ex.kind, ex.messages[0].content, ex.chosen, ex.rejected) == ("preference", "p", "good", "bad")
-    implicit = {"chosen": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "good"}],
-                "rejected": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "bad"}]}  # fmt: skip
+    implicit = {
+        "chosen": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "bad"}],
+    }
     assert convert(implicit, "f:1", "preference").messages[0].content == "p"
-    oa = {"input": {"messages": [{"role": "user", "content": "p"}]},
-          "preferred_output": [{"role": "assistant", "content": "good"}],
-          "non_preferred_output": [{"role": "assistant", "content": "bad"}]}  # fmt: skip
+    oa = {
+        "input": {"messages": [{"role": "user", "content": "p"}]},
+        "preferred_output": [{"role": "assistant", "content": "good"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+    }
     ex = convert(oa, "f:1", "openai_preference")
     assert (ex.kind, ex.chosen, ex.rejected) == ("preference", "good", "bad")
     with pytest.raises(RowError, match="same answer"):
@@ -59,22 +76,38 @@ def test_classification_pairs_text() -> None:
     [
         ({"messages": [{"role": "tool", "content": "x"}]}, "chat", "messages[0].role", "tool"),
         ({"messages": [{"role": "user", "content": 3}]}, "chat", "messages[0].content", "must be a string"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}, "chat",
-         "messages[1].content", "empty assistant"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]},
-         "chat", "messages", "weight 0"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]},
-         "chat", "messages[1].weight", "0 or 1"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]},
+            "chat",
+            "messages[1].content",
+            "empty assistant",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]},
+            "chat",
+            "messages",
+            "weight 0",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]},
+            "chat",
+            "messages[1].weight",
+            "0 or 1",
+        ),
         ({"messages": "[not json"}, "chat", "messages", "not valid JSON"),
         ({"instruction": "i", "output": ""}, "alpaca", "output", "is empty"),
         ({"text": "a", "label": [1]}, "classification", "label", "string or an integer"),
         ({"text": "a", "label": 0.5}, "classification", "label", "class name"),
         ({"text": "a"}, "classification", "label", "looks like text"),
         ({"anchor": "a"}, "pairs", "positive", "missing field 'positive'"),
-        ({"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}, "openai_preference",
-         "input.messages", "non-empty list"),
+        (
+            {"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []},
+            "openai_preference",
+            "input.messages",
+            "non-empty list",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_name_the_field(row: dict, fmt: str, field: str, words: str) -> None:
     with pytest.raises(RowError, match=words) as info:
         convert(row, "f:1", fmt)

@@ -9,14 +9,22 @@ import pytest
 
 from tunelab.cli import main
 
-CHAT = {"messages": [{"role": "user", "content": "what is the capital of France"},
-                     {"role": "assistant", "content": "Paris is the capital of France."}]}  # fmt: skip
+CHAT = {
+    "messages": [
+        {"role": "user", "content": "what is the capital of France"},
+        {"role": "assistant", "content": "Paris is the capital of France."},
+    ]
+}
 
 
 def write_fixture(folder: Path) -> list[Path]:
     chat = folder / "chat.jsonl"
-    near = {"messages": [{"role": "user", "content": "What is the capital of France?"},
-                         {"role": "assistant", "content": "paris is the capital of france"}]}  # fmt: skip
+    near = {
+        "messages": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "paris is the capital of france"},
+        ]
+    }
     other = {"messages": [{"role": "user", "content": "name a prime"}, {"role": "assistant", "content": "seven"}]}
     unanswered = {"messages": [{"role": "user", "content": "no answer"}]}
     rows = [json.dumps(CHAT), "{broken", json.dumps(CHAT), json.dumps(near), json.dumps(other), json.dumps(unanswered)]
@@ -35,7 +43,10 @@ def test_inspect_json_report_is_exact(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (report["rows"], report["kept"], report["rejected"]) == (10, 7, 3)
     assert [(f["format"], f["rows"], f["kept"]) for f in report["files"]] == [("chat", 6, 4), ("classification", 4, 3)]
     assert {(r["file"], r["line"]) for r in report["rejects"]} == {
-        (str(files[0]), 2), (str(files[0]), 6), (str(files[1]), 5)}  # fmt: skip
+        (str(files[0]), 2),
+        (str(files[0]), 6),
+        (str(files[1]), 5),
+    }
     assert len(rejects.read_text().splitlines()) == 3
     # line 3 repeats line 1; line 4 differs only in case and punctuation (a near duplicate of line 1)
     assert (report["duplicates"]["exact"], report["duplicates"]["near"]) == (1, 1)

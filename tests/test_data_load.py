@@ -72,10 +72,14 @@ def test_too_many_bad_rows_abort_with_first_problems(tmp_path: Path) -> None:
 
 
 def test_weight_zero_turns_are_not_trained(tmp_path: Path) -> None:
-    row = {"messages": [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0},
-        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"},
-    ]}  # fmt: skip
+    row = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b", "weight": 0},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"},
+        ]
+    }
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(row) + "\n")
     (example,) = load_examples([path]).examples

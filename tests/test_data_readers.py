@@ -22,8 +22,10 @@ def lines_of(result) -> dict[int, str]:
 
 def test_json_list_with_a_broken_element_resumes_at_the_next(tmp_path: Path) -> None:
     path = tmp_path / "d.json"
-    path.write_text('[\n  {"instruction": "a",\n   "output": "b"},\n  {"instruction": "c", output: "d"},\n'
-                    '  {"instruction": "e", "output": 5},\n  {"instruction": "g", "output": "h"},\n]\n')  # fmt: skip
+    path.write_text(
+        '[\n  {"instruction": "a",\n   "output": "b"},\n  {"instruction": "c", output: "d"},\n'
+        '  {"instruction": "e", "output": 5},\n  {"instruction": "g", "output": "h"},\n]\n'
+    )
     result = load_examples([path])
     assert [e.origin for e in result.examples] == [f"{path}:2", f"{path}:6"]
     assert set(lines_of(result)) == {4, 5} and "malformed JSON" in lines_of(result)[4]

@@ -38,8 +38,9 @@ def test_loss_only_on_assistant_turns_including_end_token(tokenizer) -> None:
 
 
 def test_weight_zero_and_system_prompt(tokenizer) -> None:
-    muted = Example(messages=[*CONV.messages[:1], Message("assistant", "red", trainable=False), *CONV.messages[2:]],
-                    origin="x:2")  # fmt: skip
+    muted = Example(
+        messages=[*CONV.messages[:1], Message("assistant", "red", trainable=False), *CONV.messages[2:]], origin="x:2"
+    )
     assert trained_text(tokenizer, muted) == "blue<|im_end|>"
     t = tokenize_example(CONV, tokenizer, max_length=512, system_prompt="be brief")
     assert tokenizer.decode(t.input_ids).startswith("<|im_start|>system\nbe brief<|im_end|>")
