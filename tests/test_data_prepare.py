@@ -137,3 +137,32 @@ def test_training_run_uses_the_pipeline_and_its_cache(tmp_path: Path, tiny_model
     assert (run.run_dir / "report.md").is_file()
     again = prepare_chat_data(cfg.data, tokenizer, cfg.training.seed, tmp_path / "again", batch_size=4)
     assert again.report["cached"] and again.report["fingerprint"] == report["fingerprint"]
+
+
+def test_packing_and_schedule_reach_the_training_data(tmp_path: Path, tokenizer) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(chat(f"q {i}", f"a {i}") for i in range(10)) + "\n")
+    packed = prepare_chat_data(DataSection(train=[str(path)], val_fraction=0.2, packing=True, max_length=256,
+                                           cache_dir=str(tmp_path / "c")), tokenizer, 0, tmp_path / "r")  # fmt: skip
+    assert len(packed.train) < 8 and sum(len(t.seq_lens) for t in packed.train) == 8
+    curriculum = DataSection(train=[str(path)], cache_dir=str(tmp_path / "c"), schedule={"order": "curriculum"})
+    data = prepare_chat_data(curriculum, tokenizer, 0, tmp_path / "r2")
+    assert data.schedule.order == "curriculum" and len(data.schedule.difficulty) == len(data.train)
+
+
+def test_prepare_command_writes_dataset_reports_and_plots(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tunelab.cli import main
+
+    labels = tmp_path / "train.jsonl"
+    labels.write_text("\n".join(chat(f"q {i}", f"a {i % 3}") for i in range(9)) + "\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {{source: {tiny_model_dir}}}\ndata:\n  train: train.jsonl\n  cache_dir: {tmp_path / 'c'}\n")
+    out = tmp_path / "prepared"
+    assert main(["data", "prepare", str(cfg), "--out", str(out)]) == 0
+    assert "9 rows" in capsys.readouterr().out
+    for name in ("report.json", "report.md", "lengths.png", "rejects.jsonl", "removed.jsonl", "dataset/train"):
+        assert (out / name).exists(), name
+    assert main(["data", "prepare", str(cfg), "--out", str(out), "--set", "data.clean.dedupe=exact"]) == 2
+    assert "Did you mean 'dedup'" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunelab.schema import Section
 
@@ -65,6 +65,43 @@ class CleanSection(Section):
     """With `drop_trivial_answers`: the shortest answer kept, in characters."""
 
 
+class ScheduleSection(Section):
+    """Which examples an epoch holds and in what order."""
+
+    order: Literal["shuffle", "curriculum"] = "shuffle"
+    """`shuffle`: random order (length-grouped when training.group_by_length). `curriculum`: easy examples first,
+    the pool of allowed examples growing by `pacing`; every example is still seen once per epoch."""
+    difficulty: Literal["length", "field", "loss"] = "length"
+    """Curriculum difficulty: token length, a number in each row (`difficulty_field`), or the base model's
+    per-example loss from a scoring pass before training."""
+    difficulty_field: str = "difficulty"
+    """With `difficulty: field`: the row field holding a number, higher is harder (rows without it are rejected)."""
+    pacing: Literal["linear", "root", "step"] = "linear"
+    """How fast harder examples are admitted: linearly, by square root (fast first), or in `buckets` steps
+    (baby steps)."""
+    start_fraction: float = Field(0.2, gt=0.0, le=1.0)
+    """Share of the easiest examples available at the start (linear and root pacing)."""
+    buckets: int = Field(4, ge=1)
+    """Difficulty buckets for `pacing: step`; bucket k joins after k/buckets of the epoch."""
+    curriculum_epochs: int = Field(1, ge=1)
+    """Epochs ordered as a curriculum; later ones are shuffled."""
+    sampling: Literal["natural", "balanced", "mixture"] = "natural"
+    """`natural`: each example once per epoch. `balanced`: sample so every label is equally frequent.
+    `mixture`: sample tasks (one per file, or a row's `task` field) by `mix_weights` or `temperature`."""
+    mix_weights: dict[str, float] = {}
+    """Task name (file stem or `task` field) -> share of the mixture; tasks left out are not sampled."""
+    temperature: float = Field(1.0, gt=0.0)
+    """Without `mix_weights`: task shares proportional to size^(1/temperature) (1: natural sizes, large:
+    uniform over tasks)."""
+
+    @field_validator("mix_weights")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in value.values()) or (value and not any(w > 0 for w in value.values())):
+            raise ValueError("mixture weights must be >= 0 and at least one > 0")
+        return value
+
+
 class DataSection(Section):
     train: list[str]
     """Training file(s), folder(s) or glob patterns: JSON Lines, JSON, CSV/TSV, Parquet or .txt (gzip allowed).
@@ -99,6 +136,11 @@ class DataSection(Section):
     """Abort when more than this fraction of rows is rejected (rejects are always written to rejects.jsonl)."""
     clean: CleanSection = CleanSection()
     """Normalisation, deduplication and noise filters."""
+    packing: bool = False
+    """Pack several examples into each `max_length` sequence (positions restart per example and no example
+    attends to another), instead of padding each one."""
+    schedule: ScheduleSection = ScheduleSection()
+    """Order and mixture of the training examples."""
     contamination: Literal["off", "warn", "remove"] = "warn"
     """Check validation rows against training rows (exact and near duplicates at `clean.near_threshold`):
     `warn` reports the overlap, `remove` also drops the overlapping rows from training."""
@@ -113,3 +155,13 @@ class DataSection(Section):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _packing_alone(self) -> DataSection:
+        s = self.schedule
+        if self.packing and (s.order != "shuffle" or s.sampling != "natural"):
+            raise ValueError(
+                "packing mixes several examples per sequence, so it cannot be combined with a "
+                "curriculum or weighted sampling; set data.packing=false or data.schedule to defaults"
+            )
+        return self

@@ -36,6 +36,8 @@ class LoadOptions:
     long_rows: Literal["reject", "truncate"] = "reject"
     task: str | None = None
     """Task tag for every record; default: the file's stem (a row's own `task` field wins)."""
+    difficulty_field: str | None = None
+    """A row field that must hold a number, kept as the record's curriculum difficulty."""
 
 
 @dataclass
@@ -215,9 +217,21 @@ def _example(raw: RawRow, origin: str, fmt: str | None, options: LoadOptions, ta
         limit = options.max_row_chars
         example = example.map_texts(lambda s: s[:limit])
         example.meta["truncated"] = size
+    if options.difficulty_field:
+        example.meta["difficulty"] = _difficulty(value, options.difficulty_field)
     row_task = value.get("task") if isinstance(value, dict) else None
     example.task = row_task if isinstance(row_task, str) and row_task.strip() else task
     return example
+
+
+def _difficulty(row: Any, name: str) -> float:
+    value = row.get(name) if isinstance(row, dict) else None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise RowError(f"field '{name}' must be a number (data.schedule.difficulty=field), got {value!r}", name)
+    return float(value)
 
 
 def check_bad_fraction(result: LoadResult, limit: float, rejects_file: Path | None) -> None:

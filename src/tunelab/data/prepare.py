@@ -35,13 +35,15 @@ from tunelab.data.ingest import (
     removed_rows,
 )
 from tunelab.data.load import LoadOptions, check_counts
+from tunelab.data.pack import pack
 from tunelab.data.parallel import bounded_map, chunked
 from tunelab.data.records import Example, JsonlWriter, Reject, Removed
 from tunelab.data.report import build_report, padding_report, write_report
+from tunelab.data.schedule import Schedule, make_schedule
 from tunelab.data.split import split_indices
 from tunelab.data.tokenize import Tokenized, tokenize_record
 
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 """Bump when a change to the pipeline changes its output, so old cache entries are not reused."""
 TOKENIZED = pa.schema(
     [
@@ -54,6 +56,7 @@ TOKENIZED = pa.schema(
         ("length", pa.int32()),
         ("truncated", pa.bool_()),
         ("synthetic", pa.bool_()),
+        ("difficulty", pa.float64()),
     ]
 )
 SPLITS = ("train", "validation")
@@ -66,6 +69,8 @@ class PreparedData:
     val_examples: list[Example]
     """Validation conversations (for generation metrics), aligned with the ones in `val` that survived."""
     report: dict[str, Any] = field(default_factory=dict)
+    schedule: Schedule = field(default_factory=Schedule)
+    """How the training loop orders and samples `train` each epoch (pass it to `epoch_batches`)."""
 
 
 @dataclass
@@ -167,7 +172,11 @@ def prepare_chat_data(
     val_examples = [
         ex for row in records.to_pylist() if (ex := Example.from_row(row)).kind == "chat" and ex.origin in val_origins
     ]
-    return PreparedData(train=train, val=val, val_examples=val_examples, report=prepared.report)
+    if cfg.packing:
+        train = pack(train, cfg.max_length)
+        prepared.report["packed_sequences"] = len(train)
+    schedule = make_schedule(cfg.schedule, train)
+    return PreparedData(train=train, val=val, val_examples=val_examples, report=prepared.report, schedule=schedule)
 
 
 def _tokenized(table: pa.Table) -> list[Tokenized]:
@@ -183,6 +192,7 @@ def _tokenized(table: pa.Table) -> list[Tokenized]:
                     cols["task"][i],
                     cols["label"][i],
                     truncated=cols["truncated"][i],
+                    difficulty=cols["difficulty"][i],
                 )
             )
     return out
@@ -246,8 +256,13 @@ def _publish(work: Path, entry: Path) -> None:
 def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work: Path, fp: str) -> None:
     out = work / "out"
     out.mkdir()
+    by_field = cfg.schedule.order == "curriculum" and cfg.schedule.difficulty == "field"
     options = LoadOptions(
-        format=cfg.format, text_unit=cfg.text_unit, max_row_chars=cfg.max_row_chars, long_rows=cfg.long_rows
+        format=cfg.format,
+        text_unit=cfg.text_unit,
+        max_row_chars=cfg.max_row_chars,
+        long_rows=cfg.long_rows,
+        difficulty_field=cfg.schedule.difficulty_field if by_field else None,
     )
     c = cfg.clean
     near = NearParams(c.num_perm, c.near_ngram, c.near_threshold)
@@ -453,6 +468,7 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
                     "length": len(s.input_ids),
                     "truncated": s.truncated,
                     "synthetic": example.synthetic,
+                    "difficulty": example.meta.get("difficulty"),
                 }
             )
     kept = pa.Table.from_pylist(keep_rows, schema=SCHEMA)

@@ -33,6 +33,8 @@ class Tokenized:
     seq_lens: list[int] | None = None
     """For a packed sequence: the lengths of the examples packed into it, in order (positions restart at each)."""
     truncated: bool = False
+    difficulty: float | None = None
+    """A difficulty given with the row (for curricula)."""
 
     @property
     def target_tokens(self) -> int:
