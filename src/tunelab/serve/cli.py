@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     state = build_state(
         args.model, config, adapters=dict(args.adapter or []), adapter_dir=args.adapter_dir,
         embedding_model=args.embedding_model, dtype=torch.float32 if args.int8 else dtype, int8=args.int8,
-        trust_remote_code=args.trust_remote_code, name=args.name,
+        trust_remote_code=args.trust_remote_code, name=args.name, device=args.device,
     )  # fmt: skip
     print(f"serving {', '.join(state.model_names())} on http://{args.host}:{args.port}/v1", flush=True)
     serve_forever(state, args.host, args.port)
@@ -64,6 +64,7 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", action="append", help="accepted Bearer key (repeatable; or TUNELAB_API_KEYS)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"], help="weights dtype (default bf16)")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of Linear layers (CPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--max-batch-size", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="waiting sequences before 429")

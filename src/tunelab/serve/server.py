@@ -37,17 +37,22 @@ def build_state(
     int8: bool = False,
     trust_remote_code: bool = False,
     name: str | None = None,
+    device: str | None = None,
 ) -> ServerState:
-    """Load `spec` (and an optional embedding model) and start its engine; the result feeds `create_app`."""
+    """Load `spec` (and an optional embedding model) and start its engine; the result feeds `create_app`.
+
+    `device`: "cpu", "cuda", ... (default: cuda when available and not `int8`, which is a CPU format).
+    """
+    device = device or ("cuda" if torch.cuda.is_available() and not int8 else "cpu")
     config = config or ServeConfig()
     state = ServerState(config=config, metrics=ServerMetrics())
     served = load_served(spec, dtype=dtype, trust_remote_code=trust_remote_code, name=name)
     if served.task == "encoder":
         if adapters or adapter_dir:
             raise ServeError(f"'{spec}' is an encoder (embeddings only); adapters are served on causal LMs.")
-        state.embedder, state.embedding_name = Embedder(served.model, served.tokenizer), served.name
+        state.embedder, state.embedding_name = Embedder(served.model.to(device), served.tokenizer), served.name
         return state
-    model = served.model
+    model = served.model.to(device)
     if int8:
         from tunelab.export.int8 import quantize_int8_
 
@@ -67,7 +72,7 @@ def build_state(
         extra = load_served(embedding_model, dtype=torch.float32, trust_remote_code=trust_remote_code)
         if extra.task != "encoder":
             raise ServeError(f"--embedding-model '{embedding_model}' is not an encoder; give one such as minilm-l6.")
-        state.embedder, state.embedding_name = Embedder(extra.model, extra.tokenizer), extra.name
+        state.embedder, state.embedding_name = Embedder(extra.model.to(device), extra.tokenizer), extra.name
     return state
 
 
