@@ -65,6 +65,30 @@ class CleanSection(Section):
     """With `drop_trivial_answers`: the shortest answer kept, in characters."""
 
 
+class AugmentSection(Section):
+    """Synthetic training records, marked `synthetic` in the record and counted in the report."""
+
+    eda: int = Field(0, ge=0)
+    """EDA variants per classification record: random word swap, deletion or insertion."""
+    eda_alpha: float = Field(0.1, gt=0.0, le=0.5)
+    """Share of a text's words an EDA variant changes."""
+    oversample: bool = False
+    """Copy records of smaller classes until every label is as frequent as the most frequent one."""
+    paraphrase: int = Field(0, ge=0)
+    """Paraphrases per chat prompt (last user turn) or classification text, written by `paraphrase_model`."""
+    paraphrase_model: str = "smollm2-135m"
+    """Any tunelab model source (embedded name, HF folder, .gguf) that writes the paraphrases."""
+    paraphrase_max_new_tokens: int = Field(128, ge=1)
+    """Length limit of a paraphrase in tokens."""
+    smote: bool = False
+    """SMOTE on sentence embeddings of classification texts (for classification heads): the balanced
+    embeddings and labels are saved as train_smote.npz next to the dataset."""
+    smote_k: int = Field(5, ge=1)
+    """Neighbours SMOTE interpolates between."""
+    encoder: str = "minilm-l6"
+    """Encoder model source for SMOTE's sentence embeddings."""
+
+
 class ScheduleSection(Section):
     """Which examples an epoch holds and in what order."""
 
@@ -136,6 +160,8 @@ class DataSection(Section):
     """Abort when more than this fraction of rows is rejected (rejects are always written to rejects.jsonl)."""
     clean: CleanSection = CleanSection()
     """Normalisation, deduplication and noise filters."""
+    augment: AugmentSection = AugmentSection()
+    """Synthetic training records (off by default)."""
     packing: bool = False
     """Pack several examples into each `max_length` sequence (positions restart per example and no example
     attends to another), instead of padding each one."""

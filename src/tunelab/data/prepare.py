@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -304,14 +305,62 @@ def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work
             }
         sets["train"] = _contamination(cfg, sets, removed, counts)
 
+        extra = {"train": _augment(cfg, *sets["train"], seed, out, counts), "validation": []}
+
         token_rejects: list[Reject] = []
         for split in SPLITS:
             ing, idx = sets[split]
-            _write_split(cfg, tokenizer, ing, idx, out, split, rejects, removed, counts, token_rejects)
+            _write_split(cfg, tokenizer, ing, idx, out, split, rejects, removed, counts, token_rejects, extra[split])
         tokenize_rejected = counts.get("tokenize_rejected", 0)
         check_counts(rows, load_rejected + tokenize_rejected, first or token_rejects[:3], cfg.max_bad_fraction, None)
     report = build_report(cfg, ingested, counts, out)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def _augment(
+    cfg: DataSection, ing: Ingested, idx: np.ndarray, seed: int, out: Path, counts: dict[str, Any]
+) -> list[Example]:
+    """Synthetic training records as `data.augment` asks (SMOTE's vectors go to train_smote.npz instead)."""
+    from tunelab.data import augment
+
+    a = cfg.augment
+    if not (a.eda or a.oversample or a.paraphrase or a.smote) or not len(idx):
+        return []
+    table = ing.table()
+    examples = [
+        Example.from_row(r)
+        for c in chunked(idx.tolist(), 2000)
+        for r in table.take(pa.array(c, type=pa.int64())).to_pylist()
+    ]
+    extra: list[Example] = []
+    if a.eda:
+        extra += augment.augment_eda(examples, a.eda, a.eda_alpha, seed)
+    if a.paraphrase:
+        extra += augment.paraphrase(
+            examples, _paraphraser(a.paraphrase_model, a.paraphrase_max_new_tokens), a.paraphrase
+        )
+    if a.oversample:
+        extra += augment.oversample(examples + [e for e in extra if e.label is not None], seed)
+    if a.smote:
+        labelled = [e for e in examples if e.kind == "classification"]
+        if labelled:
+            vectors = augment.embed_texts([e.text for e in labelled], a.encoder)
+            x, y, is_synthetic = augment.smote_embeddings(vectors, [e.label for e in labelled], a.smote_k, seed)
+            np.savez(out / "train_smote.npz", embeddings=x, labels=y, synthetic=is_synthetic)
+            counts["smote"] = {"vectors": len(y), "synthetic": int(is_synthetic.sum()), "encoder": a.encoder}
+    counts["augmented"] = dict(Counter(e.meta["augmented"] for e in extra))
+    return extra
+
+
+def _paraphraser(source: str, max_new_tokens: int):
+    """Prompts in, answers out, with a tunelab model source."""
+    from tunelab.eval import generate_answers
+    from tunelab.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(source), load_tokenizer(source)
+    return lambda prompts: generate_answers(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, show_progress=False
+    )
 
 
 def _dedup(ing: Ingested, mode: str, removed: JsonlWriter, counts: dict[str, Any]) -> np.ndarray:
@@ -384,8 +433,10 @@ def _write_split(
     removed: JsonlWriter,
     counts: dict[str, Any],
     first: list[Reject],
+    extra: list[Example],
 ) -> None:
-    """Save the split's records and their tokenized sequences as `datasets` folders."""
+    """Save the split's records (the rows `idx` of `ing`, then the synthetic `extra` ones) and their tokenized
+    sequences as `datasets` folders."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -399,7 +450,10 @@ def _write_split(
         pa.OSFile(str(tokens_file), "wb") as tsink,
         pa.ipc.new_stream(tsink, TOKENIZED) as tok_writer,
     ):
-        chunks = (table.take(pa.array(c, type=pa.int64())) for c in chunked(idx.tolist(), 2000))
+        chunks = chain(
+            (table.take(pa.array(c, type=pa.int64())) for c in chunked(idx.tolist(), 2000)),
+            (pa.Table.from_pylist([e.to_row() for e in c], schema=SCHEMA) for c in chunked(extra, 2000)),
+        )
         results = bounded_map(_tokenize_chunk, chunks, cfg.num_proc, _set_tokenize, (tokenizer, cfg))
         # An empty batch first: `datasets` cannot read an Arrow stream without any batch (an empty split).
         rec_writer.write_batch(pa.RecordBatch.from_pylist([], schema=SCHEMA))

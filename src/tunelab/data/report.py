@@ -33,13 +33,15 @@ def build_report(cfg: DataSection, ingested: dict[str, Ingested], counts: dict[s
     tokenize_rejected = counts.get("tokenize_rejected", 0)
     removed: Counter[str] = +counts["removed"]  # unary plus drops zero counts
     kept = {split: tables[f"{split}_records"].num_rows for split in ("train", "validation")}
-    accounted = load_rejected + tokenize_rejected + sum(removed.values()) + kept["train"] + kept["validation"]
+    records = pa.concat_tables([tables["train_records"], tables["validation_records"]])
+    synthetic = sum(records.column("synthetic").to_pylist())
+    from_files = kept["train"] + kept["validation"] - synthetic
+    accounted = load_rejected + tokenize_rejected + sum(removed.values()) + from_files
     if accounted != rows:  # a bug, not a user mistake: some row went missing without a trace
         raise AssertionError(f"data accounting is off: {rows} rows read, {accounted} accounted for")
     reasons = Counter(reason_kind(r["reason"]) for r in _iter_jsonl(out / "rejects.jsonl"))
     train = tables["train"]
     lengths = train.column("length").to_pylist()
-    records = pa.concat_tables([tables["train_records"], tables["validation_records"]])
     clean = {"normalized": sum(i.clean.changed for i in ingested.values())}
     pii = sum((i.clean.pii for i in ingested.values()), Counter())
     if cfg.clean.pii:
@@ -68,7 +70,7 @@ def build_report(cfg: DataSection, ingested: dict[str, Ingested], counts: dict[s
         "split": {**counts["split"], "train": kept["train"], "validation": kept["validation"]},
         "accounting": {
             "rows": rows,
-            "kept": kept["train"] + kept["validation"],
+            "kept": from_files,
             "rejected": load_rejected + tokenize_rejected,
             "removed": sum(removed.values()),
         },
@@ -81,7 +83,9 @@ def build_report(cfg: DataSection, ingested: dict[str, Ingested], counts: dict[s
         "train_target_tokens": _target_tokens(train),
         "kinds": dict(Counter(records.column("kind").to_pylist()).most_common()),
         "tasks": dict(Counter(records.column("task").to_pylist()).most_common()),
-        "synthetic": sum(records.column("synthetic").to_pylist()),
+        "synthetic": synthetic,
+        "augmented": counts.get("augmented", {}),
+        "smote": counts.get("smote"),
         "lengths": {"unit": "tokens", **length_stats(lengths)},
     }
     labels = [x for x in tables["train_records"].column("label").to_pylist() if x is not None]
@@ -209,6 +213,16 @@ def markdown(r: dict[str, Any]) -> str:
             "",
         ]
     lines += [f"Kinds: {_pairs(r['kinds'])}. Tasks: {_pairs(r['tasks'])}. Synthetic records: {r['synthetic']}.", ""]
+    if r.get("augmented") or r.get("smote"):
+        made = ", ".join(f"{n} by {how}" for how, n in r["augmented"].items()) or "none"
+        lines += ["## Augmentation", "", f"Synthetic training records (marked `synthetic`): {made}."]
+        if r.get("smote"):
+            sm = r["smote"]
+            lines.append(
+                f"SMOTE on {sm['encoder']} embeddings: {sm['synthetic']} synthetic of {sm['vectors']} vectors "
+                "in train_smote.npz."
+            )
+        lines.append("")
     if r.get("labels"):
         lines += ["## Labels (train)", "", "| label | count |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in r["labels"].items()]

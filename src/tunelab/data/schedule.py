@@ -60,8 +60,15 @@ def make_schedule(cfg: ScheduleSection, train: list[Tokenized]) -> Schedule:
         weights = balanced_weights([t.label for t in train])
     elif cfg.sampling == "mixture":
         weights = mixture_weights([t.task for t in train], cfg.mix_weights, cfg.temperature)
-    return Schedule(order=cfg.order, difficulty=difficulty, pacing=cfg.pacing, start_fraction=cfg.start_fraction,
-                    buckets=cfg.buckets, curriculum_epochs=cfg.curriculum_epochs, weights=weights)  # fmt: skip
+    return Schedule(
+        order=cfg.order,
+        difficulty=difficulty,
+        pacing=cfg.pacing,
+        start_fraction=cfg.start_fraction,
+        buckets=cfg.buckets,
+        curriculum_epochs=cfg.curriculum_epochs,
+        weights=weights,
+    )
 
 
 def balanced_weights(labels: list[str | None]) -> tuple[float, ...]:
@@ -91,8 +98,9 @@ def competence(progress: float, pacing: Pacing, start: float, buckets: int) -> f
     return min(1.0, (math.floor(progress * buckets) + 1) / buckets)
 
 
-def curriculum_order(difficulty: tuple[float, ...], batch_size: int, rng: random.Random, pacing: Pacing,
-                     start: float, buckets: int) -> list[int]:  # fmt: skip
+def curriculum_order(
+    difficulty: tuple[float, ...], batch_size: int, rng: random.Random, pacing: Pacing, start: float, buckets: int
+) -> list[int]:
     """Every index once, in batches drawn at random from the easiest `competence` share of the data (not yet
     drawn). The pool always holds enough examples, since competence(t) >= t for every pacing."""
     n = len(difficulty)
@@ -133,8 +141,14 @@ def epoch_batches(
     rng = random.Random(seed * 100_003 + epoch)
     schedule = schedule or Schedule()
     if schedule.order == "curriculum" and schedule.difficulty is not None and epoch < schedule.curriculum_epochs:
-        order = curriculum_order(schedule.difficulty, batch_size * world_size, rng, schedule.pacing,
-                                 schedule.start_fraction, schedule.buckets)  # fmt: skip
+        order = curriculum_order(
+            schedule.difficulty,
+            batch_size * world_size,
+            rng,
+            schedule.pacing,
+            schedule.start_fraction,
+            schedule.buckets,
+        )
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         return _shard(batches, rank, world_size)
     if schedule.weights is not None:

@@ -1,0 +1,95 @@
+"""Augmentation: seeded EDA, oversampling, paraphrases and SMOTE, all marked synthetic and counted."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunelab.data.augment import augment_eda, eda, oversample, paraphrase, smote_embeddings
+from tunelab.data.records import Example, Message
+
+
+def labelled(text: str, label: str, line: int) -> Example:
+    return Example(kind="classification", text=text, label=label, origin=f"f:{line}")
+
+
+def test_eda_is_seeded_and_changes_words_only() -> None:
+    text = "the quick brown fox jumps over the lazy dog"
+    a, b = eda(text, random.Random(1), 0.2), eda(text, random.Random(1), 0.2)
+    assert a == b and a != text and set(a.split()) <= set(text.split())
+    variants = augment_eda([labelled(text, "x", 1), Example([Message("user", "q")], "f:2")], 3, 0.2, seed=0)
+    assert len(variants) == 3 and all(v.synthetic and v.label == "x" and v.kind == "classification" for v in variants)
+    assert [v.origin for v in variants] == ["f:1#eda1", "f:1#eda2", "f:1#eda3"]
+    assert variants[0].meta == {"augmented": "eda", "source": "f:1"}
+
+
+def test_oversample_balances_labels() -> None:
+    data = [labelled(f"a{i}", "a", i) for i in range(5)] + [labelled("b", "b", 9)]
+    extra = oversample(data, seed=0)
+    assert Counter(e.label for e in data + extra) == {"a": 5, "b": 5} and all(e.synthetic for e in extra)
+
+
+def test_paraphrase_rewrites_the_prompt_and_keeps_the_answer() -> None:
+    chat = Example([Message("user", "what is 2+2"), Message("assistant", "4")], "f:1")
+    seen = []
+
+    def fake_generate(prompts: list[list[Message]]) -> list[str]:
+        seen.extend(prompts)
+        return ["how much is two plus two", "what is 2+2"]  # the second is unchanged: dropped
+
+    out = paraphrase([chat, labelled("what is 2+2", "q", 2)], fake_generate)
+    assert len(seen) == 2 and "what is 2+2" in seen[0][0].content
+    (made,) = out
+    assert made.messages[0].content == "how much is two plus two" and made.messages[1].content == "4"
+    assert made.synthetic and made.meta["augmented"] == "paraphrase"
+
+
+def test_smote_fills_the_minority_class() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (10, 4)), rng.normal(5, 1, (3, 4))])
+    labels = ["big"] * 10 + ["small"] * 3
+    out, y, synthetic = smote_embeddings(x, labels, k=5, seed=0)
+    assert Counter(y.tolist()) == {"big": 10, "small": 10} and synthetic.sum() == 7
+    assert np.array_equal(out[:13], x) and (out[synthetic].mean(0) > 2).all()  # new points lie among the small class
+
+
+def test_pipeline_marks_and_counts_synthetic_records(tmp_path: Path) -> None:
+    from tunelab.data.config import DataSection
+    from tunelab.data.prepare import prepare_dataset
+
+    path = tmp_path / "d.csv"
+    path.write_text(
+        "text,label\n" + "".join(f"good film number {i} was fine,pos\n" for i in range(6)) + "bad one,neg\n"
+    )
+    cfg = DataSection(train=[str(path)], val_fraction=0.0, cache_dir=str(tmp_path / "c"),
+                      augment={"eda": 1, "oversample": True})  # fmt: skip
+    r = prepare_dataset(cfg, tokenizer=_NoTokenizer(), seed=0, out_dir=tmp_path / "out").report
+    assert r["augmented"]["eda"] >= 5 and r["labels"]["pos"] == r["labels"]["neg"]
+    assert r["synthetic"] == sum(r["augmented"].values()) and r["accounting"]["kept"] == 7
+
+
+class _NoTokenizer:
+    """Classification records are not tokenized; the fingerprint only needs these attributes."""
+
+    backend_tokenizer = None
+    chat_template = eos_token = pad_token = bos_token = None
+
+    def get_vocab(self) -> dict[str, int]:
+        return {}
+
+
+@pytest.mark.slow
+def test_smote_on_embedded_encoder_embeddings(tmp_path: Path) -> None:
+    from tunelab.data.config import DataSection
+    from tunelab.data.prepare import prepare_dataset
+
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"a happy review {i},pos\n" for i in range(6)) + "awful,neg\nbad,neg\n")
+    cfg = DataSection(train=[str(path)], val_fraction=0.0, cache_dir=str(tmp_path / "c"), augment={"smote": True})
+    prepared = prepare_dataset(cfg, tokenizer=_NoTokenizer(), seed=0, out_dir=tmp_path / "out")
+    saved = np.load(prepared.folder / "train_smote.npz")
+    assert saved["embeddings"].shape == (12, 384) and int(saved["synthetic"].sum()) == 4
