@@ -68,7 +68,7 @@ def test_pipeline_marks_and_counts_synthetic_records(tmp_path: Path) -> None:
     cfg = DataSection(train=[str(path)], val_fraction=0.0, cache_dir=str(tmp_path / "c"),
                       augment={"eda": 1, "oversample": True})  # fmt: skip
     r = prepare_dataset(cfg, tokenizer=_NoTokenizer(), seed=0, out_dir=tmp_path / "out").report
-    assert r["augmented"]["eda"] >= 5 and r["labels"]["pos"] == r["labels"]["neg"]
+    assert r["augmented"] == {"eda": 7, "oversample": 10} and r["labels"] == {"pos": 12, "neg": 12}
     assert r["synthetic"] == sum(r["augmented"].values()) and r["accounting"]["kept"] == 7
 
 

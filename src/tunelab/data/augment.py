@@ -39,10 +39,12 @@ def eda(text: str, rng: random.Random, alpha: float = 0.1) -> str:
     op = rng.choice(("swap", "delete", "insert"))
     if op == "swap":
         for _ in range(n):
-            i, j = rng.randrange(len(words)), rng.randrange(len(words))
+            i, j = rng.sample(range(len(words)), 2)
             words[i], words[j] = words[j], words[i]
     elif op == "delete":
         kept = [w for w in words if rng.random() >= alpha]
+        if len(kept) == len(words):  # always delete at least one word
+            kept.pop(rng.randrange(len(kept)))
         words = kept or [rng.choice(words)]
     else:
         for _ in range(n):
