@@ -19,9 +19,12 @@ IDS = torch.tensor([[5, 17, 42, 99, 3, 200, 11]])
 def test_int8_replaces_linears_and_keeps_logits_close(tiny_model_dir: Path) -> None:
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     quantized = quantize_int8_(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
-    linears = [m for m in quantized.modules() if type(m) is torch.nn.Linear]
+    kept = [n for n, m in quantized.named_modules() if type(m) is torch.nn.Linear]
     packed = [m for m in quantized.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
-    assert not linears and len(packed) == 2 * 7 + 1  # q k v o gate up down per layer, and the output head
+    assert len(packed) == 2 * 6  # q k v o gate up in each of the 2 layers
+    assert kept == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"]
+    every = quantize_int8_(AutoModelForCausalLM.from_pretrained(tiny_model_dir), skip=())
+    assert not [m for m in every.modules() if type(m) is torch.nn.Linear]
     with torch.no_grad():
         want, got = reference(IDS).logits, quantized(IDS).logits
     # Per-tensor int8 weights: about 1% of the weight range per value; the logits move by a few hundredths.
