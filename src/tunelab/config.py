@@ -37,16 +37,65 @@ class TrainingSection(Section):
     """Micro-batches per optimizer step; the loss is normalised over all target tokens of the step."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate."""
+    optimizer: Literal["adamw", "adamw_8bit", "sgd", "adafactor", "lion"] = "adamw"
+    """`adamw` (fused kernels where the device has them), `adamw_8bit` (bitsandbytes, CUDA only: 8-bit moments),
+    `sgd` (with `momentum` / `nesterov`), `adafactor` (factored second moments: least optimizer memory), `lion`
+    (sign updates, one moment; use a 3-10x smaller learning rate than AdamW)."""
     weight_decay: float = Field(0.0, ge=0)
-    """AdamW weight decay, applied to matrices only (not to norms, biases or embeddings' scales)."""
+    """Decoupled weight decay, applied to matrices only (not to norms or biases)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    """Learning-rate decay after warmup."""
+    lion_betas: tuple[float, float] = (0.9, 0.99)
+    """Lion's betas: the first interpolates the update direction, the second is the momentum decay."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum."""
+    nesterov: bool = False
+    """SGD with Nesterov momentum (needs momentum > 0)."""
+    layer_lr_decay: float | None = Field(None, gt=0, le=1)
+    """Layer-wise learning-rate decay: transformer layer i of L trains at lr * decay^(L-1-i), the input
+    embeddings at lr * decay^L; the final norm and output head at lr. Typical: 0.8-0.95."""
+    head_lr: float | None = Field(None, gt=0)
+    """Own learning rate for the output head (lm_head or a task head); with tied embeddings it is the
+    embeddings' rate too."""
+    embedding_lr: float | None = Field(None, gt=0)
+    """Own learning rate for the input embeddings."""
+    loraplus_lr_ratio: float | None = Field(None, gt=0)
+    """LoRA+: train the B matrices of LoRA/DoRA adapters at lr * ratio (the paper suggests 16)."""
+    scheduler: Literal["cosine", "linear", "constant", "cosine_restarts", "polynomial", "inverse_sqrt", "wsd"] = (
+        "cosine"
+    )
+    """Learning-rate shape after warmup: `cosine`/`linear` decay to `min_lr_ratio`; `cosine_restarts` runs
+    `num_cycles` cosine decays back to back; `polynomial` decays as (1-progress)^`poly_power`; `inverse_sqrt`
+    falls as sqrt(warmup/step); `wsd` (warmup-stable-decay) holds the peak, then decays linearly over the last
+    `decay_ratio` of training; `constant` holds the peak."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Floor of the decaying schedules, as a fraction of the peak learning rate."""
+    num_cycles: int = Field(1, ge=1)
+    """Number of cosine cycles for `cosine_restarts`."""
+    poly_power: float = Field(1.0, gt=0)
+    """Exponent of the `polynomial` schedule (1 is linear)."""
+    decay_ratio: float = Field(0.1, gt=0, le=1)
+    """`wsd`: fraction of all steps spent in the final decay."""
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     """Warmup length as a fraction of all steps (`warmup_steps` wins when set)."""
     warmup_steps: int | None = Field(None, ge=0)
     """Warmup length in steps."""
+    l1_penalty: float = Field(0.0, ge=0)
+    """Add this times the L1 norm of the trained weights (`penalty_on`) to the loss; pushes updates to sparsity."""
+    l2_penalty: float = Field(0.0, ge=0)
+    """Add this times the squared L2 norm of the trained weights (`penalty_on`) to the loss."""
+    penalty_on: Literal["delta", "weights"] = "delta"
+    """What the L1/L2 penalties measure. `delta`: the change from the starting model (LoRA's s·B·A, IA3's scale
+    minus 1, a bottleneck adapter's weights, or W - W0 for fully trained weights: L2-SP, which keeps a copy of
+    them). `weights`: the trainable tensors themselves."""
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Spread this much of each target's probability over the whole vocabulary (or label set)."""
+    neftune_alpha: float | None = Field(None, gt=0)
+    """NEFTune: add uniform noise of scale alpha / sqrt(length * hidden) to input embeddings while training
+    (the paper uses 5). Off when null."""
+    dropout: float | None = Field(None, ge=0, lt=1)
+    """Override every dropout probability of the model (attention, hidden, embedding) for training; null keeps
+    the model's own."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this value; null disables clipping."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -69,6 +118,12 @@ class TrainingSection(Section):
     """Batch examples of similar length together to cut padding (order stays random across batches)."""
     num_threads: int | None = Field(None, ge=1)
     """CPU threads for torch; default: all cores."""
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainingSection:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0; set training.momentum (e.g. 0.9) or nesterov=false")
+        return self
 
 
 class EvalSection(Section):

@@ -19,8 +19,9 @@ CONFIG_FILE = "config.yaml"
 
 
 def artifact_dir(run_dir: Path, method_name: str) -> Path:
-    """Where the trained result is saved: `adapter/` for adapter methods, `model/` for whole-model methods."""
-    return run_dir / ("adapter" if method_name == "lora" else "model")
+    """Where the trained result is saved: `adapter/` for adapter methods, `model/` for whole-model methods
+    (each method says which in `Method.artifact`)."""
+    return run_dir / METHODS[method_name].artifact
 
 
 def is_run(path: str | Path) -> bool:

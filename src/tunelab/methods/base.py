@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ class Method:
 
     `apply_` changes the model in place (freezes, wraps) and returns the model to train; `save` writes the
     trained result in the format other tools read; `load_` puts a saved result onto a freshly loaded base.
+    `artifact` names the run sub-folder the result goes to; `mergeable` says whether `export` can fold the
+    result into the base weights (adapters that stay as extra modules or virtual tokens cannot be).
     """
 
     name: str
@@ -27,6 +30,8 @@ class Method:
     save: Callable[[nn.Module, Path], None]
     load_: Callable[[nn.Module, Path], nn.Module]
     freezes_base: bool
+    artifact: Literal["adapter", "model"] = "model"
+    mergeable: bool = True
 
 
 def register(registry: dict[str, Method], method: Method) -> None:
@@ -82,3 +87,10 @@ def trainable_to_fp32_(model: nn.Module) -> None:
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
+
+
+def layer_index_by_parameter(model: nn.Module) -> tuple[int, dict[int, int]]:
+    """(number of transformer layers, {id(parameter): index of the layer that holds it})."""
+    _, layers = decoder_layers(model)
+    index = {id(p): i for i, layer in enumerate(layers) for p in layer.parameters()}
+    return len(layers), index

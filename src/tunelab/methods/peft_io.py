@@ -1,0 +1,45 @@
+"""Saving and loading peft-wrapped models: the PEFT adapter format, which peft and inference servers read directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import PeftModel
+from torch import nn
+
+from tunelab.errors import ConfigError
+from tunelab.methods.base import trainable_to_fp32_
+
+
+def save_adapter(model: nn.Module, out: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors (only the adapter's weights)."""
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def load_adapter_(model: nn.Module, folder: Path) -> nn.Module:
+    """Wrap a freshly loaded base with the saved adapter (frozen, for inference)."""
+    return PeftModel.from_pretrained(model, folder)
+
+
+def task_type(model: nn.Module) -> str:
+    """peft's task type: a causal LM gets the generation-aware wrapper, an encoder the plain feature one."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return "CAUSAL_LM" if head is not None and hasattr(model, "generate") else "FEATURE_EXTRACTION"
+
+
+def wrap_(model: nn.Module, peft_config: object) -> nn.Module:
+    """Wrap `model` with peft (which freezes the base in place); adapter weights stay fp32."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, peft_config)
+    trainable_to_fp32_(peft_model)
+    return peft_model
+
+
+def require_decoder(model: nn.Module, method: str) -> None:
+    """Virtual-token methods prepend to a generating model's input; an encoder has nowhere to put them usefully."""
+    if task_type(model) != "CAUSAL_LM":
+        raise ConfigError(
+            f"method '{method}' works on decoder (causal LM) models, and {type(model).__name__} is not one. "
+            "Use lora, ia3, adapter or freeze with an encoder, or choose a causal-LM model.source."
+        )
