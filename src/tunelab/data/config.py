@@ -127,7 +127,7 @@ class ScheduleSection(Section):
 
 
 class DataSection(Section):
-    train: list[str]
+    train: list[str] = Field(min_length=1)
     """Training file(s), folder(s) or glob patterns: JSON Lines, JSON, CSV/TSV, Parquet or .txt (gzip allowed).
     Formats are detected per file: chat (`messages`), ShareGPT (`conversations`), Alpaca (`instruction`),
     prompt/completion, text, preference (`chosen`/`rejected`, or OpenAI's `preferred_output`), classification

@@ -206,7 +206,7 @@ class RowTexts:
 
     def shingles(self, i: int) -> np.ndarray:
         if i not in self.cache:
-            if len(self.cache) > 100_000:
+            if len(self.cache) > 20_000:
                 self.cache.clear()
             self.cache[i] = shingles(near_text(Example.from_row(self.row(i))), self.ngram)
         return self.cache[i]
@@ -271,40 +271,51 @@ class Overlap:
 
 def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, np.ndarray], near: bool) -> Overlap:
     """Rows of `left` (training) and `right` (validation) that duplicate a row on the other side; each side is
-    an ingest and the indices of its rows that belong to the set."""
+    an ingest and the indices of its rows that belong to the set.
+
+    Both sides are clustered together (exact duplicates by hash, then near duplicates by MinHash LSH and
+    verified Jaccard, each row compared with a few others of its bucket, never all pairs); a row overlaps when
+    its cluster holds a row of the other side."""
     (li, lidx), (ri, ridx) = left, right
-    overlap = Overlap()
-    lhash, rhash = li.exact[lidx], ri.exact[ridx]
-    for mine, theirs, out in ((rhash, lhash, overlap.right), (lhash, rhash, overlap.left)):
-        order = np.argsort(theirs, kind="stable")  # stable: the first of equal hashes is found first
-        ordered = theirs[order]
-        pos = np.minimum(np.searchsorted(ordered, mine), max(len(ordered) - 1, 0))
-        hit = np.flatnonzero(ordered[pos] == mine) if len(ordered) else np.zeros(0, dtype=np.int64)
-        out.update({int(k): (int(order[pos[k]]), 1.0) for k in hit})
-    overlap.exact_left, overlap.exact_right = set(overlap.left), set(overlap.right)
-    if not near or li.near is None or not len(lidx) or not len(ridx):
-        return overlap
     n = len(lidx)
-    texts = RowTexts([(li.table(), lidx), (ri.table(), ridx)], li.near.ngram)
+    hashes = np.concatenate([li.exact[lidx], ri.exact[ridx]])
+    rep = exact_duplicates(hashes)  # row -> first row with the same hash
+    cluster: dict[int, int] = {}
+    found: dict[int, tuple[int, float]] = {}
+    if near and li.near is not None and n and len(ridx):
+        texts = RowTexts([(li.table(), lidx), (ri.table(), ridx)], li.near.ngram)
 
-    def column(band: int) -> np.ndarray:
-        return np.concatenate([li.band_column(band)[lidx], ri.band_column(band)[ridx]])
+        def column(band: int) -> np.ndarray:
+            return np.concatenate([li.band_column(band)[lidx], ri.band_column(band)[ridx]])
 
-    for band in range(li.near.bands[0]):
-        keys = column(band)
-        order = np.argsort(keys, kind="stable")
-        starts = np.flatnonzero(np.diff(keys[order]) != 0) + 1
-        for group in np.split(order, starts):
-            lefts = [int(i) for i in group if i < n]
-            rights = [int(i) for i in group if i >= n]
-            for r in rights:
-                for m in lefts:
-                    if r - n in overlap.right and m in overlap.left:
-                        continue
-                    sim = texts.similarity(m, r)
-                    if sim >= li.near.threshold:
-                        overlap.right.setdefault(r - n, (m, sim))
-                        overlap.left.setdefault(m, (r - n, sim))
+        found = near_duplicates(column, li.near.bands[0], texts.similarity, li.near.threshold, skip=set(rep))
+        cluster = {i: root for i, (root, _) in found.items()}
+    similarity = {i: sim for i, (_, sim) in found.items()}
+
+    def cluster_of(i: int) -> int:
+        first = rep.get(i, i)
+        return cluster.get(first, first)
+
+    members: dict[int, list[int]] = {}
+    for i in set(rep) | set(rep.values()) | set(cluster) | set(cluster.values()):
+        members.setdefault(cluster_of(i), []).append(i)
+    overlap = Overlap()
+    left_hashes, right_hashes = set(hashes[:n].tolist()), set(hashes[n:].tolist())
+    for group in members.values():
+        lefts = sorted(i for i in group if i < n)
+        rights = sorted(i - n for i in group if i >= n)
+        if not lefts or not rights:
+            continue
+        for i in lefts:
+            exact = int(hashes[i]) in right_hashes
+            overlap.left[i] = (rights[0], 1.0 if exact else similarity.get(i, similarity.get(rights[0] + n, 0.0)))
+            if exact:
+                overlap.exact_left.add(i)
+        for j in rights:
+            exact = int(hashes[j + n]) in left_hashes
+            overlap.right[j] = (lefts[0], 1.0 if exact else similarity.get(j + n, similarity.get(lefts[0], 0.0)))
+            if exact:
+                overlap.exact_right.add(j)
     return overlap
 
 

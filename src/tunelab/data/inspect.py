@@ -114,11 +114,11 @@ def _duplicates(ing: Ingested, table: pa.Table, near: bool) -> dict[str, Any]:
     return {"exact": len(dups.exact), "near": len(dups.near) if near else None, "examples": shown}
 
 
-def length_stats(values: list[int]) -> dict[str, Any]:
+def length_stats(values: list[int] | np.ndarray) -> dict[str, Any]:
     """min/median/p95/max/mean and a histogram over fixed power-of-two edges."""
-    if not values:
-        return {"count": 0}
     arr = np.asarray(values)
+    if not arr.size:
+        return {"count": 0}
     edges = [e for e in LENGTH_EDGES if e <= arr.max()] + [int(arr.max()) + 1]
     counts, _ = np.histogram(arr, bins=edges)
     return {

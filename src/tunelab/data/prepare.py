@@ -15,7 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -44,7 +46,7 @@ from tunelab.data.schedule import Schedule, make_schedule
 from tunelab.data.split import split_indices
 from tunelab.data.tokenize import Tokenized, tokenize_record
 
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 """Bump when a change to the pipeline changes its output, so old cache entries are not reused."""
 TOKENIZED = pa.schema(
     [
@@ -139,7 +141,7 @@ def prepare_dataset(
     report["cached"] = cached
     report["dataset"] = str(entry)
     # Padding depends on the batch size, which is not part of the fingerprint; it is cheap to recompute.
-    lengths = read_saved(entry / "train", TOKENIZED).column("length").to_pylist()
+    lengths = np.load(entry / "train_lengths.npy")
     report["padding"] = padding_report(lengths, batch_size, cfg.max_length, seed)
     for name in ("rejects.jsonl", "removed.jsonl"):
         if entry.resolve() != out_dir.resolve():
@@ -269,6 +271,7 @@ def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work
     near = NearParams(c.num_perm, c.near_ngram, c.near_threshold)
     uses_near = c.dedup == "near" or cfg.contamination != "off"
     counts: dict[str, Any] = {"removed": Counter(), "fingerprint": fp}
+    clock = _Clock(counts.setdefault("seconds", {}))
     with JsonlWriter(out / "rejects.jsonl") as rejects, JsonlWriter(out / "removed.jsonl") as removed:
         ingested = {}
         for split, paths in (("train", cfg.train), ("validation", cfg.validation)):
@@ -283,6 +286,7 @@ def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work
                     near=near if uses_near else None,
                     num_proc=cfg.num_proc,
                 )
+        clock.lap("read_validate_clean_hash")
         rows = sum(i.rows for i in ingested.values())
         load_rejected = sum(i.rejected for i in ingested.values())
         first = [r for i in ingested.values() for r in i.first_rejects][:3]
@@ -291,6 +295,7 @@ def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work
             counts["removed"].update(ing.removed)
 
         keep = {split: _dedup(ing, c.dedup, removed, counts) for split, ing in ingested.items()}
+        clock.lap("dedup")
         train_ing = ingested["train"]
         if "validation" in ingested:
             sets = {"train": (train_ing, keep["train"]), "validation": (ingested["validation"], keep["validation"])}
@@ -304,17 +309,33 @@ def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work
                 "val_fraction": cfg.val_fraction,
             }
         sets["train"] = _contamination(cfg, sets, removed, counts)
-
+        clock.lap("split_contamination")
         extra = {"train": _augment(cfg, *sets["train"], seed, out, counts), "validation": []}
+        clock.lap("augment")
 
         token_rejects: list[Reject] = []
         for split in SPLITS:
             ing, idx = sets[split]
             _write_split(cfg, tokenizer, ing, idx, out, split, rejects, removed, counts, token_rejects, extra[split])
+        clock.lap("tokenize_write")
         tokenize_rejected = counts.get("tokenize_rejected", 0)
         check_counts(rows, load_rejected + tokenize_rejected, first or token_rejects[:3], cfg.max_bad_fraction, None)
     report = build_report(cfg, ingested, counts, out)
+    clock.lap("report")
+    report["seconds"] = counts["seconds"]
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+class _Clock:
+    """Seconds per pipeline stage, for the report (where the time goes on large data)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.last = into, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = round(now - self.last, 3)
+        self.last = now
 
 
 def _augment(
@@ -437,11 +458,7 @@ def _write_split(
 ) -> None:
     """Save the split's records (the rows `idx` of `ing`, then the synthetic `extra` ones) and their tokenized
     sequences as `datasets` folders."""
-    import datasets
 
-    datasets.disable_progress_bars()
-
-    table = ing.table() if ing.count else pa.table({f.name: pa.array([], f.type) for f in SCHEMA}, schema=SCHEMA)
     records_file, tokens_file = out / f"{split}_records.arrow", out / f"{split}.arrow"
     stats = counts.setdefault("tokenize", Counter())
     with (
@@ -451,7 +468,7 @@ def _write_split(
         pa.ipc.new_stream(tsink, TOKENIZED) as tok_writer,
     ):
         chunks = chain(
-            (table.take(pa.array(c, type=pa.int64())) for c in chunked(idx.tolist(), 2000)),
+            _selected(ing, idx),
             (pa.Table.from_pylist([e.to_row() for e in c], schema=SCHEMA) for c in chunked(extra, 2000)),
         )
         results = bounded_map(_tokenize_chunk, chunks, cfg.num_proc, _set_tokenize, (tokenizer, cfg))
@@ -469,9 +486,44 @@ def _write_split(
             counts["tokenize_rejected"] = counts.get("tokenize_rejected", 0) + len(bad)
             counts["removed"]["length_tokens"] += len(gone)
             stats.update(chunk_stats)
-    for name, path in ((f"{split}_records", records_file), (split, tokens_file)):
-        datasets.Dataset.from_file(str(path)).save_to_disk(str(out / name))
-        os.remove(path)
+    _save_as_dataset(records_file, out / f"{split}_records", SCHEMA)
+    _save_as_dataset(tokens_file, out / split, TOKENIZED)
+
+
+def _selected(ing: Ingested, idx: np.ndarray, size: int = 2000) -> Iterator[pa.Table]:
+    """The rows `idx` (ascending) of an ingest's records, streamed from the file in order rather than taken
+    from a memory map, so that the pages read do not stay resident in this process."""
+    if not ing.count or not len(idx):
+        return
+    wanted = np.zeros(ing.count, dtype=bool)
+    wanted[idx] = True
+    offset = 0
+    pending: list[pa.Table] = []
+    with pa.OSFile(str(ing.records_path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            mask = wanted[offset : offset + batch.num_rows]
+            offset += batch.num_rows
+            if mask.any():
+                pending.append(pa.Table.from_batches([batch.filter(pa.array(mask))]))
+            if sum(t.num_rows for t in pending) >= size:
+                yield pa.concat_tables(pending)
+                pending = []
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def _save_as_dataset(stream_file: Path, folder: Path, schema: pa.Schema) -> None:
+    """Turn an Arrow stream file into a `datasets.load_from_disk` folder by moving it in, not copying it
+    (`Dataset.save_to_disk` would read the whole file through a memory map and write it again)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.Dataset(schema.empty_table()).save_to_disk(str(folder))  # writes dataset_info.json and state.json
+    name = "data-00000-of-00001.arrow"
+    os.replace(stream_file, folder / name)
+    state = json.loads((folder / "state.json").read_text())
+    state["_data_files"] = [{"filename": name}]
+    (folder / "state.json").write_text(json.dumps(state, indent=2))
 
 
 def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Reject], list[Removed], Counter]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from tunelab.data.inspect import length_stats, reason_kind
@@ -20,28 +22,25 @@ if TYPE_CHECKING:
 
 
 def build_report(cfg: DataSection, ingested: dict[str, Ingested], counts: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The report of a finished build in `out` (whose datasets, rejects.jsonl and removed.jsonl are written)."""
-
-    from tunelab.data.ingest import SCHEMA
-    from tunelab.data.prepare import TOKENIZED, read_saved
-
-    tables = {name: read_saved(out / name, TOKENIZED) for name in ("train", "validation")}
-    tables.update({f"{name}_records": read_saved(out / f"{name}_records", SCHEMA) for name in ("train", "validation")})
+    """The report of a finished build in `out` (whose datasets, rejects.jsonl and removed.jsonl are written).
+    The datasets are read batch by batch, so the report costs no memory that grows with the data."""
+    train, val = _scan(out / "train", counters=()), _scan(out / "validation", counters=())
+    train_records = _scan(out / "train_records", counters=("kind", "task", "label"))
+    val_records = _scan(out / "validation_records", counters=("kind", "task"))
     files = [{"split": split, **f.to_json()} for split, ing in ingested.items() for f in ing.files]
     rows = sum(f["rows"] for f in files)
     load_rejected = sum(ing.rejected for ing in ingested.values())
     tokenize_rejected = counts.get("tokenize_rejected", 0)
     removed: Counter[str] = +counts["removed"]  # unary plus drops zero counts
-    kept = {split: tables[f"{split}_records"].num_rows for split in ("train", "validation")}
-    records = pa.concat_tables([tables["train_records"], tables["validation_records"]])
-    synthetic = sum(records.column("synthetic").to_pylist())
+    kept = {"train": train_records.rows, "validation": val_records.rows}
+    synthetic = train_records.synthetic + val_records.synthetic
     from_files = kept["train"] + kept["validation"] - synthetic
     accounted = load_rejected + tokenize_rejected + sum(removed.values()) + from_files
     if accounted != rows:  # a bug, not a user mistake: some row went missing without a trace
         raise AssertionError(f"data accounting is off: {rows} rows read, {accounted} accounted for")
     reasons = Counter(reason_kind(r["reason"]) for r in _iter_jsonl(out / "rejects.jsonl"))
-    train = tables["train"]
-    lengths = train.column("length").to_pylist()
+    lengths = train.lengths
+    np.save(out / "train_lengths.npy", lengths)  # for the padding report, which depends on the batch size
     clean = {"normalized": sum(i.clean.changed for i in ingested.values())}
     pii = sum((i.clean.pii for i in ingested.values()), Counter())
     if cfg.clean.pii:
@@ -76,37 +75,71 @@ def build_report(cfg: DataSection, ingested: dict[str, Ingested], counts: dict[s
         },
         "train_records": kept["train"],
         "val_records": kept["validation"],
-        "train_examples": train.num_rows,
-        "val_examples": tables["validation"].num_rows,
+        "train_examples": train.rows,
+        "val_examples": val.rows,
         "truncated_to_max_length": int(counts.get("tokenize", Counter()).get("truncated", 0)),
-        "train_tokens": sum(lengths),
-        "train_target_tokens": _target_tokens(train),
-        "kinds": dict(Counter(records.column("kind").to_pylist()).most_common()),
-        "tasks": dict(Counter(records.column("task").to_pylist()).most_common()),
+        "train_tokens": int(lengths.sum()),
+        "train_target_tokens": train.targets,
+        "kinds": dict((train_records.counts["kind"] + val_records.counts["kind"]).most_common()),
+        "tasks": dict((train_records.counts["task"] + val_records.counts["task"]).most_common()),
         "synthetic": synthetic,
         "augmented": counts.get("augmented", {}),
         "smote": counts.get("smote"),
         "lengths": {"unit": "tokens", **length_stats(lengths)},
     }
-    labels = [x for x in tables["train_records"].column("label").to_pylist() if x is not None]
+    labels = Counter({k: v for k, v in train_records.counts["label"].items() if k is not None})
     if labels:
-        report["labels"] = dict(Counter(labels).most_common())
+        report["labels"] = dict(labels.most_common())
     return report
 
 
-def _target_tokens(table: pa.Table) -> int:
+@dataclass
+class _Scan:
+    rows: int = 0
+    synthetic: int = 0
+    targets: int = 0
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    counts: dict[str, Counter] = field(default_factory=dict)
+
+
+def _scan(folder: Path, counters: tuple[str, ...]) -> _Scan:
+    """Counts over one saved split, read as a stream of batches."""
     import pyarrow.compute as pc
 
-    if not table.num_rows:
-        return 0
-    flat = pc.list_flatten(table.column("labels"))
-    return int(pc.sum(pc.not_equal(flat, -100)).as_py() or 0)
+    from tunelab.data.prepare import _data_files
+
+    out = _Scan(counts={c: Counter() for c in counters})
+    lengths = []
+    for name in _data_files(folder):
+        with pa.OSFile(str(folder / name)) as source:
+            for batch in pa.ipc.open_stream(source):
+                out.rows += batch.num_rows
+                names = batch.schema.names
+                if "synthetic" in names and "input_ids" not in names:
+                    out.synthetic += int(pc.sum(batch.column("synthetic")).as_py() or 0)
+                if "length" in names:
+                    lengths.append(batch.column("length").to_numpy(zero_copy_only=False).astype(np.int32))
+                    flat = pc.list_flatten(batch.column("labels"))
+                    out.targets += int(pc.sum(pc.not_equal(flat, -100)).as_py() or 0)
+                for c in counters:
+                    for item in pc.value_counts(batch.column(c)).to_pylist():
+                        out.counts[c][item["values"]] += item["counts"]
+    out.lengths = np.concatenate(lengths) if lengths else out.lengths
+    return out
 
 
-def padding_report(lengths: list[int], batch_size: int, max_length: int, seed: int) -> dict[str, Any]:
-    """Share of padding in an epoch's batches: random order, length-grouped, and packed into max_length."""
-    if not lengths:
+def padding_report(
+    lengths: list[int] | np.ndarray, batch_size: int, max_length: int, seed: int, sample: int = 100_000
+) -> dict[str, Any]:
+    """Share of padding in an epoch's batches: random order, length-grouped, and packed into max_length
+    (estimated on a random sample of `sample` sequences for larger sets; the shares barely move)."""
+    lengths = np.asarray(lengths)
+    if not lengths.size:
         return {}
+    sampled = len(lengths) > sample
+    if sampled:
+        lengths = np.random.default_rng(seed).choice(lengths, size=sample, replace=False)
+    lengths = lengths.tolist()
     shuffled = epoch_batches(lengths, batch_size, seed, 0, group_by_length=False)
     grouped = epoch_batches(lengths, batch_size, seed, 0, group_by_length=True)
     packed = [sum(lengths[i] for i in b) for b in pack_indices(lengths, max_length)]
@@ -117,6 +150,7 @@ def padding_report(lengths: list[int], batch_size: int, max_length: int, seed: i
         "length_grouped": round(padding_waste(lengths, grouped), 4),
         "packed": round(padding_waste(packed, packed_batches), 4),
         "packed_sequences": len(packed),
+        "sampled": len(lengths) if sampled else None,
     }
 
 

@@ -69,7 +69,7 @@ def loss_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], loss
     spans = []
     for k in turns:
         before = render(tokenizer, messages[:k], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: k + 1])
+        upto = full if k == len(messages) - 1 else render(tokenizer, messages[: k + 1])
         if not (full.startswith(upto) and upto.startswith(before)):
             raise TemplateError("the chat template is not prefix-stable")
         # The turn's text includes its end-of-turn token (so the model learns to stop), not the newline after.
@@ -104,10 +104,14 @@ def tokenize_example(
 ) -> Tokenized:
     """Token ids and labels for one conversation, fit to `max_length` by `truncation`. Raises ValueError when
     the policy rejects it or nothing trainable is left."""
-    messages = with_system(example.messages, system_prompt)
-    text, spans = loss_spans(tokenizer, messages, loss_on)
+    text, spans = loss_spans(tokenizer, with_system(example.messages, system_prompt), loss_on)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    ids = enc["input_ids"]
+    return _fit(example, ids, _span_labels(ids, enc["offset_mapping"], spans), max_length, truncation)
+
+
+def _span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Labels that copy the ids of tokens overlapping a loss span, IGNORE elsewhere."""
     labels = [IGNORE] * len(ids)
     span_iter = iter(sorted(spans))
     span = next(span_iter, None)
@@ -116,6 +120,10 @@ def tokenize_example(
             span = next(span_iter, None)
         if span is not None and end > span[0] and start < span[1]:
             labels[i] = ids[i]
+    return labels
+
+
+def _fit(example: Example, ids: list[int], labels: list[int], max_length: int, truncation: Truncation) -> Tokenized:
     cut = len(ids) > max_length
     if cut and truncation == "reject":
         raise ValueError(f"{len(ids)} tokens, more than data.max_length={max_length} (data.truncation=reject)")
