@@ -25,7 +25,13 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 TOPICS = ["weather", "python", "cooking", "history", "music", "travel", "math", "health", "space", "sports"]
-WORDS = ["the", "a", "of", "to", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are", "with", "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there", "when", "up", "use", "your", "how", "said", "an", "each", "she", "which", "do", "their", "time", "if", "will", "way", "about", "many", "then", "them", "write", "would", "like", "so", "these", "her", "long", "make", "thing", "see", "him", "two", "has", "look", "more", "day", "could", "go", "come", "did", "number", "sound", "no", "most", "people", "my", "over", "know", "water", "than", "call", "first", "who", "may", "down", "side", "been", "now", "find", "any", "new", "work", "part", "take", "get", "place", "made", "live", "where", "after", "back", "little", "only", "round", "man", "year", "came", "show", "every", "good", "me", "give", "our", "under", "name", "very", "through", "just", "form", "sentence", "great", "think", "say", "help", "low", "line", "differ", "turn", "cause", "much", "mean", "before", "move", "right", "boy", "old", "too", "same", "tell", "does", "set", "three", "want", "air", "well", "also", "play", "small", "end", "put", "home", "read", "hand", "port", "large", "spell", "add", "even", "land", "here", "must", "big", "high", "such"]  # noqa: E501
+# 400 made-up words: a vocabulary the tokenizer splits into a few pieces each, like real text.
+WORDS = [
+    a + b + c
+    for a in ("ba", "ko", "mi", "ta", "re", "su", "lo", "ne", "vi", "da")
+    for b in "aeiou"
+    for c in ("n", "r", "s", "t", "la", "mo", "ki", "pe")
+]
 
 
 def generate(path: Path, rows: int, seed: int = 0) -> None:
@@ -69,10 +75,11 @@ def child(args: argparse.Namespace) -> None:
         report = prepare_dataset(cfg, tokenizer, 0, Path(tmp) / "out").report
         seconds = time.perf_counter() - start
     kib = 1 if sys.platform != "darwin" else 1 / 1024
+    main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 1024
+    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib / 1024
     print(json.dumps({
         "rows": report["rows"], "seconds": round(seconds, 1), "rows_per_s": round(report["rows"] / seconds),
-        "stages": report["seconds"], "peak_rss_main_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 1024),
-        "peak_rss_worker_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib / 1024),
+        "stages": report["seconds"], "peak_rss_main_mb": round(main_mb), "peak_rss_worker_mb": round(worker_mb),
         "kept": report["accounting"]["kept"], "rejected": report["rejected"], "removed": report["removed"],
         "train_tokens": report["train_tokens"],
     }))  # fmt: skip

@@ -529,12 +529,13 @@ def _save_as_dataset(stream_file: Path, folder: Path, schema: pa.Schema) -> None
 def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Reject], list[Removed], Counter]:
     tokenizer, cfg = _TOKENIZE["tokenizer"], _TOKENIZE["cfg"]
     c = cfg.clean
-    keep_rows, sequences, bad, gone = [], [], [], []
+    keep, sequences, bad, gone = [], [], [], []
     stats: Counter[str] = Counter()
     for row in chunk.to_pylist():
         example = Example.from_row(row)
+        keep.append(False)
         if example.kind not in ("chat", "text"):
-            keep_rows.append(row)
+            keep[-1] = True
             continue
         try:
             seqs = tokenize_record(example, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt, cfg.truncation)
@@ -559,7 +560,7 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
                 Removed(origin=example.origin, filter="length_tokens", reason=f"{n} tokens, {bound}", record=row)
             )
             continue
-        keep_rows.append(row)
+        keep[-1] = True
         stats["truncated"] += any(s.truncated for s in seqs)
         stats["sequences"] += len(seqs)
         for s in seqs:
@@ -577,5 +578,5 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
                     "difficulty": example.meta.get("difficulty"),
                 }
             )
-    kept = pa.Table.from_pylist(keep_rows, schema=SCHEMA)
+    kept = chunk.filter(pa.array(keep, type=pa.bool_()))
     return kept, pa.RecordBatch.from_pylist(sequences, schema=TOKENIZED), bad, gone, stats
