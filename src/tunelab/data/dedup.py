@@ -55,6 +55,8 @@ def near_text(example: Example) -> str:
 def shingle_batch(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """32-bit hashes of the character n-grams (UTF-8 bytes) of many texts at once, and how many belong to each
     text (a text shorter than `ngram` is one shingle). Repeats within a text are kept; MinHash ignores them."""
+    if not texts:
+        return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.int64)
     encoded = [t.encode("utf-8", "surrogatepass").ljust(ngram, b"\0") for t in texts]
     lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint64)

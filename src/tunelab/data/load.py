@@ -105,7 +105,8 @@ def stream_files(
     except FileProblem as exc:
         raise DataError(str(exc)) from None
     for path in files:
-        info = FileInfo(path=str(path))
+        # A file name that is not valid UTF-8 is shown with escapes (it must fit in Arrow strings and JSON).
+        info = FileInfo(path=str(path).encode("utf-8", "backslashreplace").decode())
         try:
             chunks, file_format, info.file_type = _open(path, options)
         except FileProblem as exc:
@@ -115,8 +116,8 @@ def stream_files(
             yield info, iter(())
             continue
         info.format = file_format or "empty"
-        task = options.task or path.stem
-        work = partial(_convert_chunk, path=str(path), file_format=file_format, options=options, task=task, then=then)
+        task = options.task or Path(info.path).stem
+        work = partial(_convert_chunk, path=info.path, file_format=file_format, options=options, task=task, then=then)
         yield info, _counted(bounded_map(work, chunks, num_proc), info, flat=then is None)
 
 
@@ -220,7 +221,14 @@ def _example(raw: RawRow, origin: str, fmt: str | None, options: LoadOptions, ta
     if options.difficulty_field:
         example.meta["difficulty"] = _difficulty(value, options.difficulty_field)
     row_task = value.get("task") if isinstance(value, dict) else None
-    example.task = row_task if isinstance(row_task, str) and row_task.strip() else task
+    if isinstance(row_task, str) and row_task.strip():
+        try:
+            row_task.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RowError("field 'task' is not valid UTF-8", "task") from None
+        example.task = row_task
+    else:
+        example.task = task
     return example
 
 

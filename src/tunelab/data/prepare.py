@@ -131,7 +131,7 @@ def prepare_dataset(
         work = Path(tempfile.mkdtemp(dir=root, prefix=f".{fp}-"))
         try:
             _build(cfg, tokenizer, seed, work, fp)
-            _publish(work, entry)
+            _publish(work, entry, replace_complete=not cfg.cache)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         cached = False
@@ -244,11 +244,14 @@ def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.blake2b((vocab + extra).encode(), digest_size=16).hexdigest()
 
 
-def _publish(work: Path, entry: Path) -> None:
-    """Move a finished build into place atomically; if another process got there first, theirs is kept."""
+def _publish(work: Path, entry: Path, replace_complete: bool) -> None:
+    """Move a finished build into place with renames. A complete entry that appeared meanwhile (another
+    process, e.g. another rank, built the same fingerprint) is kept unless `replace_complete` (cache off)."""
     final = work / "out"
     if entry.exists():
-        shutil.rmtree(entry, ignore_errors=True)
+        if (entry / "report.json").is_file() and not replace_complete:
+            return
+        entry.rename(work / "old")  # moved aside first, so the entry is never half deleted
     try:
         final.rename(entry)
     except OSError:

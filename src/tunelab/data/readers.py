@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,12 +140,26 @@ def read_rows(path: Path, *, text_unit: TextUnit = "line") -> Iterator[RawRow]:
     if kind == "parquet":
         return _parquet(path)
     if kind == "jsonl":
-        return _jsonl(path, encoding)
-    if kind == "json":
-        return _json(path, encoding)
-    if kind in ("csv", "tsv"):
-        return _csv(path, encoding, "\t" if kind == "tsv" else None)
-    return _text(path, encoding, text_unit)
+        rows = _jsonl(path, encoding)
+    elif kind == "json":
+        rows = _json(path, encoding)
+    elif kind in ("csv", "tsv"):
+        rows = _csv(path, encoding, "\t" if kind == "tsv" else None)
+    else:
+        rows = _text(path, encoding, text_unit)
+    return _guarded(rows)
+
+
+def _guarded(rows: Iterator[RawRow]) -> Iterator[RawRow]:
+    """Rows until the file cannot be read any further (a cut-off gzip stream, a disk error): then one error row
+    says so, instead of an exception that would lose the rows already counted."""
+    last = 0
+    try:
+        for row in rows:
+            last = row.line
+            yield row
+    except (OSError, EOFError, zlib.error) as exc:
+        yield RawRow(line=last + 1, payload="", error=f"the file cannot be read from here on ({exc})")
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -197,6 +212,9 @@ def _json(path: Path, encoding: str | None) -> Iterator[RawRow]:
         return
     try:
         value = json.loads(text)
+    except RecursionError:
+        yield RawRow(line=1, payload=text[:PREVIEW], error="malformed JSON (nested too deeply)")
+        return
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" or _is_object(text[start:].split("\n", 1)[0]):
             # Several objects one after another: JSON Lines under a .json name.
@@ -253,6 +271,13 @@ def _json_list(text: str, start: int) -> Iterator[RawRow]:
         row_line = line_at(pos)
         try:
             value, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            yield RawRow(
+                line=row_line,
+                payload=text[pos : pos + PREVIEW],
+                error="malformed JSON (nested too deeply); the rest of the list could not be read",
+            )
+            return
         except json.JSONDecodeError as exc:
             resume = _next_element(text, pos, indent)
             error = f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
