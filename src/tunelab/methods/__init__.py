@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from tunelab.methods import adapter, dora, freeze, full, ia3, lora, prefix, prompt
+from tunelab.methods import adapter, dora, freeze, full, hybrid, ia3, lora, prefix, prompt
 from tunelab.methods.base import Method, register
 
 METHODS: dict[str, Method] = {}
@@ -19,6 +19,7 @@ register(METHODS, ia3.METHOD)
 register(METHODS, prefix.METHOD)
 register(METHODS, prompt.METHOD)
 register(METHODS, adapter.METHOD)
+register(METHODS, hybrid.METHOD)
 
 METHOD_CONFIGS = {name: method.config for name, method in METHODS.items()}
 MethodConfig = Union[tuple(METHOD_CONFIGS.values())]  # noqa: UP007 - built at run time from the registry

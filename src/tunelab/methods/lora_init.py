@@ -47,8 +47,8 @@ def converted_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def save_converted(model: nn.Module, out: Path) -> None:
-    """Write the converted rank-2r adapter in the PEFT format, with a config that loads it without re-initialising."""
+def converted_config(model: nn.Module) -> object:
+    """The adapter's peft config for the converted rank-2r adapter, which loads without re-initialising."""
     config = copy.deepcopy(model.peft_config["default"])
     # Doubling r halves alpha / r; doubling alpha keeps the scale (alpha / sqrt(r) needs sqrt(2) under rsLoRA).
     grow = 2**0.5 if config.use_rslora else 2.0
@@ -59,6 +59,11 @@ def save_converted(model: nn.Module, out: Path) -> None:
     # A module with its own rank but no own alpha uses the global alpha, which is scaled above: nothing to add.
     config.alpha_pattern = {k: v * grow for k, v in (config.alpha_pattern or {}).items()}
     config.inference_mode = True
+    return config
+
+
+def save_converted(model: nn.Module, out: Path) -> None:
+    """Write the converted rank-2r adapter in the PEFT format."""
     out.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out))
+    converted_config(model).save_pretrained(str(out))
     save_file(converted_state(model), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
