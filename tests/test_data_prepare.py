@@ -166,3 +166,13 @@ def test_prepare_command_writes_dataset_reports_and_plots(
         assert (out / name).exists(), name
     assert main(["data", "prepare", str(cfg), "--out", str(out), "--set", "data.clean.dedupe=exact"]) == 2
     assert "Did you mean 'dedup'" in capsys.readouterr().err
+
+
+def test_every_data_config_field_has_help_text() -> None:
+    from tunelab.data.config import AugmentSection, CleanSection, ScheduleSection
+
+    for section in (DataSection, CleanSection, ScheduleSection, AugmentSection):
+        missing = [name for name, f in section.model_fields.items() if not f.description]
+        assert not missing, (section.__name__, missing)
+    with pytest.raises(ValueError, match="packing"):
+        DataSection(train=["x"], packing=True, schedule={"order": "curriculum"})

@@ -82,14 +82,11 @@ def _counts(ing: Ingested) -> dict[str, Any]:
 
 
 def _contents(ing: Ingested, table: pa.Table, tokenizer: Any, sample: int, examples: int, seed: int) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "kinds": dict(Counter(table.column("kind").to_pylist()).most_common()),
-        "tasks": dict(Counter(table.column("task").to_pylist()).most_common()),
-    }
-    labels = [x for x in table.column("label").to_pylist() if x is not None]
+    out: dict[str, Any] = {"kinds": _value_counts(table, "kind"), "tasks": _value_counts(table, "task")}
+    labels = _value_counts(table, "label")
     if labels:
-        out["labels"] = dict(Counter(labels).most_common())
-    out["chars"] = length_stats(ing.chars.tolist())
+        out["labels"] = labels
+    out["chars"] = length_stats(ing.chars)
     n = table.num_rows
     picked = np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False)) if n else []
     rows = [Example.from_row(table.slice(int(i), 1).to_pylist()[0]) for i in picked]
@@ -102,6 +99,15 @@ def _contents(ing: Ingested, table: pa.Table, tokenizer: Any, sample: int, examp
     out["lengths"] = {"unit": unit, "sampled": len(rows), "of": n, **length_stats(lengths)}
     out["examples"] = [_shown(Example.from_row(r)) for r in table.slice(0, examples).to_pylist()]
     return out
+
+
+def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
+    """Counts of a column's values, most common first, nulls left out (computed in Arrow, not in Python)."""
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(table.column(column)).to_pylist() if table.num_rows else []
+    pairs = sorted(((c["values"], c["counts"]) for c in counts if c["values"] is not None), key=lambda p: -p[1])
+    return dict(pairs)
 
 
 def _duplicates(ing: Ingested, table: pa.Table, near: bool) -> dict[str, Any]:
