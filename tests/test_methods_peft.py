@@ -165,3 +165,9 @@ def test_misspelt_target_module_names_the_choices(tiny_model_dir: Path) -> None:
         _apply(tiny_model_dir, "lora", target_modules=["q_prj"])
     with pytest.raises(ConfigError, match=r"rank_pattern: 'layers.9.q_proj' matches no module"):
         _apply(tiny_model_dir, "lora", rank_pattern={"layers.9.q_proj": 2})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CPU-only machine gives")
+def test_qlora_on_cpu_says_it_is_gpu_only(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"method qlora is GPU-only.*use method lora"):
+        _apply(tiny_model_dir, "qlora", r=4)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from tunelab.methods import adapter, dora, freeze, full, hybrid, ia3, lora, prefix, prompt
+from tunelab.methods import adapter, dora, freeze, full, hybrid, ia3, lora, prefix, prompt, qlora
 from tunelab.methods.base import Method, register
 
 METHODS: dict[str, Method] = {}
@@ -15,6 +15,7 @@ register(METHODS, full.METHOD)
 register(METHODS, freeze.METHOD)
 register(METHODS, lora.METHOD)
 register(METHODS, dora.METHOD)
+register(METHODS, qlora.METHOD)
 register(METHODS, ia3.METHOD)
 register(METHODS, prefix.METHOD)
 register(METHODS, prompt.METHOD)
