@@ -72,7 +72,10 @@ def generation_metrics(
         for ex, prompt, ref, pred in zip(chosen, prompts, references, predictions, strict=True)
     ]
     metrics = aggregate(rows)
-    metrics["bleu"] = bleu(predictions, references)
+    # BLEU-4 needs 4-grams: on short answers (labels, dates, codes) it is 0 whatever the quality, so it would
+    # only mislead. It is reported when references average at least four words.
+    if sum(len(r.split()) for r in references) >= 4 * len(references):
+        metrics["bleu"] = bleu(predictions, references)
     return metrics, rows
 
 

@@ -51,7 +51,8 @@ def run_training(
 ) -> RunResult:
     """Train as configured and return where the run is and its before/after metrics."""
     console = console or Console()
-    accelerator = Accelerator()
+    # accelerate forms a CPU process group (gloo) under torchrun only when told the run is on the CPU.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
