@@ -88,9 +88,8 @@ def run_training(
         if resume and baseline_file.is_file():
             baseline = json.loads(baseline_file.read_text())
         else:
-            baseline = evaluate(
-                model, objective, tokenizer, data, cfg, device, bf16, run_dir / "predictions_base.jsonl"
-            )
+            base_file = run_dir / "predictions_base.jsonl"
+            baseline = evaluate(model, objective, tokenizer, data, cfg, device, bf16, base_file, generate=main)
             if main:
                 baseline_file.write_text(json.dumps(baseline, indent=2))
 
@@ -105,7 +104,8 @@ def run_training(
         saved = artifact_dir(run_dir, cfg.method.name)
         method.save(model, saved)
         tokenizer.save_pretrained(saved)
-    final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, run_dir / "predictions.jsonl")
+    tuned_file = run_dir / "predictions.jsonl"
+    final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main)
     final["steps"] = result.steps
     if main:
         (run_dir / "eval.json").write_text(json.dumps(final, indent=2))
@@ -123,13 +123,16 @@ def evaluate(
     device: torch.device,
     bf16: bool,
     predictions_file: Path,
+    *,
+    generate: bool = True,
 ) -> dict[str, float]:
-    """Validation loss/perplexity/token accuracy, plus generation metrics when `eval.generate` is on."""
+    """Validation loss/perplexity/token accuracy, plus generation metrics when `eval.generate` is on (only on
+    the main process under data parallelism: every rank would produce the same answers)."""
     if not data.val:
         return {}
     module = TrainingModule(model, objective)
     metrics = validation_metrics(module, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16)
-    if cfg.eval.generate and data.val_examples:
+    if generate and cfg.eval.generate and data.val_examples:
         gen, predictions = _generate(model, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
         metrics.update(gen)
         write_predictions(predictions, predictions_file)
