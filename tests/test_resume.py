@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from tests.tiny import write_color_task
 
-TIMING_KEYS = {"tokens_per_s", "peak_mem_mb"}
+TIMING_KEYS = {"tokens_per_s", "peak_mem_mb", "elapsed_s"}
 
 
 def write_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
