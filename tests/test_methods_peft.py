@@ -171,3 +171,13 @@ def test_misspelt_target_module_names_the_choices(tiny_model_dir: Path) -> None:
 def test_qlora_on_cpu_says_it_is_gpu_only(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"method qlora is GPU-only.*use method lora"):
         _apply(tiny_model_dir, "qlora", r=4)
+
+
+@pytest.mark.parametrize("name", ["lora", "dora", "ia3"])
+def test_adapters_run_under_the_loops_bf16_no_cast_context(tiny_model_dir: Path, name: str) -> None:
+    from peft.helpers import disable_input_dtype_casting
+
+    model = _apply(tiny_model_dir, name)
+    ids = torch.tensor([[5, 6, 7]])
+    with disable_input_dtype_casting(model), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(ids).logits.shape == (1, 3, 300)

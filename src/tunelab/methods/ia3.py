@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from peft import IA3Config as PeftIa3Config
+from peft.tuners.tuners_utils import BaseTunerLayer
 from pydantic import model_validator
 from torch import nn
 
@@ -48,7 +49,13 @@ def apply_(model: nn.Module, cfg: Ia3Config) -> nn.Module:
         modules_to_save=cfg.modules_to_save or None,
         task_type=task_type(model),
     )
-    return wrap_(model, config)
+    model = wrap_(model, config)
+    # peft's IA3 layers (0.21) lack the `cast_input_dtype_enabled` flag that peft's own
+    # `disable_input_dtype_casting` (used by the loop under bf16) reads and writes; IA3 ignores it, so give it one.
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and not hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = True
+    return model
 
 
 METHOD = Method(

@@ -1,0 +1,197 @@
+"""Every adaptation method on the embedded SmolLM2-135M-Instruct, one task, one fixed budget.
+
+Task: examples/dates (answer with an ISO date; 2,000 train rows, 200 held-out). Each method trains for the same
+number of optimizer steps at the same batch size, with a learning rate suited to it, then answers the first
+`--eval-examples` held-out prompts greedily. The table (benchmarks/results/methods.md) gives held-out exact match
+and token F1, validation loss, trainable parameters, wall time (training + evaluation), training throughput and
+peak memory (resident set on CPU, allocated memory on CUDA).
+
+Each method runs in its own process, so peak memory is its own and a failure (e.g. qlora without a GPU) becomes
+a row, not a crash.
+
+    .venv/bin/python benchmarks/methods.py                                   # every method, 60 steps
+    .venv/bin/python benchmarks/methods.py --steps 4 --eval-examples 8 --only lora ia3   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = ROOT / "examples" / "dates" / "config.yaml"
+OUT = ROOT / "benchmarks" / "results" / "methods.md"
+BASE = "base model"
+
+# name -> (what it is, config overrides). Learning rates follow each method's usual range for a short run.
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "full": ("every weight", ["method=full", "training.learning_rate=5e-5"]),
+    "freeze": ("top 4 of 30 layers", ["method=freeze", "method.top_k_layers=4", "training.learning_rate=2e-4"]),
+    "full+llrd": ("every weight, layer LR decay 0.9", ["method=full", "training.layer_lr_decay=0.9",
+                                                       "training.learning_rate=1e-4"]),
+    "lora": ("r 16, all linear", ["method=lora", "method.r=16", "method.alpha=32", "training.learning_rate=1e-3"]),
+    "rslora": ("r 16, alpha/sqrt(r)", ["method=lora", "method.r=16", "method.alpha=16", "method.rslora=true",
+                                       "training.learning_rate=1e-3"]),
+    "lora+": ("r 16, B at 16x LR", ["method=lora", "method.r=16", "training.loraplus_lr_ratio=16",
+                                    "training.learning_rate=2e-4"]),
+    "dora": ("r 16, all linear", ["method=dora", "method.r=16", "training.learning_rate=1e-3"]),
+    "pissa": ("r 16, principal init", ["method=lora", "method.r=16", "method.init=pissa",
+                                       "training.learning_rate=2e-4"]),
+    "olora": ("r 16, QR init", ["method=lora", "method.r=16", "method.init=olora", "training.learning_rate=2e-4"]),
+    "ia3": ("k, v, down scales", ["method=ia3", "training.learning_rate=1e-2"]),
+    "prefix": ("16 virtual key/values", ["method=prefix", "method.num_virtual_tokens=16",
+                                          "training.learning_rate=1e-2"]),
+    "prompt": ("16 virtual tokens", ["method=prompt", "method.num_virtual_tokens=16", "training.learning_rate=3e-2"]),
+    "p-tuning": ("16 tokens, MLP encoder", ["method=prompt", "method.num_virtual_tokens=16", "method.encoder=mlp",
+                                             "training.learning_rate=1e-3"]),
+    "adapter": ("Houlsby, width 32", ["method=adapter", "method.bottleneck=32", "training.learning_rate=1e-3"]),
+    "hybrid": ("LoRA q,v r 16 + top layer", ["method=hybrid", "method.lora.r=16",
+                                             "method.lora.target_modules=[q_proj,v_proj]", "method.top_k_layers=1",
+                                             "training.learning_rate=5e-4"]),
+    "qlora": ("r 16 on a 4-bit base", ["method=qlora", "method.r=16", "training.learning_rate=1e-3"]),
+}  # fmt: skip
+
+
+def _config(name: str, steps: int, eval_examples: int, out_dir: Path):
+    from tunelab.config import load_config
+
+    return load_config(TASK, [
+        *METHODS.get(name, ("", []))[1], f"training.max_steps={steps}", "training.log_every=5",
+        f"eval.max_examples={eval_examples}", "eval.baseline=false", "eval.max_new_tokens=16",
+        f"output.dir={out_dir}", f"output.name={name}", "output.overwrite=true",
+    ])  # fmt: skip
+
+
+def _peak_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def run_base(eval_examples: int, out_dir: Path) -> dict:
+    """The untrained model on the same held-out prompts (run.py's own evaluation, without training)."""
+    import torch
+
+    from tunelab.data.prepare import prepare_chat_data
+    from tunelab.methods.base import trainable_parameters
+    from tunelab.models import load_model, load_tokenizer, resolve_source
+    from tunelab.objectives import OBJECTIVES
+    from tunelab.train.run import evaluate, use_bf16
+
+    cfg = _config("base", 1, eval_examples, out_dir)
+    source = resolve_source(cfg.model.source)
+    tokenizer = load_tokenizer(source)
+    run_dir = out_dir / "base"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_chat_data(cfg.data, tokenizer, cfg.training.seed, run_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = use_bf16(cfg.training.precision, device)
+    start = time.perf_counter()
+    model = load_model(source, dtype=torch.bfloat16 if bf16 else torch.float32).to(device)
+    final = evaluate(model, OBJECTIVES["sft"], tokenizer, data, cfg, device, bf16, run_dir / "predictions.jsonl")
+    _, total = trainable_parameters(model)
+    return {"final": final, "trainable": 0, "total": total, "wall_s": time.perf_counter() - start,
+            "tokens_per_s": None, "peak_mb": _peak_mb()}  # fmt: skip
+
+
+def run_one(name: str, steps: int, eval_examples: int, out_dir: Path) -> dict:
+    """Train and evaluate one method in this process; returns its row."""
+    from rich.console import Console
+
+    from tunelab.methods.base import trainable_parameters
+    from tunelab.train.run import run_training
+
+    cfg = _config(name, steps, eval_examples, out_dir)
+    start = time.perf_counter()
+    result = run_training(cfg, console=Console(quiet=True))
+    wall = time.perf_counter() - start
+    trainable, total = trainable_parameters(result.model)
+    metrics = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    speeds = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
+    return {
+        "final": result.final, "trainable": trainable, "total": total, "wall_s": wall,
+        "tokens_per_s": sum(speeds) / len(speeds) if speeds else None, "peak_mb": _peak_mb(),
+    }  # fmt: skip
+
+
+def child(args: argparse.Namespace) -> None:
+    try:
+        work = Path(args.work)
+        row = (
+            run_base(args.eval_examples, work)
+            if args.child == BASE
+            else run_one(args.child, args.steps, args.eval_examples, work)
+        )
+    except Exception as exc:  # any failure becomes the method's row
+        row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
+    Path(args.result).write_text(json.dumps(row))
+
+
+def table(rows: dict[str, dict], args: argparse.Namespace) -> str:
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+    lines = [
+        "# Adaptation methods on one task",
+        "",
+        f"SmolLM2-135M-Instruct (embedded) on examples/dates: {args.steps} optimizer steps of 16 examples each, "
+        f"then greedy answers to the first {args.eval_examples} held-out prompts. Device: {device}; torch "
+        f"{torch.__version__}. Written by `benchmarks/methods.py` (rerun it to refresh).",
+        "",
+        "| method | setup | exact match | token F1 | val loss | trainable params | % of model | wall s | train tok/s "
+        "| peak MB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in rows.items():
+        setup = METHODS[name][0] if name in METHODS else "no training (evaluation only)"
+        if "error" in row:
+            lines.append(f"| {name} | {setup} | not run: {row['error']} | | | | | | | |")
+            continue
+        f = row["final"]
+        speed = f"{row['tokens_per_s']:,.0f}" if row["tokens_per_s"] else ""
+        lines.append(
+            f"| {name} | {setup} | {f.get('exact_match', 0):.1%} | {f.get('token_f1', 0):.1%} | "
+            f"{f.get('val_loss', float('nan')):.3f} | {row['trainable']:,} | {row['trainable'] / row['total']:.2%} | "
+            f"{row['wall_s']:.0f} | {speed} | {row['peak_mb']:,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per method")
+    parser.add_argument("--eval-examples", type=int, default=100, help="held-out prompts answered per method")
+    parser.add_argument("--only", nargs="*", choices=list(METHODS), help="run only these methods")
+    parser.add_argument("--out", type=Path, default=OUT, help="markdown table to write")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="tunelab-methods-") as work:
+        for name in [BASE, *(args.only or METHODS)]:
+            result = Path(work) / f"{name}.json"
+            cmd = [sys.executable, __file__, "--child", name, "--result", str(result), "--work", work,
+                   "--steps", str(args.steps), "--eval-examples", str(args.eval_examples)]  # fmt: skip
+            subprocess.run(cmd, check=False)
+            rows[name] = json.loads(result.read_text()) if result.is_file() else {"error": "the process died"}
+            print(f"{name}: {rows[name].get('error') or rows[name]['final']}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table(rows, args))
+    print(table(rows, args))
+
+
+if __name__ == "__main__":
+    main()
