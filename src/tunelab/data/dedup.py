@@ -200,15 +200,16 @@ class UnionFind:
 
 
 def shared_groups(keys: np.ndarray) -> Iterator[np.ndarray]:
-    """Indices of rows sharing a key, one array per key held by two or more rows (ascending indices)."""
+    """Indices of rows sharing a key, one array per key held by two or more rows (ascending indices). Only
+    the sort order and one flag per row are held (17 bytes a row); the groups themselves are small."""
     order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    new = np.ones(len(keys), dtype=bool)
-    new[1:] = ordered[1:] != ordered[:-1]
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], len(keys))
-    for k in np.flatnonzero(ends - starts >= 2):
-        yield order[starts[k] : ends[k]]
+    same = keys[order[1:]] == keys[order[:-1]]  # same[p]: sorted rows p and p+1 share a key
+    pos = np.flatnonzero(same)
+    if not len(pos):
+        return
+    breaks = np.flatnonzero(np.diff(pos) != 1) + 1  # runs of consecutive positions form one group
+    for run in np.split(pos, breaks):
+        yield order[run[0] : run[-1] + 2]
 
 
 def near_duplicates(

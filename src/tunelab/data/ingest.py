@@ -273,49 +273,47 @@ def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, n
     """Rows of `left` (training) and `right` (validation) that duplicate a row on the other side; each side is
     an ingest and the indices of its rows that belong to the set.
 
-    Both sides are clustered together (exact duplicates by hash, then near duplicates by MinHash LSH and
-    verified Jaccard, each row compared with a few others of its bucket, never all pairs); a row overlaps when
-    its cluster holds a row of the other side."""
+    Exact overlaps by hash; near ones by MinHash LSH candidates (training rows that share a band key with a
+    validation row) verified with the exact Jaccard similarity. Only the keys of the smaller side are ever
+    sorted and held, so the cost on the training side is a few bytes a row."""
     (li, lidx), (ri, ridx) = left, right
     n = len(lidx)
-    hashes = np.concatenate([li.exact[lidx], ri.exact[ridx]])
-    rep = exact_duplicates(hashes)  # row -> first row with the same hash
-    cluster: dict[int, int] = {}
-    found: dict[int, tuple[int, float]] = {}
-    if near and li.near is not None and n and len(ridx):
-        texts = RowTexts([(li.table(), lidx), (ri.table(), ridx)], li.near.ngram)
-
-        def column(band: int) -> np.ndarray:
-            return np.concatenate([li.band_column(band)[lidx], ri.band_column(band)[ridx]])
-
-        found = near_duplicates(column, li.near.bands[0], texts.similarity, li.near.threshold, skip=set(rep))
-        cluster = {i: root for i, (root, _) in found.items()}
-    similarity = {i: sim for i, (_, sim) in found.items()}
-
-    def cluster_of(i: int) -> int:
-        first = rep.get(i, i)
-        return cluster.get(first, first)
-
-    members: dict[int, list[int]] = {}
-    for i in set(rep) | set(rep.values()) | set(cluster) | set(cluster.values()):
-        members.setdefault(cluster_of(i), []).append(i)
     overlap = Overlap()
-    left_hashes, right_hashes = set(hashes[:n].tolist()), set(hashes[n:].tolist())
-    for group in members.values():
-        lefts = sorted(i for i in group if i < n)
-        rights = sorted(i - n for i in group if i >= n)
-        if not lefts or not rights:
-            continue
-        for i in lefts:
-            exact = int(hashes[i]) in right_hashes
-            overlap.left[i] = (rights[0], 1.0 if exact else similarity.get(i, similarity.get(rights[0] + n, 0.0)))
-            if exact:
-                overlap.exact_left.add(i)
-        for j in rights:
-            exact = int(hashes[j + n]) in left_hashes
-            overlap.right[j] = (lefts[0], 1.0 if exact else similarity.get(j + n, similarity.get(lefts[0], 0.0)))
-            if exact:
-                overlap.exact_right.add(j)
+    if not n or not len(ridx):
+        return overlap
+    lhash, rhash = li.exact[lidx], ri.exact[ridx]
+    for mine, theirs, out, exact in (
+        (lhash, rhash, overlap.left, overlap.exact_left),
+        (rhash, lhash, overlap.right, overlap.exact_right),
+    ):
+        order = np.argsort(theirs, kind="stable")
+        pos = np.minimum(np.searchsorted(theirs[order], mine), len(theirs) - 1)
+        for k in np.flatnonzero(theirs[order[pos]] == mine).tolist():
+            out[k] = (int(order[pos[k]]), 1.0)
+            exact.add(k)
+    if not near or li.near is None:
+        return overlap
+    texts = RowTexts([(li.table(), lidx), (ri.table(), ridx)], li.near.ngram)
+    verdict: dict[tuple[int, int], float] = {}  # (left hash, right index) -> similarity: exact copies count once
+    for band in range(li.near.bands[0]):
+        rkeys = ri.band_column(band)[ridx]
+        rorder = np.argsort(rkeys, kind="stable")
+        rsorted = rkeys[rorder]
+        lkeys = li.band_column(band)[lidx]
+        start = np.searchsorted(rsorted, lkeys, side="left")
+        stop = np.searchsorted(rsorted, lkeys, side="right")
+        del lkeys
+        for i in np.flatnonzero(stop > start).tolist():
+            for j in rorder[start[i] : stop[i]].tolist():
+                if i in overlap.left and j in overlap.right:
+                    continue
+                key = (int(lhash[i]), j)
+                if key not in verdict:
+                    verdict[key] = texts.similarity(i, n + j)
+                sim = verdict[key]
+                if sim >= li.near.threshold:
+                    overlap.left.setdefault(i, (j, sim))
+                    overlap.right.setdefault(j, (i, sim))
     return overlap
 
 
