@@ -167,16 +167,7 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def exact_duplicates(hashes: np.ndarray) -> dict[int, int]:
     """{index: index of its first occurrence} for every row whose hash appeared before."""
-    n = len(hashes)
-    if n < 2:
-        return {}
-    order = np.argsort(hashes, kind="stable")  # stable: within equal hashes, the first row comes first
-    ordered = hashes[order]
-    is_new = np.ones(n, dtype=bool)
-    is_new[1:] = ordered[1:] != ordered[:-1]
-    run_start = np.maximum.accumulate(np.where(is_new, np.arange(n), 0))
-    dup = np.flatnonzero(~is_new)
-    return dict(zip(order[dup].tolist(), order[run_start[dup]].tolist(), strict=True))
+    return {j: int(group[0]) for group in shared_groups(hashes) for j in group[1:].tolist()}
 
 
 class UnionFind:
