@@ -122,3 +122,11 @@ def test_folders_globs_and_task_tags(tmp_path: Path) -> None:
     assert [e.task for e in result.examples] == ["a", "math", "b", "math"]
     with pytest.raises(DataError, match="matches no file"):
         load_examples([str(tmp_path / "*.csv")])
+
+
+def test_per_file_format_override(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"text": "hello", "label": "x"}\n')
+    b.write_text('{"text": "hello", "label": "x"}\n')
+    result = load_examples([a, b], options=LoadOptions(formats={"a": "text"}))
+    assert [e.kind for e in result.examples] == ["text", "classification"]

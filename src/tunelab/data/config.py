@@ -140,6 +140,8 @@ class DataSection(Section):
     """How `val_fraction` is held out: at random, or stratified so every label (or task) keeps its share."""
     format: FormatName = "auto"
     """Row format of every file; `auto` detects it per file (the most common format among its first rows)."""
+    formats: dict[str, FormatName] = {}
+    """Format of single files, by file name or stem (e.g. `{reviews.csv: classification}`); wins over `format`."""
     text_unit: Literal["line", "paragraph", "document"] = "line"
     """How a .txt file is cut into records: each line, each blank-line-separated paragraph, or the whole file."""
     max_row_chars: int = Field(1_000_000, ge=1)

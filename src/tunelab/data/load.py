@@ -31,6 +31,8 @@ class LoadOptions:
     """How rows are read and validated (the load-related `data.*` config fields)."""
 
     format: str = "auto"
+    formats: dict[str, str] = field(default_factory=dict)
+    """Per-file formats, by file name or stem; they win over `format`."""
     text_unit: TextUnit = "line"
     max_row_chars: int = 1_000_000
     long_rows: Literal["reject", "truncate"] = "reject"
@@ -125,8 +127,9 @@ def _open(path: Path, options: LoadOptions) -> tuple[Iterator[list[RawRow]], str
     file_type, _ = sniff(path)
     rows = read_rows(path, text_unit=options.text_unit)
     head = list(islice(rows, DETECT_ROWS))
-    if options.format != "auto":
-        file_format = options.format
+    given = options.formats.get(path.name, options.formats.get(path.stem, options.format))
+    if given != "auto":
+        file_format = given
     elif file_type == "txt":
         file_format = "text"
     else:

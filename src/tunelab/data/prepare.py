@@ -265,6 +265,7 @@ def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work
     by_field = cfg.schedule.order == "curriculum" and cfg.schedule.difficulty == "field"
     options = LoadOptions(
         format=cfg.format,
+        formats=dict(cfg.formats),
         text_unit=cfg.text_unit,
         max_row_chars=cfg.max_row_chars,
         long_rows=cfg.long_rows,
