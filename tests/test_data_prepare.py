@@ -72,7 +72,7 @@ def test_every_row_is_accounted_for(tmp_path: Path, tokenizer) -> None:
         (9, "contamination"),
     ]
     assert f"{train}:1" in next(x["reason"] for x in removed if x["line"] == 2)
-    assert {"report.json", "report.md", "data_report.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"report.json", "report.md"} <= {p.name for p in (tmp_path / "out").iterdir()}
 
 
 def test_cache_is_reused_and_invalidated(tmp_path: Path, tokenizer) -> None:
@@ -134,7 +134,7 @@ def test_training_run_uses_the_pipeline_and_its_cache(tmp_path: Path, tiny_model
     report = json.loads((run.run_dir / "data_report.json").read_text())
     assert not report["cached"] and report["train_examples"] == 11 and report["rejected"] == 1
     assert "malformed JSON" in (run.run_dir / "rejects.jsonl").read_text()
-    assert (run.run_dir / "report.md").is_file()
+    assert (run.run_dir / "data_report.md").is_file() and not (run.run_dir / "report.json").exists()
     again = prepare_chat_data(cfg.data, tokenizer, cfg.training.seed, tmp_path / "again", batch_size=4)
     assert again.report["cached"] and again.report["fingerprint"] == report["fingerprint"]
 

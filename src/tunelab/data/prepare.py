@@ -119,9 +119,10 @@ def prepare_dataset(
     *,
     batch_size: int = 8,
     plots: bool = False,
+    report_name: str = "report",
 ) -> PreparedDataset:
-    """Run (or reuse from the cache) the whole pipeline; write report.json, report.md, data_report.json,
-    rejects.jsonl and removed.jsonl (and PNG plots with `plots`) to `out_dir`."""
+    """Run (or reuse from the cache) the whole pipeline; write `report_name`.json and .md, rejects.jsonl and
+    removed.jsonl (and PNG plots with `plots`) to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(cfg, tokenizer, seed)
     root = Path(cfg.cache_dir) if cfg.cache_dir else _default_cache()
@@ -148,7 +149,7 @@ def prepare_dataset(
             shutil.copyfile(entry / name, out_dir / name)
     report["rejects_file"] = str(out_dir / "rejects.jsonl")
     report["removed_file"] = str(out_dir / "removed.jsonl")
-    write_report(report, out_dir, plots=plots)
+    write_report(report, out_dir, name=report_name, plots=plots)
     return PreparedDataset(folder=entry, report=report)
 
 
@@ -158,7 +159,8 @@ def prepare_chat_data(
     """The data for language-model training (chat and text records), in memory; reports go to `out_dir`."""
     from tunelab.errors import DataError
 
-    prepared = prepare_dataset(cfg, tokenizer, seed, out_dir, batch_size=batch_size)
+    # In a run folder the reports are data_report.*, next to the run's own files.
+    prepared = prepare_dataset(cfg, tokenizer, seed, out_dir, batch_size=batch_size, report_name="data_report")
     kinds = prepared.report["kinds"]
     other = {k: n for k, n in kinds.items() if k not in ("chat", "text")}
     if other:

@@ -154,14 +154,12 @@ def padding_report(
     }
 
 
-def write_report(report: dict[str, Any], out: Path, *, plots: bool = False) -> None:
-    """report.json, report.md, data_report.json (the name training runs have used) and, with `plots`, PNGs."""
+def write_report(report: dict[str, Any], out: Path, *, name: str = "report", plots: bool = False) -> None:
+    """`name`.json and `name`.md (and, with `plots`, PNGs) in `out`."""
     if plots:
         report["plots"] = write_plots(report, out)
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    (out / "report.json").write_text(text)
-    (out / "data_report.json").write_text(text)
-    (out / "report.md").write_text(markdown(report))
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (out / f"{name}.md").write_text(markdown(report))
 
 
 def markdown(r: dict[str, Any]) -> str:
