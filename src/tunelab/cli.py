@@ -19,6 +19,7 @@ from rich.text import Text
 from tunelab.data.cli import add_data_commands
 from tunelab.errors import TunelabError
 from tunelab.export.cli import add_export_command
+from tunelab.merging.cli import add_merge_models_command
 from tunelab.serve.cli import add_serve_command
 
 console = Console()
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub)
     add_serve_command(sub)
     add_data_commands(sub)
+    add_merge_models_command(sub)
     return parser
 
 
