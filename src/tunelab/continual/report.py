@@ -1,0 +1,60 @@
+"""The continual-learning report: the accuracy matrix R (row i: after training stage i; column j: task j) and
+its summaries.
+
+- average accuracy ACC = mean_j R[T-1, j] (Lopez-Paz & Ranzato 2017);
+- backward transfer BWT = mean_{j<T-1} (R[T-1, j] - R[j, j]): negative when later tasks erase earlier ones;
+- forward transfer FWT = mean_{j>0} (R[j-1, j] - b_j), given each task's accuracy b_j before any training;
+- forgetting F = mean_{j<T-1} (max_{l<T-1} R[l, j] - R[T-1, j]) (Chaudhry et al. 2018): the drop from the best
+  accuracy a task ever had.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ContinualReport:
+    tasks: list[str]
+    matrix: list[list[float]]
+    average_accuracy: float
+    backward_transfer: float | None
+    forgetting: float | None
+    per_task_forgetting: list[float]
+    forward_transfer: float | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def to_markdown(self, digits: int = 1) -> str:
+        """The matrix as a Markdown table (percentages) followed by the summary numbers."""
+        pct = f"{{:.{digits}f}}"
+        lines = ["| after stage | " + " | ".join(self.tasks) + " |", "|---" * (len(self.tasks) + 1) + "|"]
+        for i, row in enumerate(self.matrix):
+            lines.append(f"| {i + 1}: {self.tasks[i]} | " + " | ".join(pct.format(100 * v) for v in row) + " |")
+        summary = [f"average accuracy {pct.format(100 * self.average_accuracy)}%"]
+        if self.backward_transfer is not None:
+            summary.append(f"backward transfer {100 * self.backward_transfer:+.{digits}f} pp")
+            summary.append(f"forgetting {pct.format(100 * self.forgetting)} pp")
+        if self.forward_transfer is not None:
+            summary.append(f"forward transfer {100 * self.forward_transfer:+.{digits}f} pp")
+        return "\n".join(lines) + "\n\n" + "; ".join(summary) + "\n"
+
+
+def continual_report(
+    tasks: list[str], matrix: list[list[float]], baseline: list[float] | None = None
+) -> ContinualReport:
+    """Summaries of a square accuracy matrix (one training stage per task, in task order)."""
+    t = len(tasks)
+    if len(matrix) != t or any(len(row) != t for row in matrix):
+        raise ValueError(f"the accuracy matrix must be {t} x {t} (stages x tasks)")
+    last = matrix[-1]
+    acc = sum(last) / t
+    earlier = range(t - 1)
+    per_task = [max(matrix[stage][j] for stage in range(t - 1)) - last[j] for j in earlier]
+    bwt = sum(last[j] - matrix[j][j] for j in earlier) / (t - 1) if t > 1 else None
+    forgetting = sum(per_task) / (t - 1) if t > 1 else None
+    fwt = None
+    if baseline is not None and t > 1:
+        fwt = sum(matrix[j - 1][j] - baseline[j] for j in range(1, t)) / (t - 1)
+    return ContinualReport(list(tasks), [list(r) for r in matrix], acc, bwt, forgetting, per_task, fwt)
