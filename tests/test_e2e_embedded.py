@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CITIES = ["Oslo", "Lima", "Porto", "Cairo", "Quito", "Hanoi", "Perth", "Accra", "Turin", "Leeds"]
 ITEMS = ["lamps", "chairs", "cables", "boxes of tea", "bicycles", "monitors", "kettles", "rugs"]
