@@ -48,7 +48,8 @@ def _rate_rule(
     """The learning rate of each parameter under the layer-wise decay, head/embedding rates and LoRA+."""
     embeddings = _ids(model.get_input_embeddings()) if hasattr(model, "get_input_embeddings") else set()
     heads = _ids(model.get_output_embeddings()) if hasattr(model, "get_output_embeddings") else set()
-    heads |= _ids(getattr(model, "head", None))  # a task head (tunelab.heads) sits at `model.head`
+    task_head = getattr(model, "head", None)  # a task head (tunelab.heads) sits at `model.head`
+    heads |= _ids(task_head if isinstance(task_head, nn.Module) else None)
     if cfg.head_lr and cfg.embedding_lr and cfg.head_lr != cfg.embedding_lr and embeddings & heads:
         raise ConfigError(
             f"training.head_lr ({cfg.head_lr}) and training.embedding_lr ({cfg.embedding_lr}) differ, but this model "
