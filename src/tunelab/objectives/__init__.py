@@ -1,15 +1,25 @@
 """Objectives say what the loss is. One module per objective, one registry line each.
 
-An objective is `loss(model, batch) -> LossParts`: a *summed* loss and the count it should be divided by, so the
-loop can normalise exactly over every target token of an optimizer step, however it is split into micro-batches.
+An objective's loss is `loss(model, batch, ctx) -> LossParts`: a *summed* loss and the count it should be divided
+by, so the loop can normalise exactly over every target (token, pair, example) of an optimizer step, however it
+is split into micro-batches. `ctx` is what the objective's `setup` built: a reference model, a teacher, settings.
 """
 
 from __future__ import annotations
 
-from tunelab.objectives import sft
+from typing import Union
+
+from tunelab.objectives import dpo, kto, orpo, reward, sft
 from tunelab.objectives.base import LossParts, Objective, register
 
 OBJECTIVES: dict[str, Objective] = {}
 register(OBJECTIVES, sft.OBJECTIVE)
+register(OBJECTIVES, dpo.OBJECTIVE)
+register(OBJECTIVES, orpo.OBJECTIVE)
+register(OBJECTIVES, kto.OBJECTIVE)
+register(OBJECTIVES, reward.OBJECTIVE)
 
-__all__ = ["OBJECTIVES", "LossParts", "Objective"]
+OBJECTIVE_CONFIGS = {name: objective.config for name, objective in OBJECTIVES.items()}
+ObjectiveConfig = Union[tuple(OBJECTIVE_CONFIGS.values())]  # noqa: UP007 - built at run time from the registry
+
+__all__ = ["OBJECTIVES", "OBJECTIVE_CONFIGS", "LossParts", "Objective", "ObjectiveConfig"]

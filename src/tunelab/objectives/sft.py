@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
-from tunelab.objectives.base import Objective, causal_lm_loss
+from typing import Literal
 
-OBJECTIVE = Objective(name="sft", loss=causal_lm_loss)
+from tunelab.objectives.base import Objective, causal_lm_loss
+from tunelab.schema import Section
+
+
+class SFTConfig(Section):
+    name: Literal["sft"] = "sft"
+
+
+OBJECTIVE = Objective(name="sft", loss=causal_lm_loss, config=SFTConfig)

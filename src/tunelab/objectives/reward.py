@@ -1,0 +1,77 @@
+"""Reward model: a scalar head on the (adapted) body, trained on preference pairs with the Bradley-Terry loss.
+
+P(y_w ≻ y_l | x) = σ(r(x, y_w) - r(x, y_l)), so the loss per pair is -log σ(r_w - r_l) (Ouyang et al., 2022,
+Eq. 1), optionally plus c·(r_w + r_l)² to keep rewards centred on zero (Eisenstein et al., 2023), as TRL does.
+The head reads the hidden state of each answer's last token (the last real token of the row).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs
+from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, prepare_pairs
+from tunelab.schema import Section
+
+if TYPE_CHECKING:  # heads import objectives.base, so the heads package is imported when used, not at import
+    from tunelab.heads import TaskModel
+
+
+class RewardConfig(Section):
+    name: Literal["reward"] = "reward"
+    center_rewards: float = Field(0.0, ge=0)
+    """Coefficient of the (r_chosen + r_rejected)² term that keeps rewards centred on zero (0: off)."""
+    pooling: Literal["last", "mean"] = "last"
+    """Which hidden state the reward head reads: the last real token (decoders) or the mean over tokens."""
+
+
+def bradley_terry_losses(chosen: torch.Tensor, rejected: torch.Tensor, center: float = 0.0) -> torch.Tensor:
+    """Per-pair loss -log σ(r_w - r_l) + center·(r_w + r_l)²."""
+    losses = -F.logsigmoid(chosen - rejected)
+    return losses + center * (chosen + rejected) ** 2 if center else losses
+
+
+def reward_loss(model: TaskModel, batch: Batch, cfg: RewardConfig) -> LossParts:
+    rewards = model(batch["input_ids"], batch["attention_mask"]).squeeze(-1).float()
+    chosen, rejected = rewards.chunk(2)
+    losses = bradley_terry_losses(chosen, rejected, cfg.center_rewards)
+    return LossParts(
+        loss_sum=losses.sum(),
+        count=torch.tensor(chosen.numel(), device=rewards.device),
+        correct=(chosen > rejected).sum(),
+    )
+
+
+def _setup(cfg: RewardConfig, args: SetupArgs) -> tuple[nn.Module, RewardConfig]:
+    from tunelab.heads import HeadConfig, attach_head_
+
+    head = HeadConfig(task="sequence", num_labels=1, problem="regression", pooling=cfg.pooling)
+    return attach_head_(args.model, head), cfg
+
+
+def _save_head(model: TaskModel, folder: Path) -> None:
+    from tunelab.heads import save_head
+
+    save_head(model, folder)
+
+
+OBJECTIVE = Objective(
+    name="reward",
+    loss=reward_loss,
+    config=RewardConfig,
+    prepare=prepare_pairs,
+    setup=_setup,
+    collate=collate_pairs,
+    length=pair_length,
+    count=count_pairs,
+    metric="pair_acc",
+    perplexity=False,
+    body=lambda model: model.model,
+    save_extra=_save_head,
+)
