@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +14,10 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from tunelab.data.records import Example
 from tunelab.embeddings.losses import info_nce, matryoshka
+from tunelab.embeddings.objective import OBJECTIVE, ContrastiveConfig, EmbedItem, collate_embed, contrastive_loss
 from tunelab.embeddings.pooling import encode, mean_pool
 from tunelab.embeddings.retrieval import evaluate_retrieval, retrieval_metrics
-from tunelab.embeddings.train import collate_pairs, contrastive_loss, pair_batches, train_embedder
+from tunelab.embeddings.train import collate_pairs, pair_batches, train_embedder
 from tunelab.errors import DataError
 
 R = 1 / math.sqrt(2)
@@ -133,8 +135,8 @@ def test_contrastive_loss_is_a_sum_over_anchors_with_hard_negatives() -> None:
     examples = [Example(kind="pairs", anchor=f"q {i}", positive=f"p {i}", negative=f"n {i}") for i in range(3)]
     batch = collate_pairs(tokenizer, examples)
     assert "negative_input_ids" in batch
-    parts = contrastive_loss(model, batch, scale=5.0)
-    assert int(parts.count) == 3
+    parts = contrastive_loss(model, batch, ContrastiveConfig(scale=5.0))
+    assert int(parts.count) == 3 == OBJECTIVE.count(batch) and 0 <= int(parts.correct) <= 3
     with torch.no_grad():
         vec = {
             r: model(input_ids=batch[f"{r}_input_ids"]).last_hidden_state for r in ("anchor", "positive", "negative")
@@ -151,3 +153,38 @@ def test_pair_batches_keep_duplicate_positives_apart() -> None:
     assert all(len({examples[i].positive for i in b}) == len(b) for b in batches)
     with pytest.raises(DataError, match="anchor"):
         train_embedder(None, None, [Example(kind="pairs", anchor="x")])
+
+
+def test_collate_embed_pads_each_role_and_drops_ragged_negatives() -> None:
+    items = [EmbedItem([2, 7, 3], [2, 8, 9, 3], [2, 5, 3]), EmbedItem([2, 3], [2, 4, 3], [])]
+    batch = collate_embed(items, pad_id=0)
+    assert set(batch) == {"anchor_input_ids", "anchor_attention_mask", "positive_input_ids", "positive_attention_mask"}
+    assert batch["anchor_input_ids"].tolist() == [[2, 7, 3], [2, 3, 0]]
+    assert batch["positive_attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert OBJECTIVE.length(items[0]) == 4 and OBJECTIVE.metric == "acc" and not OBJECTIVE.perplexity
+    both = collate_embed([items[0], items[0]], pad_id=0)
+    assert both["negative_input_ids"].tolist() == [[2, 5, 3], [2, 5, 3]]
+
+
+def test_prepare_embed_pairs_reads_pairs_files_and_refuses_other_kinds(tmp_path: Path) -> None:
+    import json
+
+    from tunelab.config import load_config
+    from tunelab.embeddings.objective import prepare_embed_pairs
+    from tunelab.models import load_tokenizer
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"anchor": f"question {i}", "positive": f"answer {i}"}) + "\n" for i in range(40))
+    )
+    tokenizer = load_tokenizer("minilm-l6")
+    cfg = load_config(None, [f"data.train={pairs}", "model.source=minilm-l6", "data.max_length=32"])
+    prepared = prepare_embed_pairs(cfg, tokenizer, tmp_path / "run")
+    assert len(prepared.train) + len(prepared.val) == 40 and prepared.train[0].negative == []
+    assert (
+        prepared.train[0].anchor[0] == tokenizer.cls_token_id and prepared.train[0].anchor[-1] == tokenizer.sep_token_id
+    )
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f"plain text row {i}"}) + "\n" for i in range(10)))
+    with pytest.raises(DataError, match="pairs only"):
+        prepare_embed_pairs(load_config(None, [f"data.train={text}"]), tokenizer, tmp_path / "run2")

@@ -1,10 +1,9 @@
-"""Contrastive fine-tuning of an encoder on (anchor, positive[, negative]) pairs.
+"""Contrastive fine-tuning of an encoder on (anchor, positive[, negative]) pairs, outside a run folder.
 
-`contrastive_loss(model, batch)` has the objective signature (`loss(model, batch) -> LossParts`), so it can be
-registered as an objective once the shared loop feeds encoder pair batches; until then `train_embedder` runs it
-in a small loop of its own (AdamW, linear warmup and decay, no accumulation). That loop is a stop-gap, kept
-minimal on purpose: train/loop.py collates causal-LM `Tokenized` records only (issue #8: move it onto the shared
-loop when that accepts pair batches).
+The objective itself (`embeddings.objective.OBJECTIVE`) is loop-ready; `train_embedder` runs the same loss in a
+small loop of its own (AdamW, linear warmup and decay, no accumulation, no checkpoints) for library use and tests
+while `contrastive` is not yet registered and run.py still evaluates every run by generation (issue #8). It is a
+stop-gap, kept minimal on purpose: once the shared loop trains encoders, `tunelab train` replaces it.
 
 In-batch negatives are only as good as the batch: two anchors sharing one positive text turn each other's
 positive into a false negative. `pair_batches` keeps duplicate positives out of a batch where it can.
@@ -21,53 +20,16 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.records import Example
-from tunelab.embeddings.losses import info_nce, matryoshka
-from tunelab.embeddings.pooling import embed_batch
+from tunelab.embeddings.objective import ContrastiveConfig, collate_embed, contrastive_loss, tokenize_embed_pair
 from tunelab.errors import DataError
-from tunelab.objectives.base import LossParts
-
-ROLES = ("anchor", "positive", "negative")
 
 
 def collate_pairs(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int = 128
 ) -> dict[str, torch.Tensor]:
     """`{role}_input_ids` / `{role}_attention_mask` for anchor, positive and (when every example has one) negative."""
-    roles = ROLES if all(ex.negative for ex in examples) else ROLES[:2]
-    batch: dict[str, torch.Tensor] = {}
-    for role in roles:
-        enc = tokenizer(
-            [getattr(ex, role) for ex in examples],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        batch[f"{role}_input_ids"], batch[f"{role}_attention_mask"] = enc["input_ids"], enc["attention_mask"]
-    return batch
-
-
-def contrastive_loss(
-    model: nn.Module,
-    batch: dict[str, torch.Tensor],
-    *,
-    scale: float = 20.0,
-    matryoshka_dims: Sequence[int] | None = None,
-    symmetric: bool = False,
-) -> LossParts:
-    """InfoNCE over the batch (Matryoshka-summed when dims are given), as a sum over anchors with their count."""
-    vectors = {
-        role: embed_batch(model, batch[f"{role}_input_ids"], batch[f"{role}_attention_mask"])
-        for role in ROLES
-        if f"{role}_input_ids" in batch
-    }
-    args = (vectors["anchor"], vectors["positive"], vectors.get("negative"))
-    if matryoshka_dims:
-        mean = matryoshka(info_nce, *args, dims=matryoshka_dims, scale=scale, symmetric=symmetric)
-    else:
-        mean = info_nce(*args, scale=scale, symmetric=symmetric)
-    count = vectors["anchor"].shape[0]
-    return LossParts(loss_sum=mean * count, count=torch.tensor(count))
+    items = [tokenize_embed_pair(ex, tokenizer, max_length) for ex in examples]
+    return collate_embed(items, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
 
 def pair_batches(examples: Sequence[Example], batch_size: int, seed: int) -> list[list[int]]:
@@ -114,6 +76,7 @@ def train_embedder(
             f"{len(missing)} example(s) lack an anchor or a positive (first: {missing[0]}); embedding training "
             "needs pairs data: rows with 'anchor' and 'positive' (and optionally 'negative')."
         )
+    settings = ContrastiveConfig(scale=scale, matryoshka_dims=list(matryoshka_dims or []))
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     per_epoch = [pair_batches(examples, batch_size, seed + e) for e in range(epochs)]
@@ -130,9 +93,7 @@ def train_embedder(
             if len(history) >= total:
                 break
             batch = collate_pairs(tokenizer, [examples[i] for i in indices], max_length)
-            parts = contrastive_loss(
-                model, {k: v.to(device) for k, v in batch.items()}, scale=scale, matryoshka_dims=matryoshka_dims
-            )
+            parts = contrastive_loss(model, {k: v.to(device) for k, v in batch.items()}, settings)
             loss = parts.loss_sum / parts.count
             loss.backward()
             optimizer.step()
