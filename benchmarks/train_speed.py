@@ -172,7 +172,7 @@ def worker_trl(train: Path, val: Path, batch_size: int, out_dir: Path) -> dict:
     clock = Clock()
     args = SFTConfig(
         output_dir=str(out_dir / "trl"), per_device_train_batch_size=batch_size, num_train_epochs=1,
-        learning_rate=SETTINGS["lr"], lr_scheduler_type="cosine", warmup_ratio=SETTINGS["warmup_ratio"],
+        learning_rate=SETTINGS["lr"], lr_scheduler_type="cosine", warmup_steps=SETTINGS["warmup_ratio"],
         max_grad_norm=1.0, weight_decay=0.0, bf16=True, max_length=SETTINGS["max_length"], seed=SETTINGS["seed"],
         logging_steps=10, save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
     )  # fmt: skip
@@ -259,11 +259,15 @@ def main() -> None:
     w.add_argument("out")
     w.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", choices=list(WORKLOADS))
+    parser.add_argument("--examples", type=int, help="train examples per workload (a quick smoke run)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     if args.mode == "worker":
         run_worker(args)
         return
+    if args.examples:
+        for workload in WORKLOADS.values():
+            workload["examples"] = args.examples
     table = run_side_by_side([args.only] if args.only else list(WORKLOADS), args.threads)
     print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
