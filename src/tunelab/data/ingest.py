@@ -8,6 +8,7 @@ out as they come, and the only per-row state is 8 bytes of hash in memory plus 8
 
 from __future__ import annotations
 
+import mmap
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,6 +116,7 @@ class Ingested:
     exact: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     chars: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     near: NearParams | None = None
+    _mm: mmap.mmap | None = field(default=None, repr=False)
 
     @property
     def records_path(self) -> Path:
@@ -126,9 +128,22 @@ class Ingested:
         return sum(f.rows for f in self.files)
 
     def table(self) -> pa.Table:
-        """The cleaned records, memory-mapped."""
-        with pa.memory_map(str(self.records_path)) as source:
-            return pa.ipc.open_stream(source).read_all()
+        """The cleaned records, memory-mapped without read-ahead: reading a row maps in only its own pages.
+
+        The mapping is a Python `mmap` rather than `pa.memory_map` so that `release()` can drop the pages read
+        so far: file pages mapped into a process count in its resident memory until then, and random reads
+        over a large file (duplicate checks) would otherwise map in most of it."""
+        if self._mm is None:
+            with self.records_path.open("rb") as fh:
+                self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            if hasattr(mmap, "MADV_RANDOM"):
+                self._mm.madvise(mmap.MADV_RANDOM)
+        return pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(self._mm))).read_all()
+
+    def release(self) -> None:
+        """Drop the record pages read so far from this process's memory (they are read again when needed)."""
+        if self._mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED)
 
     def band_column(self, band: int) -> np.ndarray:
         return np.fromfile(self.folder / f"band{band}.i64", dtype=np.int64)
@@ -190,8 +205,11 @@ def _absorb(chunk: ChunkOut, out: Ingested, writer, band_files, rejects, removed
 class RowTexts:
     """Shingle sets of records read back by index (only rows that LSH makes candidates are ever read)."""
 
-    def __init__(self, sources: list[tuple[pa.Table, np.ndarray | None]], ngram: int) -> None:
+    def __init__(
+        self, sources: list[tuple[pa.Table, np.ndarray | None]], ngram: int, release: Callable[[], None] = lambda: None
+    ) -> None:
         # Each source is a table and the indices into it that the combined numbering covers (None: all rows).
+        self.release, self.reads = release, 0
         self.parts = []
         for table, idx in sources:
             self.parts.append((table, np.arange(table.num_rows) if idx is None else idx))
@@ -200,6 +218,9 @@ class RowTexts:
         self.cache: dict[int, np.ndarray] = {}
 
     def row(self, i: int) -> dict:
+        self.reads += 1
+        if self.reads % 2000 == 0:
+            self.release()
         part = int(np.searchsorted(self.offsets, i, side="right")) - 1
         table, idx = self.parts[part]
         return table.slice(int(idx[i - self.offsets[part]]), 1).to_pylist()[0]
@@ -233,16 +254,19 @@ def find_duplicates(ing: Ingested, mode: str) -> Duplicates:
         return found
     found.exact = {i: (j, 1.0) for i, j in exact_duplicates(ing.exact).items()}
     if mode == "near" and ing.near is not None:
-        texts = RowTexts([(ing.table(), None)], ing.near.ngram)
+        texts = RowTexts([(ing.table(), None)], ing.near.ngram, ing.release)
         found.near = near_duplicates(
             ing.band_column, ing.near.bands[0], texts.similarity, ing.near.threshold, skip=set(found.exact)
         )
     return found
 
 
-def removed_rows(table: pa.Table, dups: dict[int, tuple[int, float]], name: str) -> Iterator[Removed]:
+def removed_rows(ing: Ingested, dups: dict[int, tuple[int, float]], name: str) -> Iterator[Removed]:
     """`Removed` entries for duplicate rows, naming the row each one duplicates."""
-    for i in sorted(dups):
+    table = ing.table()
+    for n, i in enumerate(sorted(dups), start=1):
+        if n % 2000 == 0:
+            ing.release()
         j, sim = dups[i]
         row = table.slice(i, 1).to_pylist()[0]
         kept = table.slice(j, 1).to_pylist()[0]["origin"]
@@ -293,7 +317,7 @@ def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, n
             exact.add(k)
     if not near or li.near is None:
         return overlap
-    texts = RowTexts([(li.table(), lidx), (ri.table(), ridx)], li.near.ngram)
+    texts = RowTexts([(li.table(), lidx), (ri.table(), ridx)], li.near.ngram, lambda: (li.release(), ri.release()))
     verdict: dict[tuple[int, int], float] = {}  # (left hash, right index) -> similarity: exact copies count once
     for band in range(li.near.bands[0]):
         rkeys = ri.band_column(band)[ridx]

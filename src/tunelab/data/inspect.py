@@ -98,6 +98,7 @@ def _contents(ing: Ingested, table: pa.Table, tokenizer: Any, sample: int, examp
         lengths, unit = [len(e.content().split()) for e in rows], "words"
     out["lengths"] = {"unit": unit, "sampled": len(rows), "of": n, **length_stats(lengths)}
     out["examples"] = [_shown(Example.from_row(r)) for r in table.slice(0, examples).to_pylist()]
+    ing.release()
     return out
 
 

@@ -394,9 +394,8 @@ def _dedup(ing: Ingested, mode: str, removed: JsonlWriter, counts: dict[str, Any
     """Indices of the rows that survive duplicate removal; the others are written to removed.jsonl."""
     dups = find_duplicates(ing, mode)
     if dups.exact or dups.near:
-        table = ing.table()
         for name, found in (("exact_duplicate", dups.exact), ("near_duplicate", dups.near)):
-            for r in removed_rows(table, found, name):
+            for r in removed_rows(ing, found, name):
                 removed.write(r)
             counts["removed"][name] += len(found)
     keep = np.ones(ing.count, dtype=bool)
@@ -422,7 +421,9 @@ def _contamination(cfg: DataSection, sets: dict, removed: JsonlWriter, counts: d
         table = train_ing.table()
         val_ing, val_idx = sets["validation"]
         val_origin = val_ing.table().column("origin")
-        for k in sorted(overlap.left):
+        for n, k in enumerate(sorted(overlap.left), start=1):
+            if n % 2000 == 0:
+                train_ing.release()
             row = table.slice(int(train_idx[k]), 1).to_pylist()[0]
             j, sim = overlap.left[k]
             how = "exact duplicate" if k in overlap.exact_left else f"near duplicate (Jaccard {sim:.2f})"
