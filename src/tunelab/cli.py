@@ -63,7 +63,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
     missing = [p for p in cfg.data.train + cfg.data.validation if not Path(p).is_file()]
     if missing:
         raise TunelabError(f"{args.config}: data file(s) not found: {', '.join(missing)}. Fix data.train/validation.")
-    console.print(f"[green]ok[/]: {args.config} is valid (method {cfg.method.name}, model {cfg.model.source})")
+    console.print(
+        f"[green]ok[/]: {args.config} is valid (method {cfg.method.name}, model {cfg.model.source})", soft_wrap=True
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

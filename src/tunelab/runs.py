@@ -40,7 +40,14 @@ def run_folder(cfg: TunelabConfig, config_path: Path | None, resume: bool) -> Pa
             )
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.output.overwrite:
+        if not is_run(run_dir):
+            raise RunError(
+                f"'{run_dir}' exists and is not a tunelab run folder, so tunelab will not write into it. "
+                "Choose another output.dir or output.name."
+            )
+        # A run that stopped before its first step (a wrong data path, say) holds nothing worth keeping.
+        trained = (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()
+        if trained and not cfg.output.overwrite:
             raise RunError(
                 f"Run folder '{run_dir}' already exists. Continue it with --resume, choose another output.name, "
                 "or set output.overwrite=true to replace it."
