@@ -90,9 +90,50 @@ def test_fisher_of_a_tiny_llama_and_the_saved_state(tiny_model_dir: Path, tmp_pa
         load_ewc(tmp_path / "missing")
 
 
+def _fill_lora_(model: nn.Module, a: float, b: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_A." in name:
+                p.fill_(a)
+            elif ".lora_B." in name:
+                p.fill_(b)
+
+
+def test_ewc_follows_effective_weights_across_a_merged_lora_stage(tiny_model_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.models import load_model
+
+    def lora(model: nn.Module) -> nn.Module:
+        return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+
+    stage1 = lora(load_model(str(tiny_model_dir)))
+    _fill_lora_(stage1, 0.1, 0.05)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    fisher = estimate_fisher(stage1, [batch])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert name in fisher and fisher[name].shape == (48, 48), "LoRA layers are measured as W0 + ΔW, by plain name"
+    assert not any("lora_" in n for n in fisher) and float(fisher[name].sum()) > 0
+    base_weight = stage1.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert not base_weight.requires_grad, "the frozen base weight is frozen again afterwards"
+    anchor = anchor_of(stage1)
+    # Stage 2: the stage-1 adapter merged into the base, a fresh adapter on top.
+    stage2 = lora(stage1.merge_and_unload())
+    state = EWCState({name: torch.full((48, 48), 2.0)}, {name: anchor[name]})
+    reg = EWCRegularizer(stage2, state, lam=0.5)
+    assert reg.penalty().item() == pytest.approx(0.0, abs=1e-6), "B = 0: the merged weights are the anchor"
+    _fill_lora_(stage2, 0.1, 0.2)
+    # ΔW entries: (alpha / r) · Σ_r b·a = 2 · 4 · 0.02 = 0.16; penalty λ/2 · Σ F ΔW² = 0.25 · 2 · 48² · 0.16².
+    assert reg.penalty().item() == pytest.approx(0.25 * 2 * 48 * 48 * 0.16**2, rel=1e-4)
+    assert ewc_penalty(stage2, state.fisher, state.anchor, 0.5).item() == pytest.approx(reg.penalty().item())
+    reg.penalty().backward()
+    assert stage2.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.grad.abs().sum() > 0
+
+
 def test_ewc_state_from_another_model_is_refused() -> None:
     state = EWCState({"other.weight": torch.ones(2)}, {"other.weight": torch.zeros(2)})
-    with pytest.raises(ConfigError, match="names no trainable parameter"):
+    with pytest.raises(ConfigError, match="names no weight this model trains"):
         EWCRegularizer(Line(), state, 1.0)
 
 

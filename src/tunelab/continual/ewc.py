@@ -7,52 +7,58 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunelab.continual.fisher import EWCState, trainable
+from tunelab.continual.fisher import EWCState
+from tunelab.continual.weights import ewc_weights
 from tunelab.errors import ConfigError
 
 
 def ewc_penalty(
     model: nn.Module, fisher: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], lam: float
 ) -> torch.Tensor:
-    """λ/2 · Σ F (θ - θ*)² over the model's trainable parameters that `fisher` names (others are free)."""
+    """λ/2 · Σ F (θ - θ*)² over the model's effective weights that `fisher` names (others are free)."""
     total = torch.zeros((), device=next(model.parameters()).device)
-    for name, p in trainable(model).items():
+    for name, w in ewc_weights(model).items():
         if name in fisher:
-            f, a = fisher[name].to(p.device), anchor[name].to(p.device)
-            total = total + (f * (p.float() - a).pow(2)).sum()
+            value = w.value()
+            f, a = fisher[name].to(value.device), anchor[name].to(value.device)
+            total = total + (f * (value.float() - a).pow(2)).sum()
     return 0.5 * lam * total
 
 
 class EWCRegularizer:
     """The EWC term for the training loop: built once (tensors moved to the model's device), `penalty()` per step.
 
+    Memory: the Fisher and the anchor are two fp32 copies of every constrained weight; a LoRA layer's effective
+    weight is rebuilt (W0 + ΔW) at each call.
+
     Refuses a state that shares no parameter with the model: that means the Fisher came from another method
     or model, and silently adding 0 would train without any protection.
     """
 
     def __init__(self, model: nn.Module, state: EWCState, lam: float) -> None:
-        params = trainable(model)
-        shared = [n for n in state.fisher if n in params]
+        weights = ewc_weights(model)
+        shared = [n for n in state.fisher if n in weights]
         if not shared:
             sample = next(iter(state.fisher), "(none)")
             raise ConfigError(
-                f"The EWC state names no trainable parameter of this model (e.g. '{sample}'). EWC needs the same "
-                "model and method as the stage that saved it; continue from that run's model or adapter."
+                f"The EWC state names no weight this model trains (e.g. '{sample}'). EWC needs the model the earlier "
+                "stage ended with (its weights, or its adapter merged into the base) under the same architecture"
             )
         for n in shared:
-            if state.fisher[n].shape != params[n].shape:
+            if state.fisher[n].shape != weights[n].grad_of.shape:
                 raise ConfigError(
-                    f"EWC: parameter '{n}' has shape {tuple(params[n].shape)} here but {tuple(state.fisher[n].shape)} "
-                    "in the saved Fisher. Use the same method settings (e.g. LoRA rank) as the previous stage."
+                    f"EWC: weight '{n}' has shape {tuple(weights[n].grad_of.shape)} here but "
+                    f"{tuple(state.fisher[n].shape)} in the saved Fisher. Continue from the previous stage's model."
                 )
         self.lam = lam
+        self.device = weights[shared[0]].grad_of.device
         self.terms = [
-            (params[n], state.fisher[n].to(params[n].device), state.anchor[n].to(params[n].device)) for n in shared
+            (weights[n].value, state.fisher[n].to(self.device), state.anchor[n].to(self.device)) for n in shared
         ]
 
     def penalty(self) -> torch.Tensor:
         """λ/2 · Σ F (θ - θ*)², computed in fp32 outside any autocast."""
-        device = self.terms[0][0].device
-        with torch.autocast(device.type, enabled=False):
-            total = sum(((f * (p.float() - a).pow(2)).sum() for p, f, a in self.terms), torch.zeros((), device=device))
+        with torch.autocast(self.device.type, enabled=False):
+            zero = torch.zeros((), device=self.device)
+            total = sum(((f * (value().float() - a).pow(2)).sum() for value, f, a in self.terms), zero)
         return 0.5 * self.lam * total

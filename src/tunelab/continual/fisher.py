@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunelab.continual.weights import ewc_weights
 from tunelab.errors import RunError
 from tunelab.objectives.base import LossParts, causal_lm_loss
 
@@ -36,11 +37,6 @@ class EWCState:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters that learn, by name: the only ones EWC constrains."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
 def estimate_fisher(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -49,18 +45,24 @@ def estimate_fisher(
     per: Literal["token", "sequence"] = "token",
     max_examples: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher of the trainable parameters over the examples in `batches`.
+    """Diagonal empirical Fisher of the weights training can change (`weights.ewc_weights`: trainable parameters,
+    LoRA-adapted layers as W0 + ΔW), by canonical name, over the examples in `batches`.
 
     `loss_fn` is an objective's loss (summed negative log-likelihood and its count, e.g. `causal_lm_loss`); every
-    batch is split into single rows. The model runs in eval mode (no dropout) and its `.grad`s are not touched.
+    batch is split into single rows. The model runs in eval mode (no dropout); `.grad`s are not touched, and frozen
+    base weights of LoRA layers get gradients only for the duration.
     """
-    params = trainable(model)
-    if not params:
-        raise ValueError("the model has no trainable parameters to estimate a Fisher for")
-    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    targets = ewc_weights(model)
+    if not targets:
+        raise ValueError("the model has no trainable weights to estimate a Fisher for")
+    tensors = [t.grad_of for t in targets.values()]
+    fisher = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in zip(targets, tensors, strict=True)}
+    frozen = [t for t in tensors if not t.requires_grad]
     seen = 0
     was_training = model.training
     model.eval()
+    for t in frozen:
+        t.requires_grad_(True)
     try:
         for batch in batches:
             rows = next(iter(batch.values())).shape[0]
@@ -72,21 +74,24 @@ def estimate_fisher(
                 if float(parts.count) == 0:
                     continue  # an example whose targets were all truncated away has no likelihood
                 nll = parts.loss_sum / parts.count if per == "token" else parts.loss_sum
-                grads = torch.autograd.grad(nll, list(params.values()), allow_unused=True)
-                for name, grad in zip(params, grads, strict=True):
+                grads = torch.autograd.grad(nll, tensors, allow_unused=True)
+                for name, grad in zip(targets, grads, strict=True):
                     if grad is not None:
                         fisher[name] += grad.detach().float().pow(2)
                 seen += 1
     finally:
         model.train(was_training)
+        for t in frozen:
+            t.requires_grad_(False)
     if seen == 0:
         raise ValueError("no example with targets reached estimate_fisher")
     return {name: f / seen for name, f in fisher.items()}
 
 
+@torch.no_grad()
 def anchor_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the trainable weights as they are now (θ* of the finished task)."""
-    return {name: p.detach().float().clone() for name, p in trainable(model).items()}
+    """The effective weights as they are now (θ* of the finished task), by canonical name."""
+    return {name: w.value().detach().float().clone() for name, w in ewc_weights(model).items()}
 
 
 def accumulate(previous: EWCState | None, current: EWCState, decay: float = 1.0) -> EWCState:
