@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from tunelab.data.config import DataSection
 from tunelab.errors import ConfigError, did_you_mean
 from tunelab.methods import METHOD_CONFIGS, MethodConfig
+from tunelab.objectives import OBJECTIVE_CONFIGS, ObjectiveConfig
+from tunelab.regularizers.config import AdversarialSection
 from tunelab.schema import Section
 
 
@@ -118,6 +120,8 @@ class TrainingSection(Section):
     """Batch examples of similar length together to cut padding (order stays random across batches)."""
     num_threads: int | None = Field(None, ge=1)
     """CPU threads for torch; default: all cores."""
+    adversarial: AdversarialSection | None = None
+    """Embedding-space adversarial training (fgm, pgd, freelb, smart) on top of the objective; off when null."""
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainingSection:
@@ -151,6 +155,37 @@ class OutputSection(Section):
     """Replace an existing run folder of the same name instead of stopping."""
 
 
+def _named_sections(raw: Any) -> Any:
+    """`method: lora` is short for `method: {name: lora}` (likewise `objective: dpo`); a section without a name
+    is the default (lora, sft)."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    for key, default in (("method", "lora"), ("objective", "sft")):
+        if isinstance(raw.get(key), str):
+            raw[key] = {"name": raw[key]}
+        if isinstance(raw.get(key), dict) and "name" not in raw[key]:
+            raw[key] = {"name": default, **raw[key]}
+    return raw
+
+
+class StageSection(Section):
+    """One stage of a multi-stage run. Sections it leaves out are the run's own; `data`, `training` and `eval`
+    given here are merged key by key over the run's, `method` and `objective` replace the run's."""
+
+    name: str
+    """The stage's sub-folder of the run folder (default: stage-<k>-<objective>)."""
+    data: DataSection
+    objective: Annotated[ObjectiveConfig, Field(discriminator="name")] = Field(
+        default_factory=lambda: OBJECTIVE_CONFIGS["sft"]()
+    )
+    method: Annotated[MethodConfig, Field(discriminator="name")] = Field(
+        default_factory=lambda: METHOD_CONFIGS["lora"]()
+    )
+    training: TrainingSection = TrainingSection()
+    eval: EvalSection = EvalSection()
+
+
 class TunelabConfig(Section):
     """A whole run."""
 
@@ -159,19 +194,39 @@ class TunelabConfig(Section):
     method: Annotated[MethodConfig, Field(discriminator="name")] = Field(
         default_factory=lambda: METHOD_CONFIGS["lora"]()
     )
+    objective: Annotated[ObjectiveConfig, Field(discriminator="name")] = Field(
+        default_factory=lambda: OBJECTIVE_CONFIGS["sft"]()
+    )
+    """What the loss is: sft, dpo, orpo, kto, reward, distill, ... (`objective: dpo` is short for {name: dpo})."""
     training: TrainingSection = TrainingSection()
     eval: EvalSection = EvalSection()
     output: OutputSection = OutputSection()
+    stages: list[StageSection] = []
+    """Train in stages, each starting from the previous one's weights (e.g. pretrain on domain text, then sft):
+    a list of sections like the run's own (data, objective, method, training, eval), inheriting what they omit."""
 
     @model_validator(mode="before")
     @classmethod
-    def _method_shorthand(cls, raw: Any) -> Any:
-        # `method: lora` is short for `method: {name: lora}`; a method section without a name is the default, lora.
-        if isinstance(raw, dict) and isinstance(raw.get("method"), str):
-            raw = {**raw, "method": {"name": raw["method"]}}
-        if isinstance(raw, dict) and isinstance(raw.get("method"), dict) and "name" not in raw["method"]:
-            raw = {**raw, "method": {"name": "lora", **raw["method"]}}
-        return raw
+    def _shorthands_and_stages(cls, raw: Any) -> Any:
+        raw = _named_sections(raw)
+        if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list):
+            return raw
+        if "data" not in raw and raw["stages"] and isinstance(raw["stages"][0], dict):
+            raw["data"] = raw["stages"][0].get("data")  # every stage names its data: the first one's is the run's
+        stages = []
+        for k, stage in enumerate(raw["stages"]):
+            if not isinstance(stage, dict):
+                stages.append(stage)
+                continue
+            stage = _named_sections(stage)
+            named = [key for key in ("method", "objective") if key in stage or key in raw]
+            merged = {key: stage[key] if key in stage else raw[key] for key in named}
+            for key in ("data", "training", "eval"):
+                base, own = raw.get(key) or {}, stage.get(key) or {}
+                merged[key] = {**base, **own} if isinstance(base, dict) and isinstance(own, dict) else own or base
+            objective = (merged.get("objective") or {}).get("name", "sft")
+            stages.append({"name": f"stage-{k + 1}-{objective}", **stage, **merged})
+        return {**raw, "stages": stages}
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> TunelabConfig:
@@ -219,7 +274,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     for part in parts[:-1]:
         child = node.get(part)
-        if isinstance(child, str) and part == "method":
+        if isinstance(child, str) and part in ("method", "objective"):
             child = {"name": child}
         if not isinstance(child, dict):
             child = {}
@@ -229,6 +284,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> None:
+    for stage in raw.get("stages") or []:
+        if isinstance(stage, dict):
+            _resolve_data_paths(stage, folder)
     data = raw.get("data")
     if not isinstance(data, dict):
         return
@@ -261,14 +319,22 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
+# Sections that are a union tagged by `name`: what one is called, and the registry of its configs.
+_TAGGED: dict[str, tuple[str, dict[str, type[BaseModel]]]] = {
+    "method": ("a method", METHOD_CONFIGS),
+    "objective": ("an objective", OBJECTIVE_CONFIGS),
+}
+
+
 def _explain(exc: ValidationError, where: str, lines: dict[str, int]) -> str:
     problems = []
     for err in exc.errors():
         loc = err["loc"]
         valid: list[str] | None = None
-        if len(loc) > 1 and loc[0] == "method" and loc[1] in METHOD_CONFIGS:
+        union = _TAGGED.get(str(loc[0])) if loc else None
+        if union and len(loc) > 1 and loc[1] in union[1]:
             # pydantic puts the union's tag into the location: method.lora.r -> method.r
-            valid = list(METHOD_CONFIGS[loc[1]].model_fields)
+            valid = list(union[1][loc[1]].model_fields)
             loc = (loc[0], *loc[2:])
         dotted = ".".join(str(p) for p in loc)
         line = lines.get(dotted)
@@ -281,8 +347,10 @@ def _explain(exc: ValidationError, where: str, lines: dict[str, int]) -> str:
             problems.append(f"{at}: '{dotted}' is required.")
         elif kind in ("union_tag_invalid", "union_tag_not_found"):
             tag = err.get("ctx", {}).get("tag", "")
-            hint = did_you_mean(str(tag), METHOD_CONFIGS)
-            problems.append(f"{at}: '{tag}' is not a method.{hint} Valid methods: {', '.join(METHOD_CONFIGS)}.")
+            what, names = _TAGGED.get(str(loc[0]), _TAGGED["method"])
+            hint = did_you_mean(str(tag), names)
+            kind_name = what.split()[-1]
+            problems.append(f"{at}: '{tag}' is not {what}.{hint} Valid {kind_name}s: {', '.join(names)}.")
         else:
             problems.append(f"{at}: '{dotted}': {err['msg']} (got {err.get('input')!r}).")
     head = "The config has a problem" if len(problems) == 1 else f"The config has {len(problems)} problems"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Union
 
-from tunelab.objectives import dpo, kto, orpo, reward, sft
+from tunelab.objectives import distill, dpo, kto, orpo, pretrain, reward, seq_distill, sft
 from tunelab.objectives.base import LossParts, Objective, register
 
 OBJECTIVES: dict[str, Objective] = {}
 register(OBJECTIVES, sft.OBJECTIVE)
+register(OBJECTIVES, pretrain.OBJECTIVE)
+register(OBJECTIVES, distill.OBJECTIVE)
+register(OBJECTIVES, seq_distill.OBJECTIVE)
 register(OBJECTIVES, dpo.OBJECTIVE)
 register(OBJECTIVES, orpo.OBJECTIVE)
 register(OBJECTIVES, kto.OBJECTIVE)

@@ -137,6 +137,7 @@ def prepare_pairs(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_di
                 out[split].append(tokenize_pair(ex, tokenizer, d.max_length, d.system_prompt, d.truncation))
             except ValueError as exc:
                 rejects.append(Reject(origin=ex.origin, reason=str(exc), row=ex.chosen[:200], stage="tokenize"))
+    report["train_examples"], report["val_examples"] = len(out["train"]), len(out["val"])
     report["pair_rejects"] = [r.to_json() for r in rejects[:20]]
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     if not out["train"]:

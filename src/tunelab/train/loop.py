@@ -22,8 +22,8 @@ from torch import nn
 
 from tunelab.config import TrainingSection
 from tunelab.data.schedule import epoch_batches
-from tunelab.data.tokenize import Tokenized, collate
 from tunelab.objectives import Objective
+from tunelab.regularizers.adversarial import with_adversarial
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
 from tunelab.train.optim import build_optimizer, build_scheduler
@@ -34,13 +34,16 @@ class TrainingModule(nn.Module):
     """The model plus its objective, so that a distributed wrapper sees the whole loss computation as one
     forward (DDP synchronises gradients through hooks on the wrapped module's forward)."""
 
-    def __init__(self, model: nn.Module, objective: Objective) -> None:
+    def __init__(self, model: nn.Module, objective: Objective, ctx: Any = None) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
+        self.ctx = ctx
+        """What the objective's setup built (a reference model, a teacher): held, not registered as a submodule,
+        so it is neither trained nor synchronised by DDP."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        parts = self.objective.loss(self.model, batch)
+        parts = self.objective.loss(self.model, batch, self.ctx)
         correct = parts.correct if parts.correct is not None else torch.zeros((), device=parts.loss_sum.device)
         return parts.loss_sum, parts.count, correct
 
@@ -60,28 +63,31 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 
 @torch.no_grad()
 def validation_metrics(
-    module: nn.Module, data: list[Tokenized], batch_size: int, pad_id: int, device: torch.device, bf16: bool
+    module: nn.Module, data: list[Any], batch_size: int, pad_id: int, device: torch.device, bf16: bool
 ) -> dict[str, float]:
-    """Token-averaged validation loss, perplexity and next-token accuracy over the whole set."""
+    """Validation loss averaged as the objective counts (tokens, pairs), its accuracy (`val_token_acc`,
+    `val_pair_acc`, ...) and, for language modelling, perplexity."""
+    objective = getattr(module, "module", module).objective  # under DDP the TrainingModule is wrapped
     was_training = module.training
     module.eval()
     loss_sum = count = correct = 0.0
-    order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
+    order = sorted(range(len(data)), key=lambda i: objective.length(data[i]))
     for start in range(0, len(order), batch_size):
-        batch = collate([data[i] for i in order[start : start + batch_size]], pad_id)
+        batch = objective.collate([data[i] for i in order[start : start + batch_size]], pad_id)
         with autocast(device, bf16):
             loss, n, right = module({k: v.to(device) for k, v in batch.items()})
         loss_sum, count, correct = loss_sum + float(loss), count + float(n), correct + float(right)
     module.train(was_training)
     mean = loss_sum / max(count, 1.0)
-    return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_token_acc": correct / max(count, 1.0)}
+    metrics = {"val_loss": mean, f"val_{objective.metric}": correct / max(count, 1.0)}
+    return {**metrics, "val_ppl": math.exp(min(mean, 50.0))} if objective.perplexity else metrics
 
 
 def fit(
     model: nn.Module,
     objective: Objective,
-    train: list[Tokenized],
-    val: list[Tokenized],
+    train: list[Any],
+    val: list[Any],
     cfg: TrainingSection,
     run_dir: Path,
     *,
@@ -90,16 +96,20 @@ def fit(
     bf16: bool,
     resume: bool = False,
     on_step: Callable[[int], None] | None = None,
+    ctx: Any = None,
 ) -> FitResult:
-    """Train `model` in place on `train`, evaluating on `val`; checkpoints and metrics go to `run_dir`."""
+    """Train `model` in place on `train` (items of the objective's kind), evaluating on `val`; checkpoints and
+    metrics go to `run_dir`. `ctx` is what the objective's setup built."""
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
-    lengths = [len(t.input_ids) for t in train]
+    lengths = [objective.length(t) for t in train]
     batches_per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, rank=rank, world_size=world))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
 
-    module = TrainingModule(model, objective)
+    if cfg.adversarial is not None:
+        objective = with_adversarial(objective, cfg.adversarial)
+    module = TrainingModule(model, objective, ctx)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -115,7 +125,8 @@ def fit(
     def evaluate_and_maybe_stop() -> bool:
         metrics = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16)
         log.write({"step": step, "epoch": epoch, **metrics})
-        progress.note(f"step {step}: val_loss {metrics['val_loss']:.4f}  token_acc {metrics['val_token_acc']:.1%}")
+        accuracy = f"val_{objective.metric}"
+        progress.note(f"step {step}: val_loss {metrics['val_loss']:.4f}  {accuracy} {metrics[accuracy]:.1%}")
         best = state["best_val"]
         if best is None or metrics["val_loss"] < best - cfg.early_stopping_min_delta:
             state["best_val"], state["bad_evals"] = metrics["val_loss"], 0
@@ -144,10 +155,11 @@ def fit(
         while step < total_steps and not stopped_early:
             batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, rank=rank, world_size=world)
             for start in range(state["micro"], len(batches), cfg.grad_accum):
-                group = [collate([train[i] for i in b], pad_id) for b in batches[start : start + cfg.grad_accum]]
-                # Normalise by the target tokens of the whole step on every process, so that accumulation and
-                # data parallelism give the same gradient as one big batch (DDP averages over processes).
-                step_tokens = sum(int((g["labels"][:, 1:] != -100).sum()) for g in group)
+                micro_batches = batches[start : start + cfg.grad_accum]
+                group = [objective.collate([train[i] for i in b], pad_id) for b in micro_batches]
+                # Normalise by the targets (tokens, pairs) of the whole step on every process, so that accumulation
+                # and data parallelism give the same gradient as one big batch (DDP averages over processes).
+                step_tokens = sum(objective.count(g) for g in group)
                 total_tokens = accelerator.reduce(torch.tensor(step_tokens, device=device), "sum").item()
                 step_loss = torch.zeros((), device=device)
                 for k, batch in enumerate(group):

@@ -16,12 +16,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import EvalSection, TunelabConfig, dump_config
-from tunelab.data.prepare import PreparedData, prepare_chat_data
+from tunelab.data.prepare import PreparedData
 from tunelab.eval import generation_metrics, metrics_table, write_predictions
 from tunelab.methods import METHODS
 from tunelab.methods.base import trainable_parameters
 from tunelab.models import load_model, load_tokenizer, resolve_source
 from tunelab.objectives import OBJECTIVES
+from tunelab.objectives.base import SetupArgs
 from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder
 from tunelab.train.loop import TrainingModule, fit, validation_metrics
 
@@ -50,6 +51,10 @@ def run_training(
     cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console: Console | None = None
 ) -> RunResult:
     """Train as configured and return where the run is and its before/after metrics."""
+    if cfg.stages:
+        from tunelab.train.stages import run_stages
+
+        return run_stages(cfg, config_path=config_path, resume=resume, console=console)
     console = console or Console()
     # accelerate forms a CPU process group (gloo) under torchrun only when told the run is on the CPU.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -65,7 +70,8 @@ def run_training(
     # Setup: data, model, method.
     source = resolve_source(cfg.model.source)
     tokenizer = load_tokenizer(source)
-    data = prepare_chat_data(cfg.data, tokenizer, cfg.training.seed, run_dir)
+    objective = OBJECTIVES[cfg.objective.name]
+    data = objective.prepare(cfg, tokenizer, run_dir)
     _print_data(console, data, main)
     device = accelerator.device
     bf16 = use_bf16(cfg.training.precision, device)
@@ -73,14 +79,16 @@ def run_training(
     storage_bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and bf16 and method.freezes_base)
     model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
     model = method.apply_(model, cfg.method)
+    ctx = None
+    if objective.setup is not None:  # a reference model, a teacher, or a head around the model
+        args = SetupArgs(model, tokenizer, device, bf16, run_dir, data, cfg.method.name)
+        model, ctx = objective.setup(cfg.objective, args)
     trainable, total = trainable_parameters(model)
     if main:
         console.print(
             f"[bold]{cfg.method.name}[/]: {trainable:,} trainable of {total:,} parameters "
             f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}"
         )
-    objective = OBJECTIVES["sft"]
-
     # Before training the model is the base model (LoRA's B starts at zero), so this is the baseline.
     baseline_file = run_dir / "eval_baseline.json"
     baseline = None
@@ -89,23 +97,25 @@ def run_training(
             baseline = json.loads(baseline_file.read_text())
         else:
             base_file = run_dir / "predictions_base.jsonl"
-            baseline = evaluate(model, objective, tokenizer, data, cfg, device, bf16, base_file, generate=main)
+            baseline = evaluate(model, objective, tokenizer, data, cfg, device, bf16, base_file, generate=main, ctx=ctx)
             if main:
                 baseline_file.write_text(json.dumps(baseline, indent=2))
 
     result = fit(
         model, objective, data.train, data.val, cfg.training, run_dir,
-        pad_id=tokenizer.pad_token_id, accelerator=accelerator, bf16=bf16, resume=resume,
+        pad_id=tokenizer.pad_token_id, accelerator=accelerator, bf16=bf16, resume=resume, ctx=ctx,
     )  # fmt: skip
 
     # Save first, evaluate second: a crash in evaluation must not lose the trained weights.
     model = accelerator.unwrap_model(model)
     if main:
         saved = artifact_dir(run_dir, cfg.method.name)
-        method.save(model, saved)
+        method.save(objective.body(model), saved)
+        if objective.save_extra is not None:
+            objective.save_extra(model, saved)
         tokenizer.save_pretrained(saved)
     tuned_file = run_dir / "predictions.jsonl"
-    final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main)
+    final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main, ctx=ctx)
     final["steps"] = result.steps
     if main:
         (run_dir / "eval.json").write_text(json.dumps(final, indent=2))
@@ -125,15 +135,17 @@ def evaluate(
     predictions_file: Path,
     *,
     generate: bool = True,
+    ctx: Any = None,
 ) -> dict[str, float]:
     """Validation loss/perplexity/token accuracy, plus generation metrics when `eval.generate` is on (only on
     the main process under data parallelism: every rank would produce the same answers)."""
     if not data.val:
         return {}
-    module = TrainingModule(model, objective)
+    module = TrainingModule(model, objective, ctx)
     metrics = validation_metrics(module, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16)
     if generate and cfg.eval.generate and data.val_examples:
-        gen, predictions = _generate(model, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
+        body = objective.body(model)
+        gen, predictions = _generate(body, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
         metrics.update(gen)
         write_predictions(predictions, predictions_file)
     return metrics
