@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from tunelab.cli import main
 from tunelab.errors import ConfigError, ModelError
-from tunelab.merging.config import parse_merge_config
+from tunelab.merging.config import load_merge_config, parse_merge_config
 from tunelab.merging.lora import LoraFactor, concat_factors, read_adapter
 from tunelab.merging.merge import merge_models
 from tunelab.merging.tensors import MERGE_METHODS, merge_deltas, tensor_generator
@@ -158,3 +158,25 @@ def test_bad_inputs_are_user_errors(tiny_model_dir: Path, tmp_path: Path) -> Non
             parse_merge_config({"merge_method": "ties", "models": [{"model": str(tiny_model_dir)}]}), tmp_path / "o"
         )
     assert main(["merge-models", "--out", str(tmp_path / "o2"), "--method", "ties", "--model", "nope-model"]) == 2
+
+
+def test_mergekit_yaml_recipe_with_the_base_listed_among_the_models(tiny_model_dir: Path, tmp_path: Path) -> None:
+    a = _finetuned(tiny_model_dir, tmp_path / "a", 1)
+    recipe = tmp_path / "merge.yaml"
+    recipe.write_text(
+        f"models:\n  - model: {tiny_model_dir}\n    # no parameters necessary for base model\n"
+        f"  - model: {a}\n    parameters:\n      weight: 0.5\n      density: 0.5\n"
+        f"merge_method: dare_linear\nbase_model: {tiny_model_dir}\nparameters:\n  int8_mask: true\n  lambda: 2.0\n"
+        "dtype: float32\n"
+    )
+    assert main(["merge-models", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    name = "model.layers.1.mlp.up_proj.weight"
+    base_w, wa = (load_file(p / "model.safetensors")[name] for p in (tiny_model_dir, a))
+    gens = [tensor_generator(0, name, 0)]
+    mixed = merge_deltas(MERGE_METHODS["dare_linear"], [wa - base_w], [0.5], [0.5], normalize=False, lam=2.0,
+                         generators=gens)  # fmt: skip
+    assert torch.allclose(load_file(tmp_path / "out" / "model.safetensors")[name], base_w + mixed, atol=1e-6)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"merge_method: ties\nmodels:\n  - model: {a}\n    parameters:\n      wieght: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:5: unknown key 'models.0.parameters.wieght'.*'weight'"):
+        load_merge_config(bad)

@@ -15,13 +15,14 @@ import yaml
 from safetensors.torch import save_file
 
 from tunelab.errors import ConfigError, ModelError
-from tunelab.merging.config import MergeConfig
+from tunelab.merging.config import MergeConfig, ModelEntry
 from tunelab.merging.lora import LoraFactor, concat_factors, read_adapter, svd_factor, write_adapter
 from tunelab.merging.sources import INDEX, AdapterWeights, MergeInput, ModelWeights, base_folder, resolve_input
 from tunelab.merging.tensors import MERGE_METHODS, linear_merge, merge_deltas, tensor_generator
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RECIPE_FILE = "merge_config.yaml"
+Entries = list[tuple[ModelEntry, MergeInput]]
 # Files of a model or adapter folder that are not weights: tokenizer, chat template, configs.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -74,7 +75,7 @@ def _common_base(inputs: list[MergeInput]) -> str | None:
     return next(iter(bases)) if len(bases) == 1 else None
 
 
-def _merge_full(cfg: MergeConfig, entries: list, base_spec: str | None, out: Path) -> MergeReport:
+def _merge_full(cfg: MergeConfig, entries: Entries, base_spec: str | None, out: Path) -> MergeReport:
     method = MERGE_METHODS[cfg.merge_method]
     base = ModelWeights(base_folder(base_spec)) if base_spec else None
     sources = []
@@ -147,7 +148,7 @@ def _merge_full(cfg: MergeConfig, entries: list, base_spec: str | None, out: Pat
     return MergeReport(out, "model", method.name, tensors, changed)
 
 
-def _merge_adapters(cfg: MergeConfig, entries: list, base_spec: str | None, out: Path) -> MergeReport:
+def _merge_adapters(cfg: MergeConfig, entries: Entries, base_spec: str | None, out: Path) -> MergeReport:
     method = MERGE_METHODS[cfg.merge_method]
     if not all(i.adapter for _, i in entries):
         raise ConfigError(
