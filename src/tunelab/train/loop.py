@@ -22,6 +22,8 @@ from torch import nn
 
 from tunelab.config import TrainingSection
 from tunelab.data.schedule import epoch_batches
+from tunelab.methods.hooks import on_step_
+from tunelab.methods.regularize import prepare_training_
 from tunelab.objectives import Objective
 from tunelab.regularizers.adversarial import with_adversarial
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
@@ -110,6 +112,8 @@ def fit(
     if cfg.adversarial is not None:
         objective = with_adversarial(objective, cfg.adversarial)
     module = TrainingModule(model, objective, ctx)
+    # Before any checkpoint is restored: the ΔW penalties measure change from the weights the method set up.
+    regularizer = prepare_training_(model, cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -155,6 +159,7 @@ def fit(
         while step < total_steps and not stopped_early:
             batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, rank=rank, world_size=world)
             for start in range(state["micro"], len(batches), cfg.grad_accum):
+                on_step_(model, step, epoch)  # gradual unfreezing thaws layers on its schedule
                 micro_batches = batches[start : start + cfg.grad_accum]
                 group = [objective.collate([train[i] for i in b], pad_id) for b in micro_batches]
                 # Normalise by the targets (tokens, pairs) of the whole step on every process, so that accumulation
@@ -166,7 +171,8 @@ def fit(
                     sync = k == len(group) - 1
                     with contextlib.nullcontext() if sync else accelerator.no_sync(module), autocast(device, bf16):
                         loss_sum, _, _ = module({key: v.to(device) for key, v in batch.items()})
-                        loss = loss_sum * world / max(total_tokens, 1)
+                        # The penalty is per step, so each of the step's micro-batches carries its share.
+                        loss = loss_sum * world / max(total_tokens, 1) + regularizer.penalty() / len(group)
                     accelerator.backward(loss)
                     step_loss += loss_sum.detach()
                     window_tokens += int(batch["attention_mask"].sum())
