@@ -93,8 +93,9 @@ class Objective:
     """An item's length in tokens, for length-grouped batching."""
     count: Callable[[Batch], int] = target_tokens
     """What a batch's loss is normalised by, counted before the forward (tokens, pairs, sequences)."""
-    metric: Literal["token_acc", "pair_acc", "acc"] = "token_acc"
-    """What `LossParts.correct / count` measures; validation reports it as `val_<metric>`."""
+    metric: Literal["token_acc", "pair_acc", "acc", "reward"] = "token_acc"
+    """What `LossParts.correct / count` measures; validation reports it as `val_<metric>` (`reward`: the mean
+    reward, `correct` then being the summed reward)."""
     perplexity: bool = True
     """Whether exp(val_loss) is a perplexity worth reporting."""
     body: Callable[[nn.Module], nn.Module] = identity
@@ -151,15 +152,21 @@ def causal_lm_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts
     return LossParts(loss_sum=loss_sum, count=keep.sum(), correct=correct)
 
 
+def token_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the labelled tokens (flat, in the row-major order of `labels[:, 1:] != IGNORE`) and the
+    row each belongs to."""
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    logits = selected_logits(model, batch, keep).float()
+    return logits.log_softmax(-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1), keep.nonzero()[:, 0]
+
+
 def sequence_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of the labelled tokens, and how many there are (both shape B).
 
     This is log π(y|x) for preference objectives: labels hold the answer tokens, IGNORE on the prompt and padding.
     """
-    labels = batch["labels"][:, 1:]
-    keep = labels != IGNORE
-    logits = selected_logits(model, batch, keep).float()
-    token_logps = logits.log_softmax(-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
-    rows = keep.nonzero()[:, 0]
-    sums = torch.zeros(labels.size(0), device=logits.device).index_add(0, rows, token_logps)
-    return sums, keep.sum(1)
+    logps, rows = token_logps(model, batch)
+    size = batch["labels"].size(0)
+    sums = torch.zeros(size, device=logps.device).index_add(0, rows, logps)
+    return sums, torch.bincount(rows, minlength=size)

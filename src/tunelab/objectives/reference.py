@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import ConfigError
-from tunelab.objectives.base import Batch, sequence_logps
+from tunelab.objectives.base import Batch, sequence_logps, token_logps
 
 ReferenceKind = Literal["auto", "adapter_disabled", "copy"]
 
@@ -39,6 +39,11 @@ class Reference:
             return batch["ref_logps"]
         with torch.no_grad(), self.active(policy) as model:
             return sequence_logps(model, batch)[0]
+
+    def token_logps(self, policy: nn.Module, batch: Batch) -> torch.Tensor:
+        """Reference log-probs of every labelled token (flat, in `token_logps` order)."""
+        with torch.no_grad(), self.active(policy) as model:
+            return token_logps(model, batch)[0]
 
     @contextlib.contextmanager
     def active(self, policy: nn.Module):

@@ -1,0 +1,111 @@
+"""Online RL: advantages, the clipped surrogate and the KL estimate by hand; reward functions; GRPO and PPO on the
+tiny model with a Python reward the random model can improve on."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import tiny_config
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.objectives.grpo import clipped_policy_loss, k3_kl
+from tunelab.rl.rewards import RewardSpec, Sample, combined
+from tunelab.rl.rollout import gae, group_advantages
+from tunelab.train.run import run_training
+
+
+def shortness(completions: list[str], samples: list) -> list[float]:
+    """A dense reward for tests: shorter completions are better."""
+    return [-len(c) / 10 for c in completions]
+
+
+def longness(completions: list[str], samples: list) -> list[float]:
+    """A dense reward for tests: longer completions are better (a random model's greedy answer is empty)."""
+    return [len(c) / 10 for c in completions]
+
+
+def test_group_advantages() -> None:
+    rewards = torch.tensor([1.0, 0.0, 2.0, 2.0])  # two groups of two
+    # Group 1: mean 0.5, sample std √0.5 = 0.7071; group 2 has no spread, so no advantage.
+    scaled = group_advantages(rewards, 2)
+    torch.testing.assert_close(scaled, torch.tensor([0.5 / (0.70710678 + 1e-4), -0.5 / (0.70710678 + 1e-4), 0, 0]))
+    torch.testing.assert_close(group_advantages(rewards, 2, scale=False), torch.tensor([0.5, -0.5, 0.0, 0.0]))
+
+
+def test_gae_by_hand() -> None:
+    # One completion of 3 tokens after a prompt token; reward 1 at the end, V = 0.5 everywhere; γ = 0.9, λ = 0.8.
+    # δ3 = 1 - 0.5 = 0.5;  δ2 = 0.9·0.5 - 0.5 = -0.05;  δ1 = -0.05
+    # A3 = 0.5;  A2 = -0.05 + 0.72·0.5 = 0.31;  A1 = -0.05 + 0.72·0.31 = 0.1732
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.0, 0.5, 0.5, 0.5, 0.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]])
+    advantages = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    torch.testing.assert_close(advantages, torch.tensor([[0.0, 0.1732, 0.31, 0.5, 0.0]]))
+
+
+def test_clipped_surrogate_and_k3_kl() -> None:
+    logps, old = torch.log(torch.tensor([0.5, 0.5])), torch.log(torch.tensor([0.4, 0.4]))  # ratio 1.25
+    # A = +1: min(1.25, 1.2) → -1.2;  A = -1: min(-1.25, -1.2) = -1.25 → +1.25
+    torch.testing.assert_close(
+        clipped_policy_loss(logps, old, torch.tensor([1.0, -1.0]), 0.2), torch.tensor([-1.2, 1.25])
+    )
+    # π_ref/π = 0.5: 0.5 - ln 0.5 - 1 = 0.1931472
+    kl = k3_kl(torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25])))
+    assert kl.item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6)
+
+
+def test_reward_functions() -> None:
+    specs = [
+        RewardSpec(name="exact_match"),
+        RewardSpec(name="regex", pattern=r"\d+", weight=0.5),
+        RewardSpec(name="json_valid", weight=0.25),
+        RewardSpec(name="length", target=4, weight=2.0),
+        RewardSpec(name="contains", weight=0.125),
+    ]
+    score = combined(specs)
+    samples = [Sample("q", "Blue"), Sample("q", "42"), Sample("q", "red")]
+    # " blue ": exact (1) + length 1-|6-4|/4 = 0.5 → 1 + 2·0.5 = 2, + contains 0.125
+    # "42": exact 1, regex 0.5, JSON 0.25, length 0.5 → 1 + 0.5 + 0.25 + 1 + 0.125 (contains)
+    # '{"a": 1}': regex 0.5, JSON 0.25, length 1-|8-4|/4 = 0 → 0.75
+    got = score([" blue ", "42", '{"a": 1}'], samples)
+    torch.testing.assert_close(got, torch.tensor([2.125, 2.875, 0.75]))
+    custom = combined([RewardSpec(name="python", function="tests.test_rl:shortness")])
+    torch.testing.assert_close(custom(["abcde"], samples[:1]), torch.tensor([-0.5]))
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        combined([RewardSpec(name="python", function="tests.test_rl:nothing")])
+
+
+def test_rl_config_needs_a_reward() -> None:
+    with pytest.raises(ConfigError, match="reward_model"):
+        load_config(None, ["data.train=x.jsonl", "objective=grpo"])
+    with pytest.raises(ConfigError, match="needs `pattern`"):
+        load_config(None, ["data.train=x.jsonl", "objective=grpo", "objective.rewards=[{name: regex}]"])
+
+
+LONGNESS = f"{__name__}:longness"
+
+
+def _rl(tmp_path: Path, model_dir: Path, *overrides: str, name: str):
+    cfg = tiny_config(
+        tmp_path, model_dir, f"objective={name}", f"objective.rewards=[{{name: python, function: '{LONGNESS}'}}]",
+        "objective.max_new_tokens=8", "training.batch_size=4", "training.learning_rate=1e-2", "training.max_steps=12",
+        "eval.generate=false", *overrides, name=name,
+    )  # fmt: skip
+    return run_training(cfg)
+
+
+def test_grpo_raises_the_reward_on_held_out_prompts(tmp_path: Path, tiny_model_dir: Path) -> None:
+    result = _rl(tmp_path, tiny_model_dir, "objective.num_generations=4", name="grpo")
+    assert result.baseline["val_reward"] < 0.2
+    assert result.final["val_reward"] > result.baseline["val_reward"] + 0.3
+
+
+def test_ppo_raises_the_reward_and_saves_the_policy_only(tmp_path: Path, tiny_model_dir: Path) -> None:
+    result = _rl(tmp_path, tiny_model_dir, "objective.updates_per_rollout=2", name="ppo")
+    assert result.final["val_reward"] > result.baseline["val_reward"] + 0.3
+    saved = (result.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert b"value_head" not in saved
