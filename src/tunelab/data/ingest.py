@@ -42,6 +42,10 @@ SCHEMA = pa.schema(
     + [("label", pa.string()), ("task", pa.string()), ("synthetic", pa.bool_())]
 )
 """Arrow schema of canonical records (`Example.to_row()`)."""
+RELEASE_EVERY = 256
+"""Random row reads between releases of the mapped record pages. Each read maps in about 200 KB: the kernel
+maps the neighbours of a faulting page too when they are in the page cache (fault-around, 64 KB), once per
+column buffer touched; so this bounds the mapped pages at ~50 MB whatever the file size."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,7 @@ class RowTexts:
 
     def row(self, i: int) -> dict:
         self.reads += 1
-        if self.reads % 2000 == 0:
+        if self.reads % RELEASE_EVERY == 0:
             self.release()
         part = int(np.searchsorted(self.offsets, i, side="right")) - 1
         table, idx = self.parts[part]
@@ -265,7 +269,7 @@ def removed_rows(ing: Ingested, dups: dict[int, tuple[int, float]], name: str) -
     """`Removed` entries for duplicate rows, naming the row each one duplicates."""
     table = ing.table()
     for n, i in enumerate(sorted(dups), start=1):
-        if n % 2000 == 0:
+        if n % RELEASE_EVERY == 0:
             ing.release()
         j, sim = dups[i]
         row = table.slice(i, 1).to_pylist()[0]

@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.config import DataSection
 from tunelab.data.ingest import (
+    RELEASE_EVERY,
     SCHEMA,
     Ingested,
     NearParams,
@@ -422,7 +423,7 @@ def _contamination(cfg: DataSection, sets: dict, removed: JsonlWriter, counts: d
         val_ing, val_idx = sets["validation"]
         val_origin = val_ing.table().column("origin")
         for n, k in enumerate(sorted(overlap.left), start=1):
-            if n % 2000 == 0:
+            if n % RELEASE_EVERY == 0:
                 train_ing.release()
             row = table.slice(int(train_idx[k]), 1).to_pylist()[0]
             j, sim = overlap.left[k]
