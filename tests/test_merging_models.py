@@ -153,6 +153,10 @@ def test_bad_inputs_are_user_errors(tiny_model_dir: Path, tmp_path: Path) -> Non
     a = _adapter(tiny_model_dir, tmp_path / "a", 1, ["q_proj"], use_dora=True)
     with pytest.raises(ModelError, match="DoRA"):
         read_adapter(a)
+    recipe = {"merge_method": "ties", "base_model": str(tiny_model_dir), "models": [{"model": str(a)}]}
+    with pytest.raises(ModelError, match="DoRA"):
+        merge_models(parse_merge_config(recipe), tmp_path / "o3")
+    assert not (tmp_path / "o3").exists() and not (tmp_path / ".o3.partial").exists(), "nothing half-written"
     with pytest.raises(ConfigError, match="base_model"):
         merge_models(
             parse_merge_config({"merge_method": "ties", "models": [{"model": str(tiny_model_dir)}]}), tmp_path / "o"

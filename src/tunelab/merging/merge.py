@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +38,6 @@ class MergeReport:
     tensors: int
     changed: int
     svd_error: float | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def merge_models(cfg: MergeConfig, out: str | Path) -> MergeReport:
@@ -56,17 +55,26 @@ def merge_models(cfg: MergeConfig, out: str | Path) -> MergeReport:
                 "(the model the inputs were fine-tuned from)."
             )
         # mergekit lists the base among the models with no parameters; it has no task vector, so it is skipped.
-        entries = [(e, i) for e, i in entries if e.model != base_spec]
+        base_dir = base_folder(base_spec).resolve()
+        entries = [(e, i) for e, i in entries if i.adapter or i.folder.resolve() != base_dir]
     if not entries:
         raise ConfigError("The recipe has no models to merge besides the base model. List the fine-tuned models.")
     all_adapters = all(i.adapter for _, i in entries)
     exact_adapter = method.name in ("linear", "task_arithmetic")
     kind = cfg.output if cfg.output != "auto" else ("adapter" if all_adapters and exact_adapter else "model")
-    if kind == "adapter":
-        report = _merge_adapters(cfg, entries, base_spec, out)
-    else:
-        report = _merge_full(cfg, entries, base_spec, out)
-    (out / RECIPE_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+    # Written next to `out` and renamed into place at the end, so a failed merge leaves no half-written model.
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        merge = _merge_adapters if kind == "adapter" else _merge_full
+        report = merge(cfg, entries, base_spec, partial)
+        (partial / RECIPE_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    report.out = out
     return report
 
 
