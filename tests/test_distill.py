@@ -3,6 +3,7 @@ top-k cache, feature matching across widths, sequence-level distillation."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config
-from tests.tiny import build_tiny_llama
+from tests.tiny import build_tiny_llama, write_color_task
 from tunelab.distill.student import drop_layers_, layers_to_keep, make_student
 from tunelab.errors import ConfigError
 from tunelab.models import load_model, load_tokenizer
@@ -103,11 +104,15 @@ def test_distill_refuses_layers_the_models_do_not_have(tmp_path: Path, teacher_d
 
 
 def test_sequence_level_distillation_trains_on_the_teacher_answers(tmp_path: Path, teacher_dir: Path) -> None:
+    data = write_color_task(tmp_path / "few.jsonl", 40)
     cfg = tiny_config(
-        tmp_path, teacher_dir, "objective=seq_distill", f"objective.teacher={teacher_dir}",
-        "objective.max_new_tokens=3", "eval.generate=false", "training.max_steps=6", name="seq",
+        tmp_path, teacher_dir, f"data.train={data}", "objective=seq_distill", f"objective.teacher={teacher_dir}",
+        "objective.max_new_tokens=3", "eval.generate=false", "eval.baseline=false", "training.max_steps=4",
+        name="seq",
     )  # fmt: skip
     result = run_training(cfg)
-    answers = (result.run_dir / "teacher_answers.jsonl").read_text().splitlines()
-    assert len(answers) == 144  # every training prompt answered once (160 rows, 10% held out)
-    assert result.final["steps"] == 6
+    answers = [json.loads(line) for line in (result.run_dir / "teacher_answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 36  # every training prompt answered once (40 rows, 10% held out)
+    assert result.final["steps"] == 4
+    # The student trained on the teacher's answers, not on the data's: a reloaded run reuses the same answers.
+    assert {a["answer"] for a in answers} != {"red", "blue"}
