@@ -21,7 +21,7 @@ from peft.helpers import disable_input_dtype_casting
 from torch import nn
 
 from tunelab.config import TrainingSection
-from tunelab.data.schedule import epoch_batches
+from tunelab.data.schedule import Schedule, epoch_batches
 from tunelab.methods.hooks import on_step_
 from tunelab.methods.regularize import prepare_training_
 from tunelab.objectives import Objective
@@ -99,13 +99,16 @@ def fit(
     resume: bool = False,
     on_step: Callable[[int], None] | None = None,
     ctx: Any = None,
+    schedule: Schedule | None = None,
 ) -> FitResult:
     """Train `model` in place on `train` (items of the objective's kind), evaluating on `val`; checkpoints and
     metrics go to `run_dir`. `ctx` is what the objective's setup built."""
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     lengths = [objective.length(t) for t in train]
-    batches_per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, rank=rank, world_size=world))
+    batches_per_epoch = len(
+        epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, rank=rank, world_size=world, schedule=schedule)
+    )
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
 
@@ -157,7 +160,9 @@ def fit(
     no_cast = disable_input_dtype_casting(model) if bf16 else contextlib.nullcontext()
     with progress, no_cast:
         while step < total_steps and not stopped_early:
-            batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, rank=rank, world_size=world)
+            batches = epoch_batches(
+                lengths, cfg.batch_size, cfg.seed, epoch, rank=rank, world_size=world, schedule=schedule
+            )
             for start in range(state["micro"], len(batches), cfg.grad_accum):
                 on_step_(model, step, epoch)  # gradual unfreezing thaws layers on its schedule
                 micro_batches = batches[start : start + cfg.grad_accum]

@@ -104,6 +104,7 @@ def run_training(
     result = fit(
         model, objective, data.train, data.val, cfg.training, run_dir,
         pad_id=tokenizer.pad_token_id, accelerator=accelerator, bf16=bf16, resume=resume, ctx=ctx,
+        schedule=getattr(data, "schedule", None),  # curriculum / weighted sampling from data.schedule
     )  # fmt: skip
 
     # Save first, evaluate second: a crash in evaluation must not lose the trained weights.
