@@ -12,8 +12,10 @@ import torch
 
 from tests.helpers import tiny_config
 from tests.tiny import build_tiny_llama, write_color_task
+from tunelab.data.records import Message
 from tunelab.distill.student import drop_layers_, layers_to_keep, make_student
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, ModelError
+from tunelab.eval.generate import generate_answers
 from tunelab.models import load_model, load_tokenizer
 from tunelab.runs import load_for_inference
 from tunelab.train.loop import read_metrics
@@ -103,16 +105,43 @@ def test_distill_refuses_layers_the_models_do_not_have(tmp_path: Path, teacher_d
         _distill(tmp_path, tiny_model_dir, teacher_dir, "objective.hidden_layers=[[3, 1]]", name="bad")
 
 
-def test_sequence_level_distillation_trains_on_the_teacher_answers(tmp_path: Path, teacher_dir: Path) -> None:
-    data = write_color_task(tmp_path / "few.jsonl", 40)
+def test_sequence_level_distillation_trains_on_the_teacher_answers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # A teacher that learnt to answer "green" to everything; the data says red or blue.
+    green = tmp_path / "green.jsonl"
+    rows = [json.loads(line) for line in write_color_task(tmp_path / "few.jsonl", 40).read_text().splitlines()]
+    for row in rows:
+        row["messages"][1]["content"] = "green"
+    green.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    teacher = run_training(
+        tiny_config(
+            tmp_path, tiny_model_dir, f"data.train={green}", "method=full", "training.max_steps=25",
+            "training.learning_rate=5e-3", "eval.generate=false", "eval.baseline=false", name="teacher",
+        )  # fmt: skip
+    ).run_dir
     cfg = tiny_config(
-        tmp_path, teacher_dir, f"data.train={data}", "objective=seq_distill", f"objective.teacher={teacher_dir}",
-        "objective.max_new_tokens=3", "eval.generate=false", "eval.baseline=false", "training.max_steps=4",
-        name="seq",
+        tmp_path, tiny_model_dir, f"data.train={tmp_path / 'few.jsonl'}", "method=full", "objective=seq_distill",
+        f"objective.teacher={teacher}", "objective.max_new_tokens=3", "eval.baseline=false", "eval.generate=false",
+        "training.max_steps=25", "training.learning_rate=5e-3", name="seq",
     )  # fmt: skip
     result = run_training(cfg)
     answers = [json.loads(line) for line in (result.run_dir / "teacher_answers.jsonl").read_text().splitlines()]
     assert len(answers) == 36  # every training prompt answered once (40 rows, 10% held out)
-    assert result.final["steps"] == 4
-    # The student trained on the teacher's answers, not on the data's: a reloaded run reuses the same answers.
-    assert {a["answer"] for a in answers} != {"red", "blue"}
+    assert sum(a["answer"] == "green" for a in answers) >= 30
+    report = json.loads((result.run_dir / "data_report.json").read_text())
+    assert report["teacher_answers"]["trained"] == sum(bool(a["answer"].strip()) for a in answers)
+    # The student learnt the teacher's answer, not the data's.
+    student, tokenizer = load_for_inference(str(result.run_dir))
+    said = generate_answers(student, tokenizer, [[Message("user", "what is color of cat")]], max_new_tokens=3)
+    assert said == ["green"]
+
+
+def test_sequence_level_distillation_refuses_a_teacher_that_never_answers(tmp_path: Path, teacher_dir: Path) -> None:
+    # The random teacher answers every prompt with newlines only.
+    data = write_color_task(tmp_path / "few.jsonl", 20)
+    cfg = tiny_config(
+        tmp_path, teacher_dir, f"data.train={data}", "objective=seq_distill", f"objective.teacher={teacher_dir}",
+        "objective.max_new_tokens=3", "eval.generate=false", "eval.baseline=false", "training.max_steps=4",
+        name="mute",
+    )  # fmt: skip
+    with pytest.raises(ModelError, match="empty answer to all 18 training prompts"):
+        run_training(cfg)

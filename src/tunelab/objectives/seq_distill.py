@@ -16,6 +16,7 @@ from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.records import Example, Message
+from tunelab.errors import ModelError
 from tunelab.objectives.base import Objective, causal_lm_loss, prepare_lm
 from tunelab.schema import Section
 
@@ -76,11 +77,23 @@ def prepare_teacher_data(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase,
         for ex in records
         if answers.get(ex.origin, "").strip()
     ]
+    if records and not distilled:
+        raise ModelError(
+            f"The teacher {cfg.objective.teacher} gave an empty answer to all {len(records)} training prompts (see "
+            f"{run_dir / ANSWERS_FILE}), so there is nothing to distil. Use a teacher that answers these prompts "
+            "(an instruction-tuned model or a finished run), or raise objective.max_new_tokens."
+        )
     train, rejects = tokenize_all(distilled, tokenizer, d.max_length, d.loss_on, d.system_prompt, d.truncation)
     if d.packing:
         train = pack(train, d.max_length)
     data.train = train + data.train if cfg.objective.keep_original else train
-    data.report["teacher_answers"] = {"answered": len(distilled), "trained": len(train), "rejected": len(rejects)}
+    data.report["teacher_answers"] = {
+        "answered": len(distilled), "empty": len(records) - len(distilled), "trained": len(train),
+        "rejected": len(rejects),
+    }  # fmt: skip
+    report_file = run_dir / "data_report.json"
+    if report_file.is_file():  # the run's data report records what the teacher's answers added
+        report_file.write_text(json.dumps({**json.loads(report_file.read_text()), **data.report}, indent=2))
     return data
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from tunelab.config import TrainingSection
 from tunelab.data.schedule import Schedule, epoch_batches
+from tunelab.errors import RunError
 from tunelab.methods.hooks import on_step_
 from tunelab.methods.regularize import prepare_training_
 from tunelab.objectives import Objective
@@ -109,6 +110,8 @@ def fit(
     batches_per_epoch = len(
         epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, rank=rank, world_size=world, schedule=schedule)
     )
+    if batches_per_epoch == 0:
+        raise RunError(f"Nothing to train on: {len(train)} training items give no batch on process {rank} of {world}.")
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
 

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import EvalSection, TunelabConfig, dump_config
 from tunelab.data.prepare import PreparedData
+from tunelab.errors import DataError
 from tunelab.eval import generation_metrics, metrics_table, write_predictions
 from tunelab.methods import METHODS
 from tunelab.methods.base import trainable_parameters
@@ -73,6 +74,12 @@ def run_training(
     objective = OBJECTIVES[cfg.objective.name]
     data = objective.prepare(cfg, tokenizer, run_dir)
     _print_data(console, data, main)
+    if not data.train:
+        raise DataError(
+            f"No training examples are left for objective {cfg.objective.name!r}: every row of {cfg.data.train} was "
+            f"rejected, removed or filtered (see {run_dir / 'data_report.md'} and the rejects file there). Fix the "
+            "rows or the data settings that removed them."
+        )
     device = accelerator.device
     bf16 = use_bf16(cfg.training.precision, device)
     method = METHODS[cfg.method.name]
