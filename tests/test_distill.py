@@ -112,12 +112,11 @@ def test_sequence_level_distillation_trains_on_the_teacher_answers(tmp_path: Pat
     for row in rows:
         row["messages"][1]["content"] = "green"
     green.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    teacher = run_training(
-        tiny_config(
-            tmp_path, tiny_model_dir, f"data.train={green}", "method=full", "training.max_steps=25",
-            "training.learning_rate=5e-3", "eval.generate=false", "eval.baseline=false", name="teacher",
-        )  # fmt: skip
-    ).run_dir
+    teacher_cfg = tiny_config(
+        tmp_path, tiny_model_dir, f"data.train={green}", "method=full", "training.max_steps=25",
+        "training.learning_rate=5e-3", "eval.generate=false", "eval.baseline=false", name="teacher",
+    )  # fmt: skip
+    teacher = run_training(teacher_cfg).run_dir
     cfg = tiny_config(
         tmp_path, tiny_model_dir, f"data.train={tmp_path / 'few.jsonl'}", "method=full", "objective=seq_distill",
         f"objective.teacher={teacher}", "objective.max_new_tokens=3", "eval.baseline=false", "eval.generate=false",
