@@ -122,11 +122,34 @@ class TrainingSection(Section):
     """CPU threads for torch; default: all cores."""
     adversarial: AdversarialSection | None = None
     """Embedding-space adversarial training (fgm, pgd, freelb, smart) on top of the objective; off when null."""
+    max_bad_steps: int = Field(5, ge=1)
+    """A step whose loss or gradient norm is NaN/inf is skipped (no update; counted as `skipped_steps` in the
+    metrics); this many in a row stop the run with an error."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: much less activation
+    memory for about a third more compute. Works with adapters (frozen base) and full training."""
+    auto_batch_size: bool = False
+    """Choose the micro-batch (`batch_size`) and `grad_accum` so that micro x accum x processes equals
+    `global_batch_size`. On CUDA: the largest divisor that trains a step on the longest examples without running
+    out of memory. On CPU nothing is probed: an activation-memory estimate must fit in half the available RAM,
+    and `batch_size` stays the upper bound."""
+    global_batch_size: int | None = Field(None, ge=1)
+    """Examples per optimizer step over all processes, for `auto_batch_size` (default: batch_size x grad_accum x
+    processes as configured)."""
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainingSection:
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0; set training.momentum (e.g. 0.9) or nesterov=false")
+        return self
+
+    @model_validator(mode="after")
+    def _global_batch_needs_auto(self) -> TrainingSection:
+        if self.global_batch_size is not None and not self.auto_batch_size:
+            raise ValueError(
+                "global_batch_size is used only with auto_batch_size: true; set training.auto_batch_size=true, or "
+                "drop global_batch_size and set batch_size and grad_accum yourself"
+            )
         return self
 
 
