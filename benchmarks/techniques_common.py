@@ -1,0 +1,125 @@
+"""Shared pieces of the objective demos (benchmarks/techniques_*.py): the dates task, training through
+`run_training`, greedy held-out answers and their scores, input perturbations, and the results files.
+
+Each demo writes `benchmarks/results/techniques_<demo>.json`; `techniques_report.py` turns them into
+`benchmarks/results/techniques.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+DATES = ROOT / "examples" / "dates"
+RESULTS = ROOT / "benchmarks" / "results"
+ISO = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MODEL = "smollm2-135m"
+
+
+def rows(split: str) -> list[dict]:
+    """The dates task's chat rows (`train` or `test`)."""
+    return [json.loads(line) for line in (DATES / f"{split}.jsonl").read_text().splitlines()]
+
+
+def prompt_and_reference(row: dict) -> tuple[str, str]:
+    return row["messages"][0]["content"], row["messages"][-1]["content"]
+
+
+def write_jsonl(path: Path, items: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return path
+
+
+def train(name: str, work: Path, overrides: list[str], model: str = MODEL):
+    """A run of `run_training` in `work/name` (no generation eval: the demos score answers themselves)."""
+    from rich.console import Console
+
+    from tunelab.config import load_config
+    from tunelab.train.run import run_training
+
+    cfg = load_config(None, [
+        f"model.source={model}", "training.log_every=1", "eval.generate=false", "eval.baseline=false",
+        f"output.dir={work}", f"output.name={name}", "output.overwrite=true", *overrides,
+    ])  # fmt: skip
+    start = time.perf_counter()
+    result = run_training(cfg, console=Console(quiet=True))
+    return result, time.perf_counter() - start
+
+
+def answer(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
+    """Greedy answers (bf16 autocast where the CPU has fast bf16, as training uses)."""
+    import torch
+
+    from tunelab.data.records import Message
+    from tunelab.eval.generate import generate_answers
+    from tunelab.train.run import use_bf16
+
+    bf16 = use_bf16("auto", torch.device("cpu"))
+    return generate_answers(
+        model, tokenizer, [[Message("user", p)] for p in prompts], max_new_tokens=max_new_tokens, batch_size=16,
+        show_progress=False, precision="bf16" if bf16 else "fp32",
+    )  # fmt: skip
+
+
+def score(answers: list[str], references: list[str]) -> dict[str, float]:
+    """Exact match and ISO-format rate (the answer is a YYYY-MM-DD date and nothing else)."""
+    n = max(len(answers), 1)
+    return {
+        "exact_match": sum(a.strip() == r for a, r in zip(answers, references, strict=True)) / n,
+        "iso_format": sum(bool(ISO.match(a.strip())) for a in answers) / n,
+    }
+
+
+def reward(answer_text: str, reference: str) -> float:
+    """The demos' preference: ISO format (1) plus the right date (1)."""
+    return float(bool(ISO.match(answer_text.strip()))) + float(answer_text.strip() == reference)
+
+
+def typos(text: str, rng: random.Random, rate: float = 0.15) -> str:
+    """Swap two adjacent letters in about `rate` of the words longer than 3 letters (digits are left alone)."""
+    words = text.split(" ")
+    for i, w in enumerate(words):
+        if len(w) > 3 and w.isalpha() and rng.random() < rate:
+            k = rng.randrange(len(w) - 1)
+            words[i] = w[:k] + w[k + 1] + w[k] + w[k + 2 :]
+    return " ".join(words)
+
+
+DISTRACTORS = [
+    "Note: the office is closed on public holidays.",
+    "Reference code 7731-B applies to all orders.",
+    "Please keep this message for your records.",
+]
+
+
+def perturbations(prompt: str, seed: int) -> dict[str, str]:
+    """The prompt with typos, in upper case, and with a distractor sentence appended."""
+    rng = random.Random(seed)
+    return {"typos": typos(prompt, rng), "casing": prompt.upper(), "distractor": f"{prompt}\n{rng.choice(DISTRACTORS)}"}
+
+
+def device_note() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return f"CPU ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+
+
+def save(demo: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"techniques_{demo}.json"
+    path.write_text(json.dumps({**payload, "device": device_note()}, indent=2))
+    return path
+
+
+def parameters(model: Any) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
