@@ -102,11 +102,6 @@ PROMPT_CASES = [
     ("prompt", ["method.num_virtual_tokens=4", "method.encoder=mlp", "method.encoder_hidden=16",
                 "training.learning_rate=0.03"], 0.05),
 ]  # fmt: skip
-NEEDS_OBJECTIVE_FIX = pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="objectives/base.py must drop the virtual-token logits that prompt tuning prepends (issue #4 note)",
-)
 
 
 def _train_and_reload(tmp_path: Path, model_dir: Path, name: str, overrides: list[str], margin: float) -> None:
@@ -129,7 +124,6 @@ def test_train_lowers_loss_and_adapter_reloads(
     _train_and_reload(tmp_path, tiny_model_dir, name, overrides, margin)
 
 
-@NEEDS_OBJECTIVE_FIX
 @pytest.mark.parametrize(("name", "overrides", "margin"), PROMPT_CASES)
 def test_prompt_tuning_trains_and_reloads(
     tmp_path: Path, tiny_model_dir: Path, name: str, overrides: list[str], margin: float

@@ -55,6 +55,20 @@ class SetupArgs:
     data: PreparedData
     method: str
     """The method's name (`lora`, `full`, ...): whether disabling an adapter gives back the starting model."""
+    label_smoothing: float = 0.0
+    """`training.label_smoothing`: the share of each target's probability spread over all classes (or tokens)."""
+
+
+@dataclass(frozen=True)
+class LMContext:
+    """What next-token objectives without a setup of their own need while training."""
+
+    label_smoothing: float = 0.0
+
+
+def lm_setup(cfg: Section, args: SetupArgs) -> tuple[nn.Module, LMContext]:
+    """The default setup: the model as it is, and the training settings the causal-LM loss reads."""
+    return args.model, LMContext(args.label_smoothing)
 
 
 def target_tokens(batch: Batch) -> int:
@@ -86,7 +100,7 @@ class Objective:
     """(model, batch, ctx) -> summed loss; `ctx` is what `setup` built (None without setup)."""
     config: type[Section] = ObjectiveSection
     prepare: Callable[[TunelabConfig, PreTrainedTokenizerBase, Path], PreparedData] = prepare_lm
-    setup: Callable[[Any, SetupArgs], tuple[nn.Module, Any]] | None = None
+    setup: Callable[[Any, SetupArgs], tuple[nn.Module, Any]] | None = lm_setup
     """(objective config, args) -> (the module to train, ctx). The module may wrap the model (a head, projections)."""
     collate: Callable[[list[Any], int], Batch] = collate
     length: Callable[[Any], int] = token_length
@@ -133,21 +147,26 @@ def selected_logits(model: nn.Module, batch: Batch, keep: torch.Tensor) -> torch
     inputs = {**model_inputs(batch), "use_cache": False}
     parts = decoder_and_head(model)
     if parts is None:
-        # Prompt learning prepends virtual-token logits; dropping them is pending (tests/test_methods_peft.py
-        # marks that case as expected to fail until it is done, so it is left as is here).
-        return model(**inputs).logits[:, :-1][keep]
+        # Prompt tuning prepends num_virtual_tokens positions to the output; the last T are the input's own.
+        logits = model(**inputs).logits[:, -batch["input_ids"].shape[1] :]
+        return logits[:, :-1][keep]
     decoder, head = parts
     hidden = decoder(**inputs).last_hidden_state
     return head(hidden[:, :-1][keep])
 
 
 def causal_lm_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts:
-    """Summed next-token cross-entropy over positions whose label is not IGNORE."""
+    """Summed next-token cross-entropy over positions whose label is not IGNORE.
+
+    With `ctx.label_smoothing` (an `LMContext`) the targets are smoothed while the model trains; in eval mode the
+    loss stays the plain negative log-likelihood, so validation loss and perplexity keep their meaning.
+    """
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     logits = selected_logits(model, batch, keep)
     targets = labels[keep]
-    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+    smoothing = getattr(ctx, "label_smoothing", 0.0) if model.training else 0.0
+    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=smoothing)
     correct = (logits.argmax(-1) == targets).sum()
     return LossParts(loss_sum=loss_sum, count=keep.sum(), correct=correct)
 

@@ -88,7 +88,7 @@ def run_training(
     model = method.apply_(model, cfg.method)
     ctx = None
     if objective.setup is not None:  # a reference model, a teacher, or a head around the model
-        args = SetupArgs(model, tokenizer, device, bf16, run_dir, data, cfg.method.name)
+        args = SetupArgs(model, tokenizer, device, bf16, run_dir, data, cfg.method.name, cfg.training.label_smoothing)
         model, ctx = objective.setup(cfg.objective, args)
     trainable, total = trainable_parameters(model)
     if main:
