@@ -192,6 +192,7 @@ def _emptied(ex: Example) -> str | None:
         "preference": [("chosen", ex.chosen), ("rejected", ex.rejected)],
         "classification": [("text", ex.text)],
         "pairs": [("anchor", ex.anchor), ("positive", ex.positive)],
+        "token_classification": [("text", ex.text)],
     }[ex.kind]
     for name, text in required:
         if not text:

@@ -19,6 +19,7 @@ FormatName = Literal[
     "openai_preference",
     "classification",
     "pairs",
+    "token_classification",
 ]
 
 

@@ -9,7 +9,8 @@ Each converter raises `RowError` naming the field and what is wrong with it; the
 - preference: `preference` (`prompt`/`chosen`/`rejected`), `openai_preference` (`input`/`preferred_output`/
   `non_preferred_output`);
 - classification: `classification` (`text`, optional `text_pair`, `label`);
-- pairs: `pairs` (`anchor`, `positive`, optional `negative`).
+- pairs: `pairs` (`anchor`, `positive`, optional `negative`);
+- token_classification: `token_classification` (`tokens`: words, `tags` or `ner_tags`: one tag per word).
 """
 
 from __future__ import annotations
@@ -264,6 +265,35 @@ def from_pairs(row: dict[str, Any], origin: str) -> Example:
     )
 
 
+def _words(row: dict[str, Any], key: str, *, tags: bool = False) -> list[str]:
+    value = _structured(row, key)
+    if not isinstance(value, list) or not value:
+        raise RowError(f"field '{key}' must be a non-empty list, got {_type(value)}", key)
+    out = []
+    for i, item in enumerate(value):
+        if tags and isinstance(item, int) and not isinstance(item, bool):
+            item = str(item)
+        if not isinstance(item, str):
+            raise RowError(f"'{key}[{i}]' must be a string{' or an integer' if tags else ''}, got {_type(item)}", key)
+        if not item or item != "".join(item.split()):
+            raise RowError(f"'{key}[{i}]' is {item!r}: it must be one word, not empty and without spaces", key)
+        out.append(item)
+    return out
+
+
+def from_token_classification(row: dict[str, Any], origin: str) -> Example:
+    """{"tokens": [words], "tags" (or "ner_tags"): [one tag per word]}, e.g. BIO tags for NER. Stored as the words
+    and the tags each joined by single spaces (`text`, `label`), so cleaning and dedup read the words as text."""
+    tokens = _words(row, "tokens")
+    key = "ner_tags" if "ner_tags" in row and "tags" not in row else "tags"
+    if row.get(key) is None:
+        raise RowError("missing field 'tags' (one tag per token)", "tags")
+    tags = _words(row, key, tags=True)
+    if len(tags) != len(tokens):
+        raise RowError(f"'{key}' holds {len(tags)} tags for {len(tokens)} tokens; give one tag per token", key)
+    return Example(kind="token_classification", text=" ".join(tokens), label=" ".join(tags), origin=origin)
+
+
 FORMATS: dict[str, Callable[[dict[str, Any], str], Example]] = {
     "chat": from_chat,
     "sharegpt": from_sharegpt,
@@ -274,6 +304,7 @@ FORMATS: dict[str, Callable[[dict[str, Any], str], Example]] = {
     "openai_preference": from_openai_preference,
     "classification": from_classification,
     "pairs": from_pairs,
+    "token_classification": from_token_classification,
 }
 KIND_OF: dict[str, str] = {
     "chat": "chat",
@@ -285,6 +316,7 @@ KIND_OF: dict[str, str] = {
     "openai_preference": "preference",
     "classification": "classification",
     "pairs": "pairs",
+    "token_classification": "token_classification",
 }
 
 # The keys whose presence identifies each format, checked in this order (most specific first).
@@ -296,6 +328,7 @@ SIGNATURES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("instruction",), "alpaca"),
     (("prompt", "completion"), "prompt_completion"),
     (("anchor", "positive"), "pairs"),
+    (("tokens",), "token_classification"),
     (("label",), "classification"),
     (("text",), "text"),
 )
@@ -309,6 +342,7 @@ REQUIRED: dict[str, str] = {
     "openai_preference": "'input', 'preferred_output' and 'non_preferred_output'",
     "classification": "'text' and 'label'",
     "pairs": "'anchor' and 'positive'",
+    "token_classification": "'tokens' and 'tags'",
 }
 
 

@@ -15,8 +15,8 @@ from typing import IO, Any, Literal
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
-Kind = Literal["chat", "text", "preference", "classification", "pairs"]
-KINDS: tuple[str, ...] = ("chat", "text", "preference", "classification", "pairs")
+Kind = Literal["chat", "text", "preference", "classification", "pairs", "token_classification"]
+KINDS: tuple[str, ...] = ("chat", "text", "preference", "classification", "pairs", "token_classification")
 # The plain-string fields of an Example, in a fixed order (also the Arrow column order).
 TEXT_FIELDS: tuple[str, ...] = ("text", "text_pair", "chosen", "rejected", "anchor", "positive", "negative")
 
@@ -35,6 +35,7 @@ class Example:
 
     chat: `messages`. text: `text`. preference: `messages` (the prompt turns), `chosen`, `rejected`.
     classification: `text`, optional `text_pair`, `label`. pairs: `anchor`, `positive`, optional `negative`.
+    token_classification: `text` (the words joined by single spaces) and `label` (their tags, joined the same way).
     """
 
     messages: list[Message] = field(default_factory=list)
