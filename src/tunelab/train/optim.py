@@ -61,8 +61,13 @@ def _rate_rule(
             "method lora or dora (or a hybrid with lora), or remove it."
         )
     n_layers, layer_of = layer_index_by_parameter(model) if cfg.layer_lr_decay else (0, {})
+    # A module trained beside the model (a retriever) may carry its own rate: {submodule name: learning rate}.
+    own_rates: dict[str, float] = getattr(model, "submodule_learning_rates", {})
 
     def rate(name: str, p: nn.Parameter) -> float:
+        for prefix, own in own_rates.items():
+            if name.startswith(prefix + "."):
+                return own
         lr = cfg.learning_rate
         if cfg.layer_lr_decay:
             if id(p) in layer_of:
