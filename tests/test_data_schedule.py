@@ -17,8 +17,8 @@ from tunelab.data.schedule import (
     competence,
     epoch_batches,
     mixture_weights,
-    score_losses,
 )
+from tunelab.data.scoring import score_losses
 from tunelab.data.tokenize import IGNORE, Tokenized, collate, model_inputs, tokenize_example
 
 

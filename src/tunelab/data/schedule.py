@@ -42,13 +42,13 @@ class Schedule:
     """Per-example sampling weights (class balance, task mixture); None: every example once per epoch."""
 
     def with_difficulty(self, scores: list[float]) -> Schedule:
-        """The same schedule with difficulty scores from elsewhere (e.g. the base model's loss, `score_losses`)."""
+        """The same schedule with difficulty scores from elsewhere (the base model's loss: `data.scoring`)."""
         return replace(self, difficulty=tuple(float(s) for s in scores))
 
 
 def make_schedule(cfg: ScheduleSection, train: list[Tokenized]) -> Schedule:
-    """The schedule a config asks for. Difficulty `loss` needs a scoring pass with the model: until
-    `with_difficulty` gives scores, length stands in for it."""
+    """The schedule a config asks for. Difficulty `loss` needs a scoring pass with the model, which the run
+    does before training (`data.scoring.apply_loss_difficulty`); until then length stands in for it."""
     difficulty = None
     if cfg.order == "curriculum":
         if cfg.difficulty == "field":
@@ -176,30 +176,3 @@ def _shard(batches: list[list[int]], rank: int, world_size: int) -> list[list[in
     # Every process must take the same number of steps, so the tail that does not divide evenly is left out.
     usable = len(batches) - len(batches) % world_size if world_size > 1 else len(batches)
     return batches[rank:usable:world_size]
-
-
-def score_losses(model, items: list[Tokenized], pad_id: int, batch_size: int = 16) -> list[float]:
-    """Each example's mean next-token loss under `model` (no gradients): difficulty for `difficulty: loss`."""
-    import torch
-    import torch.nn.functional as F
-
-    from tunelab.data.tokenize import IGNORE, collate, model_inputs
-
-    device = next(model.parameters()).device
-    scores = [0.0] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate([items[i] for i in chunk], pad_id).items()}
-            logits = model(**model_inputs(batch)).logits[:, :-1].float()
-            labels = batch["labels"][:, 1:]
-            loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-            mask = (labels != IGNORE).float()
-            per_example = (loss * mask).sum(1) / mask.sum(1).clamp(min=1)
-            for i, value in zip(chunk, per_example.tolist(), strict=True):
-                scores[i] = value
-    model.train(was_training)
-    return scores
