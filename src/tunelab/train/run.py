@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import EvalSection, TunelabConfig, dump_config
 from tunelab.data.prepare import PreparedData
+from tunelab.data.scoring import apply_loss_difficulty
 from tunelab.errors import DataError
 from tunelab.eval import generation_metrics, metrics_table, write_predictions
 from tunelab.methods import METHODS
@@ -85,6 +86,8 @@ def run_training(
     method = METHODS[cfg.method.name]
     storage_bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and bf16 and method.freezes_base)
     model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
+    # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
+    data = apply_loss_difficulty(model, data, cfg, run_dir, tokenizer.pad_token_id, bf16)
     model = method.apply_(model, cfg.method)
     ctx = None
     if objective.setup is not None:  # a reference model, a teacher, or a head around the model
