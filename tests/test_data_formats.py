@@ -96,8 +96,9 @@ def test_classification_pairs_text() -> None:
         ),
         ({"messages": "[not json"}, "chat", "messages", "not valid JSON"),
         ({"instruction": "i", "output": ""}, "alpaca", "output", "is empty"),
-        ({"text": "a", "label": [1]}, "classification", "label", "string or an integer"),
-        ({"text": "a", "label": 0.5}, "classification", "label", "class name"),
+        ({"text": "a", "label": [1]}, "classification", "label", "string or a number"),
+        ({"text": "a", "label": float("nan")}, "classification", "label", "finite number"),
+        ({"tokens": ["a", "b"], "tags": ["O"]}, "token_classification", "tags", "1 tags for 2 tokens"),
         ({"text": "a"}, "classification", "label", "looks like text"),
         ({"anchor": "a"}, "pairs", "positive", "missing field 'positive'"),
         (

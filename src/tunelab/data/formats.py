@@ -232,11 +232,11 @@ def _label(row: dict[str, Any]) -> str:
     if value is None:
         raise RowError("missing field 'label'", "label")
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RowError(f"field 'label' must be a string or an integer, got {_type(value)}", "label")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise RowError(f"field 'label' must be a class name or an integer, got {value!r}", "label")
-        value = int(value)
+        raise RowError(f"field 'label' must be a string or a number, got {_type(value)}", "label")
+    if isinstance(value, float):  # 2.0 is class 2; 0.75 is a regression target, kept as written
+        if value != value or value in (float("inf"), float("-inf")):
+            raise RowError(f"field 'label' must be a class name or a finite number, got {value!r}", "label")
+        value = int(value) if value.is_integer() else value
     text = str(value).strip()
     if not text:
         raise RowError("field 'label' is empty", "label")
