@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from tunelab.continual.config import ContinualSection
 from tunelab.data.config import DataSection
 from tunelab.errors import ConfigError, did_you_mean
 from tunelab.methods import METHOD_CONFIGS, MethodConfig
@@ -122,6 +123,18 @@ class TrainingSection(Section):
     """CPU threads for torch; default: all cores."""
     adversarial: AdversarialSection | None = None
     """Embedding-space adversarial training (fgm, pgd, freelb, smart) on top of the objective; off when null."""
+    task_weights: dict[str, float] = {}
+    """Multi-task loss weights by task tag (file stem, or a row's `task` field): each task's loss is multiplied
+    by its weight; tasks left out weigh 1."""
+    task_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    """`fixed`: `task_weights` as given. `uncertainty` (Kendall et al. 2018): per micro-batch,
+    Σ_t exp(-s_t) L_t + s_t over the tasks present (L_t: the task's mean loss), one s_t per task learned with the
+    model (on top of any `task_weights`)."""
+    ewc_state: str | None = None
+    """EWC: an `ewc.safetensors` file (or the folder holding one) with the Fisher and the weights of earlier
+    tasks; the penalty ewc_lambda/2 · Σ F (θ - θ*)² is added to every step. `continual.ewc` sets it per stage."""
+    ewc_lambda: float = Field(1000.0, gt=0)
+    """λ of the EWC penalty (with `ewc_state`)."""
     max_bad_steps: int = Field(5, ge=1)
     """A step whose loss or gradient norm is NaN/inf is skipped (no update; counted as `skipped_steps` in the
     metrics); this many in a row stop the run with an error."""
@@ -224,6 +237,9 @@ class TunelabConfig(Section):
     training: TrainingSection = TrainingSection()
     eval: EvalSection = EvalSection()
     output: OutputSection = OutputSection()
+    continual: ContinualSection | None = None
+    """Continual learning over `stages:` (one task each) or over successive runs (`model.source` = the previous
+    continual run folder): replay, EWC or an adapter per task, and the task x stage accuracy matrix."""
     stages: list[StageSection] = []
     """Train in stages, each starting from the previous one's weights (e.g. pretrain on domain text, then sft):
     a list of sections like the run's own (data, objective, method, training, eval), inheriting what they omit."""
