@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunelab.continual.fisher import EWCState
+from tunelab.continual.fisher import EWCState, load_ewc
 from tunelab.continual.weights import ewc_weights
 from tunelab.errors import ConfigError
 
@@ -62,3 +62,19 @@ class EWCRegularizer:
             zero = torch.zeros((), device=self.device)
             total = sum(((f * (value().float() - a).pow(2)).sum() for value, f, a in self.terms), zero)
         return 0.5 * self.lam * total
+
+
+class PenaltySum:
+    """The loop's regularizer plus the EWC term: `penalty()` is their sum."""
+
+    def __init__(self, first: object, ewc: EWCRegularizer) -> None:
+        self.first, self.ewc = first, ewc
+        self.active = True
+
+    def penalty(self) -> torch.Tensor:
+        return self.first.penalty() + self.ewc.penalty()
+
+
+def with_ewc(regularizer: object, model: nn.Module, state_path: str, lam: float) -> PenaltySum:
+    """`regularizer` (anything with `penalty()`) plus EWC from the state saved at `state_path`."""
+    return PenaltySum(regularizer, EWCRegularizer(model, load_ewc(state_path), lam))

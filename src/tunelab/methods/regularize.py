@@ -34,6 +34,10 @@ def prepare_training_(model: nn.Module, cfg: TrainingSection) -> Regularizer:
         set_dropout_(model, cfg.dropout)
     if cfg.neftune_alpha is not None:
         add_neftune_(model, cfg.neftune_alpha)
+    if cfg.ewc_state is not None:  # continual learning: a pull back towards the weights of earlier tasks
+        from tunelab.continual.ewc import with_ewc
+
+        return with_ewc(Regularizer(model, cfg), model, cfg.ewc_state, cfg.ewc_lambda)
     return Regularizer(model, cfg)
 
 
