@@ -5,17 +5,72 @@ distractor sentence appended.
 Both runs see the same data for the same number of steps (equal clean budget); the adversarial ones add FGM (or
 `--method`) with ε set to `--epsilon-ratio` times the mean norm of the model's token embeddings.
 
-    .venv/bin/python benchmarks/techniques_adversarial.py
-    .venv/bin/python benchmarks/techniques_adversarial.py --steps 1 --eval 4 --rows 16   # smoke
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/techniques_adversarial.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/techniques_adversarial.py --smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
-from techniques_common import MODEL, answer, perturbations, prompt_and_reference, rows, save, score, train, write_jsonl
+from techniques_common import (
+    MODEL,
+    answer,
+    command,
+    pct,
+    perturbations,
+    prompt_and_reference,
+    results_dir,
+    rows,
+    save,
+    score,
+    train,
+    write_jsonl,
+    write_section,
+)
+
+KINDS = ("clean", "typos", "casing", "distractor")
+
+
+def section(args: argparse.Namespace, res: dict) -> list[str]:
+    lines = [
+        "## Adversarial fine-tuning: robustness to input perturbations",
+        "",
+        f"Command: `{command('adversarial')}`",
+        "",
+        f"SmolLM2-135M-Instruct, LoRA SFT (r 16, lr 1e-3) on the first {args.rows} rows of examples/dates for "
+        f"{args.steps} steps of 8 in every run: the same data, order and number of clean steps (equal clean budget); "
+        f"the adversarial runs add an embedding-space perturbation step ({', '.join(args.method)}, ε = "
+        f"{res['epsilon']:.3f}, i.e. {args.epsilon_ratio} x the mean token-embedding norm {res['embedding_norm']:.3f})."
+        f" Held-out: exact match (greedy) on the first {args.eval} test prompts, clean and perturbed: swapped letters "
+        "in about 15% of the longer words (typos), the whole prompt in upper case, or an unrelated sentence appended.",
+        "",
+        "| training | clean | typos | upper case | distractor sentence | mean drop from clean | train s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    drops = {}
+    for name, row in res["runs"].items():
+        cells = " | ".join(pct(row[k]["exact_match"]) for k in KINDS)
+        drops[name] = sum(row["clean"]["exact_match"] - row[k]["exact_match"] for k in KINDS[1:]) / 3
+        label = "plain SFT" if name == "none" else f"SFT + {name}"
+        lines.append(f"| {label} | {cells} | {drops[name]:.1%} | {row['train_s']:.0f} |")
+    reading = []
+    for name in args.method:
+        row, base = res["runs"][name], res["runs"]["none"]
+        verdict = (
+            "smaller" if drops[name] < drops["none"] - 0.025
+            else "larger" if drops[name] > drops["none"] + 0.025 else "about the same"
+        )  # fmt: skip
+        reading.append(
+            f"With {name}, clean exact match is {pct(row['clean']['exact_match'])} (plain "
+            f"{pct(base['clean']['exact_match'])}) and the mean drop under perturbation is {verdict} "
+            f"({drops[name]:.1%} vs {drops['none']:.1%}); with {args.eval} prompts one answer is "
+            f"{1 / args.eval:.1%}, so differences of a few answers are within noise."
+        )
+    return [*lines, "", "Reading: " + " ".join(reading)]
 
 
 def main() -> None:
@@ -25,7 +80,11 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=40)
     parser.add_argument("--method", nargs="*", default=["fgm"], choices=["fgm", "pgd", "freelb", "smart"])
     parser.add_argument("--epsilon-ratio", type=float, default=0.1)
+    parser.add_argument("--smoke", action="store_true", help="1 step, 16 rows, 4 prompts; results to a temp folder")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.rows, args.eval = 1, 16, 4
+    started = time.perf_counter()
 
     from tunelab.models import load_model, load_tokenizer
 
@@ -53,7 +112,9 @@ def main() -> None:
             row = {kind: score(answer(run.model, tokenizer, prompts), references) for kind, prompts in sets.items()}
             results["runs"][name] = {**row, "train_s": seconds}
             print(name, results["runs"][name], flush=True)
-    save("adversarial", {"args": vars(args), "results": results})
+    out, wall = results_dir(args.smoke), time.perf_counter() - started
+    save("adversarial", {"args": vars(args), "results": results, "wall_s": wall}, out)
+    write_section("adversarial", [*section(args, results), f"Wall time of the whole demo: {wall:.0f} s."], out)
 
 
 if __name__ == "__main__":

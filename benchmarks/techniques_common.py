@@ -1,17 +1,20 @@
 """Shared pieces of the objective demos (benchmarks/techniques_*.py): the dates task, training through
 `run_training`, greedy held-out answers and their scores, input perturbations, and the results files.
 
-Each demo writes `benchmarks/results/techniques_<demo>.json`; `techniques_report.py` turns them into
-`benchmarks/results/techniques.md`.
+Each demo writes `benchmarks/results/techniques_<demo>.json` (raw numbers, arguments, machine, wall times) and
+`techniques_<demo>.md` (its section of the report); `techniques_report.py` joins the sections into
+`benchmarks/results/techniques.md`. With `--smoke` a demo runs tiny and writes under the system temp folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -111,14 +114,49 @@ def device_note() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    return f"CPU ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"CPU ({cpu}, {os.cpu_count()} cores, torch using {threads} threads), torch {torch.__version__}"
 
 
-def save(demo: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"techniques_{demo}.json"
-    path.write_text(json.dumps({**payload, "device": device_note()}, indent=2))
+def shared_note() -> str:
+    import torch
+
+    return (
+        f"Ran with {torch.get_num_threads()} thread(s) on a 2-core CPU shared with other jobs, so wall and train "
+        "times are upper bounds."
+    )
+
+
+def command(demo: str) -> str:
+    """The exact command line this demo was started with (with OMP_NUM_THREADS when it was set)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    prefix = [f"OMP_NUM_THREADS={threads}"] if threads else []
+    return " ".join([*prefix, ".venv/bin/python", f"benchmarks/techniques_{demo}.py", *sys.argv[1:]])
+
+
+def results_dir(smoke: bool) -> Path:
+    """Where results go: benchmarks/results, or a temp folder for smoke runs (never mistaken for results)."""
+    return Path(tempfile.gettempdir()) / "tunelab-techniques-smoke" if smoke else RESULTS
+
+
+def save(demo: str, payload: dict, out: Path = RESULTS) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"techniques_{demo}.json"
+    path.write_text(json.dumps({**payload, "command": command(demo), "device": device_note()}, indent=2))
     return path
+
+
+def write_section(demo: str, lines: list[str], out: Path = RESULTS) -> Path:
+    """The demo's section of the report (markdown starting with `## Title`), with the device note appended."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"techniques_{demo}.md"
+    path.write_text("\n".join([*lines, "", f"Device: {device_note()}. {shared_note()}", ""]))
+    print(path.read_text(), flush=True)
+    return path
+
+
+def pct(x: float | None) -> str:
+    return "" if x is None else f"{x:.1%}"
 
 
 def parameters(model: Any) -> int:
