@@ -271,8 +271,8 @@ class TunelabConfig(Section):
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> TunelabConfig:
     """Read a YAML config, apply `key.sub=value` overrides and validate.
 
-    Relative data paths in the file are resolved against the file's folder; paths given in overrides against
-    the current folder.
+    Relative data paths in the file (data files, `data.cache_dir`) are resolved against the file's folder; paths
+    given in overrides against the current folder.
     """
     raw: dict[str, Any] = dict(base or {})
     lines: dict[str, int] = {}
@@ -335,6 +335,9 @@ def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> None:
             value = [value]
         if isinstance(value, list):
             data[key] = [str(folder / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in value]
+    cache_dir = data.get("cache_dir")
+    if isinstance(cache_dir, str) and cache_dir and not Path(cache_dir).expanduser().is_absolute():
+        data["cache_dir"] = str(folder / cache_dir)
 
 
 def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
