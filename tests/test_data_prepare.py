@@ -176,3 +176,31 @@ def test_every_data_config_field_has_help_text() -> None:
         assert not missing, (section.__name__, missing)
     with pytest.raises(ValueError, match="packing"):
         DataSection(train=["x"], packing=True, schedule={"order": "curriculum"})
+
+
+def test_prepare_plots_labels_and_resolves_cache_dir_against_the_config(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunelab.cli import main
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "chat.jsonl").write_text("\n".join(chat(f"q {i}", f"a {i}") for i in range(6)) + "\n")
+    (project / "reviews.csv").write_text("text,label\n" + "".join(f"review {i},{'pos' if i < 5 else 'neg'}\n"
+                                                               for i in range(7)))  # fmt: skip
+    cfg = project / "cfg.yaml"
+    cfg.write_text(f"model: {{source: {tiny_model_dir}}}\ndata:\n  train: [chat.jsonl, reviews.csv]\n"
+                   "  val_fraction: 0.0\n  cache_dir: cache\n")  # fmt: skip
+    monkeypatch.chdir(elsewhere)
+    assert main(["data", "prepare", str(cfg), "--out", "out"]) == 0
+    entries = [p for p in (project / "cache").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and (entries[0] / "report.json").is_file()  # under the config's folder, not cwd
+    assert not (elsewhere / "cache").exists()
+    report = json.loads((elsewhere / "out" / "report.json").read_text())
+    assert report["labels"] == {"pos": 5, "neg": 2}
+    for name in ("lengths.png", "labels.png"):
+        assert (elsewhere / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in (elsewhere / "out" / "report.md").read_text()
+    assert main(["data", "prepare", str(cfg), "--out", "out", "--set", "data.cache_dir=here"]) == 0
+    assert (elsewhere / "here").is_dir()  # given on the command line: relative to the current folder

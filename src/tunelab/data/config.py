@@ -178,7 +178,8 @@ class DataSection(Section):
     cache: bool = True
     """Reuse a prepared dataset with the same fingerprint (files, data settings, tokenizer)."""
     cache_dir: str | None = None
-    """Where prepared datasets are cached; default `$TUNELAB_HOME/data`."""
+    """Where prepared datasets are cached; default `$TUNELAB_HOME/data`. A relative path written in a config file
+    is relative to that file's folder (like the data files); one given with --set, to the current folder."""
 
     @field_validator("train", "validation", mode="before")
     @classmethod

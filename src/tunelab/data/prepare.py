@@ -126,7 +126,7 @@ def prepare_dataset(
     removed.jsonl (and PNG plots with `plots`) to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(cfg, tokenizer, seed)
-    root = Path(cfg.cache_dir) if cfg.cache_dir else _default_cache()
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else _default_cache()
     entry = root / fp
     if not (cfg.cache and (entry / "report.json").is_file()):
         root.mkdir(parents=True, exist_ok=True)
