@@ -1,7 +1,8 @@
 """The training loop. One loop for every technique: they plug in as an objective, a method or a data schedule.
 
 Read top to bottom: restore → for each optimizer step: gather micro-batches, count target tokens, forward and
-backward each micro-batch with the loss normalised over the whole step, clip, step → log / evaluate / save.
+backward each micro-batch with the loss normalised over the whole step, clip, step (or skip a non-finite step)
+→ log / evaluate / save.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import torch
 from accelerate import Accelerator
 from peft.helpers import disable_input_dtype_casting
 from torch import nn
+from transformers import PreTrainedModel
 
 from tunelab.config import TrainingSection
 from tunelab.data.schedule import Schedule, epoch_batches
-from tunelab.errors import RunError
+from tunelab.errors import ConfigError, RunError
 from tunelab.methods.hooks import on_step_
 from tunelab.methods.regularize import prepare_training_
 from tunelab.objectives import Objective
+from tunelab.objectives.multitask import with_task_weighting
 from tunelab.regularizers.adversarial import with_adversarial
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
@@ -83,6 +86,12 @@ def validation_metrics(
     module.train(was_training)
     mean = loss_sum / max(count, 1.0)
     metrics = {"val_loss": mean, f"val_{objective.metric}": correct / max(count, 1.0)}
+    tasks = sorted({str(getattr(item, "task", "")) for item in data})
+    for task in tasks if len(tasks) > 1 else []:  # multi-task data: each task's own numbers, e.g. val_loss/dates
+        own = [item for item in data if str(getattr(item, "task", "")) == task]
+        metrics.update(
+            {f"{k}/{task}": v for k, v in validation_metrics(module, own, batch_size, pad_id, device, bf16).items()}
+        )
     return {**metrics, "val_ppl": math.exp(min(mean, 50.0))} if objective.perplexity else metrics
 
 
@@ -117,10 +126,15 @@ def fit(
 
     if cfg.adversarial is not None:
         objective = with_adversarial(objective, cfg.adversarial)
+    objective, task_params = with_task_weighting(objective, cfg, train, device)  # training.task_weights/_weighting
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing_(model)
     module = TrainingModule(model, objective, ctx)
     # Before any checkpoint is restored: the ΔW penalties measure change from the weights the method set up.
     regularizer = prepare_training_(model, cfg)
     optimizer = build_optimizer(model, cfg)
+    if task_params:  # the learned task uncertainties train with the model
+        optimizer.add_param_group({"params": task_params, "weight_decay": 0.0})
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
 
@@ -128,6 +142,8 @@ def fit(
     state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "best_val": None, "bad_evals": 0}
     if resume and (latest := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(latest, accelerator.unwrap_model(module).model, optimizer, scheduler)
+    state.setdefault("skipped_steps", 0)
+    bad_in_a_row = 0
     # A resumed run drops the metric lines written after its checkpoint, so the file ends as if never killed.
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process, keep=state.get("metric_lines", 0))
     step, epoch, stopped_early = state["step"], state["epoch"], False
@@ -183,14 +199,24 @@ def fit(
                         loss = loss_sum * world / max(total_tokens, 1) + regularizer.penalty() / len(group)
                     accelerator.backward(loss)
                     step_loss += loss_sum.detach()
-                    window_tokens += int(batch["attention_mask"].sum())
+                    # Every input's mask counts: pair objectives (contrastive) hold one per role.
+                    window_tokens += sum(int(v.sum()) for key, v in batch.items() if key.endswith("attention_mask"))
                 grad_norm = (
                     accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
                     if cfg.max_grad_norm
                     else _grad_norm(module)
                 )
                 lr = scheduler.get_last_lr()[0]
-                optimizer.step()
+                # A NaN/inf step is skipped, not written into the weights; it still counts towards max_steps. One
+                # flag read per step (the token count above already syncs once per step).
+                if _step_is_finite(grad_norm, step_loss, accelerator):
+                    optimizer.step()
+                    bad_in_a_row = 0
+                else:
+                    state["skipped_steps"] += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= cfg.max_bad_steps:
+                        raise RunError(_bad_steps_message(step + 1, bad_in_a_row, state["skipped_steps"]))
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -202,8 +228,8 @@ def fit(
                     tokens_per_s = window_tokens * world / max(elapsed, 1e-9)
                     log.write(
                         {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
-                         "tokens_per_s": tokens_per_s, "peak_mem_mb": peak_memory_mb(device),
-                         "elapsed_s": time.perf_counter() - train_start}
+                         "skipped_steps": state["skipped_steps"], "tokens_per_s": tokens_per_s,
+                         "peak_mem_mb": peak_memory_mb(device), "elapsed_s": time.perf_counter() - train_start}
                     )  # fmt: skip
                     progress.update(step, loss=mean_loss, tokens_per_s=tokens_per_s)
                     window_tokens, window_start = 0, time.perf_counter()
@@ -230,6 +256,45 @@ def fit(
     if stopped_early and (ckpt_dir / "best.safetensors").is_file():
         _load_best(accelerator.unwrap_model(module).model, ckpt_dir)
     return FitResult(steps=step, stopped_early=stopped_early, best_val_loss=state["best_val"], history=log.lines)
+
+
+def _step_is_finite(grad_norm: torch.Tensor | None, step_loss: torch.Tensor, accelerator: Accelerator) -> bool:
+    """Whether the step's loss and gradient norm are finite on every process (they must agree, or the processes'
+    weights would drift apart). DeepSpeed clips inside its engine and reports no norm: only the loss is checked."""
+    norm = grad_norm if grad_norm is not None else torch.zeros(())
+    bad = ~torch.isfinite(step_loss) | ~torch.isfinite(norm.to(step_loss.device, torch.float32))
+    return accelerator.reduce(bad.float(), "sum").item() == 0
+
+
+def _bad_steps_message(step: int, in_a_row: int, skipped: int) -> str:
+    return (
+        f"Training stopped at step {step}: the last {in_a_row} steps had a NaN or infinite loss or gradient norm "
+        f"and were skipped ({skipped} skipped in all). The weights are those of the last good step. Try a lower "
+        "training.learning_rate, training.precision=fp32, gradient clipping (training.max_grad_norm=1.0), or look "
+        "for broken rows in the data; training.max_bad_steps sets how many bad steps in a row are tolerated."
+    )
+
+
+def enable_gradient_checkpointing_(model: nn.Module) -> None:
+    """Turn on activation checkpointing in the transformers model inside `model` (itself, under a peft wrapper or
+    under an objective's head), non-reentrant: it needs no input that requires grad and works with frozen bases."""
+    hf = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if hf is None or not hf.supports_gradient_checkpointing:
+        name = type(hf or model).__name__
+        raise ConfigError(
+            f"training.gradient_checkpointing: the model ({name}) does not support activation checkpointing. "
+            "Set training.gradient_checkpointing=false, or lower training.batch_size to save memory instead."
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(hf, "activation_checkpointing_enable"):  # the newer name; gradient_checkpointing_enable is deprecated
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # Models whose own code checkpoints reentrantly need an input that requires grad, which frozen embeddings
+    # (adapters, frozen layers) never give; the hook makes the embeddings' output require it.
+    frozen = not any(p.requires_grad for p in hf.get_input_embeddings().parameters())
+    if frozen and not hasattr(hf, "_require_grads_hook"):
+        hf.enable_input_require_grads()
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
