@@ -19,6 +19,7 @@ from tunelab.export.errors import ExportError
 from tunelab.export.formats import export_gguf
 from tunelab.export.gguf import verify_gguf, write_gguf
 from tunelab.export.merge import merge_run
+from tunelab.models import load_model, resolve_source
 from tunelab.train.run import run_training
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 200, 11, 64]])
@@ -105,3 +106,18 @@ def test_cli_exports_gguf_and_reports_errors(run64, tmp_path: Path, capsys: pyte
     assert verify_gguf(out).metadata["general.file_type"] == 7  # MOSTLY_Q8_0
     assert main(["export", str(tmp_path / "missing"), "--format", "peft"]) == 2
     assert "not a tunelab run folder" in capsys.readouterr().err
+
+
+def test_a_gguf_source_loads_in_bf16_from_a_bf16_copy_with_the_same_weights(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    gguf = write_gguf(tiny_model_dir, tmp_path / "tiny.gguf", "f32")
+    cast = load_model(str(gguf), dtype=torch.float32).to(torch.bfloat16)
+    first = load_model(str(gguf), dtype=torch.bfloat16)
+    assert (resolve_source(str(gguf)).materialize() / "bf16" / "config.json").is_file()  # saved next to fp32 ...
+    again = load_model(str(gguf), dtype=torch.bfloat16)  # ... and read from there
+    for model in (first, again):
+        state = model.state_dict()
+        assert all(t.dtype == torch.bfloat16 for t in state.values())
+        for name, tensor in cast.state_dict().items():
+            assert torch.equal(state[name], tensor), name
