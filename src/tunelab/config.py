@@ -144,8 +144,8 @@ class TrainingSection(Section):
     auto_batch_size: bool = False
     """Choose the micro-batch (`batch_size`) and `grad_accum` so that micro x accum x processes equals
     `global_batch_size`. On CUDA: the largest divisor that trains a step on the longest examples without running
-    out of memory. On CPU nothing is probed: an activation-memory estimate must fit in half the available RAM,
-    and `batch_size` stays the upper bound."""
+    out of memory. On CPU nothing is run: an estimate of the activation memory must fit in half the available RAM
+    (for a model without the usual config sizes, `batch_size` is the cap)."""
     global_batch_size: int | None = Field(None, ge=1)
     """Examples per optimizer step over all processes, for `auto_batch_size` (default: batch_size x grad_accum x
     processes as configured)."""
