@@ -26,6 +26,7 @@ from tunelab.models import load_model, load_tokenizer, resolve_source
 from tunelab.objectives import OBJECTIVES
 from tunelab.objectives.base import SetupArgs
 from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder
+from tunelab.train.batch_size import resolve_batch_size
 from tunelab.train.loop import TrainingModule, fit, validation_metrics
 
 
@@ -111,6 +112,15 @@ def run_training(
             if main:
                 baseline_file.write_text(json.dumps(baseline, indent=2))
 
+    if cfg.training.auto_batch_size:  # the chosen sizes go into the run's config, so a resume reuses them
+        training = resolve_batch_size(
+            cfg.training, model, objective, data.train, pad_id=tokenizer.pad_token_id, accelerator=accelerator,
+            bf16=bf16, ctx=ctx,
+        )  # fmt: skip
+        cfg = cfg.model_copy(update={"training": training})
+        if main:
+            (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+            console.print(f"auto batch size: {training.batch_size} per micro-batch x {training.grad_accum} accumulated")
     result = fit(
         model, objective, data.train, data.val, cfg.training, run_dir,
         pad_id=tokenizer.pad_token_id, accelerator=accelerator, bf16=bf16, resume=resume, ctx=ctx,
