@@ -50,27 +50,25 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     )
 
 
-def run_training(
-    cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console: Console | None = None
-) -> RunResult:
-    """Train as configured and return where the run is and its before/after metrics."""
-    if cfg.stages:
-        from tunelab.train.stages import run_stages
+@dataclass
+class TrainingSetup:
+    """What a run trains and how, built once by `setup_training` (shared by `run_training` and `lr_find`)."""
 
-        return run_stages(cfg, config_path=config_path, resume=resume, console=console)
-    console = console or Console()
-    # accelerate forms a CPU process group (gloo) under torchrun only when told the run is on the CPU.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    tokenizer: PreTrainedTokenizerBase
+    objective: Any
+    data: PreparedData
+    model: nn.Module
+    """On the device, the method applied (and the objective's wrapper, if it has one)."""
+    ctx: Any
+    """What the objective's setup built (a reference model, a teacher), or None."""
+    method: Any
+    device: torch.device
+    bf16: bool
+
+
+def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, console: Console) -> TrainingSetup:
+    """Data, model, method and objective as the config says; what is written goes to `run_dir`."""
     main = accelerator.is_main_process
-    if cfg.training.num_threads:
-        torch.set_num_threads(cfg.training.num_threads)
-    run_dir = run_folder(cfg, config_path, resume) if main else _wait_for_run_dir(cfg, config_path)
-    accelerator.wait_for_everyone()
-    if main:
-        (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
-    set_seed(cfg.training.seed)
-
-    # Setup: data, model, method.
     source = resolve_source(cfg.model.source)
     tokenizer = load_tokenizer(source)
     objective = OBJECTIVES[cfg.objective.name]
@@ -100,6 +98,32 @@ def run_training(
             f"[bold]{cfg.method.name}[/]: {trainable:,} trainable of {total:,} parameters "
             f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}"
         )
+    return TrainingSetup(tokenizer, objective, data, model, ctx, method, device, bf16)
+
+
+def run_training(
+    cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console: Console | None = None
+) -> RunResult:
+    """Train as configured and return where the run is and its before/after metrics."""
+    if cfg.stages:
+        from tunelab.train.stages import run_stages
+
+        return run_stages(cfg, config_path=config_path, resume=resume, console=console)
+    console = console or Console()
+    # accelerate forms a CPU process group (gloo) under torchrun only when told the run is on the CPU.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    run_dir = run_folder(cfg, config_path, resume) if main else _wait_for_run_dir(cfg, config_path)
+    accelerator.wait_for_everyone()
+    if main:
+        (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+    set_seed(cfg.training.seed)
+
+    setup = setup_training(cfg, run_dir, accelerator, console)
+    tokenizer, objective, data, model, ctx = setup.tokenizer, setup.objective, setup.data, setup.model, setup.ctx
+    method, device, bf16 = setup.method, setup.device, setup.bf16
     # Before training the model is the base model (LoRA's B starts at zero), so this is the baseline.
     baseline_file = run_dir / "eval_baseline.json"
     baseline = None
