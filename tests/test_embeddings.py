@@ -14,11 +14,11 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from tunelab.data.records import Example
 from tunelab.embeddings.losses import info_nce, matryoshka
-from tunelab.embeddings.objective import OBJECTIVE, ContrastiveConfig, EmbedItem, collate_embed, contrastive_loss
 from tunelab.embeddings.pooling import encode, mean_pool
 from tunelab.embeddings.retrieval import evaluate_retrieval, retrieval_metrics
 from tunelab.embeddings.train import collate_pairs, pair_batches, train_embedder
 from tunelab.errors import DataError
+from tunelab.objectives.contrastive import OBJECTIVE, ContrastiveConfig, EmbedItem, collate_embed, contrastive_loss
 
 R = 1 / math.sqrt(2)
 
@@ -170,8 +170,8 @@ def test_prepare_embed_pairs_reads_pairs_files_and_refuses_other_kinds(tmp_path:
     import json
 
     from tunelab.config import load_config
-    from tunelab.embeddings.objective import prepare_embed_pairs
     from tunelab.models import load_tokenizer
+    from tunelab.objectives.contrastive import prepare_embed_pairs
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
@@ -188,3 +188,31 @@ def test_prepare_embed_pairs_reads_pairs_files_and_refuses_other_kinds(tmp_path:
     text.write_text("".join(json.dumps({"text": f"plain text row {i}"}) + "\n" for i in range(10)))
     with pytest.raises(DataError, match="pairs only"):
         prepare_embed_pairs(load_config(None, [f"data.train={text}"]), tokenizer, tmp_path / "run2")
+
+
+def test_contrastive_objective_trains_an_encoder_through_run_training(tmp_path: Path) -> None:
+    import json
+
+    from tunelab.config import load_config
+    from tunelab.models import resolve_source
+    from tunelab.train.run import run_training
+
+    tokenizer = _word_tokenizer()
+    folder = tmp_path / "bert"
+    _tiny_bert(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert resolve_source(str(folder)).task == "encoder", "a bare BertModel folder loads as an encoder"
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"anchor": ex.anchor, "positive": ex.positive} for ex in _pairs(0) + _pairs(1)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [
+        f"data.train={pairs}", f"model.source={folder}", "objective=contrastive", "objective.scale=20",
+        "method=full", "training.learning_rate=5e-3", "training.batch_size=16", "training.epochs=3",
+        "training.precision=fp32", "data.val_fraction=0.2", f"output.dir={tmp_path / 'runs'}", "output.name=emb",
+    ])  # fmt: skip
+    result = run_training(cfg)
+    assert result.baseline is not None and "val_acc" in result.final and "val_ppl" not in result.final
+    assert result.final["val_loss"] < 0.8 * result.baseline["val_loss"], (result.baseline, result.final)
+    assert result.final["val_acc"] > result.baseline["val_acc"]
+    saved = next(p for p in (result.run_dir).rglob("config.json") if (p.parent / "model.safetensors").is_file())
+    assert resolve_source(str(saved.parent)).task == "encoder", "the trained encoder reloads as one"

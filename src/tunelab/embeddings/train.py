@@ -1,9 +1,8 @@
 """Contrastive fine-tuning of an encoder on (anchor, positive[, negative]) pairs, outside a run folder.
 
-The objective itself (`embeddings.objective.OBJECTIVE`) is loop-ready; `train_embedder` runs the same loss in a
-small loop of its own (AdamW, linear warmup and decay, no accumulation, no checkpoints) for library use and tests
-while `contrastive` is not yet registered and run.py still evaluates every run by generation (issue #8). It is a
-stop-gap, kept minimal on purpose: once the shared loop trains encoders, `tunelab train` replaces it.
+A run folder trains with `objective: contrastive` (`tunelab.objectives.contrastive`) through the shared loop;
+`train_embedder` runs the same loss in a small in-memory loop (AdamW, linear warmup and decay, no accumulation,
+no checkpoints) for library use on a model already loaded, such as the SetFit path (`tunelab.fewshot.setfit`).
 
 In-batch negatives are only as good as the batch: two anchors sharing one positive text turn each other's
 positive into a false negative. `pair_batches` keeps duplicate positives out of a batch where it can.
@@ -20,8 +19,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.records import Example
-from tunelab.embeddings.objective import ContrastiveConfig, collate_embed, contrastive_loss, tokenize_embed_pair
 from tunelab.errors import DataError
+from tunelab.objectives.contrastive import ContrastiveConfig, collate_embed, contrastive_loss, tokenize_embed_pair
 
 
 def collate_pairs(

@@ -1,5 +1,5 @@
 """The `contrastive` objective: an encoder trained on (anchor, positive[, negative]) pairs with in-batch-negatives
-InfoNCE, in the shape the objective registry takes (`OBJECTIVE`; registering it is one line in objectives/).
+InfoNCE (the embedding maths lives in tunelab.embeddings: losses, pooling, retrieval metrics).
 
 Items are `EmbedItem`s (token ids per role), collated into `{role}_input_ids` / `{role}_attention_mask` tensors.
 The loss is a sum over anchors, its count the number of anchors, and `correct` counts anchors whose own positive
