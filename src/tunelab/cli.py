@@ -68,6 +68,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from tunelab.config import load_config
+    from tunelab.train.lr_find import run_lr_find
+
+    cfg = load_config(args.config, list(args.set or []))
+    run_lr_find(cfg, config_path=Path(args.config), start=args.start, end=args.end, steps=args.steps, console=console)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
@@ -78,6 +86,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     examples = load_examples([args.data]).examples
     if not examples:
         raise TunelabError(f"'{args.data}' holds no usable rows to evaluate on.")
+    if args.shots:  # an in-context baseline: the same rows and metrics, k demonstrations before each question
+        from tunelab.fewshot.baseline import with_pool_shots
+
+        examples = with_pool_shots(examples, args.shot_pool, args.shots, selection=args.shot_selection,
+                                   seed=args.seed, layout=args.shot_layout, embedder=args.shot_embedder)  # fmt: skip
     model, tokenizer = load_for_inference(args.model, dtype=torch.float32)
     metrics, predictions = generation_metrics(
         model, tokenizer, examples, max_examples=args.max_examples, max_new_tokens=args.max_new_tokens,
@@ -178,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
 
+    p = add("lr-find", cmd_lr_find, "Learning-rate range test: the loss as the rate grows; a suggested rate.")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    p.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps from start to end (default 100)")
+
     p = add("eval", cmd_eval, "Generate answers for a data file and score them against its references.")
     p.add_argument("model", help="run folder, embedded model name, HF folder or .gguf file")
     p.add_argument("--data", required=True, help="JSONL with reference answers (last assistant turn)")
@@ -187,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--system", help="system prompt for every example")
     p.add_argument("--bf16", action="store_true", help="generate under bf16 autocast (faster on CPUs with AMX)")
+    p.add_argument("--shots", type=int, default=0, help="k demonstrations before each question (0: zero-shot)")
+    p.add_argument("--shot-pool", help="solved examples to draw demonstrations from (e.g. the training file)")
+    p.add_argument("--shot-selection", choices=["random", "similar"], default="random",
+                   help="demonstrations at random (seeded) or the most similar by embedding")  # fmt: skip
+    p.add_argument("--shot-layout", choices=["turns", "inline"], default="turns",
+                   help="demonstrations as chat turns, or inline in one user message (Input:/Output:)")  # fmt: skip
+    p.add_argument("--shot-embedder", default="minilm-l6", help="encoder for --shot-selection similar")
+    p.add_argument("--seed", type=int, default=0, help="seed of random demonstrations")
 
     p = add("merge", cmd_merge, "Merge a run's adapter into its base model: a standalone HF folder.")
     p.add_argument("run")
