@@ -88,3 +88,43 @@ def test_kshot_examples_are_scored_by_generation_metrics(tiny_model_dir: Path) -
     assert rows[0]["prompt"] == "what is color of cat" and rows[0]["reference"] == "red"
     with pytest.raises(DataError, match="no assistant turn"):
         kshot_examples([Example(messages=[Message("user", "hi")])], POOL, 1)
+
+
+def _write_rows(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    import json
+
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_eval_with_shots_scores_the_same_rows_with_demonstrations(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from tunelab.cli import main
+
+    test = _write_rows(tmp_path / "test.jsonl", [("what is color of cat", "red"), ("what is color of sky", "blue")])
+    pool = _write_rows(
+        tmp_path / "pool.jsonl",
+        [("the weather report for monday", "rain"), ("what is the color of a cat", "red"), ("list three primes", "2")],
+    )
+    base = ["eval", str(tiny_model_dir), "--data", str(test), "--max-new-tokens", "2", "--shot-layout", "inline"]
+    out = tmp_path / "pred.jsonl"
+    assert main([*base, "--out", str(out)]) == 0
+    zero = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["prompt"] for r in zero] == ["what is color of cat", "what is color of sky"], "zero-shot: as is"
+
+    assert main([*base, "--out", str(out), "--shots", "2", "--shot-pool", str(pool), "--seed", "3"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["reference"] for r in rows] == ["red", "blue"], "the same held-out rows, the same references"
+    assert all(r["prompt"].count("Input: ") == 3 and r["prompt"].endswith("\nOutput:") for r in rows)
+    assert {"exact_match", "token_f1"} <= set(rows[0])
+
+    # Similar shots by the embedded MiniLM: the paraphrase of the cat question is the nearest, so it comes last.
+    similar = ["--shots", "1", "--shot-pool", str(pool), "--shot-selection", "similar"]
+    assert main([*base, "--out", str(out), *similar]) == 0
+    cat = json.loads(out.read_text().splitlines()[0])["prompt"]
+    assert cat.startswith("Input: what is the color of a cat\nOutput: red\n\n"), cat
+
+    assert main([*base, "--shots", "2"]) == 2, "no pool: a user error, exit 2"
+    assert main([*base, "--shots", "4", "--shot-pool", str(pool)]) == 2, "k larger than the pool"
