@@ -6,6 +6,9 @@ its summaries.
 - forward transfer FWT = mean_{j>0} (R[j-1, j] - b_j), given each task's accuracy b_j before any training;
 - forgetting F = mean_{j<T-1} (max_{l<T-1} R[l, j] - R[T-1, j]) (Chaudhry et al. 2018): the drop from the best
   accuracy a task ever had.
+
+A matrix built over successive runs may hold None above the diagonal (a task not yet known when an earlier run
+ended); those entries are left out of the maxima and forward transfer.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 @dataclass
 class ContinualReport:
     tasks: list[str]
-    matrix: list[list[float]]
+    matrix: list[list[float | None]]
     average_accuracy: float
     backward_transfer: float | None
     forgetting: float | None
@@ -31,7 +34,8 @@ class ContinualReport:
         pct = f"{{:.{digits}f}}"
         lines = ["| after stage | " + " | ".join(self.tasks) + " |", "|---" * (len(self.tasks) + 1) + "|"]
         for i, row in enumerate(self.matrix):
-            lines.append(f"| {i + 1}: {self.tasks[i]} | " + " | ".join(pct.format(100 * v) for v in row) + " |")
+            cells = ("–" if v is None else pct.format(100 * v) for v in row)
+            lines.append(f"| {i + 1}: {self.tasks[i]} | " + " | ".join(cells) + " |")
         summary = [f"average accuracy {pct.format(100 * self.average_accuracy)}%"]
         if self.backward_transfer is not None:
             summary.append(f"backward transfer {100 * self.backward_transfer:+.{digits}f} pp")
@@ -42,19 +46,22 @@ class ContinualReport:
 
 
 def continual_report(
-    tasks: list[str], matrix: list[list[float]], baseline: list[float] | None = None
+    tasks: list[str], matrix: list[list[float | None]], baseline: list[float] | None = None
 ) -> ContinualReport:
-    """Summaries of a square accuracy matrix (one training stage per task, in task order)."""
+    """Summaries of a square accuracy matrix (one training stage per task, in task order; entries above the
+    diagonal may be None)."""
     t = len(tasks)
     if len(matrix) != t or any(len(row) != t for row in matrix):
         raise ValueError(f"the accuracy matrix must be {t} x {t} (stages x tasks)")
+    if any(matrix[i][j] is None for i in range(t) for j in range(i + 1)):
+        raise ValueError("the accuracy matrix needs every entry on and below the diagonal")
     last = matrix[-1]
     acc = sum(last) / t
     earlier = range(t - 1)
-    per_task = [max(matrix[stage][j] for stage in range(t - 1)) - last[j] for j in earlier]
+    per_task = [max(matrix[s][j] for s in range(t - 1) if matrix[s][j] is not None) - last[j] for j in earlier]
     bwt = sum(last[j] - matrix[j][j] for j in earlier) / (t - 1) if t > 1 else None
     forgetting = sum(per_task) / (t - 1) if t > 1 else None
     fwt = None
-    if baseline is not None and t > 1:
+    if baseline is not None and t > 1 and all(matrix[j - 1][j] is not None for j in range(1, t)):
         fwt = sum(matrix[j - 1][j] - baseline[j] for j in range(1, t)) / (t - 1)
     return ContinualReport(list(tasks), [list(r) for r in matrix], acc, bwt, forgetting, per_task, fwt)

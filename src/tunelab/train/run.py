@@ -105,6 +105,10 @@ def run_training(
     cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console: Console | None = None
 ) -> RunResult:
     """Train as configured and return where the run is and its before/after metrics."""
+    if cfg.continual is not None:  # tasks in sequence, with replay / EWC / an adapter per task
+        from tunelab.continual.run import run_continual
+
+        return run_continual(cfg, config_path=config_path, resume=resume, console=console)
     if cfg.stages:
         from tunelab.train.stages import run_stages
 
