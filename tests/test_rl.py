@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config
+from tests.test_objectives_train import preference_config
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
+from tunelab.models import load_tokenizer
 from tunelab.objectives.grpo import clipped_policy_loss, k3_kl
-from tunelab.rl.rewards import RewardSpec, Sample, combined
-from tunelab.rl.rollout import gae, group_advantages
+from tunelab.rl.rewards import RewardModelScorer, RewardSpec, Sample, combined
+from tunelab.rl.rollout import PromptItem, collate_prompts, gae, group_advantages, sample
 from tunelab.train.run import run_training
 
 
@@ -109,3 +111,34 @@ def test_ppo_raises_the_reward_and_saves_the_policy_only(tmp_path: Path, tiny_mo
     assert result.final["val_reward"] > result.baseline["val_reward"] + 0.3
     saved = (result.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     assert b"value_head" not in saved
+
+
+def test_grpo_on_a_trained_reward_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A reward model trained to prefer 'yes' to 'no' scores rollouts; GRPO on its score alone raises it."""
+    rm = run_training(preference_config(tmp_path, tiny_model_dir, "objective=reward", "training.learning_rate=1e-2",
+                                        name="rm"))  # fmt: skip
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    scorer = RewardModelScorer(str(rm.run_dir), torch.device("cpu"), tokenizer.get_vocab())
+    prompt = tokenizer("<|im_start|>user\nis the cat red<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    rows = [tokenizer("yes<|im_end|>")["input_ids"], tokenizer("no<|im_end|>")["input_ids"]]
+    ids = torch.tensor([prompt + a for a in rows])
+    yes, no = scorer(ids, torch.ones_like(ids))
+    assert yes > no, "the scorer reads the trained head: the preferred answer scores higher"
+    # A rollout scores its prompt + completion rows exactly as the reward model's own forward does.
+    batch = collate_prompts([PromptItem(prompt, 0), PromptItem(prompt[2:], 1)], tokenizer.pad_token_id)
+    rollout = sample(rm.model.model, batch, 2, 4, 1.0, 1.0, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+                     tokenizer)  # fmt: skip
+    got = scorer(rollout.batch["input_ids"], rollout.batch["attention_mask"])
+    with torch.no_grad():
+        want = rm.model(rollout.batch["input_ids"], rollout.batch["attention_mask"]).squeeze(-1)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        RewardModelScorer(str(rm.run_dir), torch.device("cpu"), {"other": 0})
+
+    cfg = preference_config(
+        tmp_path, tiny_model_dir, "objective=grpo", f"objective.reward_model={rm.run_dir}",
+        "objective.max_new_tokens=4", "objective.num_generations=4", "training.batch_size=4",
+        "training.learning_rate=1e-2", "training.max_steps=10", name="grpo_rm",
+    )  # fmt: skip
+    result = run_training(cfg)
+    assert result.final["val_reward"] > result.baseline["val_reward"] + 0.1

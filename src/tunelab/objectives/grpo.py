@@ -123,7 +123,10 @@ def _grpo_extras(ctx: RLContext):
         advantages = group_advantages(rewards, ctx.cfg.num_generations, ctx.cfg.scale_rewards)
         out = {"rewards": rewards, "advantages": advantages}
         with torch.no_grad():
-            out["old_logps"] = token_logps(model, rollout.batch)[0]
+            # With one update per rollout the policy has not moved when the loss runs: π_old is the detached π of
+            # that forward, and a separate forward here would only cost time (TRL does the same).
+            if ctx.cfg.updates_per_rollout > 1:
+                out["old_logps"] = token_logps(model, rollout.batch)[0]
             if ctx.reference is not None:
                 out["ref_logps"] = ctx.reference.token_logps(model, rollout.batch)
         return {k: v.to(batch["input_ids"].device) for k, v in out.items()}
@@ -152,15 +155,15 @@ def grpo_loss(model: nn.Module, batch: Batch, ctx: RLContext) -> LossParts:
     rollout = next_rollout(model, batch, ctx, cfg.num_generations, _grpo_extras(ctx))
     x = rollout.extras
     logps, rows = token_logps(model, rollout.batch)
-    per_token = clipped_policy_loss(logps, x["old_logps"], x["advantages"][rows], cfg.clip)
+    old_logps = x["old_logps"] if "old_logps" in x else logps.detach()
+    per_token = clipped_policy_loss(logps, old_logps, x["advantages"][rows], cfg.clip)
     if cfg.beta and "ref_logps" in x:
         per_token = per_token + cfg.beta * k3_kl(logps, x["ref_logps"])
     losses = masked_rows(per_token, rows, rollout.batch["input_ids"].size(0))
     # Each prompt counts once: its group's mean loss (the loop divides by the prompts of the step).
     prompts = batch["input_ids"].size(0)
-    return LossParts(
-        loss_sum=losses.sum() / cfg.num_generations, count=torch.tensor(prompts), correct=x["rewards"].sum()
-    )
+    n = cfg.num_generations
+    return LossParts(loss_sum=losses.sum() / n, count=torch.tensor(prompts), correct=x["rewards"].sum() / n)
 
 
 def setup_rl(cfg: RLSettings, args: SetupArgs) -> RLContext:
