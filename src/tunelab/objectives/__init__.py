@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from tunelab.objectives import contrastive, distill, dpo, grpo, kto, orpo, ppo, pretrain, reward, seq_distill, sft
+from tunelab.objectives import contrastive, distill, dpo, grpo, kto, orpo, ppo, pretrain, rag, reward, seq_distill, sft
 from tunelab.objectives.base import LossParts, Objective, register
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -23,6 +23,7 @@ register(OBJECTIVES, kto.OBJECTIVE)
 register(OBJECTIVES, reward.OBJECTIVE)
 register(OBJECTIVES, grpo.OBJECTIVE)
 register(OBJECTIVES, ppo.OBJECTIVE)
+register(OBJECTIVES, rag.OBJECTIVE)
 register(OBJECTIVES, contrastive.OBJECTIVE)
 
 OBJECTIVE_CONFIGS = {name: objective.config for name, objective in OBJECTIVES.items()}
