@@ -5,4 +5,6 @@
 - `ewc.ewc_penalty(model, fisher, anchor, lam)`; `ewc.EWCRegularizer(model, state, lam).penalty()` for the loop.
 - `replay.ReservoirBuffer` (Algorithm R) and `replay.mix_replay` (a data schedule).
 - `report.continual_report(tasks, matrix)`: average accuracy, backward transfer, forgetting.
+- `config.ContinualSection` (the `continual:` section) and `run.run_continual`, which `tunelab train` calls for it:
+  tasks in sequence (stages, or successive runs), replay / EWC / an adapter per task, continual.json and .md.
 """
