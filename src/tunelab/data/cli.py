@@ -56,6 +56,12 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("--rejects", help="write every rejected row to this JSON Lines file")
     p.add_argument("--show", type=int, default=1000, help="rejects to list (default 1000)")
     p.add_argument("--num-proc", type=int, default=1, help="processes for reading and hashing")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=5000,
+        help="rows whose token length is measured, at random (default 5000; counts and duplicates use every row)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
 
@@ -92,6 +98,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         num_proc=max(1, args.num_proc),
         near=None if args.no_near else NearParams(threshold=args.near_threshold),
         rejects_file=Path(args.rejects) if args.rejects else None,
+        sample=max(1, args.sample),
     )
     report["rejects"] = report["rejects"][: max(0, args.show)]
     if note:
@@ -218,7 +225,7 @@ def print_inspect(report: dict[str, Any]) -> None:
             console.print(f"  {count:>8,}  {escape(reason)}")
         console.print("[bold]Rejected rows[/] (file:line  field  reason)")
         for r in report["rejects"]:
-            field = f"  [{escape(r['field'])}]" if r.get("field") else ""
+            field = f"  \\[{escape(r['field'])}]" if r.get("field") else ""  # "\\[" prints a bracket, not rich markup
             console.print(f"  {escape(str(r['file']))}:{r['line']}{field}  {escape(r['reason'])}", soft_wrap=True)
         more = report["rejected"] - len(report["rejects"])
         if more > 0:

@@ -33,7 +33,7 @@ def inspect_files(
     tokenizer: Any = None,
     near: NearParams | None = None,
     num_proc: int = 1,
-    sample: int = 20_000,
+    sample: int = 5_000,
     examples: int = 3,
     rejects_file: Path | None = None,
     seed: int = 0,

@@ -171,7 +171,8 @@ def _convert_chunk(
             out.append(example)
         except RowError as exc:
             counts["rejected"] += 1
-            out.append(Reject(origin=origin, reason=str(exc), row=preview(raw.payload), field=exc.field))
+            reason = str(exc) if raw.item is None else f"{exc}; element {raw.item} of the JSON list"
+            out.append(Reject(origin=origin, reason=reason, row=preview(raw.payload), field=exc.field))
     return (then(out) if then is not None else out), counts
 
 

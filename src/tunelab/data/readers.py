@@ -59,6 +59,8 @@ class RawRow:
     """A format implied by the file type (a .txt line is always `text`)."""
     parsed: bool = False
     """True when `payload` is an already parsed value (JSON document, CSV, Parquet), not a line of text."""
+    item: int | None = None
+    """1-based position of the row in a JSON list (several rows share a line when the list is on one line)."""
 
 
 def preview(payload: Any) -> str:
@@ -249,6 +251,7 @@ def _json_list(text: str, start: int) -> Iterator[RawRow]:
     decoder = json.JSONDecoder()
     pos, line, counted = start + 1, 1 + text.count("\n", 0, start), start
     indent: str | None = None
+    item = 0
 
     def line_at(p: int) -> int:
         nonlocal line, counted
@@ -269,6 +272,7 @@ def _json_list(text: str, start: int) -> Iterator[RawRow]:
             line_start = text.rfind("\n", 0, pos) + 1
             indent = text[line_start:pos] if not text[line_start:pos].strip() and line_start > start else ""
         row_line = line_at(pos)
+        item += 1
         try:
             value, end = decoder.raw_decode(text, pos)
         except RecursionError:
@@ -276,6 +280,7 @@ def _json_list(text: str, start: int) -> Iterator[RawRow]:
                 line=row_line,
                 payload=text[pos : pos + PREVIEW],
                 error="malformed JSON (nested too deeply); the rest of the list could not be read",
+                item=item,
             )
             return
         except json.JSONDecodeError as exc:
@@ -283,12 +288,12 @@ def _json_list(text: str, start: int) -> Iterator[RawRow]:
             error = f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
             if resume is None:
                 error += "; the rest of the list could not be read"
-            yield RawRow(line=row_line, payload=text[pos : pos + PREVIEW], error=error)
+            yield RawRow(line=row_line, payload=text[pos : pos + PREVIEW], error=error, item=item)
             if resume is None:
                 return
             pos = resume
             continue
-        yield RawRow(line=row_line, payload=value, size=end - pos, parsed=True)
+        yield RawRow(line=row_line, payload=value, size=end - pos, parsed=True, item=item)
         pos = end
 
 
