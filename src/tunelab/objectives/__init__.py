@@ -9,7 +9,21 @@ from __future__ import annotations
 
 from typing import Union
 
-from tunelab.objectives import contrastive, distill, dpo, grpo, kto, orpo, ppo, pretrain, rag, reward, seq_distill, sft
+from tunelab.objectives import (
+    contrastive,
+    distill,
+    dpo,
+    grpo,
+    kto,
+    orpo,
+    ppo,
+    pretrain,
+    rag,
+    reward,
+    seq_distill,
+    setfit,
+    sft,
+)
 from tunelab.objectives.base import LossParts, Objective, register
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -25,6 +39,7 @@ register(OBJECTIVES, grpo.OBJECTIVE)
 register(OBJECTIVES, ppo.OBJECTIVE)
 register(OBJECTIVES, rag.OBJECTIVE)
 register(OBJECTIVES, contrastive.OBJECTIVE)
+register(OBJECTIVES, setfit.OBJECTIVE)
 
 OBJECTIVE_CONFIGS = {name: objective.config for name, objective in OBJECTIVES.items()}
 ObjectiveConfig = Union[tuple(OBJECTIVE_CONFIGS.values())]  # noqa: UP007 - built at run time from the registry
