@@ -45,8 +45,8 @@ def test_losses_by_hand() -> None:
     assert smoothed == pytest.approx(
         -(0.9 * math.log(p0) + 0.1 * math.log(1 - p0)) - (0.9 * math.log(p1) + 0.1 * math.log(1 - p1))
     )
-    mse = sequence_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([0.5, 1.0]), regression=True)
-    assert (mse.loss_sum.item(), mse.count.item(), mse.correct) == (0.25 + 4.0, 2, None)
+    mse = sequence_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([0.75, 1.0]), regression=True)
+    assert (mse.loss_sum.item(), mse.count.item(), mse.correct.item()) == (0.0625 + 4.0, 2, 1)  # 1 is within 0.5
 
 
 def test_word_labels_go_to_first_subtokens() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tunelab.heads.config import HeadConfig
-from tunelab.heads.losses import IGNORE, align_word_labels, sequence_loss, token_loss
+from tunelab.heads.data import align_word_labels
+from tunelab.heads.losses import IGNORE, sequence_loss, token_loss
 from tunelab.heads.model import TaskModel, attach_head_, load_head_, save_head, task_loss
 
 __all__ = [

@@ -78,12 +78,14 @@ def attach_head_(model: nn.Module, cfg: HeadConfig, label_smoothing: float = 0.0
 
 
 def task_loss(model: TaskModel, batch: dict[str, torch.Tensor]) -> LossParts:
-    """The objective for a task head: `batch['labels']` is B (sequence) or B x T (token, IGNORE = -100)."""
+    """The objective for a task head: `batch['labels']` is B (sequence) or B x T (token, IGNORE = -100). Label
+    smoothing applies while training only, so validation loss stays the plain cross-entropy."""
     logits = model(batch["input_ids"], batch["attention_mask"])
+    smoothing = model.label_smoothing if model.training else 0.0
     if model.cfg.task == "token":
-        return token_loss(logits, batch["labels"], model.label_smoothing)
+        return token_loss(logits, batch["labels"], smoothing)
     regression = model.cfg.problem == "regression"
-    return sequence_loss(logits, batch["labels"], regression, model.label_smoothing)
+    return sequence_loss(logits, batch["labels"], regression, smoothing)
 
 
 def save_head(model: TaskModel, out: Path) -> None:

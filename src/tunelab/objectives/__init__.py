@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Union
 
 from tunelab.objectives import (
+    classify,
     contrastive,
     distill,
     dpo,
@@ -37,6 +38,7 @@ register(OBJECTIVES, kto.OBJECTIVE)
 register(OBJECTIVES, reward.OBJECTIVE)
 register(OBJECTIVES, grpo.OBJECTIVE)
 register(OBJECTIVES, ppo.OBJECTIVE)
+register(OBJECTIVES, classify.OBJECTIVE)
 register(OBJECTIVES, rag.OBJECTIVE)
 register(OBJECTIVES, contrastive.OBJECTIVE)
 register(OBJECTIVES, setfit.OBJECTIVE)

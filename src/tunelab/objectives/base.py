@@ -116,6 +116,9 @@ class Objective:
     """The method-applied model inside the trained module: what the method saves and what generates."""
     save_extra: Callable[[nn.Module, Path], None] | None = None
     """Writes what the method does not save (a reward head) next to the method's result."""
+    scores: Callable[[nn.Module, list[Any], int, int, torch.device, bool], dict[str, float]] | None = None
+    """(model, validation items, batch size, pad id, device, bf16) -> metrics that need every prediction rather
+    than running sums (macro-F1, entity F1); added to the evaluation before and after training."""
 
 
 def register(registry: dict[str, Objective], objective: Objective) -> None:

@@ -192,6 +192,8 @@ def evaluate(
         return {}
     module = TrainingModule(model, objective, ctx)
     metrics = validation_metrics(module, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16)
+    if objective.scores is not None:
+        metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16))
     if generate and cfg.eval.generate and data.val_examples:
         body = objective.body(model)
         gen, predictions = _generate(body, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
