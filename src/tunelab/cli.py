@@ -81,8 +81,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from tunelab.data.load import load_examples
     from tunelab.eval import generation_metrics, metrics_table, write_predictions
-    from tunelab.runs import load_for_inference
+    from tunelab.runs import is_run, load_for_inference, run_config
 
+    if is_run(args.model) and run_config(Path(args.model)).objective.name == "classify":  # a task head: no generation
+        from tunelab.objectives.classify import evaluate_file
+
+        metrics, predictions = evaluate_file(args.model, args.data, args.batch_size)
+        out = write_predictions(predictions, args.out or "predictions.jsonl")
+        console.print(metrics_table({args.model: metrics}, title=f"{args.data} ({len(predictions)} examples)"))
+        console.print(f"per-example predictions: {out}")
+        return
     examples = load_examples([args.data]).examples
     if not examples:
         raise TunelabError(f"'{args.data}' holds no usable rows to evaluate on.")
