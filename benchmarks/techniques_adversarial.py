@@ -75,8 +75,8 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--rows", type=int, default=192)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--eval", type=int, default=40)
     parser.add_argument("--method", nargs="*", default=["fgm"], choices=["fgm", "pgd", "freelb", "smart"])
     parser.add_argument("--epsilon-ratio", type=float, default=0.1)

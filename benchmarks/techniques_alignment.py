@@ -59,8 +59,9 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
         "",
         f"SmolLM2-135M-Instruct, LoRA r 16 from the base model for each method. DPO: {args.steps} steps of 8 pairs "
         f"(β 0.1, lr 5e-4) from the first {args.pairs} training prompts, chosen = the reference date, rejected = the "
-        f"base model's own greedy answer. GRPO: {args.grpo_steps} steps of 4 prompts x {args.generations} samples "
-        f"(temperature {args.temperature}, at most {args.max_new_tokens} new tokens, β 0.04, lr 5e-4) from the same "
+        f"base model's own greedy answer. GRPO: {args.grpo_steps} steps of {args.grpo_prompts} prompts x "
+        f"{args.generations} samples (temperature {args.temperature}, at most {args.max_new_tokens} new tokens, β 0.04,"
+        f" lr {args.grpo_lr:g}; a higher lr than DPO's as its signal per step is weaker) from the same "
         "prompts, rewards from Python functions in the config (anchored ISO regex, exact match, unanchored date regex "
         "0.5, length target 10 chars 0.5); no reward model and no chosen answers. Held-out: the first "
         f"{args.eval} test prompts (unseen dates), greedy. Reward of an answer: ISO format (1) + exact date (1). "
@@ -90,12 +91,14 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=16, help="DPO optimizer steps (8 pairs each)")
-    parser.add_argument("--grpo-steps", type=int, default=16, help="GRPO optimizer steps (4 prompts each)")
+    parser.add_argument("--steps", type=int, default=10, help="DPO optimizer steps (8 pairs each)")
+    parser.add_argument("--grpo-steps", type=int, default=20, help="GRPO optimizer steps")
+    parser.add_argument("--grpo-prompts", type=int, default=2, help="prompts per GRPO step")
+    parser.add_argument("--grpo-lr", type=float, default=1e-3, help="GRPO learning rate")
     parser.add_argument("--generations", type=int, default=4, help="GRPO samples per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="longest GRPO sample")
-    parser.add_argument("--pairs", type=int, default=128, help="DPO training pairs (and GRPO training prompts)")
+    parser.add_argument("--max-new-tokens", type=int, default=12, help="longest GRPO sample (an ISO date is 11)")
+    parser.add_argument("--pairs", type=int, default=80, help="DPO training pairs (and GRPO training prompts)")
     parser.add_argument("--eval", type=int, default=40, help="held-out test prompts answered")
     parser.add_argument("--smoke", action="store_true", help="2 steps, 8 pairs, 4 prompts; results to a temp folder")
     args = parser.parse_args()
@@ -133,7 +136,8 @@ def main() -> None:
 
         chat = write_jsonl(work / "chat.jsonl", train_rows)
         grpo, grpo_s = train("grpo", work, [
-            f"data.train={chat}", *lora, "training.batch_size=4", f"training.max_steps={args.grpo_steps}",
+            f"data.train={chat}", *lora, f"training.batch_size={args.grpo_prompts}",
+            f"training.max_steps={args.grpo_steps}", f"training.learning_rate={args.grpo_lr}",
             "objective=grpo", f"objective.rewards={GRPO_REWARDS}", f"objective.num_generations={args.generations}",
             f"objective.max_new_tokens={args.max_new_tokens}", f"objective.temperature={args.temperature}",
             "objective.beta=0.04",

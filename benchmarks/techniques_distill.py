@@ -112,10 +112,10 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher-steps", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=24, help="optimizer steps of each student")
-    parser.add_argument("--rows", type=int, default=192, help="training rows (batch 8)")
-    parser.add_argument("--eval", type=int, default=40, help="held-out test prompts")
+    parser.add_argument("--teacher-steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=16, help="optimizer steps of each student")
+    parser.add_argument("--rows", type=int, default=128, help="training rows (batch 8)")
+    parser.add_argument("--eval", type=int, default=32, help="held-out test prompts")
     parser.add_argument("--smoke", action="store_true", help="1 step each, 16 rows; results to a temp folder")
     args = parser.parse_args()
     if args.smoke:

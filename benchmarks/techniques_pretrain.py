@@ -79,9 +79,9 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrain-steps", type=int, default=24)
+    parser.add_argument("--pretrain-steps", type=int, default=12)
     parser.add_argument("--steps", type=int, default=16, help="SFT steps (in the staged run and alone)")
-    parser.add_argument("--rows", type=int, default=384, help="training rows of each corpus")
+    parser.add_argument("--rows", type=int, default=256, help="training rows of each corpus")
     parser.add_argument("--eval", type=int, default=40, help="held-out test prompts / domain lines")
     parser.add_argument("--smoke", action="store_true", help="1 step each, 16 rows; results to a temp folder")
     args = parser.parse_args()
