@@ -19,7 +19,7 @@ from tunelab.errors import ConfigError, did_you_mean
 from tunelab.methods import METHOD_CONFIGS, MethodConfig
 from tunelab.objectives import OBJECTIVE_CONFIGS, ObjectiveConfig
 from tunelab.regularizers.config import AdversarialSection
-from tunelab.schema import Section
+from tunelab.schema import Section, read_yaml_mapping
 
 
 class ModelSection(Section):
@@ -282,14 +282,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         where = str(path)
         if not path.is_file():
             raise ConfigError(f"Config file '{path}' does not exist. Check the path.")
-        text = path.read_text(encoding="utf-8")
-        try:
-            loaded = yaml.safe_load(text) or {}
-            lines = _key_lines(yaml.compose(text))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}. Fix the syntax (indentation, quotes, colons).") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, method, ...).")
+        loaded, lines = read_yaml_mapping(path, "sections: model, data, method, ...")
         raw.update(loaded)
         _resolve_data_paths(raw, path.parent)
     for item in overrides:
@@ -338,17 +331,6 @@ def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> None:
     cache_dir = data.get("cache_dir")
     if isinstance(cache_dir, str) and cache_dir and not Path(cache_dir).expanduser().is_absolute():
         data["cache_dir"] = str(folder / cache_dir)
-
-
-def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
-    """Map dotted keys to their 1-based line in the YAML text."""
-    out: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            dotted = f"{prefix}{key_node.value}"
-            out[dotted] = key_node.start_mark.line + 1
-            out.update(_key_lines(value_node, dotted + "."))
-    return out
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -18,12 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from tunelab.errors import ConfigError, did_you_mean
 from tunelab.merging.tensors import MERGE_METHODS
-from tunelab.schema import Section
+from tunelab.schema import Section, read_yaml_mapping
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -133,14 +132,7 @@ def load_merge_config(path: str | Path) -> MergeConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Merge recipe '{path}' does not exist. Give a YAML file or --method/--model flags.")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text) or {}
-        lines = _key_lines(yaml.compose(text))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}. Fix the syntax.") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (merge_method, base_model, models, ...).")
+    raw, lines = read_yaml_mapping(path, "merge_method, base_model, models, ...")
     return parse_merge_config(raw, str(path), lines)
 
 
@@ -153,18 +145,3 @@ def _section_keys(loc: tuple) -> list[str]:
             "parameters": ModelParameters if section is ModelEntry else GlobalParameters,
         }.get(str(name), section)
     return [f.alias or n for n, f in section.model_fields.items()]
-
-
-def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
-    """Dotted keys (list items by index, as pydantic names them) -> 1-based line, for error messages."""
-    out: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            dotted = f"{prefix}{key_node.value}"
-            out[dotted] = key_node.start_mark.line + 1
-            out.update(_key_lines(value_node, dotted + "."))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[f"{prefix}{i}"] = item.start_mark.line + 1
-            out.update(_key_lines(item, f"{prefix}{i}."))
-    return out
