@@ -3,9 +3,10 @@
 Usage: python examples/classify/make_data.py [--out DIR] [--train 200] [--test 80] [--seed 0]
 
 Deterministic (one seeded `random.Random`) and standard library only, so the committed train.jsonl / test.jsonl
-can be rebuilt byte for byte. Each topic has its own subjects, actions and places; the test split uses subjects
-that never appear in training (basketball, not football), so it measures whether the encoder's sense of meaning
-carries the topic over, not whether it memorised words.
+can be rebuilt byte for byte. A sentence is someone talking about one thing ("My sister complained about the
+rugby final yesterday."); only that thing says the topic. The test split's things never appear in training
+(basketball playoffs, not the football match), so it measures whether the encoder's sense of meaning carries the
+topic over, not whether it memorised words.
 """
 
 from __future__ import annotations
@@ -17,40 +18,73 @@ from pathlib import Path
 
 TOPICS = {
     "sport": {
-        "train": ["football", "tennis", "the marathon", "swimming", "cycling", "the rugby final"],
-        "test": ["basketball", "the ski race", "volleyball"],
-        "verbs": ["won", "lost", "trained for", "watched", "scored in", "coached"],
-        "places": ["at the stadium", "on the court", "in the league", "after the match"],
+        "train": [
+            "the football match",
+            "tennis practice",
+            "the marathon",
+            "a swimming race",
+            "the cycling tour",
+            "the rugby final",
+            "a golf tournament",
+            "the boxing title fight",
+        ],
+        "test": ["the basketball playoffs", "a ski jumping contest", "volleyball training", "the hockey season"],
     },
     "cooking": {
-        "train": ["the soup", "a lemon cake", "fresh pasta", "the roast chicken", "pancakes", "the curry"],
-        "test": ["a mushroom risotto", "the apple pie", "dumplings"],
-        "verbs": ["baked", "stirred", "tasted", "seasoned", "served", "burnt"],
-        "places": ["in the kitchen", "for dinner", "in the oven", "at the bakery"],
+        "train": [
+            "a lemon cake",
+            "fresh pasta",
+            "the roast chicken",
+            "pancakes for breakfast",
+            "a spicy curry",
+            "the vegetable soup",
+            "homemade bread",
+            "a chocolate mousse",
+        ],
+        "test": ["a mushroom risotto", "the apple pie", "steamed dumplings", "a lentil stew"],
     },
     "computers": {
-        "train": ["the laptop", "a new keyboard", "the database", "the compiler", "my graphics card", "the router"],
-        "test": ["the web server", "a solid-state drive", "the operating system"],
-        "verbs": ["installed", "rebooted", "upgraded", "debugged", "configured", "crashed"],
-        "places": ["at the office", "over the network", "in the data centre", "after the update"],
+        "train": [
+            "the new laptop",
+            "a mechanical keyboard",
+            "the database migration",
+            "the compiler warnings",
+            "a graphics card",
+            "the wifi router",
+            "the spreadsheet macros",
+            "a printer driver",
+        ],
+        "test": ["the web server", "a solid-state drive", "the operating system update", "a python script"],
     },
     "travel": {
-        "train": ["the flight", "a train ticket", "the hotel room", "my passport", "the ferry", "a road trip"],
-        "test": ["the cruise", "a hostel bed", "the overnight bus"],
-        "verbs": ["booked", "missed", "cancelled", "planned", "enjoyed", "delayed"],
-        "places": ["at the airport", "abroad", "for the holiday", "at the border"],
+        "train": [
+            "the flight to Lisbon",
+            "a train ticket",
+            "the hotel booking",
+            "a passport renewal",
+            "the ferry",
+            "a road trip",
+            "the airport lounge",
+            "a visa application",
+        ],
+        "test": ["a cruise to Norway", "a hostel in Berlin", "the overnight bus", "a camping holiday"],
     },
 }
-SUBJECTS = ["I", "We", "My sister", "The team", "Our neighbour", "Everyone"]
-ENDINGS = ["", " yesterday", " last week", " again", " this morning"]
+# Shared by every topic, so the topic is in the subject alone.
+PEOPLE = ["I", "We", "My sister", "The team", "Our neighbour", "Everyone"]
+VERBS = [
+    "talked about",
+    "read about",
+    "asked about",
+    "wrote about",
+    "complained about",
+    "could not stop thinking about",
+]
+ENDINGS = ["", " yesterday", " at lunch", " in a long email", " on the phone", " all evening"]
 
 
 def sentence(rng: random.Random, topic: str, split: str) -> str:
-    t = TOPICS[topic]
-    return (
-        f"{rng.choice(SUBJECTS)} {rng.choice(t['verbs'])} {rng.choice(t[split])} "
-        f"{rng.choice(t['places'])}{rng.choice(ENDINGS)}."
-    )
+    return f"{rng.choice(PEOPLE)} {rng.choice(VERBS)} {rng.choice(TOPICS[topic][split])}{rng.choice(ENDINGS)}."
 
 
 def rows(rng: random.Random, n: int, split: str) -> list[dict[str, str]]:
