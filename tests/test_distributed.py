@@ -1,10 +1,12 @@
-"""The same `tunelab train` under torchrun with 2 CPU processes (gloo) matches one process with the same
-global batch: one process with batch 4 and 2 accumulation steps sees exactly the batches that 2 processes with
-batch 4 see together, and the loss is normalised over the target tokens of all of them."""
+"""The same `tunelab train` under torchrun or `accelerate launch` with 2 CPU processes (gloo) matches one process
+with the same global batch: one process with batch 4 and 2 accumulation steps sees exactly the batches that 2
+processes with batch 4 see together, and the loss is normalised over the target tokens of all of them. A launch
+that asks for FSDP or DeepSpeed is refused with a clear message."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,9 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.commands.config.config_args import ClusterConfig
 from safetensors.torch import load_file
 
 from tests.tiny import write_color_task
+from tunelab.errors import RunError
+from tunelab.train.loop import check_backend
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "accelerate"
 
 
 def config(tmp_path: Path, model_dir: Path, name: str, grad_accum: int) -> Path:
@@ -36,26 +44,58 @@ output: {{dir: {tmp_path / "runs"}, name: {name}}}
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [x["loss"] for x in map(json.loads, (run_dir / "metrics.jsonl").open()) if "loss" in x]
+
+
 def test_two_process_ddp_matches_one_process(tmp_path: Path, tiny_model_dir: Path) -> None:
     single = config(tmp_path, tiny_model_dir, "single", grad_accum=2)
     subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(single)], check=True, capture_output=True)
-    ddp = config(tmp_path, tiny_model_dir, "ddp", grad_accum=1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    done = subprocess.run(
-        [*launch, "-m", "tunelab.cli", "train", str(ddp)], capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / "ddp.yaml"),
+                  "--main_process_port", str(free_port())]  # fmt: skip
+    runs = tmp_path / "runs"
+    for name, launch in (("ddp", torchrun), ("accelerate", accelerate)):
+        ddp = config(tmp_path, tiny_model_dir, name, grad_accum=1)
+        done = subprocess.run(
+            [*launch, "-m", "tunelab.cli", "train", str(ddp)], capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
 
-    a = load_file(tmp_path / "runs" / "single" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "runs" / "ddp" / "adapter" / "adapter_model.safetensors")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
-    losses = {
-        name: [x["loss"] for x in map(json.loads, (tmp_path / "runs" / name / "metrics.jsonl").open()) if "loss" in x]
-        for name in ("single", "ddp")
-    }
-    assert len(losses["ddp"]) == 4  # written once, by the main process
-    assert losses["single"] == pytest.approx(losses["ddp"], rel=1e-4)
+        a = load_file(runs / "single" / "adapter" / "adapter_model.safetensors")
+        b = load_file(runs / name / "adapter" / "adapter_model.safetensors")
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        assert len(losses(runs / name)) == 4  # written once, by the main process
+        assert losses(runs / "single") == pytest.approx(losses(runs / name), rel=1e-4)
+
+
+@pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_backends_on_cpu_are_refused(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    # What `accelerate launch --config_file fsdp.yaml` sets; on the CPU accelerate would run plain DDP instead.
+    accelerator = Accelerator(cpu=True)  # built first: with the DeepSpeed flag it would need deepspeed installed
+    monkeypatch.setenv(env, "true")
+    with pytest.raises(RunError, match=r"only on GPUs.*ddp\.yaml"):
+        check_backend(accelerator)
+    monkeypatch.setenv(env, "false")
+    check_backend(accelerator)
+
+
+def test_fsdp_launch_fails_with_the_message(tmp_path: Path, tiny_model_dir: Path) -> None:
+    path = config(tmp_path, tiny_model_dir, "fsdp", grad_accum=1)
+    env = {**os.environ, "ACCELERATE_USE_FSDP": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "train", str(path)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 2 and "FSDP" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_example_accelerate_config_loads() -> None:
+    cluster = ClusterConfig.from_yaml_file(EXAMPLES / "ddp.yaml")
+    assert cluster.num_processes == 2 and cluster.mixed_precision == "no" and cluster.distributed_type == "MULTI_GPU"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from peft.helpers import disable_input_dtype_casting
 from torch import nn
 from transformers import PreTrainedModel
@@ -113,6 +115,7 @@ def fit(
 ) -> FitResult:
     """Train `model` in place on `train` (items of the objective's kind), evaluating on `val`; checkpoints and
     metrics go to `run_dir`. `ctx` is what the objective's setup built."""
+    check_backend(accelerator)
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     lengths = [objective.length(t) for t in train]
@@ -256,6 +259,29 @@ def fit(
     if stopped_early and (ckpt_dir / "best.safetensors").is_file():
         _load_best(accelerator.unwrap_model(module).model, ckpt_dir)
     return FitResult(steps=step, stopped_early=stopped_early, best_val_loss=state["best_val"], history=log.lines)
+
+
+def check_backend(accelerator: Accelerator) -> None:
+    """Refuse a launch that asks for FSDP or DeepSpeed: on the CPU accelerate quietly runs plain data parallelism
+    instead, and on GPUs the loop writes checkpoints and weights from the main process's own copy of the weights,
+    which both shard (DeepSpeed also steps inside its engine, past the loop's accumulation and step guard)."""
+    asked = {name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(env, "false").lower() == "true"}  # fmt: skip
+    running = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed"}.get(accelerator.distributed_type)
+    if not asked and running is None:
+        return
+    name = running or sorted(asked)[0]
+    if running is None:
+        raise RunError(
+            f"The launch asks for {name}, which accelerate runs only on GPUs: on the CPU it would quietly fall back to "
+            "plain data parallelism. Launch with examples/accelerate/ddp.yaml (or torchrun) instead."
+        )
+    raise RunError(
+        f"tunelab does not train under {name} yet: checkpoints and the trained weights are written by the main "
+        f"process from its own copy of the weights, which {name} shards across processes. Launch with "
+        "examples/accelerate/ddp.yaml (DDP); to fit a larger model on each GPU use an adapter method (lora, qlora), "
+        "training.gradient_checkpointing and training.auto_batch_size."
+    )
 
 
 def _step_is_finite(grad_norm: torch.Tensor | None, step_loss: torch.Tensor, accelerator: Accelerator) -> bool:
