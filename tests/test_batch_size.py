@@ -8,8 +8,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from tests.helpers import tiny_config
 from tests.test_train_guard import items
-from tunelab.config import TrainingSection
+from tunelab.config import TrainingSection, load_config
 from tunelab.errors import ConfigError, RunError
 from tunelab.models import load_model
 from tunelab.objectives import OBJECTIVES
@@ -22,6 +23,8 @@ from tunelab.train.batch_size import (
     split_global_batch,
     trial_step_fits,
 )
+from tunelab.train.loop import read_metrics
+from tunelab.train.run import run_training
 
 
 def test_divisors() -> None:
@@ -94,6 +97,20 @@ def test_resolve_on_cpu_keeps_the_global_batch(tiny_model_dir: Path) -> None:
 
 def test_trial_step_runs_a_step_and_leaves_no_gradients(tiny_model_dir: Path) -> None:
     model = load_model(str(tiny_model_dir))
-    fits = trial_step_fits(model, OBJECTIVES["sft"], items(), pad_id=0, device=torch.device("cpu"), bf16=False, ctx=None)
+    fits = trial_step_fits(
+        model, OBJECTIVES["sft"], items(), pad_id=0, device=torch.device("cpu"), bf16=False, ctx=None
+    )
     assert fits(5)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_run_records_the_chosen_sizes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = tiny_config(
+        tmp_path, tiny_model_dir, "training.auto_batch_size=true", "training.global_batch_size=12",
+        "training.gradient_checkpointing=true", "training.max_steps=2", "eval.generate=false", "eval.baseline=false",
+    )  # fmt: skip
+    run_dir = run_training(cfg).run_dir
+    saved = load_config(run_dir / "config.yaml").training
+    assert (saved.batch_size, saved.grad_accum, saved.auto_batch_size) == (12, 1, False)
+    assert saved.gradient_checkpointing
+    assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [2]
