@@ -7,7 +7,7 @@ run is an ordinary `run_training` with `objective: contrastive` (in-batch negati
 Reports recall@k, MRR and nDCG@10 on held-out queries, before and after, at the full 384 dims and truncated to 64.
 Writes benchmarks/results/techniques_embeddings.json and .md.
 
-    .venv/bin/python benchmarks/techniques_embeddings.py                # 24 steps of 32 pairs
+    .venv/bin/python benchmarks/techniques_embeddings.py                # 16 steps of 32 pairs
     .venv/bin/python benchmarks/techniques_embeddings.py --max-steps 2 --queries 20   # smoke run
 """
 
@@ -41,7 +41,7 @@ def read_split(name: str) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-steps", type=int, default=24, help="optimizer steps (one epoch would be 63)")
+    parser.add_argument("--max-steps", type=int, default=16, help="optimizer steps (one epoch would be 63)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per step (the in-batch negatives)")
     parser.add_argument("--queries", type=int, default=200, help="held-out queries evaluated")
     parser.add_argument("--threads", type=int, default=1)
