@@ -1,5 +1,8 @@
-"""Zero-shot and k-shot in-context baselines, scored by the same metrics as fine-tuned models.
+"""Few-shot learning: in-context baselines and fine-tuning suited to a handful of labelled examples.
 
-`prompts.kshot_examples(eval_examples, pool, k, strategy=...)` returns examples whose conversations start with k
-demonstrations; pass them to `tunelab.eval.generation_metrics` like any validation set.
+- `prompts.kshot_examples(eval_examples, pool, k, strategy=...)`: examples whose conversations start with k
+  demonstrations (seeded random, or nearest by embedding); score them with `tunelab.eval.generation_metrics` like
+  any validation set. `baseline.with_pool_shots` is what `tunelab eval --shots K --shot-pool FILE` runs.
+- `setfit`: SetFit for sentence encoders (contrastive pairs, then a logistic-regression head); train it with
+  `objective: setfit` and load the result with `SetFitClassifier.load(folder)`.
 """
