@@ -51,6 +51,8 @@ class SetFitItem(EmbedItem):
 class SetFitData(PreparedData):
     labelled: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
     """Per split (`train`, `val`): the texts and their labels, for fitting and scoring the head."""
+    smote_k: int | None = None
+    """With `data.augment.smote`: SMOTE's neighbour count for the head's training embeddings (None: no SMOTE)."""
 
 
 class SetFitModule(nn.Module):
@@ -60,6 +62,7 @@ class SetFitModule(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.tokenizer, self.labelled, self.head_c = tokenizer, data.labelled, cfg.head_c
+        self.smote_k = data.smote_k
 
 
 def collate_setfit(items: list[SetFitItem], pad_id: int) -> Batch:
@@ -105,7 +108,8 @@ def prepare_setfit(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_d
     if not items["train"]:
         raise DataError("SetFit needs training rows of at least two labels; check the data's 'label' field.")
     report = {**prepared.report, "train_examples": len(items["train"]), "val_examples": len(items["val"])}
-    return SetFitData(train=items["train"], val=items["val"], val_examples=[], report=report, labelled=labelled)
+    smote_k = cfg.data.augment.smote_k if cfg.data.augment.smote else None
+    return SetFitData(items["train"], items["val"], [], report, labelled=labelled, smote_k=smote_k)
 
 
 def _setup(cfg: SetFitConfig, args: SetupArgs) -> tuple[nn.Module, Any]:
@@ -115,8 +119,14 @@ def _setup(cfg: SetFitConfig, args: SetupArgs) -> tuple[nn.Module, Any]:
 def _save_head(model: SetFitModule, folder: Path) -> None:
     """Phase 2: fit the logistic-regression head on the trained embeddings; record its accuracy."""
     texts, labels = model.labelled["train"]
-    head = fit_head(encode(model.encoder, model.tokenizer, texts).float().cpu().numpy(), labels, c=model.head_c)
+    vectors = encode(model.encoder, model.tokenizer, texts).float().cpu().numpy()
     scores = {}
+    if model.smote_k is not None:  # synthetic minority-class embeddings of the trained encoder, for the head only
+        from tunelab.data.augment import smote_embeddings
+
+        vectors, labels, synthetic = smote_embeddings(vectors, labels, model.smote_k)
+        scores["smote_synthetic"] = int(synthetic.sum())
+    head = fit_head(vectors, [str(y) for y in labels], c=model.head_c)
     for split, (split_texts, split_labels) in model.labelled.items():
         if split_texts:
             predicted = head.predict(encode(model.encoder, model.tokenizer, split_texts).float().cpu().numpy())
