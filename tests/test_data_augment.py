@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from tunelab.data.augment import augment_eda, eda, oversample, paraphrase, smote_embeddings
+from tunelab.data.prepare import PreparedDataset
 from tunelab.data.records import Example, Message
 
 
@@ -93,3 +95,49 @@ def test_smote_on_embedded_encoder_embeddings(tmp_path: Path) -> None:
     prepared = prepare_dataset(cfg, tokenizer=_NoTokenizer(), seed=0, out_dir=tmp_path / "out")
     saved = np.load(prepared.folder / "train_smote.npz")
     assert saved["embeddings"].shape == (12, 384) and int(saved["synthetic"].sum()) == 4
+
+
+def test_setfit_head_is_fitted_on_smote_embeddings_of_the_trained_encoder(tmp_path: Path) -> None:
+    from tests.test_embeddings import _tiny_bert, _word_tokenizer
+    from tests.test_setfit import _rows
+    from tunelab.config import load_config
+    from tunelab.errors import DataError
+    from tunelab.fewshot.setfit import HEAD_FILE, fit_head
+    from tunelab.runs import artifact_dir
+    from tunelab.train.run import run_training
+
+    tokenizer = _word_tokenizer()
+    folder = tmp_path / "bert"
+    _tiny_bert(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    rows = _rows(40, 0)
+    kept = [r for r in rows if r["label"] == "animal"] + [r for r in rows if r["label"] == "thing"][:4]  # 20 vs 4
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    cfg = load_config(None, [
+        f"data.train={train}", "data.val_fraction=0", f"model.source={folder}", "objective=setfit",
+        "objective.pairs_per_text=1", "method=full", "training.max_steps=1", "training.precision=fp32",
+        "data.augment.smote=true", "data.augment.smote_k=3", f"data.augment.encoder={folder}",
+        f"data.cache_dir={tmp_path / 'c'}", "eval.baseline=false", f"output.dir={tmp_path / 'runs'}",
+    ])  # fmt: skip
+    result = run_training(cfg)
+    saved = artifact_dir(result.run_dir, "full")
+    recorded = json.loads((saved / HEAD_FILE).read_text())
+    assert recorded["smote_synthetic"] == 16 and recorded["train_examples"] == 24  # 4 'thing' brought up to 20
+    report = json.loads((result.run_dir / "report.json").read_text())  # setfit's data report
+    assert report["smote"]["synthetic"] == 16 and report["smote"]["vectors"] == 40  # the pipeline's frozen-encoder copy
+    npz = np.load(Path(report["dataset"]) / "train_smote.npz")
+    assert npz["synthetic"].sum() == 16 and set(npz["origins"][~npz["synthetic"]]) == {
+        r["origin"] for r in PreparedDataset(Path(report["dataset"]), report).table("train_records").to_pylist()
+    }
+    # The saved head is what fitting on real + synthetic vectors gives, not on the real ones alone.
+    from tunelab.embeddings.pooling import encode
+    from tunelab.models import load_model
+
+    vectors = encode(load_model(str(saved)), tokenizer, [r["text"] for r in kept]).float().numpy()
+    x, y, _ = smote_embeddings(vectors, [r["label"] for r in kept], k=3)
+    expected = fit_head(x, [str(v) for v in y])
+    assert np.allclose(recorded["coef"], expected.coef, atol=1e-4)
+    assert not np.allclose(recorded["coef"], fit_head(vectors, [r["label"] for r in kept]).coef, atol=1e-4)
+    with pytest.raises(DataError, match="at least 2 per class"):
+        smote_embeddings(vectors[:21], [r["label"] for r in kept][:21])

@@ -5,8 +5,12 @@
 - Minority-class oversampling: copies of records of the smaller classes until every class is as large as the
   largest.
 - Paraphrasing of prompts (chat) or texts (classification) by any tunelab model (the embedded one by default).
-- SMOTE (imbalanced-learn) on sentence embeddings, for classification heads trained on embeddings: the
-  synthetic points are vectors, not texts, so they are saved next to the dataset (`train_smote.npz`).
+- SMOTE (imbalanced-learn) on sentence embeddings, for classification heads trained on embeddings. The
+  synthetic points are vectors, not texts, and they only mean something in the space of the encoder that made
+  them. So: objective `setfit` applies SMOTE to its *trained* encoder's embeddings when it fits its head (the
+  synthetic count goes into setfit_head.json); the pipeline saves SMOTE over `augment.encoder`'s embeddings as
+  `train_smote.npz` next to the dataset, for a head on that encoder kept frozen. Objective `classify` trains
+  its body end to end, where fixed vectors do not apply: balance it with `oversample` or `sampling: balanced`.
 
 Every random choice is seeded by (seed, record origin, variant), so a record's variants do not depend on the
 order records are processed in.
@@ -134,7 +138,13 @@ def smote_embeddings(
     if len(counts) < 2 or smallest == max(counts.values()):
         return embeddings, np.asarray(labels), np.zeros(len(labels), dtype=bool)
     if smallest < 2:
-        raise ValueError(f"SMOTE needs at least 2 records per class; '{min(counts, key=counts.get)}' has 1")
+        from tunelab.errors import DataError
+
+        raise DataError(
+            f"SMOTE (data.augment.smote) interpolates between records of the same class, so it needs at least 2 per "
+            f"class; label '{min(counts, key=counts.get)}' has 1. Add rows of that class, or set "
+            "data.augment.smote=false (data.augment.oversample copies records instead)."
+        )
     sampler = SMOTE(k_neighbors=min(k, smallest - 1), random_state=seed)
     x, y = sampler.fit_resample(embeddings, np.asarray(labels))
     # imbalanced-learn appends the synthetic points after the originals.

@@ -82,8 +82,11 @@ class AugmentSection(Section):
     paraphrase_max_new_tokens: int = Field(128, ge=1)
     """Length limit of a paraphrase in tokens."""
     smote: bool = False
-    """SMOTE on sentence embeddings of classification texts (for classification heads): the balanced
-    embeddings and labels are saved as train_smote.npz next to the dataset."""
+    """SMOTE on sentence embeddings of classification texts, for heads trained on embeddings. Objective `setfit`
+    fits its head on its trained encoder's embeddings plus SMOTE's synthetic ones (counted in setfit_head.json);
+    the pipeline also saves `encoder`'s balanced embeddings, labels and a synthetic mask as train_smote.npz
+    next to the dataset, for a head on that encoder kept frozen. (Objective `classify` trains the body too,
+    where fixed vectors do not apply: use `oversample` or `schedule.sampling: balanced` there.)"""
     smote_k: int = Field(5, ge=1)
     """Neighbours SMOTE interpolates between."""
     encoder: str = "minilm-l6"

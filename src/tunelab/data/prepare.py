@@ -374,7 +374,8 @@ def _augment(
         if labelled:
             vectors = augment.embed_texts([e.text for e in labelled], a.encoder)
             x, y, is_synthetic = augment.smote_embeddings(vectors, [e.label for e in labelled], a.smote_k, seed)
-            np.savez(out / "train_smote.npz", embeddings=x, labels=y, synthetic=is_synthetic)
+            origins = np.asarray([e.origin for e in labelled] + [""] * int(is_synthetic.sum()))
+            np.savez(out / "train_smote.npz", embeddings=x, labels=y, synthetic=is_synthetic, origins=origins)
             counts["smote"] = {"vectors": len(y), "synthetic": int(is_synthetic.sum()), "encoder": a.encoder}
     counts["augmented"] = dict(Counter(e.meta["augmented"] for e in extra))
     return extra
