@@ -127,6 +127,22 @@ def test_encoder_token_head_trains_and_reloads(tmp_path: Path) -> None:
         torch.testing.assert_close(reloaded(ids, batch["attention_mask"]), model(ids, batch["attention_mask"]))
 
 
+def test_head_label_smoothing_applies_while_training_only() -> None:
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    model = attach_head_(BertModel(config), HeadConfig(num_labels=3), label_smoothing=0.3)
+    ids = torch.randint(1, 50, (4, 5))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 1])}
+    with torch.no_grad():
+        logits = model(ids, batch["attention_mask"])
+        smoothed = task_loss(model.train(), batch).loss_sum
+        plain = task_loss(model.eval(), batch).loss_sum
+    torch.testing.assert_close(smoothed, sequence_loss(logits, batch["labels"], label_smoothing=0.3).loss_sum)
+    torch.testing.assert_close(plain, sequence_loss(logits, batch["labels"]).loss_sum)
+    assert abs(float(smoothed - plain)) > 1e-3
+
+
 def test_heads_refuse_virtual_token_methods(tiny_model_dir: Path) -> None:
     body = METHODS["prompt"].apply_(load_model(str(tiny_model_dir)), METHOD_CONFIGS["prompt"](num_virtual_tokens=2))
     with pytest.raises(ConfigError, match="cannot sit on a prefix/prompt-tuned model"):
