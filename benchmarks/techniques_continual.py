@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -117,7 +118,8 @@ def main() -> None:
                       "stages": [{"name": n, "data": {"train": [str(d[0])], "validation": [str(d[1])]}}
                                  for n, d in (("dates", dates), ("clock", clock))]}  # fmt: skip
             results["lora_per_task"] = run_staged(staged, args)
-    payload = {"args": vars(args), "ewc_lambda": lam, "drift": {"naive": naive_drift, "ewc": ewc_drift},
+    payload = {"command": " ".join([".venv/bin/python", f"benchmarks/techniques_{NAME}.py", *sys.argv[1:]]),
+               "args": vars(args), "ewc_lambda": lam, "drift": {"naive": naive_drift, "ewc": ewc_drift},
                "stage1": first, "results": results, "wall_s": time.perf_counter() - started}  # fmt: skip
     save(NAME, payload)
     write_markdown(payload)
@@ -150,9 +152,7 @@ def write_markdown(p: dict) -> None:
     lines = [
         "## Continual learning: naive vs replay vs EWC vs an adapter per task",
         "",
-        "Command: `.venv/bin/python benchmarks/techniques_continual.py"
-        + (f" --steps {a['steps']}" if a["steps"] != 16 else "")
-        + "`",
+        f"Command: `{p['command']}`",
         "",
         f"SmolLM2-135M-Instruct (embedded), LoRA r16/α32 on all linear layers, lr 1e-3, batch {a['batch']}. "
         f"Task 1: dates (examples/dates -> YYYY-MM-DD), task 2: clock times (-> HH:MM, generated, held-out hour/minute "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,7 +91,12 @@ def main() -> None:
             "clock": (time_train.rename(work / "clock.jsonl"), time_test.rename(work / "val" / "clock.jsonl")),
         }  # fmt: skip
         results = {name: train_and_score(name, t, extra, files, work, args) for name, (t, extra) in MODELS.items()}
-    payload = {"args": vars(args), "results": results, "wall_s": time.perf_counter() - started}
+    payload = {
+        "command": " ".join([".venv/bin/python", f"benchmarks/techniques_{NAME}.py", *sys.argv[1:]]),
+        "args": vars(args),
+        "results": results,
+        "wall_s": time.perf_counter() - started,
+    }
     save(NAME, payload)
     write_markdown(payload)
 
@@ -102,9 +108,7 @@ def write_markdown(p: dict) -> None:
     lines = [
         "## Multi-task vs single-task adapters",
         "",
-        "Command: `.venv/bin/python benchmarks/techniques_multitask.py"
-        + (f" --steps {a['steps']}" if a["steps"] != 16 else "")
-        + "`",
+        f"Command: `{p['command']}`",
         "",
         f"SmolLM2-135M-Instruct (embedded), LoRA r16/α32 on all linear layers, lr 1e-3, batch {a['batch']}. "
         f"Tasks: dates (examples/dates -> YYYY-MM-DD) and clock times (-> HH:MM, generated, held-out hour/minute "
