@@ -22,7 +22,7 @@ from tunelab.cli import main
 from tunelab.config import load_config
 from tunelab.data.records import Example
 from tunelab.errors import DataError
-from tunelab.heads.data import encode_tagged, label_names
+from tunelab.heads.data import encode_sequence, encode_tagged, label_names
 from tunelab.heads.metrics import bio_spans, entity_f1, macro_f1
 from tunelab.methods.base import trainable_parameters
 from tunelab.models import load_tokenizer
@@ -216,6 +216,18 @@ def test_words_map_to_first_tokens(tiny_bert_dir: Path, tiny_model_dir: Path) ->
     assert [t for t in cut if t != -100] == tags[: sum(t != -100 for t in cut)] and len(cut) == 4
     with pytest.raises(ValueError, match="5 words for 4 tags"):
         encode_tagged(example, load_tokenizer(str(tiny_bert_dir)), 64, tags[:4])
+
+
+def test_text_pairs_and_length_limits(tiny_bert_dir: Path, tiny_model_dir: Path) -> None:
+    pair = Example(kind="classification", text="the cat sat", text_pair="a dog ran", label="x")
+    bert = load_tokenizer(str(tiny_bert_dir))
+    ids = encode_sequence(pair, bert, 64)
+    assert bert.convert_ids_to_tokens(ids).count("[SEP]") == 2 and ids[0] == bert.cls_token_id  # BERT's pair form
+    llama = load_tokenizer(str(tiny_model_dir))  # no separator token: the texts are joined by a newline
+    assert encode_sequence(pair, llama, 64) == llama("the cat sat\na dog ran")["input_ids"]
+    assert len(encode_sequence(pair, bert, 5)) == 5
+    with pytest.raises(ValueError, match=r"more than data\.max_length=5"):
+        encode_sequence(pair, bert, 5, truncation="reject")
 
 
 def test_label_names_and_scores_by_hand() -> None:
