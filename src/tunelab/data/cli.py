@@ -35,7 +35,8 @@ def add_data_commands(sub: Any) -> None:
         "with file:line and reason, exact and near duplicates, token length histogram, label balance, examples. "
         "Formats: chat (messages), sharegpt (conversations), alpaca (instruction/input/output), "
         "prompt_completion, text (or .txt files), preference (prompt/chosen/rejected), openai_preference "
-        "(input/preferred_output/non_preferred_output), classification (text/label), pairs (anchor/positive).",
+        "(input/preferred_output/non_preferred_output), classification (text/label), pairs (anchor/positive), "
+        "token_classification (tokens/tags).",
     )
     p.add_argument("files", nargs="+", help="data files, folders or glob patterns")
     p.add_argument("--format", default="auto", help="row format of every file (default: detected per file)")
