@@ -112,11 +112,11 @@ def generate(model, tokenizer, examples, batch_size: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--test", type=int, default=200, help="held-out sentences (fine-tuned models)")
-    parser.add_argument("--prompt-eval", type=int, default=100, help="held-out sentences scored by prompting")
-    parser.add_argument("--prompt-ks", type=int, nargs="+", default=[0, 2, 4, 8], help="shots per class, prompting")
+    parser.add_argument("--prompt-eval", type=int, default=60, help="held-out sentences scored by prompting")
+    parser.add_argument("--prompt-ks", type=int, nargs="+", default=[0, 1, 2, 4], help="shots per class, prompting")
     parser.add_argument("--tune-ks", type=int, nargs="+", default=[8, 16, 32], help="examples per class, fine-tuning")
-    parser.add_argument("--lora-steps", type=int, default=30, help="LoRA steps of 8 rows")
-    parser.add_argument("--setfit-pairs", type=int, default=10, help="SetFit pair rounds per text")
+    parser.add_argument("--lora-steps", type=int, default=16, help="LoRA steps of 8 rows")
+    parser.add_argument("--setfit-pairs", type=int, default=5, help="SetFit pair rounds per text")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
