@@ -163,10 +163,15 @@ def test_train_command_on_the_corpus(tmp_path: Path, tiny_model_dir: Path) -> No
     strict = tunelab("train", str(cfg), cwd=tmp_path)  # default max_bad_fraction 0.05: 11 of 25 is too many
     assert strict.returncode == 2 and "max_bad_fraction" in strict.stderr, strict.stderr[-2000:]
 
-    done = tunelab("train", str(cfg), "--set", "data.max_bad_fraction=0.5", cwd=tmp_path)
+    lenient = ["--set", "data.max_bad_fraction=0.5"]
+    assert main(["data", "prepare", str(cfg), "--out", str(tmp_path / "prepared"), *lenient]) == 0
+    done = tunelab("train", str(cfg), *lenient, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "robust"
     report = json.loads((run / "data_report.json").read_text())
+    assert report["cached"]  # training reuses what `tunelab data prepare` built
+    prepared = json.loads((tmp_path / "prepared" / "report.json").read_text())
+    assert prepared["accounting"] == report["accounting"] and prepared["fingerprint"] == report["fingerprint"]
     good = sum(g for _, g in CHAT_FILES.values()) - 1  # context.jsonl:1 is too long for max_length 128
     assert report["accounting"] == {"rows": 25, "kept": good, "rejected": 11, "removed": 0}
     rejects = [json.loads(x) for x in (run / "rejects.jsonl").read_text().splitlines()]

@@ -365,7 +365,7 @@ def _parquet(path: Path) -> Iterator[RawRow]:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise FileProblem(
-            f"Parquet file '{path}' cannot be read: {exc}. Re-export it, or convert it to JSON Lines."
+            f"Parquet file '{path}' cannot be read: {str(exc).rstrip('.')}. Re-export it, or convert it to JSON Lines."
         ) from None
     return _parquet_rows(path, parquet)
 
