@@ -142,3 +142,30 @@ def test_grpo_on_a_trained_reward_model(tmp_path: Path, tiny_model_dir: Path) ->
     )  # fmt: skip
     result = run_training(cfg)
     assert result.final["val_reward"] > result.baseline["val_reward"] + 0.1
+
+
+def test_a_cut_off_completion_gets_the_truncated_reward(tiny_model_dir: Path) -> None:
+    """'42' followed by text that was never generated must not earn the reward of a finished '42'."""
+    from tunelab.models import load_model
+    from tunelab.objectives.grpo import GRPOConfig, RLContext, rewards_of
+    from tunelab.rl.rollout import Rollout
+
+    specs = [RewardSpec(name="regex", pattern=r"^\d+$")]
+    ctx = RLContext(cfg=GRPOConfig(rewards=specs, truncated_reward=-1.0), tokenizer=None, samples=[Sample("q", "")],
+                    score_text=combined(specs), reward_model=None, reference=None, stops=[])  # fmt: skip
+    rollout = Rollout(batch={}, completions=["42", "42", "x"], group=torch.tensor([0, 0, 0]),
+                      finished=torch.tensor([True, False, True]))  # fmt: skip
+    torch.testing.assert_close(rewards_of(ctx, rollout, torch.tensor([0])), torch.tensor([1.0, -1.0, 0.0]))
+    ctx.cfg = GRPOConfig(rewards=specs)  # default: scored like any other
+    torch.testing.assert_close(rewards_of(ctx, rollout, torch.tensor([0])), torch.tensor([1.0, 1.0, 0.0]))
+
+    tokenizer, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    batch = collate_prompts([PromptItem(tokenizer("the cat")["input_ids"], 0)], tokenizer.pad_token_id)
+    every_token = list(range(len(tokenizer)))
+    ended = sample(model, batch, 2, 5, 1.0, 1.0, every_token, tokenizer.pad_token_id, tokenizer)
+    assert ended.finished.tolist() == [True, True] and ended.batch["labels"].ne(-100).sum().item() == 2
+    never = [tokenizer.pad_token_id]  # the random model may pick it, so only check the flag agrees with the tokens
+    cut = sample(model, batch, 4, 3, 1.0, 1.0, never, tokenizer.pad_token_id, tokenizer)
+    answers = cut.batch["labels"].ne(-100).sum(1)
+    assert cut.finished.tolist() == [bool(n < 3 or lab[lab.ne(-100)][-1] == never[0]) for n, lab in
+                                     zip(answers.tolist(), cut.batch["labels"], strict=True)]  # fmt: skip

@@ -52,6 +52,10 @@ class RLSettings(Section):
     """Loss calls (optimizer steps at grad_accum 1) each rollout is trained on."""
     reference: ReferenceKind = "auto"
     """Reference policy for the KL penalty: `adapter_disabled` (LoRA/DoRA/IA3), `copy`, or `auto`."""
+    truncated_reward: float | None = None
+    """Reward of a completion cut off at max_new_tokens (no stop token), in place of its score; null: scored like
+    any other. A cut-off text can look like a good answer (a date followed by text that was never generated), so
+    rewarding it teaches the policy to never stop: set this to the lowest reward to make finishing count."""
 
     @model_validator(mode="after")
     def _some_reward(self) -> RLSettings:
@@ -89,6 +93,8 @@ def rewards_of(ctx: RLContext, rollout: Rollout, index: torch.Tensor) -> torch.T
         batch = {k: v.to(next(ctx.reward_model.model.parameters()).device) for k, v in rollout.batch.items()}
         scores = ctx.reward_model(batch["input_ids"], batch["attention_mask"]).cpu()
         total = total + ctx.cfg.reward_model_weight * scores
+    if ctx.cfg.truncated_reward is not None:
+        total = torch.where(rollout.finished, total, torch.tensor(ctx.cfg.truncated_reward))
     return total
 
 

@@ -45,6 +45,8 @@ class Rollout:
     completions: list[str]
     group: torch.Tensor
     """For each row, which prompt of the micro-batch it answers."""
+    finished: torch.Tensor
+    """For each row, whether it ended with a stop token (False: cut off at max_new_tokens)."""
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     """What the objective stores for reuse (old log-probs, reference log-probs, rewards, advantages, values)."""
 
@@ -106,7 +108,7 @@ def sample(
         texts.append(tokenizer.decode([t for t in answer if t not in stops], skip_special_tokens=True).strip())
     batch = collate_rows(rows, pad_id)
     group = torch.arange(prompts["input_ids"].size(0)).repeat_interleave(n)
-    return Rollout(batch=batch, completions=texts, group=group)
+    return Rollout(batch=batch, completions=texts, group=group, finished=is_stop.any(1))
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
