@@ -144,18 +144,19 @@ def test_grpo_on_a_trained_reward_model(tmp_path: Path, tiny_model_dir: Path) ->
     assert result.final["val_reward"] > result.baseline["val_reward"] + 0.1
 
 
-def test_a_cut_off_completion_gets_the_truncated_reward(tiny_model_dir: Path) -> None:
+def test_a_cut_off_completion_pays_the_truncated_penalty(tiny_model_dir: Path) -> None:
     """'42' followed by text that was never generated must not earn the reward of a finished '42'."""
     from tunelab.models import load_model
     from tunelab.objectives.grpo import GRPOConfig, RLContext, rewards_of
     from tunelab.rl.rollout import Rollout
 
     specs = [RewardSpec(name="regex", pattern=r"^\d+$")]
-    ctx = RLContext(cfg=GRPOConfig(rewards=specs, truncated_reward=-1.0), tokenizer=None, samples=[Sample("q", "")],
+    ctx = RLContext(cfg=GRPOConfig(rewards=specs, truncated_penalty=2.0), tokenizer=None, samples=[Sample("q", "")],
                     score_text=combined(specs), reward_model=None, reference=None, stops=[])  # fmt: skip
     rollout = Rollout(batch={}, completions=["42", "42", "x"], group=torch.tensor([0, 0, 0]),
-                      finished=torch.tensor([True, False, True]))  # fmt: skip
-    torch.testing.assert_close(rewards_of(ctx, rollout, torch.tensor([0])), torch.tensor([1.0, -1.0, 0.0]))
+                      finished=torch.tensor([True, False, False]))  # fmt: skip
+    # regex 1, 1, 0; the cut-off ones pay 2
+    torch.testing.assert_close(rewards_of(ctx, rollout, torch.tensor([0])), torch.tensor([1.0, -1.0, -2.0]))
     ctx.cfg = GRPOConfig(rewards=specs)  # default: scored like any other
     torch.testing.assert_close(rewards_of(ctx, rollout, torch.tensor([0])), torch.tensor([1.0, 1.0, 0.0]))
 

@@ -52,10 +52,11 @@ class RLSettings(Section):
     """Loss calls (optimizer steps at grad_accum 1) each rollout is trained on."""
     reference: ReferenceKind = "auto"
     """Reference policy for the KL penalty: `adapter_disabled` (LoRA/DoRA/IA3), `copy`, or `auto`."""
-    truncated_reward: float | None = None
-    """Reward of a completion cut off at max_new_tokens (no stop token), in place of its score; null: scored like
-    any other. A cut-off text can look like a good answer (a date followed by text that was never generated), so
-    rewarding it teaches the policy to never stop: set this to the lowest reward to make finishing count."""
+    truncated_penalty: float = Field(0.0, ge=0)
+    """Subtracted from the reward of a completion cut off at max_new_tokens (no stop token). A cut-off text can
+    score like a finished answer (a date, then text that was never generated), which teaches the policy never to
+    stop; a penalty makes finishing count while cut-off samples still rank among themselves (DAPO's overlong
+    penalty, Yu et al., 2025, in its simplest form)."""
 
     @model_validator(mode="after")
     def _some_reward(self) -> RLSettings:
@@ -93,9 +94,7 @@ def rewards_of(ctx: RLContext, rollout: Rollout, index: torch.Tensor) -> torch.T
         batch = {k: v.to(next(ctx.reward_model.model.parameters()).device) for k, v in rollout.batch.items()}
         scores = ctx.reward_model(batch["input_ids"], batch["attention_mask"]).cpu()
         total = total + ctx.cfg.reward_model_weight * scores
-    if ctx.cfg.truncated_reward is not None:
-        total = torch.where(rollout.finished, total, torch.tensor(ctx.cfg.truncated_reward))
-    return total
+    return total - ctx.cfg.truncated_penalty * (~rollout.finished).float()
 
 
 def greedy_reward(model: nn.Module, batch: Batch, ctx: RLContext) -> LossParts:
