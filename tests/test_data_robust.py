@@ -176,6 +176,8 @@ def test_train_command_on_the_corpus(tmp_path: Path, tiny_model_dir: Path) -> No
     assert report["accounting"] == {"rows": 25, "kept": good, "rejected": 11, "removed": 0}
     rejects = [json.loads(x) for x in (run / "rejects.jsonl").read_text().splitlines()]
     check_rejects(rejects, {("context.jsonl", 1): "128"})
+    assert report["over_context"] == {"policy": "reject", "max_length": 128, "truncated": 0, "rejected": 1}
+    assert report["long_rows"] == {"policy": "reject", "max_row_chars": 10_000, "truncated": 0}
     assert next(r for r in rejects if r["file"].endswith("context.jsonl"))["stage"] == "tokenize"
 
     records = PreparedDataset(Path(report["dataset"]), report).table("train_records").to_pylist()

@@ -47,7 +47,7 @@ from tunelab.data.schedule import Schedule, make_schedule
 from tunelab.data.split import split_indices
 from tunelab.data.tokenize import Tokenized, tokenize_record
 
-PIPELINE_VERSION = "4"
+PIPELINE_VERSION = "5"
 """Bump when a change to the pipeline changes its output, so old cache entries are not reused."""
 TOKENIZED = pa.schema(
     [

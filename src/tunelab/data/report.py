@@ -58,6 +58,12 @@ def build_report(cfg: DataSection, ingested: dict[str, Ingested], counts: dict[s
             "max_row_chars": cfg.max_row_chars,
             "truncated": sum(f.get("truncated", 0) for f in files),
         },
+        "over_context": {
+            "policy": cfg.truncation,
+            "max_length": cfg.max_length,
+            "truncated": int(counts.get("tokenize", Counter()).get("truncated", 0)),
+            "rejected": tokenize_rejected,
+        },
         "removed": dict(removed.most_common()),
         "cleaning": clean,
         "duplicates": {
@@ -188,6 +194,13 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['long_rows']['truncated']} truncated.",
         "",
     ]
+    if "over_context" in r:
+        o = r["over_context"]
+        lines += [
+            f"Examples over {o['max_length']:,} tokens after the chat template: policy `{o['policy']}`, "
+            f"{o['truncated']} truncated, {o['rejected']} rejected at tokenization.",
+            "",
+        ]
     if r["rejected_by_reason"]:
         lines += [
             "## Rejected rows",
