@@ -75,9 +75,9 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--rows", type=int, default=128)
-    parser.add_argument("--eval", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rows", type=int, default=96)
+    parser.add_argument("--eval", type=int, default=32)
     parser.add_argument("--method", nargs="*", default=["fgm"], choices=["fgm", "pgd", "freelb", "smart"])
     parser.add_argument("--epsilon-ratio", type=float, default=0.1)
     parser.add_argument("--smoke", action="store_true", help="1 step, 16 rows, 4 prompts; results to a temp folder")

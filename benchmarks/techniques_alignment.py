@@ -63,7 +63,8 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
         f"{args.generations} samples (temperature {args.temperature}, at most {args.max_new_tokens} new tokens, β 0.04,"
         f" lr {args.grpo_lr:g}; a higher lr than DPO's as its signal per step is weaker) from the same "
         "prompts, rewards from Python functions in the config (anchored ISO regex, exact match, unanchored date regex "
-        "0.5, length target 10 chars 0.5); no reward model and no chosen answers. Held-out: the first "
+        f"0.5, length target 10 chars 0.5, minus {args.truncated_penalty:g} for a sample cut off at the token limit); "
+        "no reward model and no chosen answers. Held-out: the first "
         f"{args.eval} test prompts (unseen dates), greedy. Reward of an answer: ISO format (1) + exact date (1). "
         "Win rate: share of prompts whose answer earns more than the base model's answer (loss rate: less).",
         "",
@@ -86,6 +87,12 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
             f"{name.upper()} {verb} the held-out mean reward ({base:.2f} → {res[name]['mean_reward']:.2f}; wins "
             f"{pct(res[name]['win_rate'])}, losses {pct(res[name]['loss_rate'])} against the base answers)."
         )
+    if args.truncated_penalty:
+        reading.append(
+            "Without the truncation penalty (`--truncated-penalty 0`, numbers in techniques_alignment_penalty0.json) "
+            "GRPO's answers came to start with the ISO date but ran on to the token limit, scoring 0: a sample cut off"
+            " right after a date looked like a finished ISO answer and earned the full reward."
+        )
     return [*lines, "", "Reading: " + " ".join(reading)]
 
 
@@ -98,6 +105,9 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=4, help="GRPO samples per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
     parser.add_argument("--max-new-tokens", type=int, default=12, help="longest GRPO sample (an ISO date is 11)")
+    parser.add_argument(
+        "--truncated-penalty", type=float, default=1.0, help="subtracted from a GRPO sample cut off at the limit"
+    )
     parser.add_argument("--pairs", type=int, default=80, help="DPO training pairs (and GRPO training prompts)")
     parser.add_argument("--eval", type=int, default=40, help="held-out test prompts answered")
     parser.add_argument("--smoke", action="store_true", help="2 steps, 8 pairs, 4 prompts; results to a temp folder")
@@ -140,7 +150,7 @@ def main() -> None:
             f"training.max_steps={args.grpo_steps}", f"training.learning_rate={args.grpo_lr}",
             "objective=grpo", f"objective.rewards={GRPO_REWARDS}", f"objective.num_generations={args.generations}",
             f"objective.max_new_tokens={args.max_new_tokens}", f"objective.temperature={args.temperature}",
-            "objective.beta=0.04",
+            "objective.beta=0.04", f"objective.truncated_penalty={args.truncated_penalty}",
         ])  # fmt: skip
         results["grpo"] = {**evaluate(grpo.model, tokenizer, prompts, references, base_answers), "train_s": grpo_s}
         print("grpo", results["grpo"], flush=True)

@@ -112,9 +112,9 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher-steps", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=16, help="optimizer steps of each student")
-    parser.add_argument("--rows", type=int, default=128, help="training rows (batch 8)")
+    parser.add_argument("--teacher-steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps of each student")
+    parser.add_argument("--rows", type=int, default=96, help="training rows (batch 8)")
     parser.add_argument("--eval", type=int, default=32, help="held-out test prompts")
     parser.add_argument("--smoke", action="store_true", help="1 step each, 16 rows; results to a temp folder")
     args = parser.parse_args()
