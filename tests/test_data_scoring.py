@@ -75,6 +75,12 @@ def test_curriculum_follows_loss_not_length(tmp_path: Path, tiny_model_dir: Path
     apply_loss_difficulty(model, other, cfg, tmp_path, pad_id=0)  # other data: scored again
     assert model.calls > calls
 
+    from tunelab.errors import ConfigError
+
+    not_lm = PreparedData([object()], [], [], report={}, schedule=data.schedule)  # e.g. classify's items
+    with pytest.raises(ConfigError, match="difficulty: length or field"):
+        apply_loss_difficulty(model, not_lm, cfg, tmp_path, pad_id=0)
+
     shuffled = tiny_config(tmp_path, tiny_model_dir, "data.schedule.order=curriculum")  # difficulty: length
     assert apply_loss_difficulty(model, data, shuffled, tmp_path, pad_id=0) is data
 

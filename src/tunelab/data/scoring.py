@@ -68,6 +68,13 @@ def apply_loss_difficulty(
     if s.order != "curriculum" or s.difficulty != "loss" or schedule is None or schedule.order != "curriculum":
         return data
     items = data.train
+    if not all(isinstance(t, Tokenized) for t in items):
+        from tunelab.errors import ConfigError
+
+        raise ConfigError(
+            f"data.schedule.difficulty=loss scores each example by the base model's next-token loss, which objective "
+            f"'{cfg.objective.name}' does not train on. Use difficulty: length or field with this objective."
+        )
     key = _cache_key(data.report, cfg, items)
     path = run_dir / SCORES_FILE
     scores, cached = _read_cache(path, key, len(items)), True
