@@ -132,12 +132,12 @@ def encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_joint_training_moves_the_retriever_and_lowers_its_loss(
     toy_task: Path, tiny_model_dir: Path, tiny_bert_dir: Path
 ) -> None:
-    joint = ["objective.joint=true", "objective.retriever_lr=1e-3", "objective.lm_temperature=0.2"]
+    joint = ["objective.joint=true", "objective.retriever_lr=2e-3", "objective.lm_temperature=0.2"]
     cfg = rag_config(toy_task, tiny_model_dir, tiny_bert_dir, *joint, "objective.temperature=0.1")
     objective, data, model, ctx = build(cfg, toy_task)
     model.generator.requires_grad_(False)  # the LM-side target Q stays fixed; only the retriever learns here
     optimizer = build_optimizer(model, cfg.training)
-    assert [g["lr"] for g in optimizer.param_groups] == [1e-3]  # the retriever's own rate, not training's 3e-3
+    assert [g["lr"] for g in optimizer.param_groups] == [2e-3]  # the retriever's own rate, not training's 3e-3
     batch = objective.collate(data.val, 0)
 
     def retriever_loss() -> float:
@@ -147,12 +147,13 @@ def test_joint_training_moves_the_retriever_and_lowers_its_loss(
 
     before, weights = retriever_loss(), encoder_state(model)
     model.train()
-    for _ in range(25):
+    for _ in range(12):
         parts = objective.loss(model, objective.collate(data.train[:8], 0), ctx)
         (parts.loss_sum / parts.count).backward()
         optimizer.step()
         optimizer.zero_grad()
     after = retriever_loss()
+    print(f"retriever loss {before:.4f} -> {after:.4f}")
     assert after < 0.7 * before, (before, after)
     assert any(not torch.equal(weights[k], v) for k, v in model.retriever.encoder.state_dict().items())
 

@@ -20,7 +20,7 @@ sentence-transformers folder) with its recall on the validation questions (`retr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from tunelab.data.prepare import PreparedData
 from tunelab.data.records import Example
 from tunelab.embeddings.retrieval import retrieval_metrics
+from tunelab.errors import ConfigError
 from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs
 from tunelab.rag.data import Passage, QARow, corpus_path, hold_out, read_corpus, read_questions
 from tunelab.rag.generator import DEFAULT_TEMPLATE, AnswerScores, answer_scores, rag_example
@@ -124,7 +125,7 @@ class RagContext:
     cached: dict[int, list[int]] = field(default_factory=dict)
     """Frozen retriever: each question's top k, computed once."""
     batches: int = 0
-    """Training batches since the index was last rebuilt."""
+    """Training batches since training last rebuilt the index (0: not yet)."""
 
 
 def prepare_rag(cfg: Any, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> RagData:
@@ -173,9 +174,12 @@ def rag_terms(model: RagModel, batch: Batch, ctx: RagContext) -> tuple[AnswerSco
     training = model.training and torch.is_grad_enabled()
     sims = None
     if cfg.joint:
-        if (training and ctx.batches >= cfg.refresh_every) or (not training and retriever.stale):
+        # The first training batch re-embeds too: a resumed run's encoder is not the one an earlier index saw.
+        if training and (ctx.batches == 0 or ctx.batches >= cfg.refresh_every):
             retriever.refresh_()
             ctx.batches = 0
+        elif not training and retriever.stale:
+            retriever.refresh_()
         with torch.set_grad_enabled(training):
             scores = retriever.scores(retriever.embed(batch["query_ids"], batch["attention_mask"]))
         top = scores.detach().topk(k, dim=-1).indices
@@ -231,6 +235,9 @@ class RetrievedExamples(Sequence[Example]):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __iter__(self) -> Iterator[Example]:
+        yield from self[:]  # one batched search, not one per question
+
     @overload
     def __getitem__(self, i: int) -> Example: ...
     @overload
@@ -259,6 +266,11 @@ def retrieval_recall(retriever: Retriever, rows: list[QARow], ks: tuple[int, ...
 
 def _setup(cfg: RagConfig, args: SetupArgs) -> tuple[nn.Module, RagContext]:
     data: RagData = args.data  # type: ignore[assignment]
+    if cfg.prompt_passages > len(data.passages):
+        raise ConfigError(
+            f"objective.prompt_passages is {cfg.prompt_passages}, but the corpus {cfg.corpus} holds only "
+            f"{len(data.passages)} passages. Lower prompt_passages or give a larger corpus."
+        )
     retriever = load_retriever(
         cfg.retriever, data.passages, query_max_length=cfg.query_max_length, passage_max_length=cfg.passage_max_length
     ).to(args.device)

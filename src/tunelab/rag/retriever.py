@@ -48,9 +48,12 @@ class Retriever(nn.Module):
         return next(self.encoder.parameters()).device
 
     def refresh_(self) -> None:
-        """Re-embed every passage with the current encoder (no gradients)."""
+        """Re-embed every passage with the current encoder (no gradients, fp32 even inside a bf16 autocast region,
+        so an index built during training ranks exactly like one built for evaluation)."""
         texts = [p.text for p in self.passages]
-        self.index = encode(self.encoder, self.tokenizer, texts, max_length=self.passage_max_length).to(self.device)
+        with torch.autocast(self.device.type, enabled=False):
+            vectors = encode(self.encoder, self.tokenizer, texts, max_length=self.passage_max_length)
+        self.index = vectors.to(self.device)
         self.stale = False
 
     def tokenize(self, questions: list[str]) -> dict[str, torch.Tensor]:
@@ -71,17 +74,19 @@ class Retriever(nn.Module):
 
     @torch.no_grad()
     def search(self, questions: list[str], k: int) -> torch.Tensor:
-        """Passage positions of the top k per question (B x k), best first, with an up-to-date index."""
+        """Passage positions of the top k per question (B x k), best first, with an up-to-date index (fp32, like
+        the index, even when called inside a bf16 autocast region)."""
         if self.stale or self.index.numel() == 0:
             self.refresh_()
         was_training = self.encoder.training
         self.encoder.eval()
+        out = []
         try:
-            out = []
-            for start in range(0, len(questions), 64):
-                enc = self.tokenize(questions[start : start + 64])
-                scores = self.scores(self.embed(enc["input_ids"], enc["attention_mask"]))
-                out.append(scores.topk(min(k, len(self.passages)), dim=-1).indices.cpu())
+            with torch.autocast(self.device.type, enabled=False):
+                for start in range(0, len(questions), 64):
+                    enc = self.tokenize(questions[start : start + 64])
+                    scores = self.scores(self.embed(enc["input_ids"], enc["attention_mask"]))
+                    out.append(scores.topk(min(k, len(self.passages)), dim=-1).indices.cpu())
         finally:
             self.encoder.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
