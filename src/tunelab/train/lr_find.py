@@ -31,6 +31,7 @@ from tunelab.objectives import Objective
 from tunelab.runs import CONFIG_FILE, run_folder
 from tunelab.train.loop import TrainingModule, autocast
 from tunelab.train.optim import build_optimizer
+from tunelab.train.progress import TrainProgress
 
 SMOOTHING = 0.98
 """Weight of the running average in the smoothed loss (bias-corrected, as in fastai)."""
@@ -115,29 +116,18 @@ def lr_find(
     losses: list[float] = []
     diverged = False
     try:
-        for lr in lr_schedule(start, end, steps):
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = lr * ratio
-            group_batches = [
-                objective.collate([train[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)
-            ]
-            tokens = max(sum(objective.count(b) for b in group_batches), 1)
-            step_loss = 0.0
-            for batch in group_batches:
-                with autocast(device, bf16):
-                    loss_sum, _, _ = module({k: v.to(device) for k, v in batch.items()})
-                (loss_sum / tokens).backward()
-                step_loss += float(loss_sum.detach())
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(trainable.values(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            lrs.append(lr)
-            losses.append(step_loss / tokens)
-            smoothed = smooth(losses)
-            if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge * min(smoothed):
-                diverged = True
-                break
+        with TrainProgress(steps) as progress:
+            for lr in lr_schedule(start, end, steps):
+                for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                    group["lr"] = lr * ratio
+                group = [objective.collate([train[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]
+                losses.append(_step(module, group, optimizer, cfg.max_grad_norm, device, bf16))
+                lrs.append(lr)
+                progress.update(len(losses), loss=losses[-1])
+                smoothed = smooth(losses)
+                if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge * min(smoothed):
+                    diverged = True
+                    break
     finally:
         with torch.no_grad():
             for name, p in trainable.items():
@@ -155,6 +145,30 @@ def lr_find(
     suggestion, method = suggest(lrs, smoothed)
     low = min(range(len(smoothed)), key=smoothed.__getitem__)
     return LRFindResult(lrs, losses, smoothed, suggestion, method, lrs[low], diverged)
+
+
+def _step(
+    module: TrainingModule,
+    group: list[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float | None,
+    device: torch.device,
+    bf16: bool,
+) -> float:
+    """One optimizer step over the micro-batches of `group`, the loss normalised over all their targets (as in
+    `fit`); returns the step's mean loss."""
+    tokens = max(sum(module.objective.count(b) for b in group), 1)
+    step_loss = 0.0
+    for batch in group:
+        with autocast(device, bf16):
+            loss_sum, _, _ = module({k: v.to(device) for k, v in batch.items()})
+        (loss_sum / tokens).backward()
+        step_loss += float(loss_sum.detach())
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss / tokens
 
 
 def run_lr_find(
@@ -205,6 +219,9 @@ def plot(result: LRFindResult, path: Path) -> None:
     ax.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed loss")
     ax.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggestion {result.suggestion:.2e}")
     ax.set_xscale("log")
+    # Raw spikes at the end would flatten the curve: the axis follows the smoothed loss.
+    low, high = min(result.smoothed), max(result.smoothed)
+    ax.set_ylim(min(low, min(result.losses)) - 0.05 * (high - low), high + 0.1 * (high - low))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     ax.set_title("Learning-rate range test")
