@@ -114,3 +114,9 @@ def test_a_run_records_the_chosen_sizes(tmp_path: Path, tiny_model_dir: Path) ->
     assert (saved.batch_size, saved.grad_accum, saved.auto_batch_size) == (12, 1, False)
     assert saved.gradient_checkpointing
     assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [2]
+
+
+def test_global_batch_without_auto_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="auto_batch_size"):
+        load_config(None, ["data.train=x.jsonl", "training.global_batch_size=32"])
+    assert load_config(None, ["data.train=x.jsonl", "training.auto_batch_size=true"]).training.global_batch_size is None
