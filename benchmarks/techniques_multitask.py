@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from techniques_common import DATES, MODEL, RESULTS, device_note, save
+from techniques_common import DATES, MODEL, RESULTS, save
 from techniques_continual import subset
 from techniques_merge import write_time_task
 
@@ -118,7 +118,7 @@ def write_markdown(p: dict) -> None:
         f"(`data.schedule.sampling: mixture`, natural shares), with equal fixed weights or uncertainty weighting "
         f"(`training.task_weighting: uncertainty`, Kendall et al. 2018). Exact match on the first "
         f"{a['eval_examples']} held-out prompts per task, greedy; validation loss per task from the run's eval.json "
-        f"(multi-task runs report it per task). {device_note()}; 1 thread of a shared 2-core CPU, so wall times are "
+        f"(multi-task runs report it per task). {p['device']}; 1 thread of a shared 2-core CPU, so wall times are "
         f"upper bounds; whole demo {p['wall_s']:.0f} s.",
         "",
         "| model | steps | dates exact match | clock exact match | mean | val loss dates | val loss clock | train s |",
