@@ -13,16 +13,16 @@ ORDER = ["pretrain", "distill", "alignment", "adversarial"]
 """Sections in this order first (continued pretraining → distillation → alignment → robustness), then any other
 `techniques_*.md` by name."""
 
-INTRO = """# Training techniques on the embedded model: measured demos
+INTRO = """# Training techniques on the embedded models: measured demos
 
 Each section below was written by one script in `benchmarks/` (`techniques_<demo>.py`) from a real run; its exact
 command is in the section, and the raw numbers (with arguments, machine and wall times) are in
-`benchmarks/results/techniques_<demo>.json`. The task is examples/dates: rewrite a date found in a
-sentence as YYYY-MM-DD and nothing else, scored on held-out test prompts whose dates never occur in training.
-The model is SmolLM2-135M-Instruct, and the budgets are small (tens of steps) because every demo had to finish in
-minutes on one thread of a shared 2-core CPU; the numbers show the direction and rough size of each effect, not
-what longer training would reach. The loss maths itself is checked against hand-computed numbers and reference
-implementations in the test suite.
+`benchmarks/results/techniques_<demo>.json`. Each section states its model (the embedded SmolLM2-135M-Instruct or
+all-MiniLM-L6-v2), data and budget. Most use examples/dates: rewrite a date found in a sentence as YYYY-MM-DD and
+nothing else, scored on held-out test prompts whose dates never occur in training. Budgets are small (tens of
+steps) because every demo had to finish in minutes on one thread of a shared 2-core CPU: the numbers show the
+direction and rough size of each effect, not what longer training would reach. The loss maths itself is checked
+against hand-computed numbers and reference implementations in the test suite.
 
 Rerun a demo, then this script, to refresh: `.venv/bin/python benchmarks/techniques_report.py`.
 """
