@@ -9,9 +9,11 @@ from __future__ import annotations
 from techniques_common import RESULTS
 
 OUT = RESULTS / "techniques.md"
-ORDER = ["pretrain", "distill", "alignment", "adversarial"]
-"""Sections in this order first (continued pretraining → distillation → alignment → robustness), then any other
-`techniques_*.md` by name."""
+ORDER = [
+    "pretrain", "continual", "multitask", "fewshot", "distill", "alignment", "adversarial", "merge", "embeddings", "rag"
+]  # fmt: skip
+"""Sections in the order of a model's life (adapt to a domain, learn tasks, compress, align, harden, combine,
+retrieve), then any other `techniques_*.md` by name."""
 
 INTRO = """# Training techniques on the embedded models: measured demos
 
