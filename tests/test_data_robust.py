@@ -225,3 +225,16 @@ def test_inspect_error_paths_exit_2_without_traceback(
         assert code == 0 and "rows 2: kept 0, rejected 2" in out
     else:
         assert code == 2 and says in err and err.startswith("error:"), err
+
+
+def test_inspect_lists_rows_longer_than_the_context(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_corpus(tmp_path)
+    args = ["data", "inspect", str(tmp_path / "context.jsonl"), "--model", str(tiny_model_dir), "--max-length", "128"]
+    assert main([*args, "--json"]) == 0
+    over = json.loads(capsys.readouterr().out)["lengths"]["over_max_length"]
+    assert over["count"] == 1 and over["rows"][0]["origin"].endswith("context.jsonl:1")
+    assert over["rows"][0]["tokens"] > 600  # 600 words before the answer
+    assert main(args) == 0
+    assert "1 rows longer than 128 tokens" in capsys.readouterr().out

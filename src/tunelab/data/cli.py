@@ -63,6 +63,12 @@ def add_data_commands(sub: Any) -> None:
         default=5000,
         help="rows whose token length is measured, at random (default 5000; counts and duplicates use every row)",
     )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        help="list rows longer than this many tokens, as training would cut or reject them (data.max_length)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
 
@@ -100,6 +106,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         near=None if args.no_near else NearParams(threshold=args.near_threshold),
         rejects_file=Path(args.rejects) if args.rejects else None,
         sample=max(1, args.sample),
+        max_length=max(1, args.max_length),
     )
     report["rejects"] = report["rejects"][: max(0, args.show)]
     if note:
@@ -251,6 +258,14 @@ def print_inspect(report: dict[str, Any]) -> None:
         _bars({f"{lo}-{hi - 1}": c for lo, hi, c in lengths["histogram"]})
         if lengths.get("note"):
             console.print(f"  ({escape(lengths['note'])})")
+        over = lengths.get("over_max_length")
+        if over and over["count"]:
+            console.print(
+                f"[yellow]{over['count']:,} rows{sampled} longer than {over['max_length']:,} tokens[/] "
+                "(training cuts or rejects them, as data.truncation says): "
+                + ", ".join(f"{escape(r['origin'])} ({r['tokens']:,})" for r in over["rows"]),
+                soft_wrap=True,
+            )
     if report["examples"]:
         console.print("[bold]Examples[/]")
         for e in report["examples"]:

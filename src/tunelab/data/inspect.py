@@ -34,6 +34,7 @@ def inspect_files(
     near: NearParams | None = None,
     num_proc: int = 1,
     sample: int = 5_000,
+    max_length: int | None = None,
     examples: int = 3,
     rejects_file: Path | None = None,
     seed: int = 0,
@@ -66,7 +67,7 @@ def inspect_files(
             Counter(reason_kind(r["reason"]) for r in _iter_jsonl(rejects_path)).most_common()
         )
         table = ing.table()
-        report.update(_contents(ing, table, tokenizer, sample, examples, seed))
+        report.update(_contents(ing, table, tokenizer, sample, examples, seed, max_length))
         report["duplicates"] = _duplicates(ing, table, near is not None)
     return report
 
@@ -81,7 +82,9 @@ def _counts(ing: Ingested) -> dict[str, Any]:
     }
 
 
-def _contents(ing: Ingested, table: pa.Table, tokenizer: Any, sample: int, examples: int, seed: int) -> dict[str, Any]:
+def _contents(
+    ing: Ingested, table: pa.Table, tokenizer: Any, sample: int, examples: int, seed: int, max_length: int | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"kinds": _value_counts(table, "kind"), "tasks": _value_counts(table, "task")}
     labels = _value_counts(table, "label")
     if labels:
@@ -97,6 +100,14 @@ def _contents(ing: Ingested, table: pa.Table, tokenizer: Any, sample: int, examp
     else:
         lengths, unit = [len(e.content().split()) for e in rows], "words"
     out["lengths"] = {"unit": unit, "sampled": len(rows), "of": n, **length_stats(lengths)}
+    if tokenizer is not None and max_length is not None:
+        # Training cuts or rejects these (data.truncation); listed so they can be found before a run.
+        over = [(e.origin, k) for e, k in zip(rows, lengths, strict=True) if k > max_length]
+        out["lengths"]["over_max_length"] = {
+            "max_length": max_length,
+            "count": len(over),
+            "rows": [{"origin": o, "tokens": k} for o, k in over[:20]],
+        }
     out["examples"] = [_shown(Example.from_row(r)) for r in table.slice(0, examples).to_pylist()]
     ing.release()
     return out
