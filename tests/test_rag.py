@@ -152,7 +152,11 @@ def test_joint_training_moves_the_retriever_and_lowers_its_loss(
         (parts.loss_sum / parts.count).backward()
         optimizer.step()
         optimizer.zero_grad()
+    assert model.retriever.stale  # the encoder moved since the index was built
     after = retriever_loss()
+    # Evaluation re-embedded the corpus with the trained encoder.
+    fresh = encode(model.retriever.encoder, model.retriever.tokenizer, PASSAGES)
+    assert not model.retriever.stale and torch.allclose(model.retriever.index, fresh, atol=1e-6)
     print(f"retriever loss {before:.4f} -> {after:.4f}")
     assert after < 0.7 * before, (before, after)
     assert any(not torch.equal(weights[k], v) for k, v in model.retriever.encoder.state_dict().items())
