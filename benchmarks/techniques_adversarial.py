@@ -64,11 +64,19 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
             "smaller" if drops[name] < drops["none"] - 0.025
             else "larger" if drops[name] > drops["none"] + 0.025 else "about the same"
         )  # fmt: skip
+        diffs = [row[k]["exact_match"] - base[k]["exact_match"] for k in KINDS[1:]]
+        higher, lower = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
         reading.append(
             f"With {name}, clean exact match is {pct(row['clean']['exact_match'])} (plain "
             f"{pct(base['clean']['exact_match'])}) and the mean drop under perturbation is {verdict} "
-            f"({drops[name]:.1%} vs {drops['none']:.1%}); with {args.eval} prompts one answer is "
-            f"{1 / args.eval:.1%}, so differences of a few answers are within noise."
+            f"({drops[name]:.1%} vs {drops['none']:.1%}); on the perturbed prompts themselves it is higher than plain "
+            f"SFT on {higher}, lower on {lower} and equal on {3 - higher - lower} of the 3 sets."
+            + (
+                " A smaller drop that comes with a lower clean score is not more robustness at equal clean accuracy."
+                if row["clean"]["exact_match"] < base["clean"]["exact_match"] and drops[name] < drops["none"]
+                else ""
+            )
+            + f" With {args.eval} prompts one answer is {1 / args.eval:.1%}, so differences of a few answers are within noise."
         )
     return [*lines, "", "Reading: " + " ".join(reading)]
 
