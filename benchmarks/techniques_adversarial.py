@@ -76,7 +76,8 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
                 if row["clean"]["exact_match"] < base["clean"]["exact_match"] and drops[name] < drops["none"]
                 else ""
             )
-            + f" With {args.eval} prompts one answer is {1 / args.eval:.1%}, so differences of a few answers are within noise."
+            + f" With {args.eval} prompts one answer is {1 / args.eval:.1%}, so differences of a few answers are"
+            " within noise."
         )
     return [*lines, "", "Reading: " + " ".join(reading)]
 
