@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from techniques_common import DATES, MODEL, RESULTS, save
+from techniques_common import DATES, MODEL, RESULTS, command, save
 from techniques_merge import write_time_task
 
 NAME = "continual"
@@ -85,6 +85,11 @@ def main() -> None:
         help="default: 1 / (naive run's ½ΣF(θ-θ*)²), so the naive end point would cost 1 nat/token",
     )
     parser.add_argument("--lora-per-task", action="store_true", help="add the adapter-per-task run (2 more stages)")
+    parser.add_argument(
+        "--add-lora-per-task",
+        action="store_true",
+        help="only run the adapter-per-task stages and add them to the saved results",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -100,6 +105,9 @@ def main() -> None:
         dates = (subset(DATES / "train.jsonl", work / "dates.jsonl", rows),
                  subset(DATES / "test.jsonl", work / "dates_val.jsonl", args.eval_examples))  # fmt: skip
         clock = (time_train.rename(work / "clock.jsonl"), time_test.rename(work / "clock_val.jsonl"))
+        if args.add_lora_per_task:
+            add_lora_per_task(work, dates, clock, args, started)
+            return
         both = [f"continual.replay.fraction={args.replay_fraction}", "continual.replay.buffer_size=400",
                 f"continual.ewc.fisher_samples={args.fisher_samples}", "continual.baseline=true"]  # fmt: skip
         first = run("dates", work, dates, MODEL, args, *both)
@@ -113,11 +121,7 @@ def main() -> None:
                              f"continual.ewc.fisher_samples={args.fisher_samples}")  # fmt: skip
         ewc_drift = drift(work / "clock-ewc", ewc_file)
         if args.lora_per_task:
-            staged = {"model": {"source": MODEL}, "output": {"dir": str(work), "name": "per-task"},
-                      "data": {"train": [str(dates[0])], "validation": [str(dates[1])]},
-                      "stages": [{"name": n, "data": {"train": [str(d[0])], "validation": [str(d[1])]}}
-                                 for n, d in (("dates", dates), ("clock", clock))]}  # fmt: skip
-            results["lora_per_task"] = run_staged(staged, args)
+            results["lora_per_task"] = run_staged(work, dates, clock, args)
     payload = {"command": " ".join([".venv/bin/python", f"benchmarks/techniques_{NAME}.py", *sys.argv[1:]]),
                "args": vars(args), "ewc_lambda": lam, "drift": {"naive": naive_drift, "ewc": ewc_drift},
                "stage1": first, "results": results, "wall_s": time.perf_counter() - started}  # fmt: skip
@@ -125,13 +129,30 @@ def main() -> None:
     write_markdown(payload)
 
 
-def run_staged(raw: dict, args) -> dict:
+def add_lora_per_task(work: Path, dates: tuple, clock: tuple, args, started: float) -> None:
+    """Run the adapter-per-task stages with the saved run's settings and add them to its results files."""
+    path = RESULTS / f"techniques_{NAME}.json"
+    payload = json.loads(path.read_text())
+    saved = argparse.Namespace(**{**payload["args"], "threads": args.threads})
+    report = run_staged(work, dates, clock, saved)
+    report["command"] = command(NAME)
+    payload["results"]["lora_per_task"] = report
+    payload["wall_s"] += time.perf_counter() - started
+    path.write_text(json.dumps(payload, indent=2))
+    write_markdown(payload)
+
+
+def run_staged(work: Path, dates: tuple, clock: tuple, args) -> dict:
     from rich.console import Console
 
     from tunelab.config import load_config
     from tunelab.train.run import run_training
 
-    overrides = [o for o in settings(args) if not o.startswith("method")] + ["continual.lora_per_task=true"]
+    overrides = [*settings(args), "continual.lora_per_task=true"]
+    raw = {"model": {"source": MODEL}, "output": {"dir": str(work), "name": "per-task"},
+           "data": {"train": [str(dates[0])], "validation": [str(dates[1])]},
+           "stages": [{"name": n, "data": {"train": [str(d[0])], "validation": [str(d[1])]}}
+                      for n, d in (("dates", dates), ("clock", clock))]}  # fmt: skip
     cfg = load_config(None, [*overrides, "continual.baseline=true"], base=raw)
     start = time.perf_counter()
     run_training(cfg, console=Console(quiet=True))
@@ -153,7 +174,13 @@ def write_markdown(p: dict) -> None:
     lines = [
         "## Continual learning: naive vs replay vs EWC" + (" vs an adapter per task" if routed else ""),
         "",
-        f"Command: `{p['command']}`",
+        f"Command: `{p['command']}`"
+        + (
+            f"; the adapter-per-task row: `{p['results']['lora_per_task']['command']}` (its wall time covers both "
+            "stages)"
+            if routed and "command" in p["results"]["lora_per_task"]
+            else ""
+        ),
         "",
         f"SmolLM2-135M-Instruct (embedded), LoRA r16/α32 on all linear layers, lr 1e-3, batch {a['batch']}. "
         f"Task 1: dates (examples/dates -> YYYY-MM-DD), task 2: clock times (-> HH:MM, generated, held-out hour/minute "
