@@ -216,3 +216,24 @@ def test_contrastive_objective_trains_an_encoder_through_run_training(tmp_path: 
     assert result.final["val_acc"] > result.baseline["val_acc"]
     saved = next(p for p in (result.run_dir).rglob("config.json") if (p.parent / "model.safetensors").is_file())
     assert resolve_source(str(saved.parent)).task == "encoder", "the trained encoder reloads as one"
+
+
+def test_parity_with_sentence_transformers() -> None:
+    """Our pooled vectors and InfoNCE equal sentence-transformers' on the embedded MiniLM (its own pipeline:
+    Transformer -> mean Pooling -> Normalize, and MultipleNegativesRankingLoss)."""
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from tunelab.models import load_model, load_tokenizer, resolve_source
+
+    reference = st.SentenceTransformer(str(resolve_source("minilm-l6").materialize()), device="cpu")
+    texts = ["The storm flooded the low streets.", "a", "Invoice #4537, issued 3/2/1980 (day first), due soon"]
+    ours = encode(load_model("minilm-l6"), load_tokenizer("minilm-l6"), texts)
+    theirs = reference.encode(texts, convert_to_tensor=True, normalize_embeddings=True)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    a, p, n = (torch.randn(4, 8, generator=g) for _ in range(3))
+    mnrl = MultipleNegativesRankingLoss(reference, scale=5.0)
+    assert info_nce(a, p, scale=5.0).item() == pytest.approx(mnrl.compute_loss_from_embeddings([a, p], None).item())
+    with_negatives = mnrl.compute_loss_from_embeddings([a, p, n], None).item()
+    assert info_nce(a, p, n, scale=5.0).item() == pytest.approx(with_negatives, rel=1e-5)
