@@ -15,11 +15,13 @@ loss on the reference answers.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
 from techniques_common import (
+    RESULTS,
     answer,
     command,
     parameters,
@@ -74,6 +76,19 @@ def measure(name: str, model, tokenizer, test_rows: list[dict], train_s: float |
     return row
 
 
+def other_runs() -> list[str]:
+    """One line per other budget kept as results/techniques_distill_<label>.json, so no run drops out of view."""
+    lines = []
+    for path in sorted(RESULTS.glob("techniques_distill_*.json")):
+        r = json.loads(path.read_text())
+        kd, sft = r["results"]["student_kd"], r["results"]["student_sft"]
+        lines.append(
+            f"Other run (`{r['command']}`, {path.name}): held-out loss without KD {sft['held_out_loss']:.3f}, with "
+            f"KD {kd['held_out_loss']:.3f}; exact match {pct(sft['exact_match'])} vs {pct(kd['exact_match'])}."
+        )
+    return lines
+
+
 def section(args: argparse.Namespace, res: dict) -> list[str]:
     lines = [
         "## Knowledge distillation: fine-tuned teacher → half-depth student",
@@ -115,6 +130,7 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
             if max(kd["exact_match"], sft["exact_match"]) < 0.05
             else ""
         ),
+        *(["", *other_runs()] if other_runs() else []),
     ]
 
 
