@@ -230,7 +230,13 @@ def write_markdown(p: dict) -> None:
         + f". EWC held the stage-1 weights that the Fisher marks as important {d['naive'] / d['ewc']:.1f}x closer "
         f"than naive training (weighted drift), which "
         + ("did" if res["ewc"]["forgetting"] < res["naive"]["forgetting"] else "did not")
-        + " show up as less forgetting of dates at this size.",
+        + " show up as less forgetting of dates at this size."
+        + (
+            " The routed adapters cannot forget (each task keeps its own adapter), at the price of needing the task "
+            "tag with every prompt."
+            if "lora_per_task" in res
+            else ""
+        ),
     ]
     (RESULTS / f"techniques_{NAME}.md").write_text("\n".join(lines) + "\n")
 
