@@ -84,7 +84,8 @@ def other_runs() -> list[str]:
         kd, sft = r["results"]["student_kd"], r["results"]["student_sft"]
         lines.append(
             f"Other run (`{r['command']}`, {path.name}): held-out loss without KD {sft['held_out_loss']:.3f}, with "
-            f"KD {kd['held_out_loss']:.3f}; exact match {pct(sft['exact_match'])} vs {pct(kd['exact_match'])}."
+            f"KD {kd['held_out_loss']:.3f}; exact match {pct(sft['exact_match'])} vs {pct(kd['exact_match'])}; "
+            f"ISO format {pct(sft['iso_format'])} vs {pct(kd['iso_format'])}."
         )
     return lines
 
@@ -121,12 +122,14 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
         f"(the token embeddings, a large share of a 135M model, stay whole) and decodes {speedup:.1f}x as fast."
         f" With KD its held-out loss is {'lower' if better else 'not lower'} than without "
         f"({kd['held_out_loss']:.3f} vs {sft['held_out_loss']:.3f}) and its exact match is "
-        f"{pct(kd['exact_match'])} vs {pct(sft['exact_match'])} (teacher {pct(teacher['exact_match'])}). The two "
+        f"{pct(kd['exact_match'])} vs {pct(sft['exact_match'])} (teacher {pct(teacher['exact_match'])}), its "
+        f"ISO-format rate {pct(kd['iso_format'])} vs {pct(sft['iso_format'])}. The two "
         "students have the same shape, so the gap between their decoding speeds is the noise of the shared CPU."
         + (
-            f" Neither student recovers from losing half its layers in {args.steps} steps (held-out loss "
+            f" Both students stay far from the teacher after {args.steps} steps (held-out loss "
             f"{res['student_init']['held_out_loss']:.1f} untrained, ~{sft['held_out_loss']:.1f} after, teacher "
-            f"{teacher['held_out_loss']:.2f}), so this budget is too small to tell whether KD helps."
+            f"{teacher['held_out_loss']:.2f}): this compares two students still recovering from losing half their "
+            "layers, so any KD edge seen here is small and uncertain."
             if max(kd["exact_match"], sft["exact_match"]) < 0.05
             else ""
         ),
