@@ -2,7 +2,8 @@
 
 Plain: an fp32 model and the loss transformers computes itself (`labels=`, full logits at every position).
 Fast (what `tunelab train` does by default on bf16 hardware): frozen base stored in bf16, fp32 LoRA weights, bf16
-autocast, peft's per-adapter input casts disabled, the output head run only where labels exist; and packing
+autocast, fused RMSNorm and SwiGLU modules, peft's per-adapter input casts disabled, the output head run only
+where labels exist; and packing
 several examples into one row with restarting positions.
 """
 
@@ -22,12 +23,16 @@ from tunelab.data.tokenize import IGNORE, collate, tokenize_all
 from tunelab.methods import METHODS
 from tunelab.models import load_model, load_tokenizer
 from tunelab.objectives import OBJECTIVES
+from tunelab.train.fused import fuse_modules_
 from tunelab.train.loop import TrainingModule, autocast
 
 
-def _lora_model(model_dir: Path, data: Path, dtype: torch.dtype) -> torch.nn.Module:
+def _lora_model(model_dir: Path, data: Path, dtype: torch.dtype, fused: bool = False) -> torch.nn.Module:
     cfg = load_config(None, [f"data.train={data}", "method=lora", "method.r=4", "method.dropout=0"])
-    model = METHODS["lora"].apply_(load_model(str(model_dir), dtype=dtype), cfg.method)
+    model = load_model(str(model_dir), dtype=dtype)
+    if fused:
+        assert fuse_modules_(model) == 7
+    model = METHODS["lora"].apply_(model, cfg.method)
     generator = torch.Generator().manual_seed(0)
     for name, p in model.named_parameters():
         if "lora_" in name:  # the same A and B in every copy; B not zero, so the gradients of A are not zero too
@@ -57,7 +62,7 @@ def test_bf16_fast_path_matches_the_plain_fp32_loss_and_gradients(tiny_model_dir
     reference = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
     reference.backward()
 
-    fast = _lora_model(tiny_model_dir, data, torch.bfloat16)
+    fast = _lora_model(tiny_model_dir, data, torch.bfloat16, fused=True)
     frozen = [p for p in fast.parameters() if not p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
     assert all(p.dtype == torch.float32 for p in fast.parameters() if p.requires_grad)

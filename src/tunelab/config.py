@@ -121,6 +121,8 @@ class TrainingSection(Section):
     """Batch examples of similar length together to cut padding (order stays random across batches)."""
     num_threads: int | None = Field(None, ge=1)
     """CPU threads for torch; default: all cores."""
+    fused_modules: bool = True
+    """Train Llama-family models with leaner RMSNorm and SwiGLU modules (same maths, fewer saved activations)."""
     adversarial: AdversarialSection | None = None
     """Embedding-space adversarial training (fgm, pgd, freelb, smart) on top of the objective; off when null."""
     task_weights: dict[str, float] = {}

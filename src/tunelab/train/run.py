@@ -27,6 +27,7 @@ from tunelab.objectives import OBJECTIVES
 from tunelab.objectives.base import SetupArgs
 from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder
 from tunelab.train.batch_size import resolve_batch_size
+from tunelab.train.fused import fuse_modules_
 from tunelab.train.loop import TrainingModule, fit, validation_metrics
 
 
@@ -87,6 +88,8 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
     # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
     data = apply_loss_difficulty(model, data, cfg, run_dir, tokenizer.pad_token_id, bf16)
+    if cfg.training.fused_modules:
+        fuse_modules_(model)  # before the method wraps the linear layers; parameter names do not change
     model = method.apply_(model, cfg.method)
     ctx = None
     if objective.setup is not None:  # a reference model, a teacher, or a head around the model
