@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=100, help="held-out prompts answered per method")
     parser.add_argument("--only", nargs="*", choices=list(METHODS), help="run only these methods")
     parser.add_argument("--out", type=Path, default=OUT, help="markdown table to write")
+    parser.add_argument("--rows", type=Path, help="keep each method's row here; rows already there are reused")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -181,8 +182,13 @@ def main() -> None:
         return
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="tunelab-methods-") as work:
+        keep = args.rows or Path(work)
+        keep.mkdir(parents=True, exist_ok=True)
         for name in [BASE, *(args.only or METHODS)]:
-            result = Path(work) / f"{name}.json"
+            result = keep / f"{name}.json"
+            if result.is_file():  # measured by an earlier, interrupted run of this benchmark
+                rows[name] = json.loads(result.read_text())
+                continue
             cmd = [sys.executable, __file__, "--child", name, "--result", str(result), "--work", work,
                    "--steps", str(args.steps), "--eval-examples", str(args.eval_examples)]  # fmt: skip
             subprocess.run(cmd, check=False)
