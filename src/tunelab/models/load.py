@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -129,35 +130,30 @@ def _bf16_copy(folder: Path, auto: type) -> Path:
     """A bf16 copy of a converted model, saved once next to it. Loading bf16 straight from fp32 files keeps the
     fp32 pages mapped while the bf16 copy is built (the embedded model peaked at 1.15 GB instead of 0.57 GB);
     from bf16 files the loaded weights are the file's pages."""
-    target = folder / "bf16"
-    if (target / "config.json").is_file():
-        return target
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".bf16-"))
-    try:
-        auto.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _build_once(
+        folder / "bf16",
+        lambda out: auto.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(out, safe_serialization=True),
+    )
 
 
 def _converted_gguf(gguf: Path, spec: str) -> Path:
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     name = spec if spec in EMBEDDED else gguf.stem
-    target = tunelab_home() / "models" / f"{name}-{key}"
+    return _build_once(tunelab_home() / "models" / f"{name}-{key}", lambda out: _convert_gguf(gguf, out))
+
+
+def _build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """`target`, built by `build(folder)` unless a complete one (with config.json) is there already.
+
+    It is built in a temporary folder and renamed into place, so an interrupted build leaves nothing that looks
+    complete, and two processes building at once both end with a whole folder."""
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a temporary folder and rename it into place, so an interrupted conversion leaves nothing
-    # that looks complete, and two processes converting at once both end with a whole folder.
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        _convert_gguf(gguf, tmp)
+        build(tmp)
         try:
             tmp.rename(target)
         except OSError:
