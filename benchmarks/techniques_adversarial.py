@@ -12,12 +12,14 @@ Both runs see the same data for the same number of steps (equal clean budget); t
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
 from techniques_common import (
     MODEL,
+    RESULTS,
     answer,
     command,
     pct,
@@ -79,7 +81,20 @@ def section(args: argparse.Namespace, res: dict) -> list[str]:
             + f" With {args.eval} prompts one answer is {1 / args.eval:.1%}, so differences of a few answers are"
             " within noise."
         )
-    return [*lines, "", "Reading: " + " ".join(reading)]
+    return [*lines, "", "Reading: " + " ".join(reading), *other_runs()]
+
+
+def other_runs() -> list[str]:
+    """One line per other run kept as results/techniques_adversarial_<label>.json (run-to-run spread in view)."""
+    lines = []
+    for path in sorted(RESULTS.glob("techniques_adversarial_*.json")):
+        r = json.loads(path.read_text())
+        cells = "; ".join(
+            f"{name}: " + ", ".join(f"{k} {pct(row[k]['exact_match'])}" for k in KINDS)
+            for name, row in r["results"]["runs"].items()
+        )
+        lines += ["", f"Other run (`{r['command']}`, {path.name}): {cells}."]
+    return lines
 
 
 def main() -> None:
