@@ -52,7 +52,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise TunelabError(
             "Give a config file (`tunelab train my.yaml`) or a data file (`tunelab train --data x.jsonl`)."
         )
-    cfg = load_config(config_path, overrides)
+    if args.resume and config_path and (config_path / "continual.yaml").is_file():  # a continual run's folder
+        import yaml
+
+        # Read as written (no path resolution against the run folder); a run without output.name was named after
+        # its config file, of which only the name (stem) is used.
+        folder = config_path.resolve()
+        raw = yaml.safe_load((folder / "continual.yaml").read_text())
+        cfg = load_config(None, [f"output.dir={folder.parent}", *overrides], base=raw)
+        config_path = Path(f"{folder.name}.yaml")
+    else:
+        cfg = load_config(config_path, overrides)
     run_training(cfg, config_path=config_path, resume=args.resume, console=console)
 
 
