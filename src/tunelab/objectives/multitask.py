@@ -7,18 +7,21 @@ separately and combines them:
 - uncertainty: n · Σ_t (w_t · exp(-s_t) · L_t,sum / n_t + s_t)       (Kendall et al. 2018, s_t = log σ_t²)
 where n_t counts task t's targets in the micro-batch and n = Σ n_t; the loop divides by n, so with one
 micro-batch per step the uncertainty loss is exactly Σ_t exp(-s_t) L̄_t + s_t over the tasks the batch holds.
-Validation is left unweighted, so val_loss means the same as in a single-task run.
+Validation is left unweighted, so val_loss means the same as in a single-task run. The learned s_t are logged
+(`task_log_var/<task>`, and the weights they imply, `task_weight/<task>` = exp(-s_t)) and kept in checkpoints,
+so a resumed run goes on with the values it had.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from tunelab.errors import ConfigError, did_you_mean
+from tunelab.errors import ConfigError, RunError, did_you_mean
 from tunelab.objectives.base import Batch, LossParts, Objective
 
 if TYPE_CHECKING:
@@ -83,3 +86,38 @@ def with_task_weighting(
 def task_names(train: list[Any]) -> list[str]:
     """The task tags of `train`, in the order of their indices in the `task` tensor."""
     return sorted({str(getattr(item, "task", "")) for item in train})
+
+
+STATE_KEY = "task_log_vars"
+"""Where a checkpoint's loop state keeps the learned s_t: {task: s_t} (plain floats, as state.json is JSON)."""
+
+
+def log_var_metrics(params: list[nn.Parameter], tasks: list[str]) -> dict[str, float]:
+    """`task_log_var/<task>` (s_t) and `task_weight/<task>` (exp(-s_t)) of uncertainty weighting; {} without it."""
+    if not params:
+        return {}
+    values = params[0].detach().float().cpu().tolist()
+    out = {f"task_log_var/{t}": s for t, s in zip(tasks, values, strict=True)}
+    return out | {f"task_weight/{t}": math.exp(-s) for t, s in zip(tasks, values, strict=True)}
+
+
+def log_var_state(params: list[nn.Parameter], tasks: list[str]) -> dict[str, dict[str, float]]:
+    """The s_t as a checkpoint's loop state keeps them, {STATE_KEY: {task: s_t}}; {} without uncertainty weighting."""
+    if not params:
+        return {}
+    return {STATE_KEY: dict(zip(tasks, params[0].detach().float().cpu().tolist(), strict=True))}
+
+
+def restore_log_vars_(params: list[nn.Parameter], tasks: list[str], state: dict[str, Any]) -> None:
+    """Put a checkpoint's s_t back into the learned parameter (its optimizer moments come back with the optimizer).
+    A checkpoint written without them (an older run, or fixed weights then) leaves the s_t as they start."""
+    saved = state.get(STATE_KEY)
+    if not params or saved is None:
+        return
+    if sorted(saved) != sorted(tasks):
+        raise RunError(
+            f"The checkpoint was trained on tasks {', '.join(sorted(saved))}, but the data now holds "
+            f"{', '.join(tasks)}. Resume with the data the run started with, or start a new run (without --resume)."
+        )
+    with torch.no_grad():
+        params[0].copy_(torch.tensor([saved[t] for t in tasks], dtype=params[0].dtype))

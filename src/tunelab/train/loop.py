@@ -30,7 +30,13 @@ from tunelab.errors import ConfigError, RunError
 from tunelab.methods.hooks import on_step_
 from tunelab.methods.regularize import prepare_training_
 from tunelab.objectives import Objective
-from tunelab.objectives.multitask import with_task_weighting
+from tunelab.objectives.multitask import (
+    log_var_metrics,
+    log_var_state,
+    restore_log_vars_,
+    task_names,
+    with_task_weighting,
+)
 from tunelab.regularizers.adversarial import with_adversarial
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
@@ -130,6 +136,7 @@ def fit(
     if cfg.adversarial is not None:
         objective = with_adversarial(objective, cfg.adversarial)
     objective, task_params = with_task_weighting(objective, cfg, train, device)  # training.task_weights/_weighting
+    task_tags = task_names(train) if task_params else []  # the learned s_t's tasks, logged and checkpointed by name
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing_(model)
     module = TrainingModule(model, objective, ctx)
@@ -145,6 +152,7 @@ def fit(
     state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "best_val": None, "bad_evals": 0}
     if resume and (latest := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(latest, accelerator.unwrap_model(module).model, optimizer, scheduler)
+        restore_log_vars_(task_params, task_tags, state)
     state.setdefault("skipped_steps", 0)
     bad_in_a_row = 0
     # A resumed run drops the metric lines written after its checkpoint, so the file ends as if never killed.
@@ -169,7 +177,8 @@ def fit(
         if accelerator.is_main_process:
             save_checkpoint(
                 ckpt_dir, step, accelerator.unwrap_model(module).model, optimizer, scheduler,
-                {**state, "step": step, "epoch": epoch, "metric_lines": len(log.lines)}, cfg.keep_checkpoints,
+                {**state, "step": step, "epoch": epoch, "metric_lines": len(log.lines),
+                 **log_var_state(task_params, task_tags)}, cfg.keep_checkpoints,
             )  # fmt: skip
         accelerator.wait_for_everyone()
 
@@ -232,7 +241,8 @@ def fit(
                     log.write(
                         {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
                          "skipped_steps": state["skipped_steps"], "tokens_per_s": tokens_per_s,
-                         "peak_mem_mb": peak_memory_mb(device), "elapsed_s": time.perf_counter() - train_start}
+                         "peak_mem_mb": peak_memory_mb(device), "elapsed_s": time.perf_counter() - train_start,
+                         **log_var_metrics(task_params, task_tags)}
                     )  # fmt: skip
                     progress.update(step, loss=mean_loss, tokens_per_s=tokens_per_s)
                     window_tokens, window_start = 0, time.perf_counter()
