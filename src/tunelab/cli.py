@@ -104,12 +104,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     examples = load_examples([args.data]).examples
     if not examples:
         raise TunelabError(f"'{args.data}' holds no usable rows to evaluate on.")
+    model, tokenizer = load_for_inference(args.model, dtype=torch.float32)
     if args.shots:  # an in-context baseline: the same rows and metrics, k demonstrations before each question
         from tunelab.fewshot.baseline import with_pool_shots
+        from tunelab.fewshot.context import ContextLimit, context_summary
 
+        limit = ContextLimit.for_model(model, tokenizer, args.max_new_tokens, args.shot_overflow, args.system)
         examples = with_pool_shots(examples, args.shot_pool, args.shots, selection=args.shot_selection,
-                                   seed=args.seed, layout=args.shot_layout, embedder=args.shot_embedder)  # fmt: skip
-    model, tokenizer = load_for_inference(args.model, dtype=torch.float32)
+                                   seed=args.seed, layout=args.shot_layout, embedder=args.shot_embedder,
+                                   limit=limit)  # fmt: skip
+        fit = context_summary(examples)
+        if fit["prompts_shortened"]:
+            console.print(f"{fit['prompts_shortened']} prompt(s) were over the model's context: {fit['shots_dropped']} "
+                          "demonstration(s) left out (--shot-overflow drop)")  # fmt: skip
     metrics, predictions = generation_metrics(
         model, tokenizer, examples, max_examples=args.max_examples, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, system_prompt=args.system, precision="bf16" if args.bf16 else "fp32",
@@ -232,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shot-layout", choices=["turns", "inline"], default="turns",
                    help="demonstrations as chat turns, or inline in one user message (Input:/Output:)")  # fmt: skip
     p.add_argument("--shot-embedder", default="minilm-l6", help="encoder for --shot-selection similar")
+    p.add_argument("--shot-overflow", choices=["error", "drop"], default="error",
+                   help="a prompt longer than the model's context: stop (error), or leave out the demonstrations "
+                   "farthest from the question and report how many (drop)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of random demonstrations")
 
     p = add("merge", cmd_merge, "Merge a run's adapter into its base model: a standalone HF folder.")

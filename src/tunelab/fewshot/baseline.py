@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tunelab.data.records import Example
 from tunelab.errors import DataError
+from tunelab.fewshot.context import ContextLimit
 from tunelab.fewshot.prompts import Embed, Layout, Strategy, encoder_embed, kshot_examples
 
 DEFAULT_EMBEDDER = "minilm-l6"
@@ -32,8 +33,10 @@ def with_pool_shots(
     layout: Layout = "turns",
     instruction: str | None = None,
     embedder: str = DEFAULT_EMBEDDER,
+    limit: ContextLimit | None = None,
 ) -> list[Example]:
-    """`examples` with k demonstrations each, drawn from the solved examples of `pool_file` (k = 0: unchanged)."""
+    """`examples` with k demonstrations each, drawn from the solved examples of `pool_file` (k = 0: unchanged);
+    `limit`: the model's context and the overflow policy (`fewshot.context`)."""
     if k == 0:
         return list(examples)
     if pool_file is None:
@@ -48,5 +51,6 @@ def with_pool_shots(
         raise DataError(f"The shot pool '{pool_file}' holds no usable rows. Give a file of chat rows with answers.")
     embed = load_embedder(embedder) if selection == "similar" else None
     return kshot_examples(
-        examples, pool, k, strategy=selection, seed=seed, embed=embed, layout=layout, instruction=instruction
-    )
+        examples, pool, k, strategy=selection, seed=seed, embed=embed, layout=layout, instruction=instruction,
+        limit=limit,
+    )  # fmt: skip

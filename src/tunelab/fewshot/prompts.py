@@ -8,6 +8,9 @@ message ("Input: ... / Output: ..."), for models that follow chat turns poorly.
 With `similar`, the most similar demonstration is placed last, next to the question (Liu et al. 2022 found the
 order that puts the nearest example closest to the query works best). A pool example whose prompt equals the
 question's is never shown: it would hand the model the answer.
+
+Given a `ContextLimit`, every prompt is measured against the model's context and an overlong one is refused or
+shortened by an explicit policy (`fewshot.context`); without one, prompts are built as long as k makes them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.records import Example, Message
 from tunelab.errors import DataError
+from tunelab.fewshot.context import ContextLimit
 
 Strategy = Literal["random", "similar"]
 Layout = Literal["turns", "inline"]
@@ -78,11 +82,13 @@ def kshot_examples(
     embed: Embed | None = None,
     layout: Layout = "turns",
     instruction: str | None = None,
+    limit: ContextLimit | None = None,
 ) -> list[Example]:
     """`examples` with k demonstrations from `pool` before each question (k = 0: zero-shot).
 
     `instruction`, when given, opens the conversation as a system turn (turns) or the first paragraph (inline).
-    An example's own system turn is kept and goes first.
+    An example's own system turn is kept and goes first. With `limit`, each prompt is measured (`meta`:
+    `prompt_tokens`, `shots_dropped`) and one longer than the limit is refused or shortened as its policy says.
     """
     for ex in (*examples, *pool):
         if not any(m.role == "assistant" for m in ex.messages):
@@ -92,7 +98,7 @@ def kshot_examples(
             )
     shots = select_shots(examples, pool, k, strategy=strategy, seed=seed, embed=embed)
     return [
-        _with_shots(ex, [pool[j] for j in idx], layout, instruction) for ex, idx in zip(examples, shots, strict=True)
+        _fitted(ex, [pool[j] for j in idx], layout, instruction, limit) for ex, idx in zip(examples, shots, strict=True)
     ]
 
 
@@ -101,6 +107,23 @@ def encoder_embed(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ba
     from tunelab.embeddings.pooling import encode
 
     return lambda texts: encode(model, tokenizer, texts, batch_size=batch_size)
+
+
+def _fitted(
+    example: Example, shots: list[Example], layout: Layout, instruction: str | None, limit: ContextLimit | None
+) -> Example:
+    """The k-shot example, shortened from its first (farthest) demonstration while over the limit under `drop`."""
+    built = _with_shots(example, shots, layout, instruction)
+    if limit is None:
+        return built
+    tokens, kept = limit.count(built), list(shots)
+    while tokens > limit.max_tokens:
+        if limit.overflow == "error" or not kept:
+            raise DataError(limit.too_long(example, tokens, len(kept)))
+        kept = kept[1:]
+        built = _with_shots(example, kept, layout, instruction)
+        tokens = limit.count(built)
+    return replace(built, meta={**built.meta, "prompt_tokens": tokens, "shots_dropped": len(shots) - len(kept)})
 
 
 def _with_shots(example: Example, shots: list[Example], layout: Layout, instruction: str | None) -> Example:
