@@ -7,4 +7,6 @@
 - `report.continual_report(tasks, matrix)`: average accuracy, backward transfer, forgetting.
 - `config.ContinualSection` (the `continual:` section) and `run.run_continual`, which `tunelab train` calls for it:
   tasks in sequence (stages, or successive runs), replay / EWC / an adapter per task, continual.json and .md.
+- `resume`: the run folder, and resuming a stopped run (`tunelab train --resume`) without training finished stages
+  again; a changed task list is refused.
 """

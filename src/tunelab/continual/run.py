@@ -6,7 +6,8 @@ with replay, EWC or an adapter per task around it, and every task scored after e
 
 The tasks are the config's `stages:` (task name = stage name), or the run's own sections as one task (named
 `output.name`). With `model.source` set to an earlier continual run folder, the run continues it: its tasks,
-accuracy rows, replay buffer, Fisher and adapters carry over, and training starts from its last weights.
+accuracy rows, replay buffer, Fisher and adapters carry over, and training starts from its last weights. A stopped
+run resumes with `resume=True` (`tunelab train --resume`): finished stages are not trained again (`continual.resume`).
 
 Composition for `lora_per_task` is routing: each task's prompts go to that task's adapter on the shared frozen
 base (`load_task_model`); a task not trained yet is answered by the base. Nothing is averaged or merged, so no
@@ -16,7 +17,6 @@ task is forgotten, at the price of needing the task tag at inference.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +27,41 @@ from torch import nn
 from tunelab.config import OutputSection, TunelabConfig, dump_config
 from tunelab.continual.replay import ReservoirBuffer
 from tunelab.continual.report import continual_report
+from tunelab.continual.resume import (
+    CONFIG_FILE,
+    STATE_FILE,
+    TRAINED_FILE,
+    fresh_folder,
+    read_state,
+    reload_trained,
+    resume_folder,
+    save_trained,
+    write_state,
+)
 from tunelab.continual.tasks import draw_replay, exact_match, fisher_after_stage, read_examples, task_rows, write_rows
 from tunelab.errors import ConfigError, RunError
 from tunelab.methods import METHODS
 from tunelab.models import load_model, load_tokenizer, resolve_source
-from tunelab.runs import artifact_dir, is_run
+from tunelab.runs import artifact_dir
 
-STATE_FILE = "continual_state.json"
 BUFFER_FILE = "replay_buffer.json"
 
 
 def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console=None):
-    """Train the tasks in order and write the accuracy matrix; returns the last stage's `RunResult`."""
+    """Train the tasks in order and write the accuracy matrix; returns the last stage's `RunResult` (None when a
+    resume finds every stage finished). `resume` continues a stopped run: see `continual.resume`."""
     from tunelab.train.run import generation_budget, run_training, use_bf16
     from tunelab.train.stages import stage_config, stage_weights
 
     console = console or Console()
     cont = cfg.continual
-    if resume:
-        raise ConfigError(
-            "A continual run cannot be resumed stage by stage yet. Run it again with output.overwrite=true, or "
-            "continue it with a new run whose model.source is this run's folder."
-        )
-    previous = _previous_state(cfg.model.source)
-    run_dir = _fresh_folder(cfg, config_path)
-    (run_dir / "continual.yaml").write_text(dump_config(cfg))
-    base = previous["base"] if previous else cfg.model.source
-    source = previous["source"] if previous else cfg.model.source
+    previous = read_state(cfg.model.source)
+    run_dir = resume_folder(cfg, config_path) if resume else fresh_folder(cfg, config_path)
+    saved = read_state(run_dir) if resume else None  # where the stopped run got to
+    (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+    start = saved or previous
+    base = start["base"] if start else cfg.model.source
+    source = start["source"] if start else cfg.model.source
     if cfg.stages:
         plans = [stage_config(cfg, k, source, run_dir) for k in range(len(cfg.stages))]
     else:
@@ -66,10 +74,11 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
     for plan, name in zip(plans, names, strict=True):
         path = write_rows(run_dir / "tasks" / f"{name}.jsonl", task_rows(plan.data.validation, name))
         tasks.append({"name": name, "validation": str(path), "system_prompt": plan.data.system_prompt})
-    matrix = [row + [None] * (len(tasks) - len(row)) for row in previous["matrix"]] if previous else []
-    stages = list(previous["stages"]) if previous else []
-    adapters: dict[str, str] = dict(previous["adapters"]) if previous else {}
-    ewc_file = previous.get("ewc") if previous else None
+    matrix = [row + [None] * (len(tasks) - len(row)) for row in start["matrix"]] if start else []
+    stages = list(start["stages"]) if start else []
+    done = len(stages) - len(previous["stages"] if previous else []) if saved else 0  # stages of this run finished
+    adapters: dict[str, str] = dict(start["adapters"]) if start else {}
+    ewc_file = start.get("ewc") if start else None
     buffer = _buffer(cont, previous)
     tokenizer = load_tokenizer(resolve_source(base))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,15 +96,20 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
             ))  # fmt: skip
         return row
 
-    baseline = previous.get("baseline") if previous else None
+    baseline = start.get("baseline") if start else None
     if cont.baseline and baseline is None:
-        start = load_model(resolve_source(source), dtype=torch.float32).to(device).eval()
-        baseline = score(lambda _: start, plans[0])
-        del start
-    result = None
-    for plan, name in zip(plans, names, strict=True):
-        console.rule(f"continual stage {len(stages) + 1}: task {name}")
+        first = load_model(resolve_source(source), dtype=torch.float32).to(device).eval()
+        baseline = score(lambda _: first, plans[0])
+        del first
+    state, result = saved, None
+    for k, (plan, name) in enumerate(zip(plans, names, strict=True)):
         own_rows = task_rows(plan.data.train, name)
+        if k < done:  # finished before the run stopped: its results are in the saved state and the folder
+            (Path(plan.output.dir) / name / TRAINED_FILE).unlink(missing_ok=True)
+            if cont.replay is not None:
+                buffer.extend(own_rows)  # the seeded reservoir sees the same stream, so it holds the same rows
+            continue
+        console.rule(f"continual stage {len(stages) + 1}: task {name}")
         record: dict[str, Any] = {"stage": name, "train_rows": len(own_rows), "replayed": 0}
         data, training = plan.data, plan.training
         if cont.replay is not None and len(buffer):
@@ -106,10 +120,16 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
         if cont.ewc is not None and ewc_file is not None:
             training = training.model_copy(update={"ewc_state": ewc_file, "ewc_lambda": cont.ewc.lam})
         model_source = base if cont.lora_per_task else source
-        plan = plan.model_copy(update={"data": data, "training": training, "model": plan.model.model_copy(
-            update={"source": model_source})})  # fmt: skip
-        result = run_training(plan, console=console)
-        stage_dir = result.run_dir
+        # A resumed stage folder without a checkpoint holds nothing worth keeping: it is started again.
+        output = plan.output.model_copy(update={"overwrite": True}) if resume else plan.output
+        plan = plan.model_copy(update={"data": data, "training": training, "output": output,
+                                       "model": plan.model.model_copy(update={"source": model_source})})  # fmt: skip
+        stage_dir = Path(output.dir) / output.name
+        if resume and (stage_dir / TRAINED_FILE).is_file():  # trained; stopped in the Fisher or the scoring
+            result = reload_trained(plan, stage_dir, console)
+        else:
+            result = run_training(plan, resume=resume and (stage_dir / "checkpoints").is_dir(), console=console)
+            save_trained(result.model, stage_dir)
         if cont.ewc is not None:
             ewc_file = str(fisher_after_stage(
                 result.model, tokenizer, plan.data, own_rows, samples=cont.ewc.fisher_samples,
@@ -126,7 +146,10 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
         state = {"base": base, "source": source, "tasks": tasks, "stages": stages, "matrix": matrix,
                  "adapters": adapters, "ewc": ewc_file, "baseline": baseline,
                  "method": plan.method.name, "buffer": str(run_dir / BUFFER_FILE) if cont.replay else None}  # fmt: skip
-        (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_state(run_dir, state)
+        (stage_dir / TRAINED_FILE).unlink()  # the stage is recorded as finished: its weights are in its folder
+        write_report(run_dir, state)
+    if result is None and state is not None:  # every stage had finished: the report may not have been written
         write_report(run_dir, state)
     return result
 
@@ -191,11 +214,6 @@ def matrix_markdown(names: list[str], matrix: list[list[float | None]], baseline
     )
 
 
-def _previous_state(source: str) -> dict[str, Any] | None:
-    path = Path(source) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _buffer(cont: Any, previous: dict[str, Any] | None) -> ReservoirBuffer:
     saved = previous.get("buffer") if previous else None
     if cont.replay is not None and saved and Path(saved).is_file():
@@ -229,21 +247,3 @@ def _check(plans: list[TunelabConfig], names: list[str], earlier: list[str], lor
                 "Give the stage another name."
             )
         seen.append(name)
-
-
-def _fresh_folder(cfg: TunelabConfig, config_path: Path | None) -> Path:
-    name = cfg.output.name or (config_path.stem if config_path else "run")
-    run_dir = Path(cfg.output.dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not ((run_dir / STATE_FILE).is_file() or (run_dir / "continual.yaml").is_file() or is_run(run_dir)):
-            raise RunError(
-                f"'{run_dir}' exists and is not a tunelab run folder, so tunelab will not write into it. Choose "
-                "another output.dir or output.name."
-            )
-        if not cfg.output.overwrite:
-            raise RunError(
-                f"Run folder '{run_dir}' already exists. Choose another output.name, or set output.overwrite=true."
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir.resolve()  # stored paths (Fisher, buffer, adapters) must work from anywhere
