@@ -1,7 +1,7 @@
 """The same `tunelab train` under torchrun or `accelerate launch` with 2 CPU processes (gloo) matches one process
 with the same global batch: one process with batch 4 and 2 accumulation steps sees exactly the batches that 2
 processes with batch 4 see together, and the loss is normalised over the target tokens of all of them. A launch
-that asks for FSDP or DeepSpeed is refused with a clear message."""
+that asks for DeepSpeed is refused with a clear message (FSDP: test_distributed_fsdp.py)."""
 
 from __future__ import annotations
 
@@ -76,24 +76,23 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, tiny_model_dir: Pat
         assert losses(runs / "single") == pytest.approx(losses(runs / name), rel=1e-4)
 
 
-@pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_sharded_backends_on_cpu_are_refused(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
-    # What `accelerate launch --config_file fsdp.yaml` sets; on the CPU accelerate would run plain DDP instead.
+def test_deepspeed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `accelerate launch` with a DeepSpeed config sets.
     accelerator = Accelerator(cpu=True)  # built first: with the DeepSpeed flag it would need deepspeed installed
-    monkeypatch.setenv(env, "true")
-    with pytest.raises(RunError, match=r"only on GPUs.*ddp\.yaml"):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(RunError, match=r"DeepSpeed.*fsdp\.yaml.*ddp\.yaml"):
         check_backend(accelerator)
-    monkeypatch.setenv(env, "false")
-    check_backend(accelerator)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    assert check_backend(accelerator) == "none"
 
 
-def test_fsdp_launch_fails_with_the_message(tmp_path: Path, tiny_model_dir: Path) -> None:
-    path = config(tmp_path, tiny_model_dir, "fsdp", grad_accum=1)
-    env = {**os.environ, "ACCELERATE_USE_FSDP": "true"}
+def test_deepspeed_launch_fails_with_the_message(tmp_path: Path, tiny_model_dir: Path) -> None:
+    path = config(tmp_path, tiny_model_dir, "deepspeed", grad_accum=1)
+    env = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}
     done = subprocess.run(
         [sys.executable, "-m", "tunelab.cli", "train", str(path)], capture_output=True, text=True, env=env, timeout=300
     )
-    assert done.returncode == 2 and "FSDP" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "DeepSpeed" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_example_accelerate_config_loads() -> None:

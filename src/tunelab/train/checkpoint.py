@@ -1,5 +1,12 @@
 """Resumable checkpoints, written atomically: into a temporary folder first, then renamed into place, so a
-kill at any moment leaves either the previous checkpoint or the new one, never half of one."""
+kill at any moment leaves either the previous checkpoint or the new one, never half of one.
+
+Weights and optimizer state are gathered with torch's `torch.distributed.checkpoint.state_dict` API, which reads
+a plain module, DDP and FSDP (1 and 2) alike: every process takes part in the gathering, the main process alone
+writes full (unsharded) tensors, and a checkpoint from any of them restores into any other, one process included.
+The functions take the training module (the model under `model.`, possibly wrapped) and the optimizer built over
+its parameters.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +20,47 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 PREFIX = "step-"
+MODEL = "model."
+"""Where the trained model sits in the training module; checkpoint weights are named as the model names them."""
+_GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+_SCATTER = StateDictOptions(full_state_dict=True, strict=False)
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the trainable weights of the model in `module`, on the main process (the other processes
+    get {}). Every process must call it. Tied weights appear once, under the first name."""
+    gathered = get_model_state_dict(module, options=_GATHER)
+    names = {_clean(n) for n, p in _unwrapped(module).named_parameters() if p.requires_grad}
+    return {k[len(MODEL) :]: v.contiguous() for k, v in gathered.items() if k in names}
+
+
+def load_trainable_(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Put full `weights` (as `trainable_state` returns them) into the model in `module`, each process taking
+    its own shard. Every process must call it with the same weights."""
+    set_model_state_dict(module, {MODEL + k: v for k, v in weights.items()}, options=_SCATTER)
+
+
+def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's full state keyed by parameter name, on the main process. Every process must call it."""
+    owner, inner = _owner(module, optimizer)
+    return get_optimizer_state_dict(owner, inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state_(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    if all(isinstance(k, int) for k in state["state"]):  # written by `optimizer.state_dict()` before names were used
+        optimizer.load_state_dict(state)
+        return
+    owner, inner = _owner(module, optimizer)
+    set_optimizer_state_dict(owner, inner, state, options=StateDictOptions(full_state_dict=True))
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,23 +81,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     folder: Path,
     step: int,
-    model: nn.Module,
+    module: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
+    *,
+    main: bool = True,
 ) -> Path:
-    """Write `folder/step-N` atomically and keep only the newest `keep` checkpoints."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write `folder/step-N` atomically from the main process and keep only the newest `keep` checkpoints.
+    Every process must call it (the weights are gathered); only the one with `main` writes."""
+    weights, optim = trainable_state(module), optimizer_state(module, optimizer)
     final = folder / f"{PREFIX}{step:08d}"
+    if not main:
+        return final
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{PREFIX}{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-        tmp / "optimizer.pt",
-    )
+    save_file(weights, tmp / "trainable.safetensors")
+    torch.save({"optimizer": optim, "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -69,14 +114,46 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
-    """Restore trainable weights, optimizer, scheduler and RNG in place; return the loop state."""
-    weights = load_file(path / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    for name, tensor in weights.items():
-        params[name].data.copy_(tensor)
+def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
+    """Restore trainable weights, optimizer, scheduler and RNG in place on every process; return the loop state."""
+    load_trainable_(module, load_file(path / "trainable.safetensors"))
     extra = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
+    load_optimizer_state_(module, optimizer, extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def save_weights(path: Path, module: nn.Module, *, main: bool = True) -> None:
+    """The trainable weights alone (the best model so far), written atomically by the main process. Every
+    process must call it."""
+    weights = trainable_state(module)
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(weights, tmp)
+        tmp.replace(path)
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(getattr(module, "module", None), nn.Module) else module  # DDP
+
+
+def _clean(name: str) -> str:
+    """A parameter name without the wrappers' own parts (FSDP1, activation checkpointing)."""
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+
+
+def _owner(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The module that names every parameter the optimizer holds, and the torch optimizer itself: optimizer state
+    is keyed by parameter name, and a few parameters train outside the model (the task uncertainties of
+    multi-task weighting)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    known = {id(p) for p in module.parameters()}
+    extra = [p for group in inner.param_groups for p in group["params"] if id(p) not in known]
+    if not extra:
+        return module, inner
+    owner = nn.Module()
+    owner.add_module("trained", module)
+    owner.extra = nn.ParameterList(extra)
+    return owner, inner

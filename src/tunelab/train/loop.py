@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from peft.helpers import disable_input_dtype_casting
 from torch import nn
 from transformers import PreTrainedModel
@@ -38,7 +36,17 @@ from tunelab.objectives.multitask import (
     with_task_weighting,
 )
 from tunelab.regularizers.adversarial import with_adversarial
-from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
+from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable_, save_checkpoint, save_weights
+from tunelab.train.distributed import (
+    check_backend,
+    fsdp_settings,
+    meta_copy,
+    name_layer_class_,
+    refuse_unsharded_state,
+    replicated,
+    shard_,
+    unsharded,
+)
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.progress import TrainProgress
@@ -68,6 +76,9 @@ class FitResult:
     stopped_early: bool
     best_val_loss: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    model: nn.Module | None = None
+    """The trained model, unsharded: the one given to `fit`, or after sharded training a copy of it holding the
+    gathered weights (sharding changed the given one in place)."""
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -120,8 +131,9 @@ def fit(
     schedule: Schedule | None = None,
 ) -> FitResult:
     """Train `model` in place on `train` (items of the objective's kind), evaluating on `val`; checkpoints and
-    metrics go to `run_dir`. `ctx` is what the objective's setup built."""
-    check_backend(accelerator)
+    metrics go to `run_dir`. `ctx` is what the objective's setup built. Under FSDP `model` is sharded in place:
+    use `FitResult.model` afterwards."""
+    sharding = check_backend(accelerator)
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     lengths = [objective.length(t) for t in train]
@@ -140,18 +152,29 @@ def fit(
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing_(model)
     module = TrainingModule(model, objective, ctx)
+    frame = None
+    if sharding != "none":  # the gathered weights go back into this copy at the end
+        refuse_unsharded_state(model, cfg)
+        frame = meta_copy(model)
+    if sharding == "fsdp-cpu":  # accelerate drops FSDP on CPU processes: shard here, before the optimizer is built
+        shard_(module, fsdp_settings(), world)
+    elif sharding == "fsdp-accelerate":
+        name_layer_class_(accelerator, model)
     # Before any checkpoint is restored: the ΔW penalties measure change from the weights the method set up.
     regularizer = prepare_training_(model, cfg)
     optimizer = build_optimizer(model, cfg)
     if task_params:  # the learned task uncertainties train with the model
         optimizer.add_param_group({"params": task_params, "weight_decay": 0.0})
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    module, optimizer = accelerator.prepare(module, optimizer)
+    if sharding == "fsdp-cpu":  # already sharded; accelerate would wrap it in DDP
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(module, optimizer)
 
     ckpt_dir = run_dir / "checkpoints"
     state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "best_val": None, "bad_evals": 0}
     if resume and (latest := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(latest, accelerator.unwrap_model(module).model, optimizer, scheduler)
+        state = load_checkpoint(latest, module, optimizer, scheduler)
         restore_log_vars_(task_params, task_tags, state)
     state.setdefault("skipped_steps", 0)
     bad_in_a_row = 0
@@ -167,19 +190,18 @@ def fit(
         best = state["best_val"]
         if best is None or metrics["val_loss"] < best - cfg.early_stopping_min_delta:
             state["best_val"], state["bad_evals"] = metrics["val_loss"], 0
-            if cfg.early_stopping_patience and accelerator.is_main_process:
-                _save_best(accelerator.unwrap_model(module).model, ckpt_dir)
+            if cfg.early_stopping_patience:
+                save_weights(ckpt_dir / "best.safetensors", module, main=accelerator.is_main_process)
             return False
         state["bad_evals"] += 1
         return bool(cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience)
 
     def checkpoint() -> None:
-        if accelerator.is_main_process:
-            save_checkpoint(
-                ckpt_dir, step, accelerator.unwrap_model(module).model, optimizer, scheduler,
-                {**state, "step": step, "epoch": epoch, "metric_lines": len(log.lines),
-                 **log_var_state(task_params, task_tags)}, cfg.keep_checkpoints,
-            )  # fmt: skip
+        save_checkpoint(
+            ckpt_dir, step, module, optimizer, scheduler,
+            {**state, "step": step, "epoch": epoch, "metric_lines": len(log.lines),
+             **log_var_state(task_params, task_tags)}, cfg.keep_checkpoints, main=accelerator.is_main_process,
+        )  # fmt: skip
         accelerator.wait_for_everyone()
 
     module.train()
@@ -213,7 +235,7 @@ def fit(
                     step_loss += loss_sum.detach()
                     # Every input's mask counts: pair objectives (contrastive) hold one per role.
                     window_tokens += sum(int(v.sum()) for key, v in batch.items() if key.endswith("attention_mask"))
-                grad_norm = (
+                grad_norm = replicated(  # a norm over sharded gradients is a DTensor
                     accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
                     if cfg.max_grad_norm
                     else _grad_norm(module)
@@ -267,31 +289,11 @@ def fit(
         checkpoint()
 
     if stopped_early and (ckpt_dir / "best.safetensors").is_file():
-        _load_best(accelerator.unwrap_model(module).model, ckpt_dir)
-    return FitResult(steps=step, stopped_early=stopped_early, best_val_loss=state["best_val"], history=log.lines)
+        from safetensors.torch import load_file
 
-
-def check_backend(accelerator: Accelerator) -> None:
-    """Refuse a launch that asks for FSDP or DeepSpeed: on the CPU accelerate quietly runs plain data parallelism
-    instead, and on GPUs the loop writes checkpoints and weights from the main process's own copy of the weights,
-    which both shard (DeepSpeed also steps inside its engine, past the loop's accumulation and step guard)."""
-    asked = {name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-             if os.environ.get(env, "false").lower() == "true"}  # fmt: skip
-    running = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed"}.get(accelerator.distributed_type)
-    if not asked and running is None:
-        return
-    name = running or sorted(asked)[0]
-    if running is None:
-        raise RunError(
-            f"The launch asks for {name}, which accelerate runs only on GPUs: on the CPU it would quietly fall back to "
-            "plain data parallelism. Launch with examples/accelerate/ddp.yaml (or torchrun) instead."
-        )
-    raise RunError(
-        f"tunelab does not train under {name} yet: checkpoints and the trained weights are written by the main "
-        f"process from its own copy of the weights, which {name} shards across processes. Launch with "
-        "examples/accelerate/ddp.yaml (DDP); to fit a larger model on each GPU use an adapter method (lora, qlora), "
-        "training.gradient_checkpointing and training.auto_batch_size."
-    )
+        load_trainable_(module, load_file(ckpt_dir / "best.safetensors"))
+    trained = unsharded(module, frame) if frame is not None else model
+    return FitResult(step, stopped_early, state["best_val"], log.lines, trained)
 
 
 def _step_is_finite(grad_norm: torch.Tensor | None, step_loss: torch.Tensor, accelerator: Accelerator) -> bool:
@@ -336,23 +338,6 @@ def enable_gradient_checkpointing_(model: nn.Module) -> None:
 def _grad_norm(module: nn.Module) -> torch.Tensor:
     grads = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
-
-
-def _save_best(model: nn.Module, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".best.tmp"
-    save_file(trainable_state(model), tmp)
-    tmp.replace(folder / "best.safetensors")
-
-
-def _load_best(model: nn.Module, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    params = dict(model.named_parameters())
-    for name, tensor in load_file(folder / "best.safetensors").items():
-        params[name].data.copy_(tensor)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from tunelab.objectives import OBJECTIVES
 from tunelab.objectives.base import SetupArgs
 from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder
 from tunelab.train.batch_size import resolve_batch_size
+from tunelab.train.distributed import refuse_deepspeed
 from tunelab.train.fused import fuse_modules_
 from tunelab.train.loop import TrainingModule, fit, validation_metrics
 
@@ -117,6 +118,7 @@ def run_training(
 
         return run_stages(cfg, config_path=config_path, resume=resume, console=console)
     console = console or Console()
+    refuse_deepspeed()
     # accelerate forms a CPU process group (gloo) under torchrun only when told the run is on the CPU.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -158,8 +160,9 @@ def run_training(
         schedule=getattr(data, "schedule", None),  # curriculum / weighted sampling from data.schedule
     )  # fmt: skip
 
-    # Save first, evaluate second: a crash in evaluation must not lose the trained weights.
-    model = accelerator.unwrap_model(model)
+    # Save first, evaluate second: a crash in evaluation must not lose the trained weights. After sharded training
+    # (FSDP) the result is an unsharded copy with the gathered weights, the same on every process.
+    model = accelerator.unwrap_model(result.model)
     if main:
         saved = artifact_dir(run_dir, cfg.method.name)
         method.save(objective.body(model), saved)
