@@ -10,6 +10,12 @@ prediction is right when its first word is the label. Writes benchmarks/results/
     .venv/bin/python benchmarks/techniques_fewshot.py
     .venv/bin/python benchmarks/techniques_fewshot.py --test 12 --prompt-eval 6 --prompt-ks 0 1 --tune-ks 2 \\
         --lora-steps 2 --setfit-pairs 1      # smoke run
+    .venv/bin/python benchmarks/techniques_fewshot.py --prompt-only --prompt-ks 8 16 32 --prompt-eval 24
+        # more k for the prompting arm only, merged into the saved json (fine-tuning rows kept)
+
+Every prompt is measured against SmolLM2's context (8192 positions less the answer tokens) under the `drop`
+policy of `tunelab.fewshot.context`: a prompt that did not fit would lose its farthest demonstrations, and the
+table reports how many prompts did.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ PREDICATES = {
                 "cleared up by the afternoon", "flooded the low streets", "kept everyone indoors",
                 "will bring showers tomorrow", "cooled the city after a hot day", "delayed flights at the airport"],
 }  # fmt: skip
+MAX_NEW_TOKENS = 3
 OPENERS = ["", "Yesterday, ", "I heard that ", "According to the news, ", "As usual, "]
 
 
@@ -104,7 +111,7 @@ def accuracy(predictions: list[str], rows: list[dict]) -> float:
 def generate(model, tokenizer, examples, batch_size: int) -> list[str]:
     from tunelab.eval import generation_metrics
 
-    _, rows = generation_metrics(model, tokenizer, examples, max_examples=None, max_new_tokens=3,
+    _, rows = generation_metrics(model, tokenizer, examples, max_examples=None, max_new_tokens=MAX_NEW_TOKENS,
                                  batch_size=batch_size, precision="bf16", show_progress=False)  # fmt: skip
     return [r["prediction"] for r in rows]
 
@@ -117,6 +124,9 @@ def main() -> None:
     parser.add_argument("--tune-ks", type=int, nargs="+", default=[8, 16, 32], help="examples per class, fine-tuning")
     parser.add_argument("--lora-steps", type=int, default=16, help="LoRA steps of 8 rows")
     parser.add_argument("--setfit-pairs", type=int, default=5, help="SetFit pair rounds per text")
+    parser.add_argument("--prompt-only", action="store_true",
+                        help="run only the prompting arm for --prompt-ks and merge it into the saved json (the "
+                        "fine-tuning rows and the other k are kept)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -124,16 +134,52 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from tunelab.fewshot.baseline import load_embedder
-    from tunelab.fewshot.prompts import kshot_examples
-    from tunelab.fewshot.setfit import SetFitClassifier
     from tunelab.models import load_model, load_tokenizer
-    from tunelab.runs import artifact_dir
 
     started = time.perf_counter()
-    pool, test = make_task(test=args.test)
-    results: dict[str, dict[str, dict]] = {"prompt_random": {}, "prompt_similar": {}, "lora": {}, "setfit": {}}
+    out = RESULTS / "techniques_fewshot.json"
+    if args.prompt_only and not out.is_file():
+        raise SystemExit(f"--prompt-only merges into {out}, which does not exist: run the whole demo first.")
+    saved = json.loads(out.read_text()) if args.prompt_only else None
+    pool, test = make_task(test=saved["args"]["test"] if saved else args.test)
+    results = saved["results"] if saved else {"prompt_random": {}, "prompt_similar": {}, "lora": {}, "setfit": {}}
     model, tokenizer = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
     embed = load_embedder("minilm-l6")
+    prompting(args, results, model, tokenizer, embed, pool, test)
+    if saved:  # the k measured by earlier runs get their prompt lengths (tokenizing only, no generation)
+        for k in sorted({int(k) for k in results["prompt_random"]} - set(args.prompt_ks)):
+            measure(results, k, model, tokenizer, embed, pool, test)
+    del model
+    if not args.prompt_only:
+        fine_tuning(args, results, tokenizer, pool, test)
+    total_s = time.perf_counter() - started
+    if saved:
+        payload = {**saved, "results": results}
+        payload["prompt_runs"] = [*saved.get("prompt_runs", []), {"args": vars(args), "total_s": total_s}]
+    else:
+        payload = {"args": vars(args), "results": results, "pool": len(pool), "total_s": total_s,
+                   "device": device_note()}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    (RESULTS / "techniques_fewshot.md").write_text(markdown(payload))
+    print(markdown(payload))
+
+
+def shot_prompts(k: int, strategy: str, rows: list[dict], pool: list[dict], embed, limit) -> list:
+    """The k-per-class prompts for `rows`, measured against the model's context (`drop` policy: a prompt that
+    does not fit loses its farthest demonstrations, and the count is kept and reported)."""
+    from tunelab.fewshot.prompts import kshot_examples
+
+    return kshot_examples(
+        [chat(r) for r in rows], [chat(r) for r in pool], k * len(LABELS),
+        strategy=strategy, embed=embed, layout="inline", instruction=INSTRUCTION, limit=limit,
+    )  # fmt: skip
+
+
+def prompting(args, results: dict, model, tokenizer, embed, pool: list[dict], test: list[dict]) -> None:
+    from tunelab.fewshot.context import ContextLimit, context_summary
+
+    limit = ContextLimit.for_model(model, tokenizer, MAX_NEW_TOKENS, overflow="drop")
     prompt_rows = test[: args.prompt_eval]
     for k in args.prompt_ks:
         for strategy in ("random", "similar"):
@@ -141,15 +187,30 @@ def main() -> None:
                 results["prompt_similar"]["0"] = results["prompt_random"]["0"]  # no shots: the same prompt
                 continue
             t0 = time.perf_counter()
-            examples = kshot_examples(
-                [chat(r) for r in prompt_rows], [chat(r) for r in pool], k * len(LABELS),
-                strategy=strategy, embed=embed, layout="inline", instruction=INSTRUCTION,
-            )  # fmt: skip
+            examples = shot_prompts(k, strategy, prompt_rows, pool, embed, limit)
             acc = accuracy(generate(model, tokenizer, examples, 8), prompt_rows)
-            results[f"prompt_{strategy}"][str(k)] = {"accuracy": acc, "n": len(prompt_rows),
-                                                     "s": time.perf_counter() - t0}  # fmt: skip
-            print(f"prompt {strategy} k={k}: {acc:.1%}", flush=True)
-    del model
+            results[f"prompt_{strategy}"][str(k)] = {
+                "accuracy": acc, "n": len(prompt_rows), "s": time.perf_counter() - t0, **context_summary(examples),
+                "context": limit.window, "max_prompt_tokens": limit.max_tokens,
+            }  # fmt: skip
+            print(f"prompt {strategy} k={k}: {acc:.1%}  {context_summary(examples)}", flush=True)
+
+
+def measure(results: dict, k: int, model, tokenizer, embed, pool: list[dict], test: list[dict]) -> None:
+    """Prompt lengths of an already measured k, on the rows it was scored on."""
+    from tunelab.fewshot.context import ContextLimit, context_summary
+
+    limit = ContextLimit.for_model(model, tokenizer, MAX_NEW_TOKENS, overflow="drop")
+    for strategy in ("random", "similar"):
+        cell = results[f"prompt_{strategy}"][str(k)]
+        examples = shot_prompts(k, strategy, test[: cell["n"]], pool, embed, limit)
+        cell.update(context_summary(examples), context=limit.window, max_prompt_tokens=limit.max_tokens)
+
+
+def fine_tuning(args, results: dict, tokenizer, pool: list[dict], test: list[dict]) -> None:
+    from tunelab.fewshot.setfit import SetFitClassifier
+    from tunelab.runs import artifact_dir
+
     with tempfile.TemporaryDirectory(prefix="tunelab-fewshot-") as tmp:
         work = Path(tmp)
         test_examples = _as_examples(zero_shot_rows(test))
@@ -174,12 +235,6 @@ def main() -> None:
             acc = accuracy(classifier.predict([r["text"] for r in test]), test)
             results["setfit"][str(k)] = {"accuracy": acc, "n": len(test), "train_s": train_s}
             print(f"setfit k={k}: {acc:.1%}", flush=True)
-    total_s = time.perf_counter() - started
-    payload = {"args": vars(args), "results": results, "pool": len(pool), "total_s": total_s, "device": device_note()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "techniques_fewshot.json").write_text(json.dumps(payload, indent=2))
-    (RESULTS / "techniques_fewshot.md").write_text(markdown(payload))
-    print(markdown(payload))
 
 
 def _as_examples(rows: list[dict]):
@@ -196,35 +251,65 @@ def markdown(payload: dict) -> str:
         row = res[method].get(str(k))
         return f"{row['accuracy']:.1%}" if row else "—"
 
-    command = (
-        f"`.venv/bin/python benchmarks/techniques_fewshot.py --test {a['test']} --prompt-eval {a['prompt_eval']} "
-        f"--prompt-ks {' '.join(map(str, a['prompt_ks']))} --tune-ks {' '.join(map(str, a['tune_ks']))} "
-        f"--lora-steps {a['lora_steps']} --setfit-pairs {a['setfit_pairs']} --threads {a['threads']}`"
-    )
+    def prompt_facts(k: int) -> tuple[str, str]:
+        cells = [res[m][str(k)] for m in ("prompt_random", "prompt_similar") if str(k) in res[m]]
+        if not cells:
+            return "—", "—"
+        n = "/".join(sorted({str(c["n"]) for c in cells}))
+        if cells[0].get("longest_prompt") is None:
+            return n, "—"
+        longest = max(c["longest_prompt"] for c in cells)
+        shortened = sum(c["prompts_shortened"] for c in cells)
+        fits = f"{longest} of {cells[0]['max_prompt_tokens']}" + (
+            f", {shortened} prompts shortened" if shortened else ", fits"
+        )
+        return n, fits
+
+    runs = [{"args": a}, *payload.get("prompt_runs", [])]
+    commands = "; then ".join(f"`{command(run['args'])}`" for run in runs)
     lines = [
         "## Few-shot: prompting vs fine-tuning, accuracy vs k",
         "",
-        f"Command: {command}.",
+        f"Commands: {commands}" + (" (prompting arm only, merged into the saved results)." if len(runs) > 1 else "."),
         "",
         f"Task: topic (sports / food / weather) of short generated sentences (seeded; pool {payload['pool']} "
         f"sentences, held-out {a['test']} with subject/predicate pairs no pool sentence has). k is examples per "
-        f"class. Prompting: SmolLM2-135M-Instruct, greedy, k x 3 inline demonstrations from the pool, at random or "
-        f"the nearest by MiniLM embedding (nearest last), scored on the first {a['prompt_eval']} held-out sentences "
-        f"(larger k makes prompts too long for this CPU budget). LoRA: r 8 on SmolLM2, {a['lora_steps']} steps of 8 "
-        f"on the first k per class, zero-shot prompt format, scored on all {a['test']}. SetFit: MiniLM-L6, "
-        f"{a['setfit_pairs']} pair rounds per text, 1 epoch, lr 2e-5, logistic-regression head, scored on all "
-        f"{a['test']}. Metric everywhere: the answer's first word equals the label. Device: {payload['device']}; "
-        f"whole demo {payload['total_s']:.0f} s. Runs used 1 thread on a shared 2-core CPU, so wall times are upper "
-        "bounds.",
+        "class. Prompting: SmolLM2-135M-Instruct, greedy, k x 3 inline demonstrations from the pool, at random or "
+        "the nearest by MiniLM embedding (nearest last), scored on the first n held-out sentences (n in the table; "
+        "long prompts are slow on this CPU, so larger k is scored on fewer sentences). Every prompt is measured "
+        "against the model's context (max_position_embeddings less the 3 answer tokens) with the `drop` policy: a "
+        "prompt that does not fit would lose its farthest demonstrations, and the table would say how many prompts "
+        f"did. LoRA: r 8 on SmolLM2, {a['lora_steps']} steps of 8 on the first k per class, zero-shot prompt format, "
+        f"scored on all {a['test']}. SetFit: MiniLM-L6, {a['setfit_pairs']} pair rounds per text, 1 epoch, lr 2e-5, "
+        f"logistic-regression head, scored on all {a['test']}. Metric everywhere: the answer's first word equals the "
+        f"label. Device: {payload['device']}; whole demo {payload['total_s']:.0f} s"
+        + "".join(
+            f", prompting run {i + 1} {run['total_s']:.0f} s" for i, run in enumerate(payload.get("prompt_runs", []))
+        )
+        + ". Runs used 1 thread on a shared 2-core CPU, so wall times are upper bounds.",
         "",
-        "| k per class | prompt, random shots | prompt, similar shots | LoRA fine-tune | SetFit |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| k per class | prompt, random shots | prompt, similar shots | LoRA fine-tune | SetFit | prompt n "
+        "| longest prompt (tokens of the limit) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for k in ks:
         cells = " | ".join(cell(method, k) for method in ("prompt_random", "prompt_similar", "lora", "setfit"))
-        lines.append(f"| {k} | {cells} |")
+        lines.append(f"| {k} | {cells} | {' | '.join(prompt_facts(k))} |")
     lines += ["", reading(res), ""]
     return "\n".join(lines)
+
+
+def command(a: dict) -> str:
+    if a.get("prompt_only"):
+        return (
+            f".venv/bin/python benchmarks/techniques_fewshot.py --prompt-only --prompt-eval {a['prompt_eval']} "
+            f"--prompt-ks {' '.join(map(str, a['prompt_ks']))} --threads {a['threads']}"
+        )
+    return (
+        f".venv/bin/python benchmarks/techniques_fewshot.py --test {a['test']} --prompt-eval {a['prompt_eval']} "
+        f"--prompt-ks {' '.join(map(str, a['prompt_ks']))} --tune-ks {' '.join(map(str, a['tune_ks']))} "
+        f"--lora-steps {a['lora_steps']} --setfit-pairs {a['setfit_pairs']} --threads {a['threads']}"
+    )
 
 
 def reading(res: dict) -> str:
@@ -240,10 +325,21 @@ def reading(res: dict) -> str:
               ("LoRA", best("lora")), ("SetFit", best("setfit")))]  # fmt: skip
     zero = res["prompt_random"].get("0", {}).get("accuracy")
     zero_text = f" Zero-shot prompting scores {zero:.1%}." if zero is not None else ""
+    measured = [(int(k), c) for m in ("prompt_random", "prompt_similar") for k, c in res[m].items()
+                if c.get("longest_prompt") is not None]  # fmt: skip
+    context_text = ""
+    if measured:
+        k, top = max(measured, key=lambda kc: kc[1]["longest_prompt"])
+        shortened = sum(c["prompts_shortened"] for _, c in measured)
+        context_text = (
+            f" The longest prompt (k={k} per class, {k * len(LABELS)} demonstrations) is {top['longest_prompt']} "
+            f"tokens of the {top['max_prompt_tokens']} SmolLM2's {top['context']} positions leave for the prompt; "
+            + (f"{shortened} prompts had to be shortened." if shortened else "no prompt was shortened.")
+        )
     return (
-        f"Reading: best of each: {', '.join(parts)}.{zero_text} Chance is {1 / len(LABELS):.1%}. Each class has "
-        "its own subjects and predicates, so a trained model separates them easily; the question is how few "
-        "examples it takes, and whether demonstrations in the prompt do the same for a 135M model."
+        f"Reading: best of each: {', '.join(parts)}.{zero_text} Chance is {1 / len(LABELS):.1%}.{context_text} "
+        "Each class has its own subjects and predicates, so a trained model separates them easily; the question "
+        "is how few examples it takes, and whether demonstrations in the prompt do the same for a 135M model."
     )
 
 
