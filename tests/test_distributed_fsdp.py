@@ -199,3 +199,29 @@ def test_example_fsdp_config_loads() -> None:
     assert cluster.num_processes == 2 and cluster.distributed_type == "FSDP" and cluster.mixed_precision == "no"
     assert cluster.fsdp_config["fsdp_version"] == 2
     assert cluster.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+def test_early_stopping_restores_the_gathered_best_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The best weights go through the same gathering as checkpoints; after an early stop they are put back.
+    from tests.test_train_guard import SFT, items
+    from tunelab.config import TrainingSection
+    from tunelab.models import load_model
+    from tunelab.train.loop import fit, read_metrics
+
+    model = load_model(str(tiny_model_dir))
+    weight = model.model.layers[0].mlp.down_proj.weight
+    seen: list[torch.Tensor] = []
+    cfg = TrainingSection(max_steps=30, batch_size=4, learning_rate=0.05, eval_every=1, early_stopping_patience=2,
+                          log_every=1, precision="fp32")  # fmt: skip
+    result = fit(
+        model, SFT, items(), items(8, seed=1), cfg, tmp_path, pad_id=0, accelerator=Accelerator(cpu=True),
+        bf16=False, on_step=lambda step: seen.append(weight.detach().clone()),
+    )  # fmt: skip
+    assert result.stopped_early and result.model is model
+    evals = [m for m in read_metrics(tmp_path) if "val_loss" in m and not m.get("final")]
+    best = min(evals, key=lambda m: m["val_loss"])
+    assert best["step"] < result.steps and result.best_val_loss == best["val_loss"]
+    torch.testing.assert_close(weight, seen[best["step"] - 1], rtol=0, atol=0)
+    assert not torch.equal(weight, seen[-1])
+    saved = load_file(tmp_path / "checkpoints" / "best.safetensors")
+    assert torch.equal(saved["model.layers.0.mlp.down_proj.weight"], weight)
