@@ -55,12 +55,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(args: list[str], launch: bool) -> None:
+def run(args: list[str], launch: bool, *options: str, ok: bool = True) -> str:
     prefix = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / "fsdp.yaml"),
-              "--main_process_port", str(free_port())] if launch else [sys.executable]  # fmt: skip
+              "--main_process_port", str(free_port()), *options] if launch else [sys.executable]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*prefix, "-m", "tunelab.cli", *args], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
+    return done.stderr
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -130,6 +131,14 @@ def test_two_process_fsdp_matches_one_process_and_resumes(tmp_path: Path, tiny_m
     run(["train", str(runs / "fsdp"), "--resume"], launch=True)
     assert_same(done, load_file(runs / "fsdp" / weights))
     assert_same_lines(metrics(runs / "fsdp"), metrics(runs / "single"))
+
+
+def test_the_launch_settings_reach_the_sharding(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Not dropped on the CPU: the layer class named in the launch is looked for in the model, and a wrong one says so.
+    path = config(tmp_path, tiny_model_dir, "wrong", "lora", grad_accum=1)
+    stderr = run(["train", str(path)], True, "--fsdp_transformer_layer_cls_to_wrap", "GPTBlock", ok=False)
+    assert "fsdp_transformer_layer_cls_to_wrap names GPTBlock" in stderr and "LlamaDecoderLayer" in stderr
+    assert "tunelab/train/" not in stderr  # a message, no traceback from tunelab (the launcher reports the exit)
 
 
 def test_checkpoint_state_is_named_and_restores_in_one_process(tiny_model_dir: Path) -> None:
