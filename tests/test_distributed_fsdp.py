@@ -193,6 +193,18 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     accelerator = Accelerator(cpu=True)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert check_backend(accelerator) == "none"  # one process: nothing to shard across
+    # On GPUs accelerate shards; FSDP1's flattened parameters (without use_orig_params) are refused.
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    def gpus(version: int, orig: bool | None) -> SimpleNamespace:
+        plugin = SimpleNamespace(fsdp_version=version, use_orig_params=orig)
+        return SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+
+    assert check_backend(gpus(2, None)) == check_backend(gpus(1, True)) == "fsdp-accelerate"  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="fsdp_use_orig_params"):
+        check_backend(gpus(1, False))  # type: ignore[arg-type]
 
 
 def test_options_that_hold_full_weights_are_refused_under_fsdp(tiny_model_dir: Path) -> None:

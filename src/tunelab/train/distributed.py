@@ -33,6 +33,13 @@ def check_backend(accelerator: Accelerator) -> Sharding:
     CPU processes), or by accelerate (FSDP on GPUs). DeepSpeed is refused."""
     refuse_deepspeed(accelerator.distributed_type == DistributedType.DEEPSPEED)
     if accelerator.distributed_type == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        if plugin.fsdp_version == 1 and not plugin.use_orig_params:
+            raise ConfigError(
+                "The accelerate config asks for FSDP version 1 without fsdp_use_orig_params: its flattened parameters "
+                "lose the names and the trainable/frozen split that tunelab's checkpoints and adapters need. Set "
+                "fsdp_version: 2 (as examples/accelerate/fsdp.yaml does), or fsdp_use_orig_params: true."
+            )
         return "fsdp-accelerate"
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     # One process has nothing to shard across: the plain loop is the same computation.
