@@ -33,3 +33,22 @@ class HeadConfig(Section):
         if self.labels and len(self.labels) != self.num_labels:
             raise ValueError(f"labels names {len(self.labels)} classes but num_labels is {self.num_labels}")
         return self
+
+
+class TaskHeadConfig(Section):
+    """One task's own head settings under `objective.task_heads` (objective.tasks.<task tag>)."""
+
+    task: Literal["sequence_classification", "regression", "token_classification"] | None = None
+    """What this task's head predicts (as objective.task); empty: objective.task. Sequence tasks (classification
+    and regression) mix freely; token classification mixes only with other token-classification tasks."""
+    labels: list[str] = []
+    """This task's class (or tag) names in label-id order. Empty: the labels of this task's training and
+    validation rows, sorted (numbers numerically, names alphabetically, the tag O first)."""
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> TaskHeadConfig:
+        if self.task == "regression" and self.labels:
+            raise ValueError("a regression task has no classes, so no labels; remove them")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels repeats a name: {self.labels}")
+        return self

@@ -30,6 +30,8 @@ class ClassItem:
     origin: str = ""
     task: str = ""
     difficulty: float | None = None
+    head: int | None = None
+    """Under per-task heads: the index of this item's task head (batches carry it as `head`); else None."""
 
 
 def label_names(records: list[Example], task: str) -> list[str]:
@@ -132,11 +134,13 @@ def collate_items(items: list[ClassItem], pad_id: int) -> dict[str, torch.Tensor
         labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
         for r, item in enumerate(items):
             labels[r, : len(item.target)] = torch.tensor(item.target)
-    else:
-        labels = torch.tensor(
-            [i.target for i in items], dtype=torch.float32 if isinstance(first, float) else torch.long
-        )
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    else:  # class ids ride as (exact) floats beside regression targets when a batch mixes task heads
+        regression = any(isinstance(i.target, float) for i in items)
+        labels = torch.tensor([i.target for i in items], dtype=torch.float32 if regression else torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if items[0].head is not None:
+        batch["head"] = torch.tensor([i.head for i in items])
+    return batch
 
 
 def count_targets(batch: dict[str, torch.Tensor]) -> int:

@@ -68,13 +68,18 @@ def body(model: nn.Module) -> nn.Module:
 
 def attach_head_(model: nn.Module, cfg: HeadConfig, label_smoothing: float = 0.0) -> TaskModel:
     """Put a fresh head on `model` (after the method was applied to it). The head always trains in full."""
+    check_head_body(model)
+    return TaskModel(model, cfg, label_smoothing)
+
+
+def check_head_body(model: nn.Module) -> None:
+    """Refuse a body that a head cannot sit on."""
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and peft_config.is_prompt_learning:
         raise ConfigError(
             "A task head cannot sit on a prefix/prompt-tuned model: the virtual tokens exist only in the language "
             "model's full forward, which a head bypasses. Use lora, dora, ia3, adapter, freeze or full with a head."
         )
-    return TaskModel(model, cfg, label_smoothing)
 
 
 def task_loss(model: TaskModel, batch: dict[str, torch.Tensor]) -> LossParts:

@@ -4,7 +4,8 @@ Sequence classification and regression read `classification` records (`text`, op
 token classification reads `token_classification` records (`tokens` and one tag per token, e.g. BIO tags for
 NER). The head always trains in full whatever the method does to the body, so `method: lora` gives a LoRA body
 with a full head, and both count as trainable. The head and its label names are saved next to the method's
-result (head_config.json, head.safetensors); `load_classifier` puts them back together.
+result (head_config.json, head.safetensors); `load_classifier` puts them back together. With `task_heads` every
+task (file stem or row `task` field) gets its own head and labels on the shared body (objectives/classify_tasks.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from tunelab.data.records import Example, Reject
 from tunelab.data.tokenize import IGNORE
 from tunelab.errors import DataError, RunError
+from tunelab.heads.config import TaskHeadConfig
 from tunelab.heads.data import ClassItem, collate_items, count_targets, encode_sequence, encode_tagged, label_names
 from tunelab.heads.metrics import entity_f1, is_bio, macro_f1
 from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs
@@ -28,7 +30,8 @@ from tunelab.schema import Section
 if TYPE_CHECKING:  # heads.model imports objectives.base, so it is imported when used, not at import
     from tunelab.config import TunelabConfig
     from tunelab.data.prepare import PreparedData
-    from tunelab.heads import TaskModel
+    from tunelab.heads import HeadConfig, TaskModel
+    from tunelab.heads.multi import MultiHeadModel
 
 Task = Literal["sequence_classification", "regression", "token_classification"]
 
@@ -47,9 +50,20 @@ class ClassifyConfig(Section):
     sorted (numbers numerically, names alphabetically, the tag O first). Given: a data label outside it is an error."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the pooled (or per-token) vector before the head, while training."""
+    task_heads: bool = False
+    """One head per task on one shared body: each task (a file's stem, or a row's `task` field) gets its own head
+    and label set, each row trains and is scored through its task's head, and the task losses add up (weighted by
+    training.task_weights / task_weighting). Validation reports accuracy and macro-F1 per task. Off: one head."""
+    tasks: dict[str, TaskHeadConfig] = {}
+    """With task_heads: one task's own settings by task tag (`task`, `labels`), e.g. {stsb: {task: regression}};
+    a task left out takes objective.task and the labels of its rows."""
 
     @model_validator(mode="after")
     def _labels_fit(self) -> ClassifyConfig:
+        if self.tasks and not self.task_heads:
+            raise ValueError("objective.tasks sets per-task heads; add objective.task_heads: true (or remove tasks)")
+        if self.task_heads and self.labels:
+            raise ValueError("with task_heads each task has its own labels: give them as objective.tasks.<task>.labels")
         if self.task == "regression" and self.labels:
             raise ValueError("objective.labels names classes, which regression does not have; remove it")
         if len(set(self.labels)) != len(self.labels):
@@ -58,46 +72,66 @@ class ClassifyConfig(Section):
 
 
 KIND = {"sequence_classification": "classification", "regression": "classification"}
+NEED = {"classification": "'text' and 'label'", "token_classification": "'tokens' and 'tags' (one tag per token)"}
 SPLITS = ("train", "validation")
 
 
 def prepare_classify(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
     """Labelled records of the kind the task needs, tokenized as `ClassItem`s. The label names, in id order, go in
-    the report as `labels` (the head's setup reads them there)."""
+    the report as `labels` (the head's setup reads them there); with task heads, each task's task and labels go
+    there as `task_heads`, and each item carries its head's index."""
     from tunelab.data.prepare import PreparedData, prepare_dataset
     from tunelab.data.schedule import make_schedule
 
     ocfg: ClassifyConfig = cfg.objective
     prepared = prepare_dataset(cfg.data, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
-    kind = KIND.get(ocfg.task, "token_classification")
-    if set(prepared.report["kinds"]) != {kind}:
-        shown = ", ".join(f"{n} {k}" for k, n in prepared.report["kinds"].items())
-        need = "'tokens' and 'tags' (one tag per token)" if kind != "classification" else "'text' and 'label'"
-        raise DataError(
-            f"The training data holds {shown} records, but objective 'classify' with task={ocfg.task} trains on "
-            f"{kind} records only: rows with {need}. Give such files, or set objective.task to match the data."
-        )
     records = {s: [Example.from_row(r) for r in prepared.table(f"{s}_records").to_pylist()] for s in SPLITS}
-    found = [] if ocfg.task == "regression" else label_names(records["train"] + records["validation"], ocfg.task)
-    names = ocfg.labels or found
-    if ocfg.task != "regression" and len(names) < 2:
-        raise DataError(f"objective 'classify' needs at least two classes; the data holds only {names}. Add rows.")
+    if ocfg.task_heads:  # task tag -> (task, labels), in head order
+        from tunelab.objectives.classify_tasks import plan_task_heads
+
+        heads = plan_task_heads(ocfg, records)
+    else:
+        heads = {"": _single_head(ocfg, prepared.report["kinds"], records)}
+    index = {tag: i for i, tag in enumerate(heads)}
     limit = min(cfg.data.max_length, tokenizer.model_max_length)
     items: dict[str, list[ClassItem]] = {}
     rejects: list[Reject] = []
     for split, recs in records.items():
         items[split] = []
         for ex in recs:
+            tag = ex.task if ocfg.task_heads else ""
             try:
-                items[split].append(encode(ex, tokenizer, ocfg.task, names, limit, cfg.data.truncation))
+                items[split].append(encode(ex, tokenizer, *heads[tag], limit, cfg.data.truncation))
             except ValueError as exc:
                 rejects.append(Reject(origin=ex.origin, reason=str(exc), row=ex.text[:200], stage="tokenize"))
+                continue
+            if ocfg.task_heads:
+                items[split][-1].head = index[tag]
     report = {**prepared.report, "train_examples": len(items["train"]), "val_examples": len(items["validation"])}
-    report["labels"] = names
+    if ocfg.task_heads:
+        report["task_heads"] = {tag: {"task": task, "labels": names} for tag, (task, names) in heads.items()}
+    else:
+        report["labels"] = heads[""][1]
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     report["classify_rejects"] = [r.to_json() for r in rejects[:20]]
     schedule = make_schedule(cfg.data.schedule, items["train"])  # class balance and curriculum read ClassItems
     return PreparedData(items["train"], items["validation"], [], report, schedule)
+
+
+def _single_head(ocfg: ClassifyConfig, kinds: dict[str, int], records: dict[str, list[Example]]) -> tuple[Task, list]:
+    """(task, label names) of the one head, after checking the records are of the kind the task trains on."""
+    kind = KIND.get(ocfg.task, "token_classification")
+    if set(kinds) != {kind}:
+        shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        raise DataError(
+            f"The training data holds {shown} records, but objective 'classify' with task={ocfg.task} trains on "
+            f"{kind} records only: rows with {NEED[kind]}. Give such files, or set objective.task to match the data."
+        )
+    found = [] if ocfg.task == "regression" else label_names(records["train"] + records["validation"], ocfg.task)
+    names = ocfg.labels or found
+    if ocfg.task != "regression" and len(names) < 2:
+        raise DataError(f"objective 'classify' needs at least two classes; the data holds only {names}. Add rows.")
+    return ocfg.task, names
 
 
 def encode(
@@ -119,7 +153,8 @@ def encode(
     if unknown:
         raise DataError(
             f"{example.origin}: label(s) {', '.join(map(repr, unknown))} are not among objective.labels "
-            f"({', '.join(names)}). Add them to objective.labels, or leave it empty to take the labels from the data."
+            f"({', '.join(names)}). Add them to objective.labels (objective.tasks.<task>.labels with task_heads), "
+            "or leave it empty to take the labels from the data."
         )
     if task == "token_classification":
         ids, labels = encode_tagged(example, tokenizer, max_length, [index[t] for t in label.split(" ")])
@@ -128,25 +163,38 @@ def encode(
 
 
 def _setup(cfg: ClassifyConfig, args: SetupArgs) -> tuple[nn.Module, ClassifyConfig]:
-    from tunelab.heads import HeadConfig, attach_head_
+    from tunelab.heads import attach_head_
+    from tunelab.heads.multi import attach_task_heads_
 
-    names = args.data.report.get("labels", cfg.labels)
-    head = HeadConfig(
-        task="token" if cfg.task == "token_classification" else "sequence",
-        num_labels=1 if cfg.task == "regression" else len(names),
-        problem="regression" if cfg.task == "regression" else "classification",
+    if cfg.task_heads:
+        planned = args.data.report["task_heads"]
+        heads = {tag: head_config(cfg, p["task"], p["labels"]) for tag, p in planned.items()}
+        return attach_task_heads_(args.model, heads, args.label_smoothing), cfg
+    head = head_config(cfg, cfg.task, args.data.report.get("labels", cfg.labels))
+    return attach_head_(args.model, head, args.label_smoothing), cfg
+
+
+def head_config(cfg: ClassifyConfig, task: Task, names: list[str]) -> HeadConfig:
+    """The head for `task` with label names `names` (pooling and dropout from the objective's settings)."""
+    from tunelab.heads import HeadConfig
+
+    return HeadConfig(
+        task="token" if task == "token_classification" else "sequence",
+        num_labels=1 if task == "regression" else len(names),
+        problem="regression" if task == "regression" else "classification",
         pooling=cfg.pooling,
         dropout=cfg.dropout,
         labels=names,
     )
-    return attach_head_(args.model, head, args.label_smoothing), cfg
 
 
-def classify_loss(model: TaskModel, batch: Batch, ctx: Any = None) -> LossParts:
-    """Cross-entropy (classes, tags) or squared error (regression), summed over examples or tagged words."""
+def classify_loss(model: TaskModel | MultiHeadModel, batch: Batch, ctx: Any = None) -> LossParts:
+    """Cross-entropy (classes, tags) or squared error (regression), summed over examples or tagged words; under
+    task heads each row through its own task's head (`batch['head']`)."""
     from tunelab.heads import task_loss
+    from tunelab.heads.multi import task_heads_loss
 
-    return task_loss(model, batch)
+    return task_heads_loss(model, batch) if "head" in batch else task_loss(model, batch)
 
 
 @torch.no_grad()
@@ -176,12 +224,20 @@ def predict(
 
 
 def scores(
-    model: TaskModel, items: list[ClassItem], batch_size: int, pad_id: int, device: torch.device, bf16: bool = False
-) -> dict[str, float]:
+    model: TaskModel | MultiHeadModel, items: list[ClassItem], batch_size: int, pad_id: int, device: torch.device,
+    bf16: bool = False,
+) -> dict[str, float]:  # fmt: skip
     """Regression: mse and mae. Classification: macro-F1. Token classification with BIO tags: entity F1 (exact
-    spans). (Accuracy, and token accuracy for tags, come from the loss's running counts as `val_acc`.)"""
+    spans). (Accuracy, and token accuracy for tags, come from the loss's running counts as `val_acc`.) Under task
+    heads each task's own, as e.g. `val_macro_f1/<task>`."""
+    from tunelab.heads.multi import MultiHeadModel
+
     if not items:
         return {}
+    if isinstance(model, MultiHeadModel):
+        from tunelab.objectives.classify_tasks import task_scores
+
+        return task_scores(model, items, batch_size, pad_id, device, bf16)
     predicted = predict(model, items, batch_size, pad_id, device, bf16)
     if model.cfg.problem == "regression":
         errors = [p - i.target for p, i in zip(predicted, items, strict=True)]
@@ -195,37 +251,48 @@ def scores(
     return {"val_macro_f1": macro_f1(predicted, [i.target for i in items], model.cfg.num_labels)}
 
 
-def _save_head(model: TaskModel, folder: Path) -> None:
+def _save_head(model: TaskModel | MultiHeadModel, folder: Path) -> None:
     from tunelab.heads import save_head
+    from tunelab.heads.multi import MultiHeadModel, save_task_heads
 
-    save_head(model, folder)
+    (save_task_heads if isinstance(model, MultiHeadModel) else save_head)(model, folder)
 
 
-def load_classifier(run: str | Path, dtype: torch.dtype = torch.float32) -> tuple[TaskModel, PreTrainedTokenizerBase]:
-    """A run trained with objective `classify`: its body (base + the method's result) with the saved head."""
+def load_classifier(
+    run: str | Path, dtype: torch.dtype = torch.float32
+) -> tuple[TaskModel | MultiHeadModel, PreTrainedTokenizerBase]:
+    """A run trained with objective `classify`: its body (base + the method's result) with the saved head, or
+    with its task heads (a `MultiHeadModel`) when it trained with objective.task_heads."""
     from tunelab.heads import load_head_
     from tunelab.heads.model import CONFIG_FILE
+    from tunelab.heads.multi import TASKS_FILE, load_task_heads_
     from tunelab.runs import artifact_dir, load_for_inference, run_config
 
     folder = artifact_dir(Path(run), run_config(Path(run)).method.name)
-    if not (folder / CONFIG_FILE).is_file():
+    multi = (folder / TASKS_FILE).is_file()
+    if not multi and not (folder / CONFIG_FILE).is_file():
         raise RunError(
             f"'{run}' holds no task head ({folder / CONFIG_FILE} is missing): it was not trained with objective "
             "classify. Give a run folder trained with a head."
         )
     body, tokenizer = load_for_inference(str(run), dtype=dtype)
-    return load_head_(body, folder), tokenizer
+    return (load_task_heads_(body, folder) if multi else load_head_(body, folder)), tokenizer
 
 
 def evaluate_file(
     run: str | Path, data_file: str | Path, batch_size: int = 16
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """A classify run scored on a labelled file (rows of the kind it trained on): the validation metrics of
-    training (loss, accuracy, macro-F1 / entity F1 / MSE) and one prediction per row."""
+    training (loss, accuracy, macro-F1 / entity F1 / MSE) and one prediction per row. A run with task heads scores
+    each row by the head of its task (file stem or `task` field) and reports each task's metrics."""
     from tunelab.data.load import load_examples
     from tunelab.runs import run_config
     from tunelab.train.loop import TrainingModule, validation_metrics
 
+    if run_config(Path(run)).objective.task_heads:
+        from tunelab.objectives.classify_tasks import evaluate_task_file
+
+        return evaluate_task_file(run, data_file, batch_size)
     task: Task = run_config(Path(run)).objective.task
     model, tokenizer = load_classifier(run)
     names = model.cfg.labels
@@ -244,11 +311,16 @@ def evaluate_file(
     metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad_id, device, False)
     metrics.update(scores(model, items, batch_size, pad_id, device))
     predicted = predict(model, items, batch_size, pad_id, device)
-    rows = []
-    for ex, p in zip(examples, predicted, strict=True):
-        shown = p if task == "regression" else ([names[t] for t in p] if isinstance(p, list) else names[p])
-        rows.append({"origin": ex.origin, "text": ex.text, "label": ex.label, "prediction": shown})
+    rows = [{"origin": ex.origin, "text": ex.text, "label": ex.label, "prediction": shown(p, task, names)}
+            for ex, p in zip(examples, predicted, strict=True)]  # fmt: skip
     return metrics, rows
+
+
+def shown(predicted: Any, task: Task, names: list[str]) -> Any:
+    """A prediction as the data writes labels: the number, the class name, or the tag name of each word."""
+    if task == "regression":
+        return predicted
+    return [names[t] for t in predicted] if isinstance(predicted, list) else names[predicted]
 
 
 def _length(item: ClassItem) -> int:
