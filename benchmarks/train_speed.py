@@ -5,9 +5,12 @@
 
 Each framework trains in its own subprocess (so peak memory is its own) on the embedded SmolLM2-135M-Instruct:
 LoRA r=16, alpha=32, no dropout, all linear layers, AdamW, lr 1e-3 cosine with 5% warmup, max grad norm 1,
-bf16 on, loss on the answer tokens only, one epoch over the same examples in the same batch size. TRL keeps its
-defaults otherwise. Both final models are scored by the same code (tunelab's token-averaged validation loss on
-the same tokenized validation set), so "same final loss" compares like with like.
+bf16 on, loss on the answer tokens only, one epoch over the same examples in the same batch size, and the same
+batches in the same order: TRL reads the rows in sequence (`train_sampling_strategy="sequential"`) from a dataset
+laid out in the order of tunelab's seeded, length-grouped shuffle, so the two take the same optimizer steps and
+their final losses differ by numerics only. TRL keeps its defaults otherwise (gradient checkpointing included).
+Both final models are scored by the same code (tunelab's token-averaged validation loss on the same tokenized
+validation set), so "same final loss" compares like with like. "Long" rows are ~740 tokens with this tokenizer.
 
 How FLOPs are counted (per training token of a sequence of length T, model width d, L layers):
   frozen matmuls: 2·N forward + 2·N backward (input gradients only; no weight gradients for frozen weights),
@@ -123,11 +126,10 @@ def flops_per_example(lengths: list[tuple[int, int]]) -> float:
     return total
 
 
-def worker_tunelab(train: Path, val: Path, batch_size: int, out_dir: Path) -> dict:
+def tunelab_config(train: Path, val: Path, batch_size: int, out_dir: Path):
     from tunelab.config import load_config
-    from tunelab.train.run import run_training
 
-    cfg = load_config(
+    return load_config(
         None,
         [
             f"data.train={train}", f"data.validation={val}", f"data.max_length={SETTINGS['max_length']}",
@@ -138,7 +140,25 @@ def worker_tunelab(train: Path, val: Path, batch_size: int, out_dir: Path) -> di
             f"output.dir={out_dir}", "output.name=tunelab",
         ],
     )  # fmt: skip
-    result = run_training(cfg)
+
+
+def tunelab_order(train: Path, val: Path, batch_size: int, out_dir: Path) -> list[int]:
+    """The training file's rows in the order tunelab's first epoch takes them (its seeded, length-grouped shuffle),
+    so that TRL, reading them in sequence, takes the same optimizer steps on the same batches."""
+    from tunelab.data.schedule import epoch_batches
+    from tunelab.models import load_tokenizer
+    from tunelab.objectives import OBJECTIVES
+
+    cfg = tunelab_config(train, val, batch_size, out_dir)
+    items = OBJECTIVES["sft"].prepare(cfg, load_tokenizer("smollm2-135m"), out_dir / "order").train
+    batches = epoch_batches([len(t.input_ids) for t in items], batch_size, cfg.training.seed, 0)
+    return [int(items[i].origin.rsplit(":", 1)[1]) - 1 for batch in batches for i in batch]
+
+
+def worker_tunelab(train: Path, val: Path, batch_size: int, out_dir: Path) -> dict:
+    from tunelab.train.run import run_training
+
+    result = run_training(tunelab_config(train, val, batch_size, out_dir))
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_seconds = [x for x in lines if "elapsed_s" in x][-1]["elapsed_s"]
     data, _ = tokenized_validation(train)
@@ -158,8 +178,9 @@ def worker_trl(train: Path, val: Path, batch_size: int, out_dir: Path) -> dict:
 
     from tunelab.models import load_tokenizer, resolve_source
 
-    def prompt_completion(path: Path) -> Dataset:
+    def prompt_completion(path: Path, order: list[int] | None = None) -> Dataset:
         rows = [json.loads(x) for x in path.read_text().splitlines()]
+        rows = [rows[i] for i in order] if order is not None else rows
         return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
 
     class Clock(TrainerCallback):
@@ -175,11 +196,13 @@ def worker_trl(train: Path, val: Path, batch_size: int, out_dir: Path) -> dict:
         learning_rate=SETTINGS["lr"], lr_scheduler_type="cosine", warmup_steps=SETTINGS["warmup_ratio"],
         max_grad_norm=1.0, weight_decay=0.0, bf16=True, max_length=SETTINGS["max_length"], seed=SETTINGS["seed"],
         logging_steps=10, save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
+        train_sampling_strategy="sequential",  # the rows come in tunelab's batch order (see tunelab_order)
     )  # fmt: skip
     peft = LoraConfig(r=SETTINGS["r"], lora_alpha=SETTINGS["alpha"], lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")  # fmt: skip
     trainer = SFTTrainer(
-        model=str(resolve_source("smollm2-135m").materialize()), args=args, train_dataset=prompt_completion(train),
+        model=str(resolve_source("smollm2-135m").materialize()), args=args,
+        train_dataset=prompt_completion(train, tunelab_order(train, val, batch_size, out_dir)),
         processing_class=load_tokenizer("smollm2-135m"), peft_config=peft, callbacks=[clock],
     )  # fmt: skip
     trainer.train()

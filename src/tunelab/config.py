@@ -38,6 +38,10 @@ class TrainingSection(Section):
     """Examples per micro-batch on each device."""
     grad_accum: int = Field(1, ge=1)
     """Micro-batches per optimizer step; the loss is normalised over all target tokens of the step."""
+    micro_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
+    """Run a micro-batch as pieces of at most this many (padded) tokens, each its own forward and backward, when
+    the objective's loss is a sum over rows (sft, pretrain): the same gradient with a bounded activation memory.
+    `auto`: 1024 on a CPU, no splitting on accelerators; null: never split."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate."""
     optimizer: Literal["adamw", "adamw_8bit", "sgd", "adafactor", "lion"] = "adamw"

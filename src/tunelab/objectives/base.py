@@ -112,6 +112,10 @@ class Objective:
     reward, `correct` then being the summed reward)."""
     perplexity: bool = True
     """Whether exp(val_loss) is a perplexity worth reporting."""
+    row_independent: bool = False
+    """Whether a batch's summed loss is the sum of its rows' own losses (no row needs another: no in-batch
+    negatives, no pairs split across rows, no batch statistics), so that the loop may run a micro-batch as smaller
+    pieces (`training.micro_batch_tokens`) and get the same gradient."""
     body: Callable[[nn.Module], nn.Module] = identity
     """The method-applied model inside the trained module: what the method saves and what generates."""
     save_extra: Callable[[nn.Module, Path], None] | None = None
@@ -149,6 +153,11 @@ def selected_logits(model: nn.Module, batch: Batch, keep: torch.Tensor) -> torch
     # when no cache is passed; with one, packed examples would attend to each other.
     inputs = {**model_inputs(batch), "use_cache": False}
     parts = decoder_and_head(model)
+    if parts is not None and right_padded(inputs.get("attention_mask")):
+        # Causal attention alone already keeps every real token off the padding after it, so the mask adds
+        # nothing: without it SDPA runs its causal kernel (no T x T mask, grouped key/value heads not copied
+        # out to every query head). Pad positions compute garbage that no target reads.
+        del inputs["attention_mask"]
     if parts is None:
         # Prompt tuning prepends num_virtual_tokens positions to the output; the last T are the input's own.
         logits = model(**inputs).logits[:, -batch["input_ids"].shape[1] :]
@@ -156,6 +165,11 @@ def selected_logits(model: nn.Module, batch: Batch, keep: torch.Tensor) -> torch
     decoder, head = parts
     hidden = decoder(**inputs).last_hidden_state
     return head(hidden[:, :-1][keep])
+
+
+def right_padded(mask: torch.Tensor | None) -> bool:
+    """Whether every row of an attention mask is ones then zeros (padding only after the tokens)."""
+    return mask is not None and bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
 def causal_lm_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts:

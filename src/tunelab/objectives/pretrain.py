@@ -33,4 +33,6 @@ def prepare_text(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir
     return prepare_chat_data(data_cfg, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
 
 
-OBJECTIVE = Objective(name="pretrain", loss=causal_lm_loss, config=PretrainConfig, prepare=prepare_text)
+OBJECTIVE = Objective(
+    name="pretrain", loss=causal_lm_loss, row_independent=True, config=PretrainConfig, prepare=prepare_text
+)

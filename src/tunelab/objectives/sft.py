@@ -12,4 +12,4 @@ class SFTConfig(Section):
     name: Literal["sft"] = "sft"
 
 
-OBJECTIVE = Objective(name="sft", loss=causal_lm_loss, config=SFTConfig)
+OBJECTIVE = Objective(name="sft", loss=causal_lm_loss, row_independent=True, config=SFTConfig)

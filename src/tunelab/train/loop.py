@@ -48,6 +48,7 @@ from tunelab.train.distributed import (
     unsharded,
 )
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
+from tunelab.train.microbatch import can_split, split_rows, token_budget
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.progress import TrainProgress
 
@@ -145,6 +146,9 @@ def fit(
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
 
+    # Sharded processes must run the same number of forwards (each gathers the weights): no uneven splitting.
+    splits = can_split(objective, cfg) and sharding == "none"
+    budget = token_budget(cfg.micro_batch_tokens, device) if splits else None
     if cfg.adversarial is not None:
         objective = with_adversarial(objective, cfg.adversarial)
     objective, task_params = with_task_weighting(objective, cfg, train, device)  # training.task_weights/_weighting
@@ -219,7 +223,11 @@ def fit(
             for start in range(state["micro"], len(batches), cfg.grad_accum):
                 on_step_(model, step, epoch)  # gradual unfreezing thaws layers on its schedule
                 micro_batches = batches[start : start + cfg.grad_accum]
-                group = [objective.collate([train[i] for i in b], pad_id) for b in micro_batches]
+                group = [
+                    piece  # a micro-batch over the token budget runs as row pieces: the same gradient, less memory
+                    for b in micro_batches
+                    for piece in split_rows(objective.collate([train[i] for i in b], pad_id), budget)
+                ]
                 # Normalise by the targets (tokens, pairs) of the whole step on every process, so that accumulation
                 # and data parallelism give the same gradient as one big batch (DDP averages over processes).
                 step_tokens = sum(objective.count(g) for g in group)

@@ -1,0 +1,59 @@
+"""Split a micro-batch into pieces of at most N tokens, so that the activations autograd keeps stay bounded.
+
+Backward-pass memory grows with the tokens in flight: one 8 x 744-token batch of the embedded SmolLM2 keeps
+~4 GB for the backward, and glibc's allocator holds on to much of that between steps. Running the same rows as
+several smaller forward/backward passes and summing their gradients gives the same gradient (the loop already
+normalises each step's loss by all of its targets), at the cost of slightly smaller matrix products. Only
+objectives whose batch loss is a sum over rows (`Objective.row_independent`) are split; pieces are cut to their
+own longest row, so they carry less padding too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from tunelab.objectives.base import Batch, Objective
+
+if TYPE_CHECKING:
+    from tunelab.config import TrainingSection
+
+CPU_TOKENS = 1024
+"""`training.micro_batch_tokens: auto` on a CPU. At ~1k tokens a piece the matrix products of a 135M model
+still run near full speed; on short chat rows it halves a step's peak memory for ~3% more time."""
+
+
+def token_budget(setting: int | str | None, device: torch.device) -> int | None:
+    """The tokens per piece `training.micro_batch_tokens` means on `device` (None: never split). `auto` splits
+    on CPUs only: accelerators want the largest matrix products they can get."""
+    if setting == "auto":
+        return CPU_TOKENS if device.type == "cpu" else None
+    return int(setting) if setting is not None else None
+
+
+def can_split(objective: Objective, cfg: TrainingSection) -> bool:
+    """Whether the step's gradient survives splitting: a row-sum loss, and no wrapper that looks at the whole
+    micro-batch (adversarial perturbations are normalised over it; uncertainty weighting uses each task's mean
+    over it)."""
+    return objective.row_independent and cfg.adversarial is None and cfg.task_weighting == "fixed"
+
+
+def split_rows(batch: Batch, max_tokens: int | None) -> list[Batch]:
+    """`batch` as consecutive row pieces of at most `max_tokens` padded tokens each (at least one row per piece),
+    as evenly sized as possible; each piece is trimmed to its longest row. One piece: the batch unchanged."""
+    rows, width = batch["input_ids"].shape
+    pieces = 1 if max_tokens is None else min(rows, math.ceil(rows * width / max_tokens))
+    if pieces <= 1:
+        return [batch]
+    per = math.ceil(rows / pieces)
+    out = []
+    for start in range(0, rows, per):
+        piece = {key: value[start : start + per] for key, value in batch.items()}
+        mask = piece.get("attention_mask")
+        used = int(mask.any(0).nonzero().max()) + 1 if mask is not None and mask.any() else width
+        if "position_ids" not in piece:  # packed rows keep their width: their padding segment is positioned
+            piece = {key: value[:, :used] if value.dim() > 1 else value for key, value in piece.items()}
+        out.append(piece)
+    return out

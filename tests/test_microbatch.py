@@ -1,0 +1,83 @@
+"""Token-budget micro-batch pieces, and causal attention without a padding mask, change nothing but memory/speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import tiny_config
+from tests.tiny import write_color_task
+from tunelab.data.load import load_examples
+from tunelab.data.tokenize import IGNORE, collate, tokenize_all
+from tunelab.models import load_model, load_tokenizer
+from tunelab.objectives import OBJECTIVES
+from tunelab.objectives.base import causal_lm_loss, right_padded
+from tunelab.train.loop import read_metrics
+from tunelab.train.microbatch import can_split, split_rows, token_budget
+from tunelab.train.run import run_training
+
+
+def _batch(lengths: list[int], width: int) -> dict[str, torch.Tensor]:
+    rows = len(lengths)
+    mask = torch.zeros(rows, width, dtype=torch.long)
+    for r, n in enumerate(lengths):
+        mask[r, :n] = 1
+    ids = torch.arange(rows * width).reshape(rows, width) * mask
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask.bool(), ids, IGNORE)}
+
+
+def test_split_rows_cuts_even_pieces_under_the_budget_each_trimmed_to_its_longest_row() -> None:
+    batch = _batch([10, 9, 3, 2, 7], width=10)  # 50 padded tokens
+    pieces = split_rows(batch, max_tokens=20)  # ceil(50 / 20) = 3 pieces of ceil(5 / 3) = 2 rows
+    assert [p["input_ids"].shape for p in pieces] == [(2, 10), (2, 3), (1, 7)]
+    assert torch.equal(torch.cat([p["input_ids"][:, :3] for p in pieces]), batch["input_ids"][:, :3])
+    assert sum(int(p["attention_mask"].sum()) for p in pieces) == int(batch["attention_mask"].sum())
+    assert split_rows(batch, None) == [batch]
+    assert split_rows(batch, 50) == [batch]
+    assert len(split_rows(batch, 1)) == 5  # never less than one row a piece
+
+
+def test_token_budget_and_which_objectives_split(tmp_path: Path, tiny_model_dir: Path) -> None:
+    assert token_budget("auto", torch.device("cpu")) == 1024
+    assert token_budget("auto", torch.device("cuda")) is None
+    assert token_budget(256, torch.device("cuda")) == 256
+    assert token_budget(None, torch.device("cpu")) is None
+    cfg = tiny_config(tmp_path, tiny_model_dir).training
+    assert can_split(OBJECTIVES["sft"], cfg) and can_split(OBJECTIVES["pretrain"], cfg)
+    assert not can_split(OBJECTIVES["dpo"], cfg)  # chosen and rejected rows belong together
+    assert not can_split(OBJECTIVES["contrastive"], cfg)  # in-batch negatives
+    uncertainty = tiny_config(tmp_path, tiny_model_dir, "training.task_weighting=uncertainty").training
+    assert not can_split(OBJECTIVES["sft"], uncertainty)  # per-task means over the micro-batch
+
+
+def test_pieces_train_to_the_same_weights_as_whole_micro_batches(tmp_path: Path, tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    rows, _ = tokenize_all(load_examples([write_color_task(tmp_path / "color.jsonl", 8)]).examples, tokenizer, 128)
+    assert len(split_rows(collate(rows, tokenizer.pad_token_id), 40)) >= 3  # the budget below really splits
+    common = ["training.epochs=1", "training.grad_accum=2", "eval.baseline=false", "eval.generate=false"]
+    whole = run_training(tiny_config(tmp_path, tiny_model_dir, *common, "training.micro_batch_tokens=null", name="a"))
+    pieces = run_training(tiny_config(tmp_path, tiny_model_dir, *common, "training.micro_batch_tokens=40", name="b"))
+    a = load_file(whole.run_dir / "adapter" / "adapter_model.safetensors")
+    b = load_file(pieces.run_dir / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=2e-5)  # Adam amplifies rounding
+    losses = [[m["loss"] for m in read_metrics(r.run_dir) if "loss" in m] for r in (whole, pieces)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_causal_loss_without_the_padding_mask_equals_each_row_run_alone(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_color_task(tmp_path / "color.jsonl", 6)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    items, _ = tokenize_all(load_examples([data]).examples, tokenizer, 128)
+    items[0].input_ids, items[0].labels = items[0].input_ids * 3, items[0].labels * 3  # one long row: much padding
+    model = load_model(str(tiny_model_dir), dtype=torch.float32).eval().requires_grad_(False)
+    batch = collate(items, tokenizer.pad_token_id)
+    assert right_padded(batch["attention_mask"]) and not right_padded(batch["attention_mask"].flip(1))
+    alone = sum(float(causal_lm_loss(model, collate([item], tokenizer.pad_token_id)).loss_sum) for item in items)
+    padded = causal_lm_loss(model, batch)
+    assert float(padded.loss_sum) == pytest.approx(alone, rel=1e-5)
+    assert int(padded.count) == sum(int((torch.tensor(i.labels[1:]) != IGNORE).sum()) for i in items)
