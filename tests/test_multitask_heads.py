@@ -152,6 +152,10 @@ def test_two_classification_tasks_one_body_two_heads(tmp_path: Path, tiny_bert_d
     for key in ("val_loss", "val_acc/person", "val_acc/sentiment", "val_macro_f1/person", "val_macro_f1/sentiment"):
         assert metrics[key] == pytest.approx(final[key], rel=1e-4), key
     assert {p["prediction"] for p in predicted if p["task"] == "sentiment"} <= {"neg", "pos"}
+    stranger = tmp_path / "people.jsonl"  # its stem is its rows' task, and no head has that name
+    shutil.copy(val[1], stranger)
+    with pytest.raises(DataError, match=r"task\(s\) 'people', for which run .* has no head \(its tasks: person, sent"):
+        evaluate_file(result.run_dir, stranger)
 
 
 def test_rows_go_to_their_own_head(tiny_bert_dir: Path) -> None:
