@@ -219,7 +219,9 @@ def comparable(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in read_metrics(run_dir)]
 
 
-def test_uncertainty_weights_logged_and_restored_on_resume(tmp_path: Path, tiny_bert_dir: Path) -> None:
+def test_uncertainty_weights_logged_and_restored_on_resume(
+    tmp_path: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run with learned uncertainty weights logs s_t and exp(-s_t) at every log step; a run stopped after its
     step-4 checkpoint (the later checkpoint and the saved model removed, as a kill would leave it) and resumed
     ends with the metrics of the uninterrupted run, s_t included (without restoring them, step 5 would restart
@@ -250,6 +252,13 @@ def test_uncertainty_weights_logged_and_restored_on_resume(tmp_path: Path, tiny_
         assert a.keys() == b.keys()
         for key, value in b.items():
             assert a[key] == (pytest.approx(value, rel=1e-4, abs=1e-6) if isinstance(value, float) else value), key
+
+    # The same resume without putting the s_t back: step 5 starts again from s_t = 0 and the runs part.
+    shutil.rmtree(result.run_dir / "checkpoints" / "step-00000008")
+    shutil.rmtree(result.run_dir / "adapter")
+    monkeypatch.setattr("tunelab.train.loop.restore_log_vars_", lambda *args: None)
+    forgetful = [m for m in comparable(run_training(cfg, resume=True).run_dir) if "loss" in m]
+    assert forgetful[4]["task_log_var/person"] != pytest.approx(logged[4]["task_log_var/person"], rel=1e-3)
 
 
 def test_task_head_mistakes_are_clear_errors(tmp_path: Path, tiny_bert_dir: Path) -> None:
