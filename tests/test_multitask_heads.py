@@ -227,10 +227,10 @@ def test_uncertainty_weights_logged_and_restored_on_resume(
     ends with the metrics of the uninterrupted run, s_t included (without restoring them, step 5 would restart
     from s_t = 0)."""
     train, val = two_tasks(tmp_path, n=96)
-    # LoRA on the attention's query and value only: the pooler (unused under a head) would hold LoRA weights that
-    # never get a gradient, so no optimizer state, which the checkpoint loader refuses to restore.
+    # LoRA on every linear layer, the pooler's too: unused under a head, its LoRA weights never get a gradient nor
+    # optimizer state, and the resume must still restore everything else.
     cfg = heads_config(tmp_path, tiny_bert_dir, train, val, "training.task_weighting=uncertainty",
-                       "method.target_modules=[query, value]", "training.max_steps=8", "training.save_every=4",
+                       "training.max_steps=8", "training.save_every=4",
                        "training.keep_checkpoints=5", "eval.baseline=false")  # fmt: skip
     result = run_training(cfg)
     straight = comparable(result.run_dir)

@@ -60,7 +60,9 @@ def load_optimizer_state_(module: nn.Module, optimizer: torch.optim.Optimizer, s
         optimizer.load_state_dict(state)
         return
     owner, inner = _owner(module, optimizer)
-    set_optimizer_state_dict(owner, inner, state, options=StateDictOptions(full_state_dict=True))
+    # Not strict: a trainable weight that never had a gradient (a BERT pooler's LoRA under a head that reads the
+    # hidden states) has no optimizer state to restore, and starts the resumed run without one, as it did before.
+    set_optimizer_state_dict(owner, inner, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def rng_state() -> dict[str, Any]:
