@@ -43,8 +43,10 @@ def can_split(objective: Objective, cfg: TrainingSection) -> bool:
 def split_rows(batch: Batch, max_tokens: int | None) -> list[Batch]:
     """`batch` as consecutive row pieces of at most `max_tokens` padded tokens each (at least one row per piece),
     as evenly sized as possible; each piece is trimmed to its longest row. One piece: the batch unchanged."""
+    if max_tokens is None:  # also every batch that is not rows of token ids (pairs, setfit's anchors)
+        return [batch]
     rows, width = batch["input_ids"].shape
-    pieces = 1 if max_tokens is None else min(rows, math.ceil(rows * width / max_tokens))
+    pieces = min(rows, math.ceil(rows * width / max_tokens))
     if pieces <= 1:
         return [batch]
     per = math.ceil(rows / pieces)
