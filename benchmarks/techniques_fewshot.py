@@ -120,15 +120,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--test", type=int, default=200, help="held-out sentences (fine-tuned models)")
     parser.add_argument("--prompt-eval", type=int, default=60, help="held-out sentences scored by prompting")
-    parser.add_argument("--prompt-ks", type=int, nargs="+", default=[0, 1, 2, 4], help="shots per class, prompting")
+    parser.add_argument("--prompt-ks", type=int, nargs="*", default=None,
+                        help="shots per class, prompting (default 0 1 2 4; none with --prompt-only)")  # fmt: skip
     parser.add_argument("--tune-ks", type=int, nargs="+", default=[8, 16, 32], help="examples per class, fine-tuning")
     parser.add_argument("--lora-steps", type=int, default=16, help="LoRA steps of 8 rows")
     parser.add_argument("--setfit-pairs", type=int, default=5, help="SetFit pair rounds per text")
     parser.add_argument("--prompt-only", action="store_true",
                         help="run only the prompting arm for --prompt-ks and merge it into the saved json (the "
                         "fine-tuning rows and the other k are kept)")  # fmt: skip
+    parser.add_argument("--peek", type=int, default=0,
+                        help="also answer the first N held-out sentences with random shots at every prompting k "
+                        "without sample answers yet, and show what the model says")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.prompt_ks is None:
+        args.prompt_ks = [] if args.prompt_only else [0, 1, 2, 4]
 
     import torch
 
@@ -149,6 +155,8 @@ def main() -> None:
     if saved:  # the k measured by earlier runs get their prompt lengths (tokenizing only, no generation)
         for k in sorted({int(k) for k in results["prompt_random"]} - set(args.prompt_ks)):
             measure(results, k, model, tokenizer, embed, pool, test)
+    if args.peek:
+        peek(results, args.peek, model, tokenizer, pool, test)
     del model
     if not args.prompt_only:
         fine_tuning(args, results, tokenizer, pool, test)
@@ -205,6 +213,17 @@ def measure(results: dict, k: int, model, tokenizer, embed, pool: list[dict], te
         cell = results[f"prompt_{strategy}"][str(k)]
         examples = shot_prompts(k, strategy, test[: cell["n"]], pool, embed, limit)
         cell.update(context_summary(examples), context=limit.window, max_prompt_tokens=limit.max_tokens)
+
+
+def peek(results: dict, n: int, model, tokenizer, pool: list[dict], test: list[dict]) -> None:
+    """The answers to the first `n` held-out sentences, random shots, for each prompting k without samples (the
+    same prompts the scored run built for them; batches differ, so bf16 answers may differ slightly)."""
+    rows = test[:n]
+    for k in sorted(int(k) for k in results["prompt_random"]):
+        cell = results["prompt_random"][str(k)]
+        if "samples" not in cell:
+            answers = generate(model, tokenizer, shot_prompts(k, "random", rows, pool, None, None), 8)
+            cell["samples"] = [{"label": r["label"], "answer": a} for r, a in zip(rows, answers, strict=True)]
 
 
 def fine_tuning(args, results: dict, tokenizer, pool: list[dict], test: list[dict]) -> None:
@@ -295,15 +314,29 @@ def markdown(payload: dict) -> str:
     for k in ks:
         cells = " | ".join(cell(method, k) for method in ("prompt_random", "prompt_similar", "lora", "setfit"))
         lines.append(f"| {k} | {cells} | {' | '.join(prompt_facts(k))} |")
-    lines += ["", reading(res), ""]
+    lines += ["", reading(res), *samples_text(res), ""]
     return "\n".join(lines)
+
+
+def samples_text(res: dict) -> list[str]:
+    """What the model answered to the first held-out sentences (random shots), where the json has samples."""
+    rows = [(int(k), c["samples"]) for k, c in res["prompt_random"].items() if "samples" in c]
+    if not rows:
+        return []
+    labels = ", ".join(s["label"] for s in rows[0][1])
+    lines = ["", f"Answers to the first {len(rows[0][1])} held-out sentences (labels: {labels}), random shots:", ""]
+    for k, samples in sorted(rows):
+        lines.append(f"- k={k}: " + ", ".join(f"`{s['answer']}`" for s in samples))
+    return lines
 
 
 def command(a: dict) -> str:
     if a.get("prompt_only"):
+        ks = f"--prompt-eval {a['prompt_eval']} --prompt-ks {' '.join(map(str, a['prompt_ks']))} "
         return (
-            f".venv/bin/python benchmarks/techniques_fewshot.py --prompt-only --prompt-eval {a['prompt_eval']} "
-            f"--prompt-ks {' '.join(map(str, a['prompt_ks']))} --threads {a['threads']}"
+            f".venv/bin/python benchmarks/techniques_fewshot.py --prompt-only {ks if a['prompt_ks'] else ''}"
+            + (f"--peek {a['peek']} " if a.get("peek") else "")
+            + f"--threads {a['threads']}"
         )
     return (
         f".venv/bin/python benchmarks/techniques_fewshot.py --test {a['test']} --prompt-eval {a['prompt_eval']} "
@@ -336,6 +369,13 @@ def reading(res: dict) -> str:
             f"tokens of the {top['max_prompt_tokens']} SmolLM2's {top['context']} positions leave for the prompt; "
             + (f"{shortened} prompts had to be shortened." if shortened else "no prompt was shortened.")
         )
+        last = str(max(int(k) for k in res["prompt_random"]))
+        if last in res["prompt_similar"]:
+            context_text += (
+                f" At the largest k ({last} per class) prompting scores {res['prompt_random'][last]['accuracy']:.1%} "
+                f"(random) and {res['prompt_similar'][last]['accuracy']:.1%} (similar shots) with every prompt "
+                "inside the context, so a drop there is not truncation (the answers below show what the model says)."
+            )
     return (
         f"Reading: best of each: {', '.join(parts)}.{zero_text} Chance is {1 / len(LABELS):.1%}.{context_text} "
         "Each class has its own subjects and predicates, so a trained model separates them easily; the question "
