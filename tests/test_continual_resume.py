@@ -5,7 +5,6 @@ equals the uninterrupted run's; a changed task list is refused."""
 from __future__ import annotations
 
 import json
-import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 
 import tunelab.continual.run as continual_run
 import tunelab.train.run as train_run
+from tests.test_continual_train import write_task
 from tunelab.cli import main as cli_main
 from tunelab.config import load_config
 from tunelab.continual.resume import STATE_FILE, TRAINED_FILE
@@ -40,23 +40,9 @@ class Killed(Exception):
     """Stands in for the process being killed."""
 
 
-def write_task(folder: Path, task: str, seed: int, n: int = 40) -> tuple[Path, Path]:
-    rng = random.Random(seed)
-    answer = {w: ANSWERS[task][i % 2] for i, w in enumerate(WORDS)}
-    rows = []
-    for k in range(n):
-        word = rng.choice(WORDS)
-        rows.append({"messages": [{"role": "user", "content": f"{task} of {word} #{k}"},
-                                  {"role": "assistant", "content": answer[word]}]})  # fmt: skip
-    train, val = folder / f"{task}.jsonl", folder / f"{task}_val.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows[: n - 8]))
-    val.write_text("".join(json.dumps(r) + "\n" for r in rows[n - 8 :]))
-    return train, val
-
-
 def config(tmp_path: Path, model_dir: Path, name: str, variant: str, tasks: list[str] | None = None):
     tasks = tasks or list(ANSWERS)
-    files = {t: write_task(tmp_path, t, seed) for seed, t in enumerate(ANSWERS)}
+    files = {t: write_task(tmp_path, t, 40, seed, ANSWERS) for seed, t in enumerate(ANSWERS)}
     raw = {
         "model": {"source": str(model_dir)},
         "output": {"dir": str(tmp_path / "runs"), "name": name},

@@ -25,10 +25,12 @@ WORDS = ["cat", "dog", "mat", "sky", "one", "two"]
 ANSWERS = {"color": ["red", "blue"], "size": ["big", "small"]}
 
 
-def write_task(folder: Path, task: str, n: int, seed: int) -> tuple[Path, Path]:
-    """'<task> of <word>' -> a fixed answer per word; train and validation files."""
+def write_task(
+    folder: Path, task: str, n: int, seed: int, answers: dict[str, list[str]] = ANSWERS
+) -> tuple[Path, Path]:
+    """'<task> of <word>' -> a fixed answer per word (from `answers[task]`); train and validation files."""
     rng = random.Random(seed)
-    answer = {w: ANSWERS[task][i % 2] for i, w in enumerate(WORDS)}
+    answer = {w: answers[task][i % 2] for i, w in enumerate(WORDS)}
     rows = []
     for k in range(n):
         word = rng.choice(WORDS)

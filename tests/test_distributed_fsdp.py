@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from accelerate.commands.config.config_args import ClusterConfig
 from safetensors.torch import load_file
 from torch import nn
 
+from tests.test_distributed import free_port
 from tests.tiny import write_color_task
 from tunelab.errors import ConfigError
 from tunelab.train.checkpoint import load_trainable_, optimizer_state, trainable_state
@@ -47,12 +47,6 @@ output: {{dir: {tmp_path / "runs"}, name: {name}}}
 """
     )
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(args: list[str], launch: bool, *options: str, ok: bool = True) -> str:
