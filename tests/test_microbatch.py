@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,8 +16,10 @@ from tunelab.data.tokenize import IGNORE, collate, tokenize_all
 from tunelab.models import load_model, load_tokenizer
 from tunelab.objectives import OBJECTIVES
 from tunelab.objectives.base import causal_lm_loss, right_padded
+from tunelab.objectives.multitask import with_task_weighting
+from tunelab.regularizers.adversarial import with_adversarial
 from tunelab.train.loop import read_metrics
-from tunelab.train.microbatch import can_split, split_rows, token_budget
+from tunelab.train.microbatch import split_rows, token_budget
 from tunelab.train.run import run_training
 
 
@@ -45,12 +48,17 @@ def test_token_budget_and_which_objectives_split(tmp_path: Path, tiny_model_dir:
     assert token_budget("auto", torch.device("cuda")) is None
     assert token_budget(256, torch.device("cuda")) == 256
     assert token_budget(None, torch.device("cpu")) is None
-    cfg = tiny_config(tmp_path, tiny_model_dir).training
-    assert can_split(OBJECTIVES["sft"], cfg) and can_split(OBJECTIVES["pretrain"], cfg)
-    assert not can_split(OBJECTIVES["dpo"], cfg)  # chosen and rejected rows belong together
-    assert not can_split(OBJECTIVES["contrastive"], cfg)  # in-batch negatives
+    sft = OBJECTIVES["sft"]
+    assert sft.row_independent and OBJECTIVES["pretrain"].row_independent
+    assert not OBJECTIVES["dpo"].row_independent  # chosen and rejected rows belong together
+    assert not OBJECTIVES["contrastive"].row_independent  # in-batch negatives
+    rows = [SimpleNamespace(task="color"), SimpleNamespace(task="size")]  # what the wrapper reads of an item
+    fixed = tiny_config(tmp_path, tiny_model_dir, "training.task_weights={color: 2.0}").training
+    assert with_task_weighting(sft, fixed, rows, torch.device("cpu"))[0].row_independent  # weighted sums still add up
     uncertainty = tiny_config(tmp_path, tiny_model_dir, "training.task_weighting=uncertainty").training
-    assert not can_split(OBJECTIVES["sft"], uncertainty)  # per-task means over the micro-batch
+    assert not with_task_weighting(sft, uncertainty, rows, torch.device("cpu"))[0].row_independent  # per-task means
+    adversarial = tiny_config(tmp_path, tiny_model_dir, "training.adversarial.method=fgm").training
+    assert not with_adversarial(sft, adversarial.adversarial).row_independent  # perturbation over the micro-batch
 
 
 def test_pieces_train_to_the_same_weights_as_whole_micro_batches(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -28,10 +28,14 @@ def is_run(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
+def run_path(cfg: TunelabConfig, config_path: Path | None) -> Path:
+    """Where a run's folder is: output.dir / (output.name, or the config file's stem, or `run`)."""
+    return Path(cfg.output.dir) / (cfg.output.name or (config_path.stem if config_path else "run"))
+
+
 def run_folder(cfg: TunelabConfig, config_path: Path | None, resume: bool) -> Path:
     """The run's folder: created fresh, replaced (output.overwrite), or reused (resume)."""
-    name = cfg.output.name or (config_path.stem if config_path else "run")
-    run_dir = Path(cfg.output.dir) / name
+    run_dir = run_path(cfg, config_path)
     if resume:
         if not (run_dir / "checkpoints").is_dir():
             raise RunError(

@@ -26,7 +26,7 @@ from torch import nn
 
 from tunelab.config import TunelabConfig
 from tunelab.errors import ConfigError, RunError
-from tunelab.runs import is_run
+from tunelab.runs import is_run, run_path
 
 CONFIG_FILE = "continual.yaml"
 STATE_FILE = "continual_state.json"
@@ -35,14 +35,9 @@ TRAINED_FILE = "continual_trained.safetensors"
 the stage as finished, so that a kill during the Fisher or the scoring does not mean training the stage again."""
 
 
-def run_name(cfg: TunelabConfig, config_path: Path | None) -> Path:
-    name = cfg.output.name or (config_path.stem if config_path else "run")
-    return Path(cfg.output.dir) / name
-
-
 def fresh_folder(cfg: TunelabConfig, config_path: Path | None) -> Path:
     """The run folder, created empty (an earlier run of the same name is replaced only with output.overwrite)."""
-    run_dir = run_name(cfg, config_path)
+    run_dir = run_path(cfg, config_path)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not ((run_dir / STATE_FILE).is_file() or (run_dir / CONFIG_FILE).is_file() or is_run(run_dir)):
             raise RunError(
@@ -61,7 +56,7 @@ def fresh_folder(cfg: TunelabConfig, config_path: Path | None) -> Path:
 
 def resume_folder(cfg: TunelabConfig, config_path: Path | None) -> Path:
     """The stopped run's folder, after checking that `cfg` still describes that run."""
-    run_dir = run_name(cfg, config_path)
+    run_dir = run_path(cfg, config_path)
     saved = run_dir / CONFIG_FILE
     if not saved.is_file():
         raise RunError(

@@ -34,7 +34,7 @@ class TaskModel(nn.Module):
         self.cfg = cfg
         self.label_smoothing = label_smoothing
         self.decoder = is_decoder(model)
-        self.pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if self.decoder else "mean")
+        self.pooling = resolved_pooling(cfg.pooling, self.decoder)
         hidden = body(model).get_input_embeddings().embedding_dim
         device = next(model.parameters()).device
         self.dropout = nn.Dropout(cfg.dropout)
@@ -48,10 +48,21 @@ class TaskModel(nn.Module):
         return None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = body(self.model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.cfg.task == "sequence":
-            hidden = POOLING[self.pooling](hidden, attention_mask)
+        hidden = body_features(self.model, input_ids, attention_mask, self.pooling, self.cfg.task == "token")
         return self.head(self.dropout(hidden.to(self.head.weight.dtype)))
+
+
+def resolved_pooling(pooling: str, decoder: bool) -> str:
+    """`auto` pooling: the last token for a decoder (the only one that has seen the whole row), the mean otherwise."""
+    return pooling if pooling != "auto" else ("last" if decoder else "mean")
+
+
+def body_features(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str, per_token: bool
+) -> torch.Tensor:
+    """What a head reads from the body: each row's pooled state (B x H), or every token's state (B x T x H)."""
+    hidden = body(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden if per_token else POOLING[pooling](hidden, attention_mask)
 
 
 def is_decoder(model: nn.Module) -> bool:

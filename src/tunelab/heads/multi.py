@@ -19,8 +19,7 @@ from torch import nn
 from tunelab.errors import ConfigError, RunError
 from tunelab.heads.config import HeadConfig
 from tunelab.heads.losses import sequence_loss, token_loss
-from tunelab.heads.model import body, check_head_body, is_decoder
-from tunelab.heads.pooling import POOLING
+from tunelab.heads.model import body, body_features, check_head_body, is_decoder, resolved_pooling
 from tunelab.objectives.base import LossParts
 
 TASKS_FILE = "task_heads.json"
@@ -42,7 +41,7 @@ class MultiHeadModel(nn.Module):
         """Task tags in head order: `head[i]` serves `tasks[i]`, and batches carry that index as `head`."""
         self.label_smoothing = label_smoothing
         self.decoder = is_decoder(model)
-        self.pooling = first.pooling if first.pooling != "auto" else ("last" if self.decoder else "mean")
+        self.pooling = resolved_pooling(first.pooling, self.decoder)
         self.token = first.task == "token"
         hidden = body(model).get_input_embeddings().embedding_dim
         device = next(model.parameters()).device
@@ -60,9 +59,7 @@ class MultiHeadModel(nn.Module):
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """What every head reads: the pooled vector per row (B x H), or the token states (B x T x H)."""
-        hidden = body(self.model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if not self.token:
-            hidden = POOLING[self.pooling](hidden, attention_mask)
+        hidden = body_features(self.model, input_ids, attention_mask, self.pooling, self.token)
         return self.dropout(hidden.to(self.head[0].weight.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str | int) -> torch.Tensor:

@@ -149,22 +149,29 @@ def selected_logits(model: nn.Module, batch: Batch, keep: torch.Tensor) -> torch
     The output head runs only on those positions: with a 49k vocabulary, full logits for every prompt token
     would cost more memory and time than the whole transformer body for short answers.
     """
-    # No KV cache: training never reuses it, and transformers finds packed sequences (positions restarting) only
-    # when no cache is passed; with one, packed examples would attend to each other.
-    inputs = {**model_inputs(batch), "use_cache": False}
     parts = decoder_and_head(model)
-    if parts is not None and right_padded(inputs.get("attention_mask")):
-        # Causal attention alone already keeps every real token off the padding after it, so the mask adds
-        # nothing: without it SDPA runs its causal kernel (no T x T mask, grouped key/value heads not copied
-        # out to every query head). Pad positions compute garbage that no target reads.
-        del inputs["attention_mask"]
     if parts is None:
         # Prompt tuning prepends num_virtual_tokens positions to the output; the last T are the input's own.
-        logits = model(**inputs).logits[:, -batch["input_ids"].shape[1] :]
+        logits = model(**model_inputs(batch), use_cache=False).logits[:, -batch["input_ids"].shape[1] :]
         return logits[:, :-1][keep]
     decoder, head = parts
-    hidden = decoder(**inputs).last_hidden_state
+    hidden = decoder(**causal_inputs(batch)).last_hidden_state
     return head(hidden[:, :-1][keep])
+
+
+def causal_inputs(batch: Batch) -> dict[str, Any]:
+    """The keyword arguments of a causal decoder's training forward.
+
+    No KV cache: training never reuses it, and transformers finds packed sequences (positions restarting) only
+    when no cache is passed; with one, packed examples would attend to each other. No padding mask on
+    right-padded rows: causal attention alone already keeps every real token off the padding after it, and
+    without the mask SDPA runs its causal kernel (no T x T mask, grouped key/value heads not copied out to every
+    query head). Pad positions compute values that no target, hidden state or attention row at a target reads.
+    """
+    inputs = {**model_inputs(batch), "use_cache": False}
+    if right_padded(inputs.get("attention_mask")):
+        del inputs["attention_mask"]
+    return inputs
 
 
 def right_padded(mask: torch.Tensor | None) -> bool:

@@ -20,11 +20,19 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from tunelab.data.tokenize import IGNORE, Tokenized, collate, model_inputs
+from tunelab.data.tokenize import IGNORE, Tokenized, collate
 from tunelab.distill.cache import TopK, cached_topk, compute_topk, fingerprint, weight_files
 from tunelab.distill.losses import Divergence, distill_terms, kl
 from tunelab.errors import ConfigError
-from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs, decoder_and_head, target_tokens
+from tunelab.objectives.base import (
+    Batch,
+    LossParts,
+    Objective,
+    SetupArgs,
+    causal_inputs,
+    decoder_and_head,
+    target_tokens,
+)
 from tunelab.schema import Section
 
 
@@ -107,8 +115,7 @@ def forward(model: nn.Module, batch: Batch, keep: torch.Tensor, hidden: bool, at
     if parts is None:
         raise ConfigError("objective distill needs a model whose forward runs whole (not prompt/prefix tuning).")
     decoder, head = parts
-    inputs = {**model_inputs(batch), "use_cache": False}
-    out = decoder(**inputs, output_hidden_states=hidden, output_attentions=attentions)
+    out = decoder(**causal_inputs(batch), output_hidden_states=hidden, output_attentions=attentions)
     logits = head(out.last_hidden_state[:, :-1][keep])
     return Outputs(logits, out.hidden_states if hidden else None, out.attentions if attentions else None)
 

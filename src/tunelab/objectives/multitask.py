@@ -79,7 +79,10 @@ def with_task_weighting(
             parts[int(t)] = objective.loss(model, {k: v[rows] for k, v in inner.items()}, ctx)
         return combine_task_losses(parts, weights, log_vars)
 
-    wrapped = dataclasses.replace(objective, collate=collate, loss=loss)
+    # Uncertainty weighting divides by each task's count in the micro-batch: pieces of it would weigh differently.
+    wrapped = dataclasses.replace(
+        objective, collate=collate, loss=loss, row_independent=objective.row_independent and log_vars is None
+    )
     return wrapped, [log_vars] if log_vars is not None else []
 
 
@@ -92,20 +95,22 @@ STATE_KEY = "task_log_vars"
 """Where a checkpoint's loop state keeps the learned s_t: {task: s_t} (plain floats, as state.json is JSON)."""
 
 
+def log_vars(params: list[nn.Parameter], tasks: list[str]) -> dict[str, float]:
+    """The learned s_t by task; {} without uncertainty weighting."""
+    return dict(zip(tasks, params[0].detach().float().cpu().tolist(), strict=True)) if params else {}
+
+
 def log_var_metrics(params: list[nn.Parameter], tasks: list[str]) -> dict[str, float]:
     """`task_log_var/<task>` (s_t) and `task_weight/<task>` (exp(-s_t)) of uncertainty weighting; {} without it."""
-    if not params:
-        return {}
-    values = params[0].detach().float().cpu().tolist()
-    out = {f"task_log_var/{t}": s for t, s in zip(tasks, values, strict=True)}
-    return out | {f"task_weight/{t}": math.exp(-s) for t, s in zip(tasks, values, strict=True)}
+    values = log_vars(params, tasks)
+    weights = {f"task_weight/{t}": math.exp(-s) for t, s in values.items()}
+    return {f"task_log_var/{t}": s for t, s in values.items()} | weights
 
 
 def log_var_state(params: list[nn.Parameter], tasks: list[str]) -> dict[str, dict[str, float]]:
     """The s_t as a checkpoint's loop state keeps them, {STATE_KEY: {task: s_t}}; {} without uncertainty weighting."""
-    if not params:
-        return {}
-    return {STATE_KEY: dict(zip(tasks, params[0].detach().float().cpu().tolist(), strict=True))}
+    values = log_vars(params, tasks)
+    return {STATE_KEY: values} if values else {}
 
 
 def restore_log_vars_(params: list[nn.Parameter], tasks: list[str], state: dict[str, Any]) -> None:

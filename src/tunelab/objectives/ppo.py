@@ -17,9 +17,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tunelab.data.tokenize import IGNORE, model_inputs
+from tunelab.data.tokenize import IGNORE
 from tunelab.errors import ConfigError
-from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs, decoder_and_head
+from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs, causal_inputs, decoder_and_head
 from tunelab.objectives.grpo import RLContext, RLSettings, clipped_policy_loss, greedy_reward, next_rollout, rewards_of
 from tunelab.objectives.grpo import setup_rl as _setup_rl
 from tunelab.rl.rollout import Rollout, collate_prompts, gae, masked_rows, prepare_prompts
@@ -55,7 +55,7 @@ def logps_and_values(model: PolicyWithValue, batch: Batch) -> tuple[torch.Tensor
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     decoder, head = decoder_and_head(model.model)
-    hidden = decoder(**model_inputs(batch), use_cache=False).last_hidden_state[:, :-1][keep]
+    hidden = decoder(**causal_inputs(batch)).last_hidden_state[:, :-1][keep]
     logps = head(hidden).float().log_softmax(-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
     values = model.value_head(hidden.float()).squeeze(-1)
     return logps, values, keep.nonzero()[:, 0]

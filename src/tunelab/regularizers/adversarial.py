@@ -37,7 +37,8 @@ def with_adversarial(objective: Objective, cfg: AdversarialSection) -> Objective
             return objective.loss(model, batch, ctx)
         return METHODS[cfg.method](objective.loss, cfg, model, batch, ctx)
 
-    return dataclasses.replace(objective, loss=loss)
+    # The perturbation is normalised over the whole micro-batch: its pieces would each get a different one.
+    return dataclasses.replace(objective, loss=loss, row_independent=False)
 
 
 class Perturbation:

@@ -137,6 +137,11 @@ def save_weights(path: Path, module: nn.Module, *, main: bool = True) -> None:
         tmp.replace(path)
 
 
+def load_weights_(path: Path, module: nn.Module) -> None:
+    """Put weights written by `save_weights` back into the model in `module`. Every process must call it."""
+    load_trainable_(module, load_file(path))
+
+
 def _unwrapped(module: nn.Module) -> nn.Module:
     return module.module if isinstance(getattr(module, "module", None), nn.Module) else module  # DDP
 

@@ -36,7 +36,7 @@ from tunelab.objectives.multitask import (
     with_task_weighting,
 )
 from tunelab.regularizers.adversarial import with_adversarial
-from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable_, save_checkpoint, save_weights
+from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, load_weights_, save_checkpoint, save_weights
 from tunelab.train.distributed import (
     check_backend,
     fsdp_settings,
@@ -48,7 +48,7 @@ from tunelab.train.distributed import (
     unsharded,
 )
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
-from tunelab.train.microbatch import can_split, split_rows, token_budget
+from tunelab.train.microbatch import split_rows, token_budget
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.progress import TrainProgress
 
@@ -146,12 +146,12 @@ def fit(
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
 
-    # Sharded processes must run the same number of forwards (each gathers the weights): no uneven splitting.
-    splits = can_split(objective, cfg) and sharding == "none"
-    budget = token_budget(cfg.micro_batch_tokens, device) if splits else None
     if cfg.adversarial is not None:
         objective = with_adversarial(objective, cfg.adversarial)
     objective, task_params = with_task_weighting(objective, cfg, train, device)  # training.task_weights/_weighting
+    # Sharded processes must run the same number of forwards (each gathers the weights): no uneven splitting.
+    splits = objective.row_independent and sharding == "none"
+    budget = token_budget(cfg.micro_batch_tokens, device) if splits else None
     task_tags = task_names(train) if task_params else []  # the learned s_t's tasks, logged and checkpointed by name
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing_(model)
@@ -297,9 +297,7 @@ def fit(
         checkpoint()
 
     if stopped_early and (ckpt_dir / "best.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        load_trainable_(module, load_file(ckpt_dir / "best.safetensors"))
+        load_weights_(ckpt_dir / "best.safetensors", module)
     trained = unsharded(module, frame) if frame is not None else model
     return FitResult(step, stopped_early, state["best_val"], log.lines, trained)
 

@@ -4,21 +4,18 @@ Backward-pass memory grows with the tokens in flight: one 8 x 744-token batch of
 ~4 GB for the backward, and glibc's allocator holds on to much of that between steps. Running the same rows as
 several smaller forward/backward passes and summing their gradients gives the same gradient (the loop already
 normalises each step's loss by all of its targets), at the cost of slightly smaller matrix products. Only
-objectives whose batch loss is a sum over rows (`Objective.row_independent`) are split; pieces are cut to their
-own longest row, so they carry less padding too.
+objectives whose batch loss is a sum over rows (`Objective.row_independent`, which the adversarial and
+uncertainty-weighting wrappers turn off) are split; pieces are cut to their own longest row, so they carry less
+padding too.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
-from tunelab.objectives.base import Batch, Objective
-
-if TYPE_CHECKING:
-    from tunelab.config import TrainingSection
+from tunelab.objectives.base import Batch
 
 CPU_TOKENS = 1024
 """`training.micro_batch_tokens: auto` on a CPU. At ~1k tokens a piece the matrix products of a 135M model stay
@@ -32,13 +29,6 @@ def token_budget(setting: int | str | None, device: torch.device) -> int | None:
     if setting == "auto":
         return CPU_TOKENS if device.type == "cpu" else None
     return int(setting) if setting is not None else None
-
-
-def can_split(objective: Objective, cfg: TrainingSection) -> bool:
-    """Whether the step's gradient survives splitting: a row-sum loss, and no wrapper that looks at the whole
-    micro-batch (adversarial perturbations are normalised over it; uncertainty weighting uses each task's mean
-    over it)."""
-    return objective.row_independent and cfg.adversarial is None and cfg.task_weighting == "fixed"
 
 
 def split_rows(batch: Batch, max_tokens: int | None) -> list[Batch]:

@@ -25,7 +25,7 @@ from tunelab.methods.base import trainable_parameters
 from tunelab.models import load_model, load_tokenizer, resolve_source
 from tunelab.objectives import OBJECTIVES
 from tunelab.objectives.base import SetupArgs
-from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder
+from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder, run_path
 from tunelab.train.batch_size import resolve_batch_size
 from tunelab.train.distributed import refuse_deepspeed
 from tunelab.train.fused import fuse_modules_
@@ -124,7 +124,7 @@ def run_training(
     main = accelerator.is_main_process
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
-    run_dir = run_folder(cfg, config_path, resume) if main else _wait_for_run_dir(cfg, config_path)
+    run_dir = run_folder(cfg, config_path, resume) if main else run_path(cfg, config_path)
     accelerator.wait_for_everyone()
     if main:
         (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
@@ -255,11 +255,6 @@ def _print_samples(console: Console, run_dir: Path, n: int) -> None:
         if i < len(base):
             console.print(f"  base:      {base[i]['prediction'][:200]}")
         console.print(f"  tuned:     {row['prediction'][:200]}")
-
-
-def _wait_for_run_dir(cfg: TunelabConfig, config_path: Path | None) -> Path:
-    name = cfg.output.name or (config_path.stem if config_path else "run")
-    return Path(cfg.output.dir) / name
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab.config import OutputSection, TunelabConfig, dump_config
-from tunelab.runs import artifact_dir, run_folder
+from tunelab.runs import artifact_dir, run_folder, run_path
 
 STAGES_CONFIG = "stages.yaml"
 """The whole multi-stage config, in the run folder. Not `config.yaml`: the run folder itself is not one run;
@@ -70,7 +70,6 @@ def run_stages(cfg: TunelabConfig, *, config_path: Path | None = None, resume: b
 
 
 def _existing(cfg: TunelabConfig, config_path: Path | None) -> Path:
-    name = cfg.output.name or (config_path.stem if config_path else "run")
-    run_dir = Path(cfg.output.dir) / name
+    run_dir = run_path(cfg, config_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
