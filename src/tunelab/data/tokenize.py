@@ -58,6 +58,12 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], add_gene
     return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[Message], system_prompt: str | None = None) -> str:
+    """What a model is given to answer `messages`: the chat template with `system_prompt` in front (when the
+    conversation has none) and the generation prompt after."""
+    return render(tokenizer, with_system(messages, system_prompt), add_generation_prompt=True)
+
+
 def loss_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], loss_on: LossOn) -> tuple[str, list]:
     """The rendered conversation and the character spans that carry loss."""
     full = render(tokenizer, messages)
@@ -87,7 +93,7 @@ def token_length(example: Example, tokenizer: PreTrainedTokenizerBase, system_pr
     if example.kind == "chat":
         return count(render(tokenizer, with_system(example.messages, system_prompt)))
     if example.kind == "preference":
-        prompt = render(tokenizer, with_system(example.messages, system_prompt), add_generation_prompt=True)
+        prompt = prompt_text(tokenizer, example.messages, system_prompt)
         return count(prompt) + max(count(example.chosen), count(example.rejected))
     if example.kind == "pairs":
         return max(count(t) for t in (example.anchor, example.positive, example.negative))

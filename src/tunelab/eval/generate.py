@@ -29,7 +29,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from tunelab.data.records import Message
-from tunelab.data.tokenize import render, with_system
+from tunelab.data.tokenize import prompt_text
 
 Precision = Literal["bf16", "fp32"]
 
@@ -71,7 +71,7 @@ def generate_answers(
     """
     if not prompts:
         return []
-    texts = [render(tokenizer, with_system(p, system_prompt), add_generation_prompt=True) for p in prompts]
+    texts = [prompt_text(tokenizer, p, system_prompt) for p in prompts]
     # The template already wrote the special tokens; letting the tokenizer add a BOS again would double it.
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     # Longest first: similar lengths share a batch (less padding), and running out of memory shows up at once.
@@ -122,7 +122,7 @@ def stream_reply(
     is raised here once the stream ends. Closing the iterator early (Ctrl-C in a chat) stops generation at the
     next token.
     """
-    text = render(tokenizer, with_system(messages, system_prompt), add_generation_prompt=True)
+    text = prompt_text(tokenizer, messages, system_prompt)
     batch = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(_device(model))
     stops = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.records import Example
-from tunelab.data.tokenize import render, with_system
+from tunelab.data.tokenize import prompt_text
 
 Overflow = Literal["error", "drop"]
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -67,7 +67,7 @@ class ContextLimit:
     def count(self, example: Example) -> int:
         """Tokens of `example`'s prompt as generation renders it."""
         prompt, _ = example.prompt_and_answer()
-        text = render(self.tokenizer, with_system(prompt, self.system_prompt), add_generation_prompt=True)
+        text = prompt_text(self.tokenizer, prompt, self.system_prompt)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def too_long(self, example: Example, tokens: int, shots: int) -> str:

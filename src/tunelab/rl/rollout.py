@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.records import Example
-from tunelab.data.tokenize import IGNORE, render, with_system
+from tunelab.data.tokenize import IGNORE, prompt_text
 from tunelab.errors import DataError
 from tunelab.objectives.base import Batch
 from tunelab.objectives.pairs import collate_rows
@@ -155,7 +155,7 @@ def prepare_prompts(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_
                 messages, reference = ex.messages, ex.chosen
             else:
                 continue
-            text = render(tokenizer, with_system(messages, d.system_prompt), add_generation_prompt=True)
+            text = prompt_text(tokenizer, messages, d.system_prompt)
             ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])[-d.max_length :]
             splits[split].append(PromptItem(ids, len(samples)))
             samples.append(Sample(prompt=text, reference=reference))
