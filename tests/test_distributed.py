@@ -25,7 +25,15 @@ from tunelab.train.loop import check_backend
 EXAMPLES = Path(__file__).parent.parent / "examples" / "accelerate"
 
 
-def config(tmp_path: Path, model_dir: Path, name: str, grad_accum: int) -> Path:
+def config(
+    tmp_path: Path,
+    model_dir: Path,
+    name: str,
+    grad_accum: int,
+    method: str = "lora",
+    schedule: str = "max_steps: 12, log_every: 3",
+) -> Path:
+    """A run of the tiny model on the colour task; `schedule`: the training keys that differ between tests."""
     data = tmp_path / "color.jsonl"
     if not data.exists():
         write_color_task(data, 200)
@@ -34,9 +42,9 @@ def config(tmp_path: Path, model_dir: Path, name: str, grad_accum: int) -> Path:
         f"""
 model: {{source: {model_dir}}}
 data: {{train: {data}}}
-method: {{name: lora, r: 4}}
-training: {{precision: fp32, max_steps: 12, batch_size: 4, grad_accum: {grad_accum}, learning_rate: 3.0e-3,
-            log_every: 3, num_threads: 1}}
+method: {{name: {method}{", r: 4" if method == "lora" else ""}}}
+training: {{precision: fp32, batch_size: 4, grad_accum: {grad_accum}, learning_rate: 3.0e-3, num_threads: 1,
+            {schedule}}}
 eval: {{baseline: false, generate: false}}
 output: {{dir: {tmp_path / "runs"}, name: {name}}}
 """

@@ -20,8 +20,8 @@ from accelerate.commands.config.config_args import ClusterConfig
 from safetensors.torch import load_file
 from torch import nn
 
+from tests.test_distributed import config as ddp_config
 from tests.test_distributed import free_port
-from tests.tiny import write_color_task
 from tunelab.errors import ConfigError
 from tunelab.train.checkpoint import load_trainable_, optimizer_state, trainable_state
 from tunelab.train.distributed import check_backend, fsdp_settings, meta_copy, refuse_unsharded_state
@@ -31,22 +31,8 @@ TIMING = {"tokens_per_s", "peak_mem_mb", "elapsed_s"}
 
 
 def config(tmp_path: Path, model_dir: Path, name: str, method: str, grad_accum: int) -> Path:
-    data = tmp_path / "color.jsonl"
-    if not data.exists():
-        write_color_task(data, 200)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        f"""
-model: {{source: {model_dir}}}
-data: {{train: {data}}}
-method: {{name: {method}{", r: 4" if method == "lora" else ""}}}
-training: {{precision: fp32, max_steps: 8, batch_size: 4, grad_accum: {grad_accum}, learning_rate: 3.0e-3,
-            log_every: 2, save_every: 4, keep_checkpoints: 2, num_threads: 1}}
-eval: {{baseline: false, generate: false}}
-output: {{dir: {tmp_path / "runs"}, name: {name}}}
-"""
-    )
-    return path
+    schedule = "max_steps: 8, log_every: 2, save_every: 4, keep_checkpoints: 2"
+    return ddp_config(tmp_path, model_dir, name, grad_accum, method=method, schedule=schedule)
 
 
 def run(args: list[str], launch: bool, *options: str, ok: bool = True) -> str:
