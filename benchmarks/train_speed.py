@@ -19,7 +19,8 @@ How FLOPs are counted (per training token of a sequence of length T, model width
   attention scores and values: 4·T·d·L forward for a full T×T map, halved for the causal mask, ×3 with backward;
   output head: 2·V·d forward + 2·V·d backward, only for tokens that carry loss (that is all the head must do).
 MFU = counted FLOPs / train seconds / the bf16 matmul peak measured in this same run with the same threads.
-Peak memory is the process's peak resident set size (ru_maxrss), model loading included.
+Peak memory is the process's peak resident set size (ru_maxrss), model loading included, taken when the framework's
+own run returns (tunelab's includes its final evaluation and saving; TRL saves nothing) and before the shared scoring.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def shared_val_loss(model, val: Path) -> float:
     return validation_metrics(module, data, 8, tokenizer.pad_token_id, torch.device("cpu"), bf16=True)["val_loss"]
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (model loading included)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def flops_per_example(lengths: list[tuple[int, int]]) -> float:
     """Counted FLOPs for (sequence length, loss tokens) pairs, per the module docstring."""
     d, layers, vocab, mlp, kv = 576, 30, 49152, 1536, 192
@@ -159,6 +165,7 @@ def worker_tunelab(train: Path, val: Path, batch_size: int, out_dir: Path) -> di
     from tunelab.train.run import run_training
 
     result = run_training(tunelab_config(train, val, batch_size, out_dir))
+    peak = peak_rss_mb()  # training, tunelab's own final evaluation and saving; not the shared scoring below
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_seconds = [x for x in lines if "elapsed_s" in x][-1]["elapsed_s"]
     data, _ = tokenized_validation(train)
@@ -167,6 +174,7 @@ def worker_tunelab(train: Path, val: Path, batch_size: int, out_dir: Path) -> di
         "tokens": sum(len(t.input_ids) for t in data),
         "lengths": [(len(t.input_ids), t.target_tokens) for t in data],
         "val_loss": shared_val_loss(result.model, val),
+        "peak_rss_mb": peak,
     }
 
 
@@ -206,8 +214,10 @@ def worker_trl(train: Path, val: Path, batch_size: int, out_dir: Path) -> dict:
         processing_class=load_tokenizer("smollm2-135m"), peft_config=peft, callbacks=[clock],
     )  # fmt: skip
     trainer.train()
+    peak = peak_rss_mb()
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
-    return {"train_seconds": clock.seconds, "tokens": tokens, "val_loss": shared_val_loss(trainer.model, val)}
+    val_loss = shared_val_loss(trainer.model, val)
+    return {"train_seconds": clock.seconds, "tokens": tokens, "val_loss": val_loss, "peak_rss_mb": peak}
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -217,7 +227,6 @@ def run_worker(args: argparse.Namespace) -> None:
     work = worker_tunelab if args.framework == "tunelab" else worker_trl
     with tempfile.TemporaryDirectory() as tmp:
         result = work(Path(args.train), Path(args.val), args.batch_size, Path(tmp))
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(args.out).write_text(json.dumps(result))
 
 

@@ -1,12 +1,11 @@
 """The same `tunelab train` under torchrun or `accelerate launch` with 2 CPU processes (gloo) matches one process
 with the same global batch: one process with batch 4 and 2 accumulation steps sees exactly the batches that 2
-processes with batch 4 see together, and the loss is normalised over the target tokens of all of them. A launch
-that asks for DeepSpeed is refused with a clear message (FSDP: test_distributed_fsdp.py)."""
+processes with batch 4 see together, and the loss is normalised over the target tokens of all of them.
+FSDP: test_distributed_fsdp.py; DeepSpeed: test_distributed_deepspeed.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,13 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 from accelerate.commands.config.config_args import ClusterConfig
 from safetensors.torch import load_file
 
 from tests.tiny import write_color_task
-from tunelab.errors import RunError
-from tunelab.train.loop import check_backend
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "accelerate"
 
@@ -82,25 +78,6 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, tiny_model_dir: Pat
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
         assert len(losses(runs / name)) == 4  # written once, by the main process
         assert losses(runs / "single") == pytest.approx(losses(runs / name), rel=1e-4)
-
-
-def test_deepspeed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What `accelerate launch` with a DeepSpeed config sets.
-    accelerator = Accelerator(cpu=True)  # built first: with the DeepSpeed flag it would need deepspeed installed
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(RunError, match=r"DeepSpeed.*fsdp\.yaml.*ddp\.yaml"):
-        check_backend(accelerator)
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
-    assert check_backend(accelerator) == "none"
-
-
-def test_deepspeed_launch_fails_with_the_message(tmp_path: Path, tiny_model_dir: Path) -> None:
-    path = config(tmp_path, tiny_model_dir, "deepspeed", grad_accum=1)
-    env = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}
-    done = subprocess.run(
-        [sys.executable, "-m", "tunelab.cli", "train", str(path)], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert done.returncode == 2 and "DeepSpeed" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_example_accelerate_config_loads() -> None:

@@ -4,8 +4,8 @@ kill at any moment leaves either the previous checkpoint or the new one, never h
 Weights and optimizer state are gathered with torch's `torch.distributed.checkpoint.state_dict` API, which reads
 a plain module, DDP and FSDP (1 and 2) alike: every process takes part in the gathering, the main process alone
 writes full (unsharded) tensors, and a checkpoint from any of them restores into any other, one process included.
-The functions take the training module (the model under `model.`, possibly wrapped) and the optimizer built over
-its parameters.
+The functions take the training module (the model under `model.`, possibly wrapped, or a DeepSpeed engine around
+it) and the optimizer built over its parameters.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from tunelab.errors import ConfigError
+from tunelab.train.zero import ENGINE_DIR, gathered, is_engine, load_engine_state_, save_engine_state
+
 PREFIX = "step-"
 MODEL = "model."
 """Where the trained model sits in the training module; checkpoint weights are named as the model names them."""
@@ -38,14 +41,21 @@ _SCATTER = StateDictOptions(full_state_dict=True, strict=False)
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Full CPU copies of the trainable weights of the model in `module`, on the main process (the other processes
     get {}). Every process must call it. Tied weights appear once, under the first name."""
-    gathered = get_model_state_dict(module, options=_GATHER)
+    if is_engine(module):  # DeepSpeed: the training module inside, its ZeRO-3 shards gathered for the copy
+        with gathered(module.module, _trainable(module.module)):
+            return trainable_state(module.module)
+    full = get_model_state_dict(module, options=_GATHER)
     names = {_clean(n) for n, p in _unwrapped(module).named_parameters() if p.requires_grad}
-    return {k[len(MODEL) :]: v.contiguous() for k, v in gathered.items() if k in names}
+    return {k[len(MODEL) :]: v.contiguous() for k, v in full.items() if k in names}
 
 
 def load_trainable_(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Put full `weights` (as `trainable_state` returns them) into the model in `module`, each process taking
     its own shard. Every process must call it with the same weights."""
+    if is_engine(module):
+        with gathered(module.module, _trainable(module.module), write=True):
+            load_trainable_(module.module, weights)
+        return
     set_model_state_dict(module, {MODEL + k: v for k, v in weights.items()}, options=_SCATTER)
 
 
@@ -92,15 +102,22 @@ def save_checkpoint(
     main: bool = True,
 ) -> Path:
     """Write `folder/step-N` atomically from the main process and keep only the newest `keep` checkpoints.
-    Every process must call it (the weights are gathered); only the one with `main` writes."""
-    weights, optim = trainable_state(module), optimizer_state(module, optimizer)
+    Every process must call it (the weights are gathered); only the one with `main` writes, except that under
+    DeepSpeed each process writes its shard of the optimizer state into the engine's folder."""
+    engine = is_engine(module)
+    weights = trainable_state(module)
+    optim = None if engine else optimizer_state(module, optimizer)  # DeepSpeed's is in the engine's folder
     final = folder / f"{PREFIX}{step:08d}"
+    tmp = folder / f".tmp-{PREFIX}{step:08d}"
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if engine:
+        torch.distributed.barrier()  # the folder exists before any process writes into it
+        save_engine_state(module, tmp)
     if not main:
         return final
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{PREFIX}{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     save_file(weights, tmp / "trainable.safetensors")
     torch.save({"optimizer": optim, "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
@@ -118,9 +135,17 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
     """Restore trainable weights, optimizer, scheduler and RNG in place on every process; return the loop state."""
-    load_trainable_(module, load_file(path / "trainable.safetensors"))
     extra = torch.load(path / "optimizer.pt", weights_only=False)
-    load_optimizer_state_(module, optimizer, extra["optimizer"])
+    if is_engine(module):  # weights, ZeRO's master weights and its sharded optimizer state, from the engine's folder
+        load_engine_state_(module, path)
+    elif extra["optimizer"] is None:
+        raise ConfigError(
+            f"The checkpoint {path} was written under DeepSpeed: its optimizer state is sharded in {path / ENGINE_DIR} "
+            "and only a DeepSpeed engine reads it. Resume it with the same DeepSpeed launch."
+        )
+    else:
+        load_trainable_(module, load_file(path / "trainable.safetensors"))
+        load_optimizer_state_(module, optimizer, extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
     return json.loads((path / "state.json").read_text())
@@ -140,6 +165,10 @@ def save_weights(path: Path, module: nn.Module, *, main: bool = True) -> None:
 def load_weights_(path: Path, module: nn.Module) -> None:
     """Put weights written by `save_weights` back into the model in `module`. Every process must call it."""
     load_trainable_(module, load_file(path))
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:

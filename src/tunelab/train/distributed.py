@@ -20,18 +20,20 @@ from accelerate.utils import DistributedType
 from torch import nn
 
 from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError, RunError
+from tunelab.errors import ConfigError
 from tunelab.methods.base import decoder_layers
 from tunelab.methods.hooks import schedule_of
+from tunelab.train import zero
 
-Sharding = Literal["none", "fsdp-cpu", "fsdp-accelerate"]
+Sharding = Literal["none", "fsdp-cpu", "fsdp-accelerate", "deepspeed"]
 _STRATEGIES = ["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2"]  # accelerate's order
 
 
 def check_backend(accelerator: Accelerator) -> Sharding:
     """How the launch shards the model: not at all (one process, DDP), by tunelab with FSDP2 (FSDP asked for on
-    CPU processes), or by accelerate (FSDP on GPUs). DeepSpeed is refused."""
-    refuse_deepspeed(accelerator.distributed_type == DistributedType.DEEPSPEED)
+    CPU processes), by accelerate (FSDP on GPUs), or by a DeepSpeed ZeRO engine tunelab builds (`zero`)."""
+    if zero.requested(accelerator):
+        return "deepspeed"
     if accelerator.distributed_type == DistributedType.FSDP:
         plugin = accelerator.state.fsdp_plugin
         if plugin.fsdp_version == 1 and not plugin.use_orig_params:
@@ -44,19 +46,6 @@ def check_backend(accelerator: Accelerator) -> Sharding:
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     # One process has nothing to shard across: the plain loop is the same computation.
     return "fsdp-cpu" if fsdp and accelerator.num_processes > 1 else "none"
-
-
-def refuse_deepspeed(running: bool = False) -> None:
-    """Refuse a launch that asks for DeepSpeed (call before building the Accelerator: with the DeepSpeed flag set
-    it fails to start when deepspeed is not installed)."""
-    if running or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise RunError(
-            "tunelab does not train under DeepSpeed: its engine takes over the optimizer step, gradient accumulation "
-            "and clipping, which tunelab's loop does itself (the loss normalised over each whole step, non-finite "
-            "steps skipped). For the same ZeRO-3 style sharding of weights, gradients and optimizer state launch "
-            "with examples/accelerate/fsdp.yaml (GPUs or CPU processes); for plain data parallelism with "
-            "examples/accelerate/ddp.yaml."
-        )
 
 
 @dataclass(frozen=True)
@@ -115,8 +104,8 @@ def refuse_unsharded_state(model: nn.Module, cfg: TrainingSection) -> None:
     ]
     if held:
         raise ConfigError(
-            f"{held[0]} does not work with FSDP: it keeps its own references to the full weights, which sharding "
-            "replaces with shards. Turn it off for this run, or launch with examples/accelerate/ddp.yaml."
+            f"{held[0]} does not work with FSDP or DeepSpeed: it keeps its own references to the full weights, which "
+            "sharding replaces with shards. Turn it off for this run, or launch with examples/accelerate/ddp.yaml."
         )
 
 
@@ -190,7 +179,11 @@ def unsharded(module: nn.Module, frame: nn.Module, prefix: str = "model.") -> nn
     `module`, on every process. Every process must call it (the weights are gathered)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    if zero.is_engine(module):  # DeepSpeed: ZeRO-3 shards gathered for the copy (stages 1-2 hold them whole)
+        with zero.gathered(module.module):
+            full = {k: v.detach().clone() for k, v in module.module.state_dict().items()}
+    else:
+        full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
     tied = _tied_names(frame)
     weights = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
     frame.load_state_dict(weights, strict=False, assign=True)

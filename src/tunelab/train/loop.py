@@ -36,6 +36,7 @@ from tunelab.objectives.multitask import (
     with_task_weighting,
 )
 from tunelab.regularizers.adversarial import with_adversarial
+from tunelab.train import zero
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, load_weights_, save_checkpoint, save_weights
 from tunelab.train.distributed import (
     check_backend,
@@ -89,29 +90,38 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 
 @torch.no_grad()
 def validation_metrics(
-    module: nn.Module, data: list[Any], batch_size: int, pad_id: int, device: torch.device, bf16: bool
+    module: nn.Module,
+    data: list[Any],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    bf16: bool,
+    max_tokens: int | None = None,
 ) -> dict[str, float]:
     """Validation loss averaged as the objective counts (tokens, pairs), its accuracy (`val_token_acc`,
-    `val_pair_acc`, ...) and, for language modelling, perplexity."""
+    `val_pair_acc`, ...) and, for language modelling, perplexity. With `max_tokens` (the training's token budget)
+    a batch of a row-sum objective runs in row pieces of at most that many tokens, as training does: the same
+    sums, and no larger working set than a training step."""
     objective = getattr(module, "module", module).objective  # under DDP the TrainingModule is wrapped
+    budget = max_tokens if objective.row_independent else None
     was_training = module.training
     module.eval()
     loss_sum = count = correct = 0.0
     order = sorted(range(len(data)), key=lambda i: objective.length(data[i]))
     for start in range(0, len(order), batch_size):
         batch = objective.collate([data[i] for i in order[start : start + batch_size]], pad_id)
-        with autocast(device, bf16):
-            loss, n, right = module({k: v.to(device) for k, v in batch.items()})
-        loss_sum, count, correct = loss_sum + float(loss), count + float(n), correct + float(right)
+        for piece in split_rows(batch, budget):
+            with autocast(device, bf16):
+                loss, n, right = module({k: v.to(device) for k, v in piece.items()})
+            loss_sum, count, correct = loss_sum + float(loss), count + float(n), correct + float(right)
     module.train(was_training)
     mean = loss_sum / max(count, 1.0)
     metrics = {"val_loss": mean, f"val_{objective.metric}": correct / max(count, 1.0)}
     tasks = sorted({str(getattr(item, "task", "")) for item in data})
     for task in tasks if len(tasks) > 1 else []:  # multi-task data: each task's own numbers, e.g. val_loss/dates
         own = [item for item in data if str(getattr(item, "task", "")) == task]
-        metrics.update(
-            {f"{k}/{task}": v for k, v in validation_metrics(module, own, batch_size, pad_id, device, bf16).items()}
-        )
+        own_metrics = validation_metrics(module, own, batch_size, pad_id, device, bf16, max_tokens)
+        metrics.update({f"{k}/{task}": v for k, v in own_metrics.items()})
     return {**metrics, "val_ppl": math.exp(min(mean, 50.0))} if objective.perplexity else metrics
 
 
@@ -170,7 +180,11 @@ def fit(
     if task_params:  # the learned task uncertainties train with the model
         optimizer.add_param_group({"params": task_params, "weight_decay": 0.0})
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    if sharding == "fsdp-cpu":  # already sharded; accelerate would wrap it in DDP
+    if sharding == "deepspeed":  # tunelab builds the engine: accelerate would drop DeepSpeed on CPU processes
+        if task_params:
+            raise ConfigError(_NOT_UNDER_DEEPSPEED)
+        module = zero.build_engine(module, optimizer, zero.engine_config(zero.launch_config(accelerator), cfg, world))
+    elif sharding == "fsdp-cpu":  # already sharded; accelerate would wrap it in DDP
         optimizer = accelerator.prepare(optimizer)
     else:
         module, optimizer = accelerator.prepare(module, optimizer)
@@ -187,7 +201,7 @@ def fit(
     step, epoch, stopped_early = state["step"], state["epoch"], False
 
     def evaluate_and_maybe_stop() -> bool:
-        metrics = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16)
+        metrics = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16, budget)
         log.write({"step": step, "epoch": epoch, **metrics})
         accuracy = f"val_{objective.metric}"
         progress.note(f"step {step}: val_loss {metrics['val_loss']:.4f}  {accuracy} {metrics[accuracy]:.1%}")
@@ -235,24 +249,34 @@ def fit(
                 step_loss = torch.zeros((), device=device)
                 for k, batch in enumerate(group):
                     sync = k == len(group) - 1
-                    with contextlib.nullcontext() if sync else accelerator.no_sync(module), autocast(device, bf16):
+                    # DeepSpeed's engine (unmanaged accumulation) reduces only in its step.
+                    quiet = sync or sharding == "deepspeed"
+                    with contextlib.nullcontext() if quiet else accelerator.no_sync(module), autocast(device, bf16):
                         loss_sum, _, _ = module({key: v.to(device) for key, v in batch.items()})
                         # The penalty is per step, so each of the step's micro-batches carries its share.
                         loss = loss_sum * world / max(total_tokens, 1) + regularizer.penalty() / len(group)
-                    accelerator.backward(loss)
+                    if sharding == "deepspeed":
+                        module.backward(loss, scale_wrt_gas=False)  # normalised over the step above, not again
+                    else:
+                        accelerator.backward(loss)
                     step_loss += loss_sum.detach()
                     # Every input's mask counts: pair objectives (contrastive) hold one per role.
                     window_tokens += sum(int(v.sum()) for key, v in batch.items() if key.endswith("attention_mask"))
-                grad_norm = replicated(  # a norm over sharded gradients is a DTensor
-                    accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
-                    if cfg.max_grad_norm
-                    else _grad_norm(module)
-                )
                 lr = scheduler.get_last_lr()[0]
-                # A NaN/inf step is skipped, not written into the weights; it still counts towards max_steps. One
-                # flag read per step (the token count above already syncs once per step).
-                if _step_is_finite(grad_norm, step_loss, accelerator):
-                    optimizer.step()
+                # A NaN/inf step is skipped, not written into the weights; it still counts towards max_steps.
+                if sharding == "deepspeed":  # the engine clips, skips a non-finite step and updates
+                    grad_norm, good = zero.step_(module)
+                else:
+                    grad_norm = replicated(  # a norm over sharded gradients is a DTensor
+                        accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+                        if cfg.max_grad_norm
+                        else _grad_norm(module)
+                    )
+                    # One flag read per step (the token count above already syncs once per step).
+                    good = _step_is_finite(grad_norm, step_loss, accelerator)
+                    if good:
+                        optimizer.step()
+                if good:
                     bad_in_a_row = 0
                 else:
                     state["skipped_steps"] += 1
@@ -292,7 +316,7 @@ def fit(
                 if val and step < total_steps and not (cfg.eval_every and step % cfg.eval_every == 0):
                     stopped_early = evaluate_and_maybe_stop()
         if val:
-            final = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16)
+            final = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16, budget)
             log.write({"step": step, "epoch": epoch, "final": True, **final})
         checkpoint()
 
@@ -304,10 +328,17 @@ def fit(
 
 def _step_is_finite(grad_norm: torch.Tensor | None, step_loss: torch.Tensor, accelerator: Accelerator) -> bool:
     """Whether the step's loss and gradient norm are finite on every process (they must agree, or the processes'
-    weights would drift apart). DeepSpeed clips inside its engine and reports no norm: only the loss is checked."""
+    weights would drift apart)."""
     norm = grad_norm if grad_norm is not None else torch.zeros(())
     bad = ~torch.isfinite(step_loss) | ~torch.isfinite(norm.to(step_loss.device, torch.float32))
     return accelerator.reduce(bad.float(), "sum").item() == 0
+
+
+_NOT_UNDER_DEEPSPEED = (
+    "training.task_weighting: uncertainty learns its task weights outside the model, where DeepSpeed's engine "
+    "does not reach them. Use fixed training.task_weights under DeepSpeed, or launch with "
+    "examples/accelerate/fsdp.yaml or ddp.yaml."
+)
 
 
 def _bad_steps_message(step: int, in_a_row: int, skipped: int) -> str:

@@ -27,9 +27,10 @@ from tunelab.objectives import OBJECTIVES
 from tunelab.objectives.base import SetupArgs
 from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder, run_path
 from tunelab.train.batch_size import resolve_batch_size
-from tunelab.train.distributed import refuse_deepspeed
 from tunelab.train.fused import fuse_modules_
 from tunelab.train.loop import TrainingModule, fit, validation_metrics
+from tunelab.train.microbatch import token_budget
+from tunelab.train.zero import require_deepspeed
 
 
 @dataclass
@@ -118,7 +119,7 @@ def run_training(
 
         return run_stages(cfg, config_path=config_path, resume=resume, console=console)
     console = console or Console()
-    refuse_deepspeed()
+    require_deepspeed()  # before the Accelerator, which needs it on GPUs
     # accelerate forms a CPU process group (gloo) under torchrun only when told the run is on the CPU.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -197,7 +198,8 @@ def evaluate(
     if not data.val:
         return {}
     module = TrainingModule(model, objective, ctx)
-    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16)
+    budget = token_budget(cfg.training.micro_batch_tokens, device)  # pieces as in training: the same sums
+    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16, budget)
     if objective.scores is not None:
         metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16))
     if generate and cfg.eval.generate and data.val_examples:

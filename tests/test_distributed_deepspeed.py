@@ -1,0 +1,130 @@
+"""DeepSpeed ZeRO with 2 CPU processes (gloo) under `accelerate launch --config_file
+examples/accelerate/deepspeed.yaml`: tunelab builds the engine itself (accelerate drops DeepSpeed on the CPU), and
+the run matches one process with the same global batch (batch 4 x 2 accumulation steps = 2 processes x batch 4) at
+ZeRO stages 2 and 3, for a LoRA adapter and for full fine-tuning with tied embeddings. The result holds full
+weights, written once; a run resumed from a ZeRO checkpoint ends where the uninterrupted one did."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.commands.config.config_args import ClusterConfig
+from safetensors.torch import load_file
+
+from tests.test_distributed import config as ddp_config
+from tests.test_distributed import free_port
+from tests.test_distributed_fsdp import assert_same, assert_same_lines, metrics
+from tunelab.config import TrainingSection
+from tunelab.errors import ConfigError
+from tunelab.train.zero import ENGINE_DIR, engine_config
+
+pytest.importorskip("deepspeed")
+EXAMPLES = Path(__file__).parent.parent / "examples" / "accelerate"
+
+
+def config(tmp_path: Path, model_dir: Path, name: str, method: str, grad_accum: int) -> Path:
+    schedule = "max_steps: 8, log_every: 2, save_every: 4, keep_checkpoints: 2"
+    return ddp_config(tmp_path, model_dir, name, grad_accum, method=method, schedule=schedule)
+
+
+def run(args: list[str], stage: int | None, *options: str, ok: bool = True) -> str:
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / "deepspeed.yaml"),
+              "--main_process_port", str(free_port()), "--zero_stage", str(stage), *options]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    prefix = launch if stage is not None else [sys.executable]
+    done = subprocess.run([*prefix, "-m", "tunelab.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
+    return done.stderr
+
+
+@pytest.mark.parametrize(("stage", "method"), [(2, "lora"), (3, "lora"), (3, "full")])
+def test_two_process_zero_matches_one_process_and_resumes(
+    tmp_path: Path, tiny_model_dir: Path, stage: int, method: str
+) -> None:
+    runs = tmp_path / "runs"
+    run(["train", str(config(tmp_path, tiny_model_dir, "single", method, grad_accum=2))], None)
+    run(["train", str(config(tmp_path, tiny_model_dir, "zero", method, grad_accum=1))], stage)
+    weights = "adapter/adapter_model.safetensors" if method == "lora" else "model/model.safetensors"
+    single, zero = load_file(runs / "single" / weights), load_file(runs / "zero" / weights)
+    assert_same(single, zero)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    start = {k: torch.zeros_like(v) for k, v in zero.items() if "lora_B" in k} if method == "lora" else base
+    assert sum(not torch.equal(zero[k], start[k]) for k in start) >= len(start) // 2 > 0  # it trained
+    # Written once, by the main process; the logged loss, gradient norm (the engine's) and validation agree.
+    assert [m["step"] for m in metrics(runs / "zero") if "loss" in m] == [2, 4, 6, 8]
+    assert_same_lines(metrics(runs / "single"), metrics(runs / "zero"))
+    ckpts = sorted(p.name for p in (runs / "zero" / "checkpoints").iterdir())
+    assert ckpts == ["step-00000004", "step-00000008"]
+    for name in ckpts:
+        folder = runs / "zero" / "checkpoints" / name
+        assert_same(load_file(runs / "single" / "checkpoints" / name / "trainable.safetensors"),
+                    load_file(folder / "trainable.safetensors"))  # fmt: skip
+        shards = list((folder / ENGINE_DIR).rglob("*optim_states.pt"))
+        assert len(shards) == 2  # each process wrote its part of the optimizer state
+    if method == "full":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(runs / "zero" / "model")
+        assert model.lm_head.weight is model.model.embed_tokens.weight  # tied again after gathering
+
+    # Resume under the same launch from the step-4 checkpoint: the same weights and metric lines.
+    done = {k: v.clone() for k, v in zero.items()}
+    shutil.rmtree(runs / "zero" / "checkpoints" / "step-00000008")
+    (runs / "zero" / weights).unlink()
+    run(["train", str(runs / "zero"), "--resume"], stage)
+    assert_same(done, load_file(runs / "zero" / weights))
+    assert_same_lines(metrics(runs / "zero"), metrics(runs / "single"))
+
+    # Without DeepSpeed the sharded optimizer state cannot be read: a message, not a traceback.
+    stderr = run(["train", str(runs / "zero"), "--resume"], None, ok=False)
+    assert "written under DeepSpeed" in stderr and "Traceback" not in stderr
+
+
+def test_engine_config_fills_from_the_run_and_refuses_contradictions() -> None:
+    cfg = TrainingSection(batch_size=4, grad_accum=3, max_grad_norm=0.5)
+    launched = {
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"},
+        "bf16": {"enabled": "auto"},
+    }
+    out = engine_config(launched, cfg, world_size=2)
+    assert out["train_micro_batch_size_per_gpu"] == 4 and out["gradient_accumulation_steps"] == 3
+    assert out["train_batch_size"] == 24 and out["gradient_clipping"] == 0.5
+    assert out["zero_optimization"] == {"stage": 3}  # `auto` sizes left to DeepSpeed's defaults
+    assert out["bf16"] == {"enabled": False} and out["managed_gradient_accumulation"] is False
+    assert launched["zero_optimization"]["reduce_bucket_size"] == "auto"  # the launch's own dict is not changed
+
+    refused = {
+        "gradient_accumulation_steps": (4, "training.grad_accum"),
+        "gradient_clipping": (1.0, "training.max_grad_norm"),
+        "optimizer": ({"type": "Adam"}, "training.optimizer"),
+        "scheduler": ({"type": "WarmupLR"}, "training.scheduler"),
+        "bf16": ({"enabled": True}, "training.precision"),
+    }
+    for key, (value, named) in refused.items():
+        with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+            engine_config({**launched, key: value}, cfg, world_size=2)
+    for zero, named in (({"stage": 0}, "ddp.yaml"), ({"stage": 2, "offload_optimizer": {"device": "cpu"}}, "none")):
+        with pytest.raises(ConfigError, match=named):
+            engine_config({**launched, "zero_optimization": zero}, cfg, world_size=2)
+
+
+def test_a_contradicting_launch_stops_with_a_message(tmp_path: Path, tiny_model_dir: Path) -> None:
+    path = config(tmp_path, tiny_model_dir, "contradiction", "lora", grad_accum=1)
+    stderr = run(["train", str(path)], 2, "--gradient_accumulation_steps", "4", ok=False)
+    assert "gradient_accumulation_steps=4" in stderr and "training.grad_accum is 1" in stderr
+    assert "tunelab/train/" not in stderr  # a message, no traceback from tunelab (the launcher reports the exit)
+
+
+def test_example_deepspeed_config_loads() -> None:
+    cluster = ClusterConfig.from_yaml_file(EXAMPLES / "deepspeed.yaml")
+    assert cluster.distributed_type == "DEEPSPEED" and cluster.mixed_precision == "no"
+    assert cluster.deepspeed_config["zero_stage"] == 3
