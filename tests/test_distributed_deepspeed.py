@@ -6,6 +6,7 @@ weights, written once; a run resumed from a ZeRO checkpoint ends where the unint
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -128,3 +129,37 @@ def test_example_deepspeed_config_loads() -> None:
     cluster = ClusterConfig.from_yaml_file(EXAMPLES / "deepspeed.yaml")
     assert cluster.distributed_type == "DEEPSPEED" and cluster.mixed_precision == "no"
     assert cluster.deepspeed_config["zero_stage"] == 3
+
+
+STEP_SCRIPT = """
+import os, torch
+from torch import nn
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+torch.distributed.init_process_group("gloo")
+from tunelab.config import TrainingSection
+from tunelab.train import zero
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 4).requires_grad_(False), nn.Linear(4, 1))
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+config = {{"zero_optimization": {{"stage": {stage}}}}}
+engine = zero.build_engine(model, optimizer, zero.engine_config(config, TrainingSection(batch_size=2), 1))
+before = model[1].weight.detach().clone()
+for poison in (float("nan"), 1.0):
+    for _ in range(2):  # two pieces in one step, each only adding to the gradients
+        engine.backward(engine(torch.full((2, 4), poison)).sum(), scale_wrt_gas=False)
+    norm, taken = zero.step_(engine)
+    print(poison, float(norm), taken, torch.equal(model[1].weight.detach(), before))
+"""
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_the_engine_skips_a_non_finite_step_and_takes_a_finite_one(stage: int) -> None:
+    script = STEP_SCRIPT.format(port=free_port(), stage=stage)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    nan_step, good_step = done.stdout.splitlines()[-2:]
+    _, norm, taken, unchanged = nan_step.split()
+    assert not math.isfinite(float(norm)) and taken == "False" and unchanged == "True"  # skipped: weights untouched
+    _, norm, taken, unchanged = good_step.split()
+    assert math.isfinite(float(norm)) and float(norm) > 0 and taken == "True" and unchanged == "False"

@@ -34,17 +34,19 @@ def _batch(lengths: list[int], width: int) -> dict[str, torch.Tensor]:
 
 def test_split_rows_cuts_even_pieces_under_the_budget_each_trimmed_to_its_longest_row() -> None:
     batch = _batch([10, 9, 3, 2, 7], width=10)  # 50 padded tokens
-    pieces = split_rows(batch, max_tokens=20)  # ceil(50 / 20) = 3 pieces of ceil(5 / 3) = 2 rows
+    pieces = split_rows(batch, max_tokens=20)  # 2 rows of 10 fit: ceil(5 / 2) = 3 pieces of 2 rows
     assert [p["input_ids"].shape for p in pieces] == [(2, 10), (2, 3), (1, 7)]
     assert torch.equal(torch.cat([p["input_ids"][:, :3] for p in pieces]), batch["input_ids"][:, :3])
     assert sum(int(p["attention_mask"].sum()) for p in pieces) == int(batch["attention_mask"].sum())
     assert split_rows(batch, None) == [batch]
     assert split_rows(batch, 50) == [batch]
     assert len(split_rows(batch, 1)) == 5  # never less than one row a piece
+    # Whole rows that do not pack evenly: 4 x 10 tokens under 15 is 4 pieces of one row, never 2 x 2 rows of 20.
+    assert [p["input_ids"].shape for p in split_rows(_batch([10] * 4, width=10), 15)] == [(1, 10)] * 4
 
 
 def test_token_budget_and_which_objectives_split(tmp_path: Path, tiny_model_dir: Path) -> None:
-    assert token_budget("auto", torch.device("cpu")) == 1024
+    assert token_budget("auto", torch.device("cpu")) == 512
     assert token_budget("auto", torch.device("cuda")) is None
     assert token_budget(256, torch.device("cuda")) == 256
     assert token_budget(None, torch.device("cpu")) is None

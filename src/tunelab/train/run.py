@@ -26,6 +26,7 @@ from tunelab.models import load_model, load_tokenizer, resolve_source
 from tunelab.objectives import OBJECTIVES
 from tunelab.objectives.base import SetupArgs
 from tunelab.runs import CONFIG_FILE, artifact_dir, run_folder, run_path
+from tunelab.train.attention import use_short_attention_
 from tunelab.train.batch_size import resolve_batch_size
 from tunelab.train.fused import fuse_modules_
 from tunelab.train.loop import TrainingModule, fit, validation_metrics
@@ -92,6 +93,7 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     data = apply_loss_difficulty(model, data, cfg, run_dir, tokenizer.pad_token_id, bf16)
     if cfg.training.fused_modules:
         fuse_modules_(model)  # before the method wraps the linear layers; parameter names do not change
+        use_short_attention_(model)  # matrix-product attention for rows of up to 128 tokens
     model = method.apply_(model, cfg.method)
     ctx = None
     if objective.setup is not None:  # a reference model, a teacher, or a head around the model
