@@ -19,7 +19,7 @@ from tunelab.objectives.base import causal_lm_loss, right_padded
 from tunelab.objectives.multitask import with_task_weighting
 from tunelab.regularizers.adversarial import with_adversarial
 from tunelab.train.loop import read_metrics
-from tunelab.train.microbatch import split_rows, token_budget
+from tunelab.train.microbatch import Pieces, split_rows, token_budget
 from tunelab.train.run import run_training
 
 
@@ -34,21 +34,24 @@ def _batch(lengths: list[int], width: int) -> dict[str, torch.Tensor]:
 
 def test_split_rows_cuts_even_pieces_under_the_budget_each_trimmed_to_its_longest_row() -> None:
     batch = _batch([10, 9, 3, 2, 7], width=10)  # 50 padded tokens
-    pieces = split_rows(batch, max_tokens=20)  # 2 rows of 10 fit: ceil(5 / 2) = 3 pieces of 2 rows
+    pieces = split_rows(batch, Pieces(20))  # 2 rows of 10 fit: ceil(5 / 2) = 3 pieces of 2 rows
     assert [p["input_ids"].shape for p in pieces] == [(2, 10), (2, 3), (1, 7)]
     assert torch.equal(torch.cat([p["input_ids"][:, :3] for p in pieces]), batch["input_ids"][:, :3])
     assert sum(int(p["attention_mask"].sum()) for p in pieces) == int(batch["attention_mask"].sum())
     assert split_rows(batch, None) == [batch]
-    assert split_rows(batch, 50) == [batch]
-    assert len(split_rows(batch, 1)) == 5  # never less than one row a piece
+    assert split_rows(batch, Pieces(50)) == [batch]
+    assert len(split_rows(batch, Pieces(1))) == 5  # never less than one row a piece
     # Whole rows that do not pack evenly: 4 x 10 tokens under 15 is 4 pieces of one row, never 2 x 2 rows of 20.
-    assert [p["input_ids"].shape for p in split_rows(_batch([10] * 4, width=10), 15)] == [(1, 10)] * 4
+    assert [p["input_ids"].shape for p in split_rows(_batch([10] * 4, width=10), Pieces(15))] == [(1, 10)] * 4
+    # With a row minimum (auto's two), long rows go two to a piece past the budget; short ones keep to it.
+    assert [p["input_ids"].shape[0] for p in split_rows(_batch([10] * 4, width=10), Pieces(15, 2))] == [2, 2]
+    assert [p["input_ids"].shape[0] for p in split_rows(_batch([3] * 12, width=3), Pieces(15, 2))] == [4, 4, 4]
 
 
 def test_token_budget_and_which_objectives_split(tmp_path: Path, tiny_model_dir: Path) -> None:
-    assert token_budget("auto", torch.device("cpu")) == 512
+    assert token_budget("auto", torch.device("cpu")) == Pieces(512, min_rows=2)
     assert token_budget("auto", torch.device("cuda")) is None
-    assert token_budget(256, torch.device("cuda")) == 256
+    assert token_budget(256, torch.device("cuda")) == Pieces(256, min_rows=1)
     assert token_budget(None, torch.device("cpu")) is None
     sft = OBJECTIVES["sft"]
     assert sft.row_independent and OBJECTIVES["pretrain"].row_independent
@@ -66,7 +69,7 @@ def test_token_budget_and_which_objectives_split(tmp_path: Path, tiny_model_dir:
 def test_pieces_train_to_the_same_weights_as_whole_micro_batches(tmp_path: Path, tiny_model_dir: Path) -> None:
     tokenizer = load_tokenizer(str(tiny_model_dir))
     rows, _ = tokenize_all(load_examples([write_color_task(tmp_path / "color.jsonl", 8)]).examples, tokenizer, 128)
-    assert len(split_rows(collate(rows, tokenizer.pad_token_id), 40)) >= 3  # the budget below really splits
+    assert len(split_rows(collate(rows, tokenizer.pad_token_id), Pieces(40))) >= 3  # the budget below really splits
     common = ["training.epochs=1", "training.grad_accum=2", "eval.baseline=false", "eval.generate=false"]
     whole = run_training(tiny_config(tmp_path, tiny_model_dir, *common, "training.micro_batch_tokens=null", name="a"))
     pieces = run_training(tiny_config(tmp_path, tiny_model_dir, *common, "training.micro_batch_tokens=40", name="b"))

@@ -41,7 +41,7 @@ class TrainingSection(Section):
     micro_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
     """Run a micro-batch as pieces of at most this many (padded) tokens, each its own forward and backward, when
     the objective's loss is a sum over rows (sft, pretrain): the same gradient with a bounded activation memory.
-    `auto`: 512 on a CPU, no splitting on accelerators; null: never split."""
+    `auto`: 512 on a CPU (but two rows a piece at least), no splitting on accelerators; null: never split."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate."""
     optimizer: Literal["adamw", "adamw_8bit", "sgd", "adafactor", "lion"] = "adamw"

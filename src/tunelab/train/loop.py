@@ -49,7 +49,7 @@ from tunelab.train.distributed import (
     unsharded,
 )
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
-from tunelab.train.microbatch import split_rows, token_budget
+from tunelab.train.microbatch import Pieces, split_rows, token_budget
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.progress import TrainProgress
 
@@ -96,14 +96,14 @@ def validation_metrics(
     pad_id: int,
     device: torch.device,
     bf16: bool,
-    max_tokens: int | None = None,
+    pieces: Pieces | None = None,
 ) -> dict[str, float]:
     """Validation loss averaged as the objective counts (tokens, pairs), its accuracy (`val_token_acc`,
-    `val_pair_acc`, ...) and, for language modelling, perplexity. With `max_tokens` (the training's token budget)
-    a batch of a row-sum objective runs in row pieces of at most that many tokens, as training does: the same
-    sums, and no larger working set than a training step."""
+    `val_pair_acc`, ...) and, for language modelling, perplexity. With `pieces` (the training's) a batch of a
+    row-sum objective runs in row pieces, as training does: the same sums, and no larger working set than a
+    training step."""
     objective = getattr(module, "module", module).objective  # under DDP the TrainingModule is wrapped
-    budget = max_tokens if objective.row_independent else None
+    budget = pieces if objective.row_independent else None
     was_training = module.training
     module.eval()
     loss_sum = count = correct = 0.0
@@ -120,7 +120,7 @@ def validation_metrics(
     tasks = sorted({str(getattr(item, "task", "")) for item in data})
     for task in tasks if len(tasks) > 1 else []:  # multi-task data: each task's own numbers, e.g. val_loss/dates
         own = [item for item in data if str(getattr(item, "task", "")) == task]
-        own_metrics = validation_metrics(module, own, batch_size, pad_id, device, bf16, max_tokens)
+        own_metrics = validation_metrics(module, own, batch_size, pad_id, device, bf16, pieces)
         metrics.update({f"{k}/{task}": v for k, v in own_metrics.items()})
     return {**metrics, "val_ppl": math.exp(min(mean, 50.0))} if objective.perplexity else metrics
 

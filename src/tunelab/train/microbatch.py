@@ -12,6 +12,7 @@ padding too.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -20,28 +21,42 @@ from tunelab.objectives.base import Batch
 CPU_TOKENS = 512
 """`training.micro_batch_tokens: auto` on a CPU. LoRA SFT of SmolLM2-135M on 16-row batches of ~90-token chat rows
 (2 threads, the whole run): 512-token pieces peaked at 2.24 GB resident against 2.54 GB for 1024-token pieces,
-at 22% more time (68.8 s against 56.2 s); unsplit 16-row batches had peaked at 3.45 GB. Rows longer than the
-budget run one to a piece, so long rows train alike under either."""
+at 22% more time (68.8 s against 56.2 s); unsplit 16-row batches had peaked at 3.45 GB."""
+AUTO_MIN_ROWS = 2
+"""Rows a piece holds at least under `auto`, even past the token budget. Every piece pays a fixed cost besides its
+rows' work (each matrix product's setup, and there are ~56 of them per layer with LoRA): on ~740-token rows of
+the same model, pieces of one row ran 12% slower than pieces of two (441 against 504 tokens/s), and the
+two-row pieces still peaked at 3.0 GB, 0.4x of TRL's SFTTrainer on the same rows."""
 
 
-def token_budget(setting: int | str | None, device: torch.device) -> int | None:
-    """The tokens per piece `training.micro_batch_tokens` means on `device` (None: never split). `auto` splits
-    on CPUs only: accelerators want the largest matrix products they can get."""
+@dataclass(frozen=True)
+class Pieces:
+    """How a micro-batch is cut: pieces of at most `max_tokens` padded tokens, but at least `min_rows` rows."""
+
+    max_tokens: int
+    min_rows: int = 1
+
+
+def token_budget(setting: int | str | None, device: torch.device) -> Pieces | None:
+    """The pieces `training.micro_batch_tokens` means on `device` (None: never split). `auto` splits on CPUs only:
+    accelerators want the largest matrix products they can get. A number is a strict budget (one row a piece at
+    least); `auto` keeps two rows a piece at least."""
     if setting == "auto":
-        return CPU_TOKENS if device.type == "cpu" else None
-    return int(setting) if setting is not None else None
+        return Pieces(CPU_TOKENS, AUTO_MIN_ROWS) if device.type == "cpu" else None
+    return Pieces(int(setting)) if setting is not None else None
 
 
-def split_rows(batch: Batch, max_tokens: int | None) -> list[Batch]:
-    """`batch` as consecutive row pieces of at most `max_tokens` padded tokens each (at least one row per piece),
-    as evenly sized as possible; each piece is trimmed to its longest row. One piece: the batch unchanged."""
-    if max_tokens is None:  # also every batch that is not rows of token ids (pairs, setfit's anchors)
+def split_rows(batch: Batch, pieces: Pieces | None) -> list[Batch]:
+    """`batch` as consecutive row pieces of at most `pieces.max_tokens` padded tokens each (at least
+    `pieces.min_rows` rows a piece), as evenly sized as possible; each piece is trimmed to its longest row. One
+    piece: the batch unchanged."""
+    if pieces is None:  # also every batch that is not rows of token ids (pairs, setfit's anchors)
         return [batch]
     rows, width = batch["input_ids"].shape
-    pieces = math.ceil(rows / max(1, max_tokens // width))  # as few as the budget allows
-    if pieces <= 1:
+    count = math.ceil(rows / max(pieces.min_rows, pieces.max_tokens // width, 1))  # as few as the budget allows
+    if count <= 1:
         return [batch]
-    per = math.ceil(rows / pieces)
+    per = math.ceil(rows / count)
     out = []
     for start in range(0, rows, per):
         piece = {key: value[start : start + per] for key, value in batch.items()}
