@@ -14,13 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from accelerate.commands.config.config_args import ClusterConfig
 from safetensors.torch import load_file
 
 from tests.test_distributed import config as ddp_config
 from tests.test_distributed import free_port
-from tests.test_distributed_fsdp import assert_same, assert_same_lines, metrics
+from tests.test_distributed_fsdp import (
+    assert_same,
+    assert_same_lines,
+    assert_trained_as_one_process,
+    metrics,
+    result_file,
+)
 from tunelab.config import TrainingSection
 from tunelab.errors import ConfigError
 from tunelab.train.zero import ENGINE_DIR, engine_config
@@ -51,15 +56,9 @@ def test_two_process_zero_matches_one_process_and_resumes(
     runs = tmp_path / "runs"
     run(["train", str(config(tmp_path, tiny_model_dir, "single", method, grad_accum=2))], None)
     run(["train", str(config(tmp_path, tiny_model_dir, "zero", method, grad_accum=1))], stage)
-    weights = "adapter/adapter_model.safetensors" if method == "lora" else "model/model.safetensors"
-    single, zero = load_file(runs / "single" / weights), load_file(runs / "zero" / weights)
-    assert_same(single, zero)
-    base = load_file(tiny_model_dir / "model.safetensors")
-    start = {k: torch.zeros_like(v) for k, v in zero.items() if "lora_B" in k} if method == "lora" else base
-    assert sum(not torch.equal(zero[k], start[k]) for k in start) >= len(start) // 2 > 0  # it trained
+    weights = result_file(method)
     # Written once, by the main process; the logged loss, gradient norm (the engine's) and validation agree.
-    assert [m["step"] for m in metrics(runs / "zero") if "loss" in m] == [2, 4, 6, 8]
-    assert_same_lines(metrics(runs / "single"), metrics(runs / "zero"))
+    zero = assert_trained_as_one_process(runs, "zero", tiny_model_dir, method)
     ckpts = sorted(p.name for p in (runs / "zero" / "checkpoints").iterdir())
     assert ckpts == ["step-00000004", "step-00000008"]
     for name in ckpts:

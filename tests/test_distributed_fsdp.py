@@ -61,21 +61,32 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+def result_file(method: str) -> str:
+    return "adapter/adapter_model.safetensors" if method == "lora" else "model/model.safetensors"
+
+
+def assert_trained_as_one_process(runs: Path, name: str, model_dir: Path, method: str) -> dict[str, torch.Tensor]:
+    """The sharded run `name` trained (its weights moved off their start) to the weights and metric lines of the
+    one-process run "single", logged once, by the main process; returns its result's weights."""
+    single, sharded = (load_file(runs / r / result_file(method)) for r in ("single", name))
+    assert_same(single, sharded)
+    base = load_file(model_dir / "model.safetensors")
+    start = {k: torch.zeros_like(v) for k, v in sharded.items() if "lora_B" in k} if method == "lora" else base
+    assert sum(not torch.equal(sharded[k], start[k]) for k in start) >= len(start) // 2 > 0
+    assert [m["step"] for m in metrics(runs / name) if "loss" in m] == [2, 4, 6, 8]
+    assert_same_lines(metrics(runs / "single"), metrics(runs / name))
+    return sharded
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_two_process_fsdp_matches_one_process_and_resumes(tmp_path: Path, tiny_model_dir: Path, method: str) -> None:
     runs = tmp_path / "runs"
     run(["train", str(config(tmp_path, tiny_model_dir, "single", method, grad_accum=2))], launch=False)
     run(["train", str(config(tmp_path, tiny_model_dir, "fsdp", method, grad_accum=1))], launch=True)
-    weights = "adapter/adapter_model.safetensors" if method == "lora" else "model/model.safetensors"
-    single, fsdp = load_file(runs / "single" / weights), load_file(runs / "fsdp" / weights)
-    assert_same(single, fsdp)
-    base = load_file(tiny_model_dir / "model.safetensors")
-    start = {k: torch.zeros_like(v) for k, v in fsdp.items() if "lora_B" in k} if method == "lora" else base
-    assert sum(not torch.equal(fsdp[k], start[k]) for k in start) >= len(start) // 2 > 0  # it trained
-    # Written once, by the main process: one line per log step, and full (unsharded) tensors in the checkpoints.
-    assert [m["step"] for m in metrics(runs / "fsdp") if "loss" in m] == [2, 4, 6, 8]
+    weights = result_file(method)
+    fsdp = assert_trained_as_one_process(runs, "fsdp", tiny_model_dir, method)
+    # Full (unsharded) tensors in the checkpoints, written once.
     assert [m["step"] for m in metrics(runs / "fsdp") if m.get("final")] == [8]  # validation, on every process
-    assert_same_lines(metrics(runs / "single"), metrics(runs / "fsdp"))
     ckpts = sorted(p.name for p in (runs / "fsdp" / "checkpoints").iterdir())
     assert ckpts == ["step-00000004", "step-00000008"]
     for name in ckpts:
