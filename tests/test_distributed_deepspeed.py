@@ -146,8 +146,8 @@ engine = zero.build_engine(model, optimizer, zero.engine_config(config, Training
 before = model[1].weight.detach().clone()
 for poison in (float("nan"), 1.0):
     for _ in range(2):  # two pieces in one step, each only adding to the gradients
-        engine.backward(engine(torch.full((2, 4), poison)).sum(), scale_wrt_gas=False)
-    norm, taken = zero.step_(engine)
+        zero.EngineSteps(engine).backward(engine(torch.full((2, 4), poison)).sum())
+    norm, taken = zero.EngineSteps(engine).step()
     print(poison, float(norm), taken, torch.equal(model[1].weight.detach(), before))
 """
 

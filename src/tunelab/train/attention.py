@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "tunelab_sdpa"
 MAX_TOKENS = 128
@@ -79,8 +80,6 @@ def attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; hands what it does not handle to the SDPA function."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     length = query.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     unusual = any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "position_bias", "cache"))

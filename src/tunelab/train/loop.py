@@ -188,6 +188,11 @@ def fit(
         optimizer = accelerator.prepare(optimizer)
     else:
         module, optimizer = accelerator.prepare(module, optimizer)
+    steps = (
+        zero.EngineSteps(module)
+        if sharding == "deepspeed"
+        else AccelerateSteps(accelerator, module, optimizer, cfg.max_grad_norm)
+    )
 
     ckpt_dir = run_dir / "checkpoints"
     state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "best_val": None, "bad_evals": 0}
@@ -248,34 +253,17 @@ def fit(
                 total_tokens = accelerator.reduce(torch.tensor(step_tokens, device=device), "sum").item()
                 step_loss = torch.zeros((), device=device)
                 for k, batch in enumerate(group):
-                    sync = k == len(group) - 1
-                    # DeepSpeed's engine (unmanaged accumulation) reduces only in its step.
-                    quiet = sync or sharding == "deepspeed"
-                    with contextlib.nullcontext() if quiet else accelerator.no_sync(module), autocast(device, bf16):
+                    with steps.micro_batch(last=k == len(group) - 1), autocast(device, bf16):
                         loss_sum, _, _ = module({key: v.to(device) for key, v in batch.items()})
                         # The penalty is per step, so each of the step's micro-batches carries its share.
                         loss = loss_sum * world / max(total_tokens, 1) + regularizer.penalty() / len(group)
-                    if sharding == "deepspeed":
-                        module.backward(loss, scale_wrt_gas=False)  # normalised over the step above, not again
-                    else:
-                        accelerator.backward(loss)
+                    steps.backward(loss)
                     step_loss += loss_sum.detach()
                     # Every input's mask counts: pair objectives (contrastive) hold one per role.
                     window_tokens += sum(int(v.sum()) for key, v in batch.items() if key.endswith("attention_mask"))
                 lr = scheduler.get_last_lr()[0]
                 # A NaN/inf step is skipped, not written into the weights; it still counts towards max_steps.
-                if sharding == "deepspeed":  # the engine clips, skips a non-finite step and updates
-                    grad_norm, good = zero.step_(module)
-                else:
-                    grad_norm = replicated(  # a norm over sharded gradients is a DTensor
-                        accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
-                        if cfg.max_grad_norm
-                        else _grad_norm(module)
-                    )
-                    # One flag read per step (the token count above already syncs once per step).
-                    good = _step_is_finite(grad_norm, step_loss, accelerator)
-                    if good:
-                        optimizer.step()
+                grad_norm, good = steps.step(step_loss)
                 if good:
                     bad_in_a_row = 0
                 else:
@@ -326,12 +314,37 @@ def fit(
     return FitResult(step, stopped_early, state["best_val"], log.lines, trained)
 
 
-def _step_is_finite(grad_norm: torch.Tensor | None, step_loss: torch.Tensor, accelerator: Accelerator) -> bool:
-    """Whether the step's loss and gradient norm are finite on every process (they must agree, or the processes'
-    weights would drift apart)."""
-    norm = grad_norm if grad_norm is not None else torch.zeros(())
-    bad = ~torch.isfinite(step_loss) | ~torch.isfinite(norm.to(step_loss.device, torch.float32))
-    return accelerator.reduce(bad.float(), "sum").item() == 0
+@dataclass
+class AccelerateSteps:
+    """How a step's micro-batches go backward and the step is taken through accelerate (one process, DDP, FSDP):
+    gradients synchronised on the last micro-batch only, clipped, and the update skipped when the loss or the
+    norm is not finite on some process. `zero.EngineSteps` does the same through DeepSpeed's engine."""
+
+    accelerator: Accelerator
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    max_grad_norm: float | None
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.module)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def step(self, step_loss: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Clip and update; the gradient norm before clipping and whether the update was made."""
+        grad_norm = replicated(  # a norm over sharded gradients is a DTensor
+            self.accelerator.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
+            if self.max_grad_norm
+            else _grad_norm(self.module)
+        )
+        # The processes must agree, or their weights would drift apart. One flag read per step (the token count
+        # already syncs once per step).
+        bad = ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm.to(step_loss.device, torch.float32))
+        good = self.accelerator.reduce(bad.float(), "sum").item() == 0
+        if good:
+            self.optimizer.step()
+        return grad_norm, good
 
 
 _NOT_UNDER_DEEPSPEED = (

@@ -150,16 +150,28 @@ def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, config: di
 
 
 def is_engine(module: nn.Module) -> bool:
-    return type(module).__name__ == "DeepSpeedEngine" or hasattr(module, "zero_optimization_stage")
+    return hasattr(module, "zero_optimization_stage")  # DeepSpeedEngine and its subclasses
 
 
-def step_(engine: Any) -> tuple[torch.Tensor, bool]:
-    """The engine's optimizer step (clip, check, update, clear gradients): the gradient norm before clipping and
-    whether the step was taken (False: not finite, skipped)."""
-    engine.step()
-    norm = engine.get_global_grad_norm()
-    norm = torch.as_tensor(float("nan") if norm is None else float(norm))
-    return norm, bool(engine.was_step_applied())
+class EngineSteps:
+    """How a step's micro-batches go backward and the step is taken through DeepSpeed's engine (the counterpart of
+    the loop's `AccelerateSteps`): backward only adds to the gradients (unmanaged accumulation), and the engine's
+    step reduces, clips, skips a non-finite step and updates."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # nothing is reduced before the step
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loop normalised it over the whole step already
+
+    def step(self, step_loss: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """The gradient norm before clipping and whether the update was made (False: not finite, skipped)."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return torch.as_tensor(float("nan") if norm is None else float(norm)), bool(self.engine.was_step_applied())
 
 
 @contextlib.contextmanager
