@@ -64,8 +64,8 @@ def child(args: argparse.Namespace) -> None:
     """One measured run (in its own process, so its peak memory is its own)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tunelab.data.config import DataSection
-    from tunelab.data.prepare import prepare_dataset
-    from tunelab.models import load_tokenizer
+    from tunelab.data.pipeline import prepare_dataset
+    from tunelab.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as tmp:

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.export.formats import export
 from tunelab.export.gguf import verify_gguf
-from tunelab.runs import load_for_inference
+from tunelab.recipes.runs import load_for_inference
 
 
 def main() -> int:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from tunelab.export.int8 import quantize_int8_
-from tunelab.runs import load_for_inference
+from tunelab.models.int8 import quantize_int8_
+from tunelab.recipes.runs import load_for_inference
 
 TEXT = (
     "The history of the bicycle begins in the early nineteenth century, when inventors in Europe built wooden "

@@ -81,11 +81,12 @@ def run_base(eval_examples: int, out_dir: Path) -> dict:
     """The untrained model on the same held-out prompts (run.py's own evaluation, without training)."""
     import torch
 
-    from tunelab.data.prepare import prepare_chat_data
+    from tunelab.core.device import use_bf16
+    from tunelab.data.pipeline import prepare_chat_data
     from tunelab.methods.base import trainable_parameters
-    from tunelab.models import load_model, load_tokenizer, resolve_source
-    from tunelab.objectives import OBJECTIVES
-    from tunelab.train.run import evaluate, use_bf16
+    from tunelab.models.load import load_model, load_tokenizer, resolve_source
+    from tunelab.objectives.registry import OBJECTIVES
+    from tunelab.recipes.run import evaluate
 
     cfg = _config("base", 1, eval_examples, out_dir)
     source = resolve_source(cfg.model.source)
@@ -108,7 +109,7 @@ def run_one(name: str, steps: int, eval_examples: int, out_dir: Path) -> dict:
     from rich.console import Console
 
     from tunelab.methods.base import trainable_parameters
-    from tunelab.train.run import run_training
+    from tunelab.recipes.run import run_training
 
     cfg = _config(name, steps, eval_examples, out_dir)
     start = time.perf_counter()

@@ -110,7 +110,7 @@ def main() -> None:
         args.steps, args.rows, args.eval = 1, 16, 4
     started = time.perf_counter()
 
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.models.load import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(MODEL)
     norm = float(load_model(MODEL).get_input_embeddings().weight.norm(dim=-1).mean())

@@ -116,7 +116,7 @@ def main() -> None:
         args.steps, args.grpo_steps, args.pairs, args.eval = 2, 2, 8, 4
     started = time.perf_counter()
 
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.models.load import load_model, load_tokenizer
 
     test = [prompt_and_reference(r) for r in rows("test")[: args.eval]]
     prompts, references = [p for p, _ in test], [r for _, r in test]

@@ -47,7 +47,7 @@ def train(name: str, work: Path, overrides: list[str], model: str = MODEL):
     from rich.console import Console
 
     from tunelab.config import load_config
-    from tunelab.train.run import run_training
+    from tunelab.recipes.run import run_training
 
     cfg = load_config(None, [
         f"model.source={model}", "training.log_every=1", "eval.generate=false", "eval.baseline=false",
@@ -62,9 +62,9 @@ def answer(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int =
     """Greedy answers (bf16 autocast where the CPU has fast bf16, as training uses)."""
     import torch
 
-    from tunelab.data.records import Message
-    from tunelab.eval.generate import generate_answers
-    from tunelab.train.run import use_bf16
+    from tunelab.core.device import use_bf16
+    from tunelab.core.types import Message
+    from tunelab.models.generate import generate_answers
 
     bf16 = use_bf16("auto", torch.device("cpu"))
     return generate_answers(

@@ -46,7 +46,7 @@ def run(name: str, work: Path, data: tuple[Path, Path], source: str, args, *extr
     from rich.console import Console
 
     from tunelab.config import load_config
-    from tunelab.train.run import run_training
+    from tunelab.recipes.run import run_training
 
     cfg = load_config(None, [
         *settings(args), f"model.source={source}", f"data.train={data[0]}", f"data.validation={data[1]}",
@@ -62,9 +62,9 @@ def run(name: str, work: Path, data: tuple[Path, Path], source: str, args, *extr
 
 def drift(run_dir: Path, ewc_file: Path) -> float:
     """½ Σ F (θ - θ*)² of the run's final weights against stage 1's Fisher and weights (λ = 1)."""
-    from tunelab.continual.ewc import ewc_penalty
-    from tunelab.continual.fisher import load_ewc
-    from tunelab.models import load_model
+    from tunelab.models.load import load_model
+    from tunelab.regularizers.ewc import ewc_penalty
+    from tunelab.regularizers.fisher import load_ewc
 
     state = load_ewc(ewc_file)
     final = json.loads((run_dir / "continual_state.json").read_text())["source"]
@@ -146,7 +146,7 @@ def run_staged(work: Path, dates: tuple, clock: tuple, args) -> dict:
     from rich.console import Console
 
     from tunelab.config import load_config
-    from tunelab.train.run import run_training
+    from tunelab.recipes.run import run_training
 
     overrides = [*settings(args), "continual.lora_per_task=true"]
     raw = {"model": {"source": MODEL}, "output": {"dir": str(work), "name": "per-task"},

@@ -48,11 +48,12 @@ def held_out_loss(model, tokenizer, chat_rows: list[dict]) -> float:
     """Next-token loss on the reference answers of held-out chat rows."""
     import torch
 
-    from tunelab.data.records import Example, Message
+    from tunelab.core.device import use_bf16
+    from tunelab.core.types import Message
+    from tunelab.data.records import Example
     from tunelab.data.tokenize import tokenize_example
-    from tunelab.objectives import OBJECTIVES
+    from tunelab.objectives.registry import OBJECTIVES
     from tunelab.train.loop import TrainingModule, validation_metrics
-    from tunelab.train.run import use_bf16
 
     examples = [Example([Message(m["role"], m["content"]) for m in r["messages"]]) for r in chat_rows]
     items = [tokenize_example(e, tokenizer, 256) for e in examples]
@@ -149,9 +150,9 @@ def main() -> None:
         args.teacher_steps, args.steps, args.rows, args.eval = 1, 1, 16, 4
     started = time.perf_counter()
 
-    from tunelab.distill.student import make_student
-    from tunelab.export.merge import save_merged
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.export.hf import save_merged
+    from tunelab.models.load import load_model, load_tokenizer
+    from tunelab.objectives.distill.student import make_student
 
     test_rows = rows("test")[: args.eval]
     results: dict = {}

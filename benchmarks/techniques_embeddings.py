@@ -50,8 +50,8 @@ def main() -> None:
 
     import torch
 
-    from tunelab.embeddings.retrieval import evaluate_retrieval
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.models.load import load_model, load_tokenizer
+    from tunelab.objectives.embed.retrieval import evaluate_retrieval
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

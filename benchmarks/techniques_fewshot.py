@@ -87,14 +87,15 @@ def first_k(pool: list[dict], k: int) -> list[dict]:
 
 
 def chat(row: dict):
-    from tunelab.data.records import Example, Message
+    from tunelab.core.types import Message
+    from tunelab.data.records import Example
 
     return Example(messages=[Message("user", row["text"]), Message("assistant", row["label"])], origin=row["text"])
 
 
 def zero_shot_rows(rows: list[dict]) -> list[dict]:
     """Chat rows whose user turn is the zero-shot prompt (the format LoRA is fine-tuned on)."""
-    from tunelab.fewshot.prompts import kshot_examples
+    from tunelab.eval.fewshot.prompts import kshot_examples
 
     exs = kshot_examples([chat(r) for r in rows], [], 0, layout="inline", instruction=INSTRUCTION)
     return [{"messages": [{"role": m.role, "content": m.content} for m in ex.messages]} for ex in exs]
@@ -109,7 +110,7 @@ def accuracy(predictions: list[str], rows: list[dict]) -> float:
 
 
 def generate(model, tokenizer, examples, batch_size: int) -> list[str]:
-    from tunelab.eval import generation_metrics
+    from tunelab.eval.evaluate import generation_metrics
 
     _, rows = generation_metrics(model, tokenizer, examples, max_examples=None, max_new_tokens=MAX_NEW_TOKENS,
                                  batch_size=batch_size, precision="bf16", show_progress=False)  # fmt: skip
@@ -139,8 +140,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tunelab.fewshot.baseline import load_embedder
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.eval.fewshot.baseline import load_embedder
+    from tunelab.models.load import load_model, load_tokenizer
 
     started = time.perf_counter()
     out = RESULTS / "techniques_fewshot.json"
@@ -176,7 +177,7 @@ def main() -> None:
 def shot_prompts(k: int, strategy: str, rows: list[dict], pool: list[dict], embed, limit) -> list:
     """The k-per-class prompts for `rows`, measured against the model's context (`drop` policy: a prompt that
     does not fit loses its farthest demonstrations, and the count is kept and reported)."""
-    from tunelab.fewshot.prompts import kshot_examples
+    from tunelab.eval.fewshot.prompts import kshot_examples
 
     return kshot_examples(
         [chat(r) for r in rows], [chat(r) for r in pool], k * len(LABELS),
@@ -185,7 +186,7 @@ def shot_prompts(k: int, strategy: str, rows: list[dict], pool: list[dict], embe
 
 
 def prompting(args, results: dict, model, tokenizer, embed, pool: list[dict], test: list[dict]) -> None:
-    from tunelab.fewshot.context import ContextLimit, context_summary
+    from tunelab.eval.fewshot.context import ContextLimit, context_summary
 
     limit = ContextLimit.for_model(model, tokenizer, MAX_NEW_TOKENS, overflow="drop")
     prompt_rows = test[: args.prompt_eval]
@@ -206,7 +207,7 @@ def prompting(args, results: dict, model, tokenizer, embed, pool: list[dict], te
 
 def measure(results: dict, k: int, model, tokenizer, embed, pool: list[dict], test: list[dict]) -> None:
     """Prompt lengths of an already measured k, on the rows it was scored on."""
-    from tunelab.fewshot.context import ContextLimit, context_summary
+    from tunelab.eval.fewshot.context import ContextLimit, context_summary
 
     limit = ContextLimit.for_model(model, tokenizer, MAX_NEW_TOKENS, overflow="drop")
     for strategy in ("random", "similar"):
@@ -227,8 +228,8 @@ def peek(results: dict, n: int, model, tokenizer, pool: list[dict], test: list[d
 
 
 def fine_tuning(args, results: dict, tokenizer, pool: list[dict], test: list[dict]) -> None:
-    from tunelab.fewshot.setfit import SetFitClassifier
-    from tunelab.runs import artifact_dir
+    from tunelab.objectives.embed.setfit_head import SetFitClassifier
+    from tunelab.recipes.runs import artifact_dir
 
     with tempfile.TemporaryDirectory(prefix="tunelab-fewshot-") as tmp:
         work = Path(tmp)
@@ -257,7 +258,8 @@ def fine_tuning(args, results: dict, tokenizer, pool: list[dict], test: list[dic
 
 
 def _as_examples(rows: list[dict]):
-    from tunelab.data.records import Example, Message
+    from tunelab.core.types import Message
+    from tunelab.data.records import Example
 
     return [Example(messages=[Message(m["role"], m["content"]) for m in r["messages"]]) for r in rows]
 

@@ -97,7 +97,7 @@ def train_adapter(name: str, train: Path, steps: int, work: Path) -> Path:
     from rich.console import Console
 
     from tunelab.config import load_config
-    from tunelab.train.run import run_training
+    from tunelab.recipes.run import run_training
 
     cfg = load_config(None, [
         f"data.train={train}", "data.val_fraction=0", "model.source=smollm2-135m", "method=lora", "method.r=16",
@@ -110,7 +110,7 @@ def train_adapter(name: str, train: Path, steps: int, work: Path) -> Path:
 
 
 def score(model, tokenizer, examples: dict[str, list], batch_size: int) -> dict[str, float]:
-    from tunelab.eval import generation_metrics
+    from tunelab.eval.evaluate import generation_metrics
 
     return {
         task: generation_metrics(model, tokenizer, exs, max_examples=None, max_new_tokens=12, batch_size=batch_size,
@@ -134,10 +134,10 @@ def main() -> None:
     from peft import PeftModel
 
     from tunelab.data.load import load_examples
-    from tunelab.ensemble.model import EnsembleModel
-    from tunelab.merging.config import parse_merge_config
-    from tunelab.merging.merge import merge_models
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.export.ensemble.model import EnsembleModel
+    from tunelab.export.merging.config import parse_merge_config
+    from tunelab.export.merging.merge import merge_models
+    from tunelab.models.load import load_model, load_tokenizer
 
     torch.manual_seed(0)
     started = time.perf_counter()

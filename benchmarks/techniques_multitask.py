@@ -36,9 +36,10 @@ def train_and_score(name: str, tasks: list[str], extra: list[str], files: dict, 
     from rich.console import Console
 
     from tunelab.config import load_config
-    from tunelab.continual.tasks import exact_match, read_examples
-    from tunelab.models import load_tokenizer
-    from tunelab.train.run import run_training, use_bf16
+    from tunelab.core.device import use_bf16
+    from tunelab.models.load import load_tokenizer
+    from tunelab.recipes.continual.tasks import exact_match, read_examples
+    from tunelab.recipes.run import run_training
 
     folder = name.replace(":", "").replace(",", "").replace(" ", "-")
     train = ",".join(str(files[t][0]) for t in tasks)

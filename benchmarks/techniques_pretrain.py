@@ -90,8 +90,8 @@ def main() -> None:
     started = time.perf_counter()
 
     from tunelab.config import load_config
-    from tunelab.models import load_tokenizer
-    from tunelab.train.run import run_training
+    from tunelab.models.load import load_tokenizer
+    from tunelab.recipes.run import run_training
 
     train_rows, test_rows = rows("train"), rows("test")[: args.eval]
     prompts, references = zip(*(prompt_and_reference(r) for r in test_rows), strict=True)

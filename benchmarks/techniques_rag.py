@@ -38,9 +38,9 @@ def read(name: str) -> list[dict]:
 
 def measure(generator, tokenizer, retriever, rows: list[dict], args, train_s: float | None = None) -> dict:
     """Exact match of greedy answers (with the retriever's top-1 card in the prompt when there is a retriever)."""
-    from tunelab.objectives.rag import retrieval_recall
-    from tunelab.rag.data import QARow
-    from tunelab.rag.generator import DEFAULT_TEMPLATE, rag_prompt
+    from tunelab.objectives.rag.data import QARow
+    from tunelab.objectives.rag.generator import DEFAULT_TEMPLATE, rag_prompt
+    from tunelab.objectives.rag.objective import retrieval_recall
 
     questions, references = [r["question"] for r in rows], [r["answer"] for r in rows]
     out: dict = {"train_s": train_s}
@@ -117,8 +117,9 @@ def main() -> None:
         args.steps, args.eval = 2, 8
     started = time.perf_counter()
 
-    from tunelab.models import load_model, load_tokenizer
-    from tunelab.rag import load_retriever, read_corpus
+    from tunelab.models.load import load_model, load_tokenizer
+    from tunelab.objectives.rag.data import read_corpus
+    from tunelab.objectives.rag.retriever import load_retriever
 
     test = read("test")[: args.eval]
     train_rows = read("train")

@@ -97,7 +97,7 @@ def bf16_peak_gflops(threads: int) -> float:
 def tokenized_validation(val: Path):
     from tunelab.data.load import load_examples
     from tunelab.data.tokenize import tokenize_all
-    from tunelab.models import load_tokenizer
+    from tunelab.models.load import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m")
     data, _ = tokenize_all(load_examples([val]).examples, tokenizer, SETTINGS["max_length"])
@@ -107,7 +107,7 @@ def tokenized_validation(val: Path):
 def shared_val_loss(model, val: Path) -> float:
     import torch
 
-    from tunelab.objectives import OBJECTIVES
+    from tunelab.objectives.registry import OBJECTIVES
     from tunelab.train.loop import TrainingModule, validation_metrics
 
     data, tokenizer = tokenized_validation(val)
@@ -152,8 +152,8 @@ def tunelab_order(train: Path, val: Path, batch_size: int, out_dir: Path) -> lis
     """The training file's rows in the order tunelab's first epoch takes them (its seeded, length-grouped shuffle),
     so that TRL, reading them in sequence, takes the same optimizer steps on the same batches."""
     from tunelab.data.schedule import epoch_batches
-    from tunelab.models import load_tokenizer
-    from tunelab.objectives import OBJECTIVES
+    from tunelab.models.load import load_tokenizer
+    from tunelab.objectives.registry import OBJECTIVES
 
     cfg = tunelab_config(train, val, batch_size, out_dir)
     items = OBJECTIVES["sft"].prepare(cfg, load_tokenizer("smollm2-135m"), out_dir / "order").train
@@ -162,7 +162,7 @@ def tunelab_order(train: Path, val: Path, batch_size: int, out_dir: Path) -> lis
 
 
 def worker_tunelab(train: Path, val: Path, batch_size: int, out_dir: Path) -> dict:
-    from tunelab.train.run import run_training
+    from tunelab.recipes.run import run_training
 
     result = run_training(tunelab_config(train, val, batch_size, out_dir))
     peak = peak_rss_mb()  # training, tunelab's own final evaluation and saving; not the shared scoring below
@@ -184,7 +184,7 @@ def worker_trl(train: Path, val: Path, batch_size: int, out_dir: Path) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from tunelab.models import load_tokenizer, resolve_source
+    from tunelab.models.load import load_tokenizer, resolve_source
 
     def prompt_completion(path: Path, order: list[int] | None = None) -> Dataset:
         rows = [json.loads(x) for x in path.read_text().splitlines()]

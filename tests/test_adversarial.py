@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from tests.helpers import tiny_config
-from tunelab.objectives.base import LossParts, Objective
+from tunelab.core.types import LossParts
+from tunelab.objectives.base import Objective
+from tunelab.recipes.run import run_training
 from tunelab.regularizers.adversarial import Perturbation, smoothness, with_adversarial
 from tunelab.regularizers.config import AdversarialSection
-from tunelab.train.run import run_training
 
 W = torch.tensor([3.0, 4.0])  # ‖w‖ = 5, so a unit step along the gradient raises the loss by 5 per token
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
 from tests.test_fused import _saved_bytes
-from tunelab.models import load_model
-from tunelab.train import attention
-from tunelab.train.attention import MAX_TOKENS, NAME, causal_attention, use_short_attention_
+from tunelab.models.kernels import attention
+from tunelab.models.kernels.attention import MAX_TOKENS, NAME, causal_attention, use_short_attention_
+from tunelab.models.load import load_model
 
 
 def _qkv(batch: int, length: int, dtype: torch.dtype, heads: int = 9, kv: int = 3, size: int = 16):

@@ -10,10 +10,11 @@ from accelerate import Accelerator
 
 from tests.helpers import tiny_config
 from tests.test_train_guard import items
-from tunelab.config import TrainingSection, load_config
-from tunelab.errors import ConfigError, RunError
-from tunelab.models import load_model
-from tunelab.objectives import OBJECTIVES
+from tunelab.config import load_config
+from tunelab.core.errors import ConfigError, RunError
+from tunelab.models.load import load_model
+from tunelab.objectives.registry import OBJECTIVES
+from tunelab.recipes.run import run_training
 from tunelab.train.batch_size import (
     activation_bytes,
     divisors,
@@ -23,8 +24,8 @@ from tunelab.train.batch_size import (
     split_global_batch,
     trial_step_fits,
 )
+from tunelab.train.config import TrainingSection
 from tunelab.train.loop import read_metrics
-from tunelab.train.run import run_training
 
 
 def test_divisors() -> None:

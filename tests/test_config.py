@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.config import dump_config, load_config
-from tunelab.errors import ConfigError
+from tunelab.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

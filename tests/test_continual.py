@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from tunelab.continual.ewc import EWCRegularizer, ewc_penalty
-from tunelab.continual.fisher import EWCState, accumulate, anchor_of, estimate_fisher, load_ewc, save_ewc
-from tunelab.continual.replay import ReservoirBuffer, mix_replay
-from tunelab.continual.report import continual_report
-from tunelab.errors import ConfigError, RunError
-from tunelab.objectives.base import LossParts
+from tunelab.core.errors import ConfigError, RunError
+from tunelab.core.types import LossParts
+from tunelab.recipes.continual.replay import ReservoirBuffer, mix_replay
+from tunelab.recipes.continual.report import continual_report
+from tunelab.regularizers.ewc import EWCRegularizer, ewc_penalty
+from tunelab.regularizers.fisher import EWCState, accumulate, anchor_of, estimate_fisher, load_ewc, save_ewc
 
 
 class Line(nn.Module):
@@ -64,7 +64,7 @@ def test_fisher_is_the_mean_of_per_example_squared_gradients() -> None:
 
 
 def test_fisher_of_a_tiny_llama_and_the_saved_state(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from tunelab.models import load_model
+    from tunelab.models.load import load_model
 
     model = load_model(str(tiny_model_dir))
     for name, p in model.named_parameters():
@@ -102,7 +102,7 @@ def _fill_lora_(model: nn.Module, a: float, b: float) -> None:
 def test_ewc_follows_effective_weights_across_a_merged_lora_stage(tiny_model_dir: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.models import load_model
+    from tunelab.models.load import load_model
 
     def lora(model: nn.Module) -> nn.Module:
         return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))

@@ -12,15 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tunelab.continual.run as continual_run
-import tunelab.train.run as train_run
+import tunelab.recipes.continual.run as continual_run
+import tunelab.recipes.run as train_run
 from tests.test_continual_train import write_task
-from tunelab.cli import main as cli_main
+from tunelab.cli.main import main as cli_main
 from tunelab.config import load_config
-from tunelab.continual.resume import STATE_FILE, TRAINED_FILE
-from tunelab.errors import ConfigError, RunError
-from tunelab.models import load_model
-from tunelab.train.run import run_training
+from tunelab.core.errors import ConfigError, RunError
+from tunelab.models.load import load_model
+from tunelab.recipes.continual.resume import STATE_FILE, TRAINED_FILE
+from tunelab.recipes.run import run_training
 
 WORDS = ["cat", "dog", "mat", "sky", "one", "two"]
 ANSWERS = {"color": ["red", "blue"], "size": ["big", "small"], "mood": ["calm", "loud"]}

@@ -11,15 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from tunelab.config import TrainingSection, load_config
-from tunelab.continual.ewc import ewc_penalty
-from tunelab.continual.fisher import EWCState, load_ewc, save_ewc
-from tunelab.continual.report import continual_report
-from tunelab.continual.run import BUFFER_FILE, STATE_FILE, load_task_model
-from tunelab.errors import ConfigError, RunError
-from tunelab.methods.regularize import prepare_training_
-from tunelab.models import load_model
-from tunelab.train.run import run_training
+from tunelab.config import load_config
+from tunelab.core.errors import ConfigError, RunError
+from tunelab.models.load import load_model
+from tunelab.recipes.continual.report import continual_report
+from tunelab.recipes.continual.run import BUFFER_FILE, STATE_FILE, load_task_model
+from tunelab.recipes.run import run_training
+from tunelab.regularizers.ewc import ewc_penalty
+from tunelab.regularizers.fisher import EWCState, load_ewc, save_ewc
+from tunelab.regularizers.l1l2 import prepare_training_
+from tunelab.train.config import TrainingSection
 
 WORDS = ["cat", "dog", "mat", "sky", "one", "two"]
 ANSWERS = {"color": ["red", "blue"], "size": ["big", "small"]}

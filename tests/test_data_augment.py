@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tunelab.core.types import Message
 from tunelab.data.augment import augment_eda, eda, oversample, paraphrase, smote_embeddings
-from tunelab.data.prepare import PreparedDataset
-from tunelab.data.records import Example, Message
+from tunelab.data.records import Example
+from tunelab.data.store import PreparedDataset
 
 
 def labelled(text: str, label: str, line: int) -> Example:
@@ -61,7 +62,7 @@ def test_smote_fills_the_minority_class() -> None:
 
 def test_pipeline_marks_and_counts_synthetic_records(tmp_path: Path) -> None:
     from tunelab.data.config import DataSection
-    from tunelab.data.prepare import prepare_dataset
+    from tunelab.data.pipeline import prepare_dataset
 
     path = tmp_path / "d.csv"
     path.write_text(
@@ -87,7 +88,7 @@ class _NoTokenizer:
 @pytest.mark.slow
 def test_smote_on_embedded_encoder_embeddings(tmp_path: Path) -> None:
     from tunelab.data.config import DataSection
-    from tunelab.data.prepare import prepare_dataset
+    from tunelab.data.pipeline import prepare_dataset
 
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"a happy review {i},pos\n" for i in range(6)) + "awful,neg\nbad,neg\n")
@@ -101,10 +102,10 @@ def test_setfit_head_is_fitted_on_smote_embeddings_of_the_trained_encoder(tmp_pa
     from tests.test_embeddings import _tiny_bert, _word_tokenizer
     from tests.test_setfit import _rows
     from tunelab.config import load_config
-    from tunelab.errors import DataError
-    from tunelab.fewshot.setfit import HEAD_FILE, fit_head
-    from tunelab.runs import artifact_dir
-    from tunelab.train.run import run_training
+    from tunelab.core.errors import DataError
+    from tunelab.objectives.embed.setfit_head import HEAD_FILE, fit_head
+    from tunelab.recipes.run import run_training
+    from tunelab.recipes.runs import artifact_dir
 
     tokenizer = _word_tokenizer()
     folder = tmp_path / "bert"
@@ -131,8 +132,8 @@ def test_setfit_head_is_fitted_on_smote_embeddings_of_the_trained_encoder(tmp_pa
         r["origin"] for r in PreparedDataset(Path(report["dataset"]), report).table("train_records").to_pylist()
     }
     # The saved head is what fitting on real + synthetic vectors gives, not on the real ones alone.
-    from tunelab.embeddings.pooling import encode
-    from tunelab.models import load_model
+    from tunelab.models.load import load_model
+    from tunelab.models.pooling import encode
 
     vectors = encode(load_model(str(saved)), tokenizer, [r["text"] for r in kept]).float().numpy()
     x, y, _ = smote_embeddings(vectors, [r["label"] for r in kept], k=3)

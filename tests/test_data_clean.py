@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from tunelab.core.types import Message
 from tunelab.data.clean import Cleaner, CleanStats, mask_pii, non_letter_ratio, normalise, repeated_ngram_ratio
 from tunelab.data.config import CleanSection
-from tunelab.data.records import Example, Message, Removed
+from tunelab.data.records import Example, Removed
 
 
 def chat(answer: str, question: str = "a question") -> Example:

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunelab.cli import main
+from tunelab.cli.main import main
 from tunelab.data.config import DataSection
-from tunelab.data.prepare import prepare_dataset
-from tunelab.models import load_tokenizer
+from tunelab.data.pipeline import prepare_dataset
+from tunelab.models.load import load_tokenizer
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.cli import main
+from tunelab.cli.main import main
 
 CHAT = {
     "messages": [

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.core.errors import DataError
 from tunelab.data.load import check_bad_fraction, load_examples
-from tunelab.errors import DataError
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.core.errors import DataError
 from tunelab.data.config import DataSection
-from tunelab.data.prepare import prepare_chat_data, prepare_dataset
-from tunelab.errors import DataError
-from tunelab.models import load_tokenizer
+from tunelab.data.pipeline import prepare_chat_data, prepare_dataset
+from tunelab.models.load import load_tokenizer
 
 
 def chat(q: str, a: str) -> str:
@@ -121,7 +121,7 @@ def test_too_many_rejects_and_wrong_kind_abort_clearly(tmp_path: Path, tokenizer
 
 def test_training_run_uses_the_pipeline_and_its_cache(tmp_path: Path, tiny_model_dir: Path, tokenizer) -> None:
     from tunelab.config import load_config
-    from tunelab.train.run import run_training
+    from tunelab.recipes.run import run_training
 
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(chat(f"question {i}", f"answer {i}") for i in range(12)) + "\n{bad\n")
@@ -153,7 +153,7 @@ def test_packing_and_schedule_reach_the_training_data(tmp_path: Path, tokenizer)
 def test_prepare_command_writes_dataset_reports_and_plots(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tunelab.cli import main
+    from tunelab.cli.main import main
 
     labels = tmp_path / "train.jsonl"
     labels.write_text("\n".join(chat(f"q {i}", f"a {i % 3}") for i in range(9)) + "\n")
@@ -181,7 +181,7 @@ def test_every_data_config_field_has_help_text() -> None:
 def test_prepare_plots_labels_and_resolves_cache_dir_against_the_config(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tunelab.cli import main
+    from tunelab.cli.main import main
 
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     project.mkdir()

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tunelab.core.errors import DataError
 from tunelab.data.load import LoadOptions, load_examples
-from tunelab.errors import DataError
 
 CHAT = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
 

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunelab.cli import main
-from tunelab.data.prepare import PreparedDataset
+from tunelab.cli.main import main
+from tunelab.data.store import PreparedDataset
 
 
 def chat(q: str, a: str) -> str:

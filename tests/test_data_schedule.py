@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tunelab.core.types import Message
 from tunelab.data.pack import pack, pack_indices, padding_waste
-from tunelab.data.records import Example, Message
+from tunelab.data.records import Example
 from tunelab.data.schedule import (
     Schedule,
     balanced_weights,
@@ -34,7 +35,7 @@ def test_pack_indices_fit_and_cover() -> None:
 def test_packed_batch_loss_equals_separate_examples(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tunelab.models import load_tokenizer
+    from tunelab.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tests.helpers import tiny_config
-from tunelab.data.prepare import PreparedData
+from tunelab.data.pipeline import PreparedData
 from tunelab.data.schedule import Schedule, epoch_batches
 from tunelab.data.scoring import SCORES_FILE, apply_loss_difficulty, score_losses
 from tunelab.data.tokenize import IGNORE, Tokenized
@@ -75,7 +75,7 @@ def test_curriculum_follows_loss_not_length(tmp_path: Path, tiny_model_dir: Path
     apply_loss_difficulty(model, other, cfg, tmp_path, pad_id=0)  # other data: scored again
     assert model.calls > calls
 
-    from tunelab.errors import ConfigError
+    from tunelab.core.errors import ConfigError
 
     not_lm = PreparedData([object()], [], [], report={}, schedule=data.schedule)  # e.g. classify's items
     with pytest.raises(ConfigError, match="difficulty: length or field"):
@@ -88,8 +88,8 @@ def test_curriculum_follows_loss_not_length(tmp_path: Path, tiny_model_dir: Path
 def test_run_scores_the_base_model_before_training(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tunelab.train.run as run
-    from tunelab.models import load_model, load_tokenizer
+    import tunelab.recipes.run as run
+    from tunelab.models.load import load_model, load_tokenizer
 
     seen = {}
     real_fit = run.fit

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.data.records import Example, Message
+from tunelab.core.types import Message
+from tunelab.data.records import Example
 from tunelab.data.schedule import epoch_batches
 from tunelab.data.tokenize import IGNORE, collate, tokenize_example
-from tunelab.models import load_tokenizer
+from tunelab.models.load import load_tokenizer
 
 CONV = Example(
     messages=[

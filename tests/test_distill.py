@@ -12,14 +12,14 @@ import torch
 
 from tests.helpers import tiny_config
 from tests.tiny import build_tiny_llama, write_color_task
-from tunelab.data.records import Message
-from tunelab.distill.student import drop_layers_, layers_to_keep, make_student
-from tunelab.errors import ConfigError, ModelError
-from tunelab.eval.generate import generate_answers
-from tunelab.models import load_model, load_tokenizer
-from tunelab.runs import load_for_inference
+from tunelab.core.errors import ConfigError, ModelError
+from tunelab.core.types import Message
+from tunelab.models.generate import generate_answers
+from tunelab.models.load import load_model, load_tokenizer
+from tunelab.objectives.distill.student import drop_layers_, layers_to_keep, make_student
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import load_for_inference
 from tunelab.train.loop import read_metrics
-from tunelab.train.run import run_training
 
 
 @pytest.fixture(scope="module")

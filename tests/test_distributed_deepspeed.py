@@ -26,8 +26,8 @@ from tests.test_distributed_fsdp import (
     metrics,
     result_file,
 )
-from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError
+from tunelab.core.errors import ConfigError
+from tunelab.train.config import TrainingSection
 from tunelab.train.zero import ENGINE_DIR, engine_config
 
 pytest.importorskip("deepspeed")

@@ -22,7 +22,7 @@ from torch import nn
 
 from tests.test_distributed import config as ddp_config
 from tests.test_distributed import free_port
-from tunelab.errors import ConfigError
+from tunelab.core.errors import ConfigError
 from tunelab.train.checkpoint import load_trainable_, optimizer_state, trainable_state
 from tunelab.train.distributed import check_backend, fsdp_settings, meta_copy, refuse_unsharded_state
 
@@ -199,7 +199,7 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_options_that_hold_full_weights_are_refused_under_fsdp(tiny_model_dir: Path) -> None:
-    from tunelab.config import TrainingSection
+    from tunelab.train.config import TrainingSection
 
     with pytest.raises(ConfigError, match=r"l2_penalty.*ddp\.yaml"):
         refuse_unsharded_state(nn.Linear(2, 2), TrainingSection(l2_penalty=0.1))
@@ -216,8 +216,8 @@ def test_example_fsdp_config_loads() -> None:
 def test_early_stopping_restores_the_gathered_best_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
     # The best weights go through the same gathering as checkpoints; after an early stop they are put back.
     from tests.test_train_guard import SFT, items
-    from tunelab.config import TrainingSection
-    from tunelab.models import load_model
+    from tunelab.models.load import load_model
+    from tunelab.train.config import TrainingSection
     from tunelab.train.loop import fit, read_metrics
 
     model = load_model(str(tiny_model_dir))

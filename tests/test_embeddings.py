@@ -12,13 +12,19 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
+from tunelab.core.errors import DataError
 from tunelab.data.records import Example
-from tunelab.embeddings.losses import info_nce, matryoshka
-from tunelab.embeddings.pooling import encode, mean_pool
-from tunelab.embeddings.retrieval import evaluate_retrieval, retrieval_metrics
-from tunelab.embeddings.train import collate_pairs, pair_batches, train_embedder
-from tunelab.errors import DataError
-from tunelab.objectives.contrastive import OBJECTIVE, ContrastiveConfig, EmbedItem, collate_embed, contrastive_loss
+from tunelab.models.pooling import encode, mean_pool
+from tunelab.objectives.embed.contrastive import (
+    OBJECTIVE,
+    ContrastiveConfig,
+    EmbedItem,
+    collate_embed,
+    contrastive_loss,
+)
+from tunelab.objectives.embed.losses import info_nce, matryoshka
+from tunelab.objectives.embed.retrieval import evaluate_retrieval, retrieval_metrics
+from tunelab.objectives.embed.train import collate_pairs, pair_batches, train_embedder
 
 R = 1 / math.sqrt(2)
 
@@ -170,8 +176,8 @@ def test_prepare_embed_pairs_reads_pairs_files_and_refuses_other_kinds(tmp_path:
     import json
 
     from tunelab.config import load_config
-    from tunelab.models import load_tokenizer
-    from tunelab.objectives.contrastive import prepare_embed_pairs
+    from tunelab.models.load import load_tokenizer
+    from tunelab.objectives.embed.contrastive import prepare_embed_pairs
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
@@ -194,8 +200,8 @@ def test_contrastive_objective_trains_an_encoder_through_run_training(tmp_path: 
     import json
 
     from tunelab.config import load_config
-    from tunelab.models import resolve_source
-    from tunelab.train.run import run_training
+    from tunelab.models.load import resolve_source
+    from tunelab.recipes.run import run_training
 
     tokenizer = _word_tokenizer()
     folder = tmp_path / "bert"
@@ -224,7 +230,7 @@ def test_parity_with_sentence_transformers() -> None:
     st = pytest.importorskip("sentence_transformers")
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from tunelab.models import load_model, load_tokenizer, resolve_source
+    from tunelab.models.load import load_model, load_tokenizer, resolve_source
 
     reference = st.SentenceTransformer(str(resolve_source("minilm-l6").materialize()), device="cpu")
     texts = ["The storm flooded the low streets.", "a", "Invoice #4537, issued 3/2/1980 (day first), due soon"]

@@ -12,12 +12,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from tests.tiny import build_tiny_llama
-from tunelab.data.records import Message
-from tunelab.ensemble.combine import combine_logits, majority_vote, normalized_weights
-from tunelab.ensemble.model import EnsembleModel
-from tunelab.ensemble.weights import fit_mixture_weights, fit_weights, member_target_logprobs
-from tunelab.eval import generate_answers
-from tunelab.models import load_tokenizer
+from tunelab.core.types import Message
+from tunelab.export.ensemble.combine import combine_logits, majority_vote, normalized_weights
+from tunelab.export.ensemble.model import EnsembleModel
+from tunelab.export.ensemble.weights import fit_mixture_weights, fit_weights, member_target_logprobs
+from tunelab.models.generate import generate_answers
+from tunelab.models.load import load_tokenizer
 
 
 def test_combine_logits_and_probs_by_hand() -> None:

@@ -14,18 +14,13 @@ from rich.console import Console
 from torch import nn
 
 from tests.tiny import write_color_task
+from tunelab.core.errors import DataError
+from tunelab.core.types import Message
 from tunelab.data.load import load_examples
-from tunelab.data.records import Example, Message
-from tunelab.errors import DataError
+from tunelab.data.records import Example
 from tunelab.eval import evaluate as evaluate_module
-from tunelab.eval import (
-    generate_answers,
-    generation_metrics,
-    metrics_table,
-    stop_token_ids,
-    stream_reply,
-    write_predictions,
-)
+from tunelab.eval.evaluate import generation_metrics, metrics_table, write_predictions
+from tunelab.models.generate import generate_answers, stop_token_ids, stream_reply
 from tunelab.models.load import load_model, load_tokenizer
 
 PROMPTS = ["the cat", "what is color of sky", "one two three four five six red blue", "dog", "a", "yes no", "blue"]

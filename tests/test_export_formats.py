@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.helpers import tiny_config
 from tunelab.export.errors import ExportError
 from tunelab.export.formats import export
-from tunelab.train.run import run_training
+from tunelab.recipes.run import run_training
 
 IDS = torch.tensor([[5, 17, 42, 99, 3]])
 

@@ -14,13 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from tests.helpers import tiny_config
 from tests.tiny import build_tiny_llama
-from tunelab.cli import main
+from tunelab.cli.main import main
 from tunelab.export.errors import ExportError
 from tunelab.export.formats import export_gguf
 from tunelab.export.gguf import verify_gguf, write_gguf
-from tunelab.export.merge import merge_run
-from tunelab.models import load_model, resolve_source
-from tunelab.train.run import run_training
+from tunelab.export.hf import merge_run
+from tunelab.models.load import load_model, resolve_source
+from tunelab.recipes.run import run_training
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 200, 11, 64]])
 # Absolute logit tolerances on the tiny model (logits within about ±3). A rerun of the same training with other

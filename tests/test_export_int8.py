@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from tunelab.export.int8 import quantize_int8_
+from tunelab.models.int8 import quantize_int8_
 from tunelab.serve.engine import Handle, SequenceSpec
 from tunelab.serve.sampling import SamplingParams
 from tunelab.serve.server import build_state

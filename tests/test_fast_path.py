@@ -17,14 +17,15 @@ from peft.helpers import disable_input_dtype_casting
 
 from tests.tiny import write_color_task
 from tunelab.config import load_config
+from tunelab.core.device import autocast
 from tunelab.data.load import load_examples
 from tunelab.data.pack import pack
 from tunelab.data.tokenize import IGNORE, collate, tokenize_all
-from tunelab.methods import METHODS
-from tunelab.models import load_model, load_tokenizer
-from tunelab.objectives import OBJECTIVES
-from tunelab.train.fused import fuse_modules_
-from tunelab.train.loop import TrainingModule, autocast
+from tunelab.methods.registry import METHODS
+from tunelab.models.kernels.fused import fuse_modules_
+from tunelab.models.load import load_model, load_tokenizer
+from tunelab.objectives.registry import OBJECTIVES
+from tunelab.train.loop import TrainingModule
 
 
 def _lora_model(model_dir: Path, data: Path, dtype: torch.dtype, fused: bool = False) -> torch.nn.Module:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunelab.data.records import Example, Message
-from tunelab.errors import DataError
-from tunelab.eval import generation_metrics
-from tunelab.fewshot.prompts import kshot_examples, select_shots
+from tunelab.core.errors import DataError
+from tunelab.core.types import Message
+from tunelab.data.records import Example
+from tunelab.eval.evaluate import generation_metrics
+from tunelab.eval.fewshot.prompts import kshot_examples, select_shots
 
 WORDS = ["cat", "dog", "sky", "mat", "one", "two"]
 
@@ -76,7 +77,7 @@ def test_turns_and_inline_layouts() -> None:
 
 
 def test_kshot_examples_are_scored_by_generation_metrics(tiny_model_dir: Path) -> None:
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.models.load import load_model, load_tokenizer
 
     model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     queries = [_chat(f"what is color of {w}", "red", f"val:{i}") for i, w in enumerate(["cat", "mat"])]
@@ -101,7 +102,7 @@ def _write_rows(path: Path, pairs: list[tuple[str, str]]) -> Path:
 def test_cli_eval_with_shots_scores_the_same_rows_with_demonstrations(tiny_model_dir: Path, tmp_path: Path) -> None:
     import json
 
-    from tunelab.cli import main
+    from tunelab.cli.main import main
 
     test = _write_rows(tmp_path / "test.jsonl", [("what is color of cat", "red"), ("what is color of sky", "blue")])
     pool = _write_rows(

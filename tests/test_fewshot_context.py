@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.data.records import Example, Message
-from tunelab.data.tokenize import render
-from tunelab.errors import DataError
-from tunelab.fewshot.context import ContextLimit, context_summary, context_window
-from tunelab.fewshot.prompts import kshot_examples
+from tunelab.core.errors import DataError
+from tunelab.core.types import Message
+from tunelab.data.records import Example
+from tunelab.eval.fewshot.context import ContextLimit, context_summary, context_window
+from tunelab.eval.fewshot.prompts import kshot_examples
+from tunelab.models.chat import render
 
 SENTENCE = "the cat sat on the mat and the dog ran on the mat"
 
@@ -27,7 +28,7 @@ QUERIES = [_chat("what is color of sky", "blue", "q:0"), _chat("what is color of
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path):
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.models.load import load_model, load_tokenizer
 
     return load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
 
@@ -72,7 +73,7 @@ def test_overlong_prompts_are_refused_or_shortened_and_reported(tiny) -> None:
 
 
 def test_cli_eval_refuses_or_drops_shots_over_the_context(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from tunelab.cli import main
+    from tunelab.cli.main import main
 
     def write(path: Path, examples: list[Example]) -> Path:
         rows = [{"messages": [{"role": m.role, "content": m.content} for m in ex.messages]} for ex in examples]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaConfig, LlamaMLP, LlamaRMSNorm
 
-from tunelab.models import load_model
-from tunelab.train.fused import FusedRMSNorm, FusedSwiGLU, fuse_modules_
+from tunelab.models.kernels.fused import FusedRMSNorm, FusedSwiGLU, fuse_modules_
+from tunelab.models.load import load_model
 
 
 def _saved_bytes(fn) -> int:

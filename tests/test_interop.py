@@ -10,8 +10,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.helpers import tiny_config
-from tunelab.export.merge import merge_run
-from tunelab.train.run import run_training
+from tunelab.export.hf import merge_run
+from tunelab.recipes.run import run_training
 
 
 @pytest.fixture(scope="module")

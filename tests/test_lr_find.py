@@ -13,12 +13,12 @@ import torch
 
 from tests.test_train_guard import items
 from tests.tiny import write_color_task
-from tunelab.cli import main
-from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError
-from tunelab.models import load_model
-from tunelab.objectives import OBJECTIVES
-from tunelab.train.lr_find import lr_find, lr_schedule, smooth, suggest
+from tunelab.cli.main import main
+from tunelab.core.errors import ConfigError
+from tunelab.models.load import load_model
+from tunelab.objectives.registry import OBJECTIVES
+from tunelab.recipes.lr_find import lr_find, lr_schedule, smooth, suggest
+from tunelab.train.config import TrainingSection
 
 
 def test_schedule_is_exponential() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelab.errors import ConfigError
-from tunelab.merging.config import parse_merge_config
-from tunelab.merging.tensors import (
+from tunelab.core.errors import ConfigError
+from tunelab.export.merging.config import parse_merge_config
+from tunelab.export.merging.tensors import (
     MERGE_METHODS,
     linear_merge,
     magnitude_prune,

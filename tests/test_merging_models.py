@@ -12,12 +12,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tunelab.cli import main
-from tunelab.errors import ConfigError, ModelError
-from tunelab.merging.config import load_merge_config, parse_merge_config
-from tunelab.merging.lora import LoraFactor, concat_factors, read_adapter
-from tunelab.merging.merge import merge_models
-from tunelab.merging.tensors import MERGE_METHODS, merge_deltas, tensor_generator
+from tunelab.cli.main import main
+from tunelab.core.errors import ConfigError, ModelError
+from tunelab.export.merging.config import load_merge_config, parse_merge_config
+from tunelab.export.merging.lora import LoraFactor, concat_factors, read_adapter
+from tunelab.export.merging.merge import merge_models
+from tunelab.export.merging.tensors import MERGE_METHODS, merge_deltas, tensor_generator
 
 IDS = torch.tensor([[5, 17, 42, 9, 77, 3]])
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config
-from tunelab.methods import METHODS
 from tunelab.methods.base import trainable_parameters
-from tunelab.models import load_model
-from tunelab.runs import load_for_inference
-from tunelab.train.run import run_training
+from tunelab.methods.registry import METHODS
+from tunelab.models.load import load_model
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import load_for_inference
 
 # Tiny Llama: hidden 48, MLP 96, 2 layers, 4 query heads and 2 key/value heads of 12 dims, vocab 300, tied head.
 #   q, o: 48x48   k, v: 48x24   gate, up: 48x96   down: 96x48   two RMSNorms of 48 per layer

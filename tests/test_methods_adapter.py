@@ -11,13 +11,13 @@ from transformers import BertConfig, BertModel
 
 from tests.helpers import tiny_config
 from tests.test_methods import TOTAL
-from tunelab.errors import ConfigError
-from tunelab.methods import METHOD_CONFIGS, METHODS
+from tunelab.core.errors import ConfigError
 from tunelab.methods.adapter import load_
 from tunelab.methods.base import trainable_parameters
-from tunelab.models import load_model
-from tunelab.runs import load_for_inference
-from tunelab.train.run import run_training
+from tunelab.methods.registry import METHOD_CONFIGS, METHODS
+from tunelab.models.load import load_model
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import load_for_inference
 
 ONE = 48 * 8 + 8 + 8 * 48 + 48  # down 48->8 with bias, up 8->48 with bias: 824
 

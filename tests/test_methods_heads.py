@@ -11,13 +11,16 @@ import torch
 from transformers import BertConfig, BertModel
 
 from tests.test_methods import LAYER, LORA_R4
-from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError
-from tunelab.heads import HeadConfig, align_word_labels, attach_head_, load_head_, save_head, sequence_loss, task_loss
-from tunelab.heads.pooling import first_token, last_token, mean
-from tunelab.methods import METHOD_CONFIGS, METHODS
+from tunelab.core.errors import ConfigError
 from tunelab.methods.base import trainable_parameters
-from tunelab.models import load_model
+from tunelab.methods.registry import METHOD_CONFIGS, METHODS
+from tunelab.models.load import load_model
+from tunelab.models.pooling import first_token, last_token, mean_pool
+from tunelab.objectives.classify.config import HeadConfig
+from tunelab.objectives.classify.data import align_word_labels
+from tunelab.objectives.classify.heads import attach_head_, load_head_, save_head, task_loss
+from tunelab.objectives.classify.losses import sequence_loss
+from tunelab.train.config import TrainingSection
 from tunelab.train.optim import build_optimizer, param_groups
 
 HIDDEN = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)  # sequence 0: 0 1 2 3, sequence 1: 4 5 6 7
@@ -30,8 +33,8 @@ def test_pooling_reads_positions_from_the_mask() -> None:
     assert last_token(HIDDEN, LEFT).flatten().tolist() == [3.0, 7.0]
     assert first_token(HIDDEN, RIGHT).flatten().tolist() == [0.0, 4.0]
     assert first_token(HIDDEN, LEFT).flatten().tolist() == [1.0, 6.0]
-    assert mean(HIDDEN, RIGHT).flatten().tolist() == [1.0, 4.5]
-    assert mean(HIDDEN, LEFT).flatten().tolist() == [2.0, 6.5]
+    assert mean_pool(HIDDEN, RIGHT).flatten().tolist() == [1.0, 4.5]
+    assert mean_pool(HIDDEN, LEFT).flatten().tolist() == [2.0, 6.5]
 
 
 def test_losses_by_hand() -> None:

@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 from tests.helpers import tiny_config
 from tests.test_methods import LAYER
 from tunelab.config import load_config
-from tunelab.errors import ConfigError
-from tunelab.methods import METHODS
+from tunelab.core.errors import ConfigError
 from tunelab.methods.base import trainable_parameters
-from tunelab.models import load_model
-from tunelab.runs import load_for_inference
-from tunelab.train.run import run_training
+from tunelab.methods.registry import METHODS
+from tunelab.models.load import load_model
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import load_for_inference
 
 LORA_QV = 2 * 4 * ((48 + 48) + (48 + 24))  # r=4 on q (48->48) and v (48->24) in 2 layers: 1,344
 NORMS_OUTSIDE_TOP = 2 * 48 + 48  # layer 0's two RMSNorms and the final norm: 144

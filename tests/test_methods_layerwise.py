@@ -10,16 +10,16 @@ import torch
 
 from tests.helpers import tiny_config
 from tests.test_methods import LAYER
-from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError
-from tunelab.methods import METHOD_CONFIGS, METHODS
+from tunelab.core.errors import ConfigError
 from tunelab.methods.base import trainable_parameters
-from tunelab.methods.hooks import on_step_
-from tunelab.models import load_model, load_tokenizer
-from tunelab.objectives.base import causal_lm_loss
-from tunelab.runs import load_for_inference
+from tunelab.methods.registry import METHOD_CONFIGS, METHODS
+from tunelab.methods.schedule import on_step_
+from tunelab.models.load import load_model, load_tokenizer
+from tunelab.objectives.lm import causal_lm_loss
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import load_for_inference
+from tunelab.train.config import TrainingSection
 from tunelab.train.optim import build_optimizer, param_groups
-from tunelab.train.run import run_training
 
 ATTENTION = 2 * (2 * 48 * 48 + 2 * 48 * 24)  # q, o: 48x48; k, v: 48x24; two layers: 13,824
 

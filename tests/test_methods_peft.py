@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 from tests.helpers import tiny_config
 from tests.test_methods import LORA_R4, TOTAL
 from tunelab.config import load_config
-from tunelab.errors import ConfigError
-from tunelab.methods import METHOD_CONFIGS, METHODS
+from tunelab.core.errors import ConfigError
 from tunelab.methods.base import trainable_parameters
-from tunelab.models import load_model, load_tokenizer
-from tunelab.runs import load_for_inference
-from tunelab.train.run import run_training
+from tunelab.methods.registry import METHOD_CONFIGS, METHODS
+from tunelab.models.load import load_model, load_tokenizer
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import load_for_inference
 
 # Tiny Llama (see test_methods.py): hidden 48, key/value width 24 (2 heads x 12), MLP 96, 2 layers.
 OUT_FEATURES = 48 + 24 + 24 + 48 + 96 + 96 + 48  # q k v o gate up down: DoRA's magnitude vectors, per layer = 384

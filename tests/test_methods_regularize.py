@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from tunelab.config import TrainingSection
-from tunelab.methods import METHOD_CONFIGS, METHODS
-from tunelab.methods.regularize import prepare_training_, set_dropout_
-from tunelab.models import load_model
+from tunelab.methods.registry import METHOD_CONFIGS, METHODS
+from tunelab.models.load import load_model
+from tunelab.regularizers.l1l2 import prepare_training_, set_dropout_
+from tunelab.train.config import TrainingSection
 
 
 def _method(model_dir: Path, name: str, **fields) -> torch.nn.Module:

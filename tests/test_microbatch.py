@@ -13,14 +13,14 @@ from tests.helpers import tiny_config
 from tests.tiny import write_color_task
 from tunelab.data.load import load_examples
 from tunelab.data.tokenize import IGNORE, collate, tokenize_all
-from tunelab.models import load_model, load_tokenizer
-from tunelab.objectives import OBJECTIVES
-from tunelab.objectives.base import causal_lm_loss, right_padded
-from tunelab.objectives.multitask import with_task_weighting
+from tunelab.models.load import load_model, load_tokenizer
+from tunelab.objectives.lm import causal_lm_loss, right_padded
+from tunelab.objectives.registry import OBJECTIVES
+from tunelab.recipes.run import run_training
 from tunelab.regularizers.adversarial import with_adversarial
+from tunelab.regularizers.task_weighting import with_task_weighting
 from tunelab.train.loop import read_metrics
 from tunelab.train.microbatch import Pieces, split_rows, token_budget
-from tunelab.train.run import run_training
 
 
 def _batch(lengths: list[int], width: int) -> dict[str, torch.Tensor]:

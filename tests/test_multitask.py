@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunelab.config import TrainingSection, load_config
+from tunelab.config import load_config
+from tunelab.core.errors import ConfigError
+from tunelab.core.types import LossParts
 from tunelab.data.tokenize import Tokenized
-from tunelab.errors import ConfigError
-from tunelab.objectives import OBJECTIVES
-from tunelab.objectives.base import LossParts
-from tunelab.objectives.multitask import combine_task_losses, with_task_weighting
+from tunelab.objectives.registry import OBJECTIVES
+from tunelab.recipes.run import run_training
+from tunelab.regularizers.task_weighting import combine_task_losses, with_task_weighting
+from tunelab.train.config import TrainingSection
 from tunelab.train.loop import read_metrics
-from tunelab.train.run import run_training
 
 
 def parts(loss_sum: float, count: int) -> LossParts:
@@ -43,7 +44,7 @@ def test_uncertainty_weighted_loss_hand_computed() -> None:
 
 
 def test_task_tensor_and_weighting_on_a_model(tiny_model_dir: Path) -> None:
-    from tunelab.models import load_model
+    from tunelab.models.load import load_model
 
     model = load_model(str(tiny_model_dir)).train()
     rng = random.Random(0)

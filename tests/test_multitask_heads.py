@@ -21,17 +21,17 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from tests.test_objectives_classify import BERT_LORA_R4, BERT_SPECIALS, NAMES, NEGATIVE, POSITIVE, write_sentiment
 from tests.tiny import WORDS
-from tunelab.cli import main
+from tunelab.cli.main import main
 from tunelab.config import load_config
-from tunelab.errors import ConfigError, DataError
-from tunelab.heads import HeadConfig
-from tunelab.heads.data import ClassItem, collate_items
-from tunelab.heads.multi import MultiHeadModel, task_heads_loss
+from tunelab.core.errors import ConfigError, DataError
 from tunelab.methods.base import trainable_parameters
-from tunelab.models import load_model
-from tunelab.objectives.classify import evaluate_file, load_classifier
+from tunelab.models.load import load_model
+from tunelab.objectives.classify.config import HeadConfig
+from tunelab.objectives.classify.data import ClassItem, collate_items
+from tunelab.objectives.classify.multi import MultiHeadModel, task_heads_loss
+from tunelab.objectives.classify.objective import evaluate_file, load_classifier
+from tunelab.recipes.run import run_training
 from tunelab.train.loop import read_metrics
-from tunelab.train.run import run_training
 
 TIMING_KEYS = {"tokens_per_s", "peak_mem_mb", "elapsed_s"}
 

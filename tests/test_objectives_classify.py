@@ -18,16 +18,16 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from tests.test_methods import LORA_R4
 from tests.tiny import WORDS
-from tunelab.cli import main
+from tunelab.cli.main import main
 from tunelab.config import load_config
+from tunelab.core.errors import DataError
 from tunelab.data.records import Example
-from tunelab.errors import DataError
-from tunelab.heads.data import encode_sequence, encode_tagged, label_names
-from tunelab.heads.metrics import bio_spans, entity_f1, macro_f1
 from tunelab.methods.base import trainable_parameters
-from tunelab.models import load_tokenizer
-from tunelab.objectives.classify import evaluate_file, load_classifier
-from tunelab.train.run import run_training
+from tunelab.models.load import load_tokenizer
+from tunelab.objectives.classify.data import encode_sequence, encode_tagged, label_names
+from tunelab.objectives.classify.metrics import bio_spans, entity_f1, macro_f1
+from tunelab.objectives.classify.objective import evaluate_file, load_classifier
+from tunelab.recipes.run import run_training
 
 POSITIVE, NEGATIVE = ["good", "great", "fine"], ["bad", "awful", "poor"]
 NAMES, PLACES = ["alice", "bob", "carol"], [("san", "jose"), ("new", "york")]

@@ -11,9 +11,11 @@ from torch import nn
 
 from tests.helpers import tiny_config
 from tunelab.data.tokenize import IGNORE
-from tunelab.objectives import OBJECTIVES, base
-from tunelab.objectives.base import LMContext, SetupArgs, causal_lm_loss
-from tunelab.train.run import run_training
+from tunelab.objectives import base
+from tunelab.objectives.base import SetupArgs
+from tunelab.objectives.lm import LMContext, causal_lm_loss
+from tunelab.objectives.registry import OBJECTIVES
+from tunelab.recipes.run import run_training
 
 # Fixed logits over a 3-token vocabulary at each position; the loss reads positions 0..T-2 against labels 1..T-1.
 LOGITS = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [1.0, 1.0, 1.0]]])

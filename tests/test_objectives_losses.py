@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from tunelab.distill.losses import distill_terms, divergence, kl
+from tunelab.objectives.distill.losses import distill_terms, divergence, kl
 from tunelab.objectives.dpo import dpo_losses
 from tunelab.objectives.kto import kto_losses
 from tunelab.objectives.orpo import log1mexp, orpo_losses

@@ -11,10 +11,10 @@ import yaml
 
 from tests.tiny import write_color_task
 from tunelab.config import load_config
-from tunelab.objectives.base import causal_lm_loss
-from tunelab.runs import load_for_inference
-from tunelab.train.run import run_training
-from tunelab.train.stages import STAGES_CONFIG
+from tunelab.objectives.lm import causal_lm_loss
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import load_for_inference
+from tunelab.recipes.stages import STAGES_CONFIG
 
 
 def write_domain_text(path: Path, n: int = 120, seed: int = 0) -> Path:
@@ -28,7 +28,7 @@ def write_domain_text(path: Path, n: int = 120, seed: int = 0) -> Path:
 
 def test_packed_causal_loss_equals_separate_sequences(tiny_model_dir: Path) -> None:
     from tunelab.data.tokenize import Tokenized, collate
-    from tunelab.models import load_model
+    from tunelab.models.load import load_model
 
     model = load_model(str(tiny_model_dir))
     a, b = [5, 9, 30, 41, 7], [12, 40, 8]

@@ -12,14 +12,14 @@ import torch
 
 from tests.helpers import tiny_config
 from tunelab.config import load_config
-from tunelab.errors import ConfigError, DataError
-from tunelab.models import load_model, load_tokenizer
-from tunelab.objectives.base import sequence_logps
+from tunelab.core.errors import ConfigError, DataError
+from tunelab.models.load import load_model, load_tokenizer
+from tunelab.objectives.lm import sequence_logps
 from tunelab.objectives.pairs import PairItem, collate_pairs
 from tunelab.objectives.reference import Reference
-from tunelab.runs import load_for_inference
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import load_for_inference
 from tunelab.train.loop import read_metrics
-from tunelab.train.run import run_training
 
 WORDS = ["cat", "dog", "mat", "sky", "one", "two", "red", "blue"]
 
@@ -104,7 +104,7 @@ def test_orpo_and_kto_lower_their_loss(tmp_path: Path, tiny_model_dir: Path) -> 
 
 
 def test_reward_model_ranks_held_out_pairs_and_its_head_reloads(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from tunelab.heads import load_head_
+    from tunelab.objectives.classify.heads import load_head_
 
     cfg = preference_config(tmp_path, tiny_model_dir, "objective=reward", "training.learning_rate=1e-2")
     result = run_training(cfg)

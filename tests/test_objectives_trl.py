@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from tunelab.data.tokenize import IGNORE
-from tunelab.objectives.base import sequence_logps
 from tunelab.objectives.dpo import DPOConfig, dpo_loss
 from tunelab.objectives.kto import kto_losses
+from tunelab.objectives.lm import sequence_logps
 from tunelab.objectives.orpo import odds_ratio_terms
 from tunelab.objectives.reference import Reference
 from tunelab.objectives.reward import bradley_terry_losses
@@ -140,7 +140,7 @@ def test_orpo_odds_ratio_matches_trl() -> None:
 def test_generalised_jsd_matches_trl_gkd(beta: float, temperature: float) -> None:
     from trl.experimental.gkd import GKDTrainer
 
-    from tunelab.distill.losses import distill_terms
+    from tunelab.objectives.distill.losses import distill_terms
 
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)

@@ -10,10 +10,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.test_methods import LAYER
-from tunelab.config import TrainingSection, load_config
-from tunelab.errors import ConfigError
-from tunelab.methods import METHOD_CONFIGS, METHODS
-from tunelab.models import load_model
+from tunelab.config import load_config
+from tunelab.core.errors import ConfigError
+from tunelab.methods.registry import METHOD_CONFIGS, METHODS
+from tunelab.models.load import load_model
+from tunelab.train.config import TrainingSection
 from tunelab.train.optim import Lion, build_optimizer, build_scheduler, lr_factor, param_groups
 
 # (scheduler options, total steps, warmup steps, {step: expected factor}); warmup gives (step+1)/(warm+1).

@@ -16,14 +16,16 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from tests.tiny import WORDS
 from tunelab.config import load_config
-from tunelab.embeddings.pooling import encode
-from tunelab.errors import ConfigError, DataError, ModelError
-from tunelab.models import load_model as load_source
-from tunelab.models import load_tokenizer, resolve_source
-from tunelab.objectives import OBJECTIVES
+from tunelab.core.errors import ConfigError, DataError, ModelError
+from tunelab.models.load import load_model as load_source
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.models.pooling import encode
 from tunelab.objectives.base import SetupArgs
-from tunelab.objectives.rag import rag_terms
-from tunelab.rag import Passage, Retriever, load_retriever, read_corpus, read_questions, replug_kl
+from tunelab.objectives.rag.data import Passage, read_corpus, read_questions
+from tunelab.objectives.rag.losses import replug_kl
+from tunelab.objectives.rag.objective import rag_terms
+from tunelab.objectives.rag.retriever import Retriever, load_retriever
+from tunelab.objectives.registry import OBJECTIVES
 from tunelab.train.optim import build_optimizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
@@ -165,7 +167,7 @@ def test_joint_training_moves_the_retriever_and_lowers_its_loss(
 def test_frozen_run_leaves_the_retriever_and_joint_run_saves_one_that_reloads(
     toy_task: Path, tiny_model_dir: Path, tiny_bert_dir: Path
 ) -> None:
-    from tunelab.train.run import run_training
+    from tunelab.recipes.run import run_training
 
     original = load_source(resolve_source(str(tiny_bert_dir))).state_dict()
     frozen = run_training(rag_config(toy_task, tiny_model_dir, tiny_bert_dir))

@@ -12,12 +12,12 @@ import torch
 from tests.helpers import tiny_config
 from tests.test_objectives_train import preference_config
 from tunelab.config import load_config
-from tunelab.errors import ConfigError
-from tunelab.models import load_tokenizer
-from tunelab.objectives.grpo import clipped_policy_loss, k3_kl
-from tunelab.rl.rewards import RewardModelScorer, RewardSpec, Sample, combined
-from tunelab.rl.rollout import PromptItem, collate_prompts, gae, group_advantages, sample
-from tunelab.train.run import run_training
+from tunelab.core.errors import ConfigError
+from tunelab.models.load import load_tokenizer
+from tunelab.objectives.rl.grpo import clipped_policy_loss, k3_kl
+from tunelab.objectives.rl.rewards import RewardModelScorer, RewardSpec, Sample, combined
+from tunelab.objectives.rl.rollout import PromptItem, collate_prompts, gae, group_advantages, sample
+from tunelab.recipes.run import run_training
 
 
 def shortness(completions: list[str], samples: list) -> list[float]:
@@ -146,9 +146,9 @@ def test_grpo_on_a_trained_reward_model(tmp_path: Path, tiny_model_dir: Path) ->
 
 def test_a_cut_off_completion_pays_the_truncated_penalty(tiny_model_dir: Path) -> None:
     """'42' followed by text that was never generated must not earn the reward of a finished '42'."""
-    from tunelab.models import load_model
-    from tunelab.objectives.grpo import GRPOConfig, RLContext, rewards_of
-    from tunelab.rl.rollout import Rollout
+    from tunelab.models.load import load_model
+    from tunelab.objectives.rl.grpo import GRPOConfig, RLContext, rewards_of
+    from tunelab.objectives.rl.rollout import Rollout
 
     specs = [RewardSpec(name="regex", pattern=r"^\d+$")]
     ctx = RLContext(cfg=GRPOConfig(rewards=specs, truncated_penalty=2.0), tokenizer=None, samples=[Sample("q", "")],

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunelab.cli import main
-from tunelab.data.records import Message
+from tunelab.cli.main import main
+from tunelab.core.types import Message
 from tunelab.serve.client import RemoteError, stream_remote_reply
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.server import build_state, free_port, serve_in_thread

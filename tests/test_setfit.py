@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.test_embeddings import ATTRS, _tiny_bert, _word_tokenizer
-from tunelab.errors import DataError
-from tunelab.fewshot.setfit import (
+from tunelab.core.errors import DataError
+from tunelab.objectives.embed.setfit_head import (
     HEAD_FILE,
     SetFitClassifier,
     SetFitHead,
@@ -81,9 +81,9 @@ def _rows(n: int, seed: int) -> list[dict]:
 
 def test_setfit_trains_an_encoder_and_head_through_run_training(tmp_path: Path) -> None:
     from tunelab.config import load_config
-    from tunelab.objectives.setfit import prepare_setfit
-    from tunelab.runs import artifact_dir
-    from tunelab.train.run import run_training
+    from tunelab.objectives.embed.setfit import prepare_setfit
+    from tunelab.recipes.run import run_training
+    from tunelab.recipes.runs import artifact_dir
 
     tokenizer = _word_tokenizer()
     folder = tmp_path / "bert"

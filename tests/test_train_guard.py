@@ -12,11 +12,11 @@ import torch
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 
-from tunelab.config import TrainingSection
+from tunelab.core.errors import RunError
 from tunelab.data.tokenize import IGNORE, Tokenized, collate
-from tunelab.errors import RunError
-from tunelab.models import load_model
-from tunelab.objectives import OBJECTIVES
+from tunelab.models.load import load_model
+from tunelab.objectives.registry import OBJECTIVES
+from tunelab.train.config import TrainingSection
 from tunelab.train.loop import TrainingModule, enable_gradient_checkpointing_, fit, read_metrics
 
 SFT = OBJECTIVES["sft"]

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import tiny_config
-from tunelab.models import load_model
-from tunelab.train.run import run_training
+from tunelab.models.load import load_model
+from tunelab.recipes.run import run_training
 
 
 def test_gradual_unfreezing_in_a_real_run(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.data.records import Example, Message
+from tunelab.core.types import Message
+from tunelab.data.records import Example
 
 PARAPHRASE_PROMPT = (
     "Rewrite the following text in different words, keeping its meaning and language. Reply with the rewritten "
@@ -138,7 +139,7 @@ def smote_embeddings(
     if len(counts) < 2 or smallest == max(counts.values()):
         return embeddings, np.asarray(labels), np.zeros(len(labels), dtype=bool)
     if smallest < 2:
-        from tunelab.errors import DataError
+        from tunelab.core.errors import DataError
 
         raise DataError(
             f"SMOTE (data.augment.smote) interpolates between records of the same class, so it needs at least 2 per "
@@ -151,25 +152,3 @@ def smote_embeddings(
     mask = np.zeros(len(y), dtype=bool)
     mask[len(labels) :] = True
     return x, y, mask
-
-
-def embed_texts(texts: list[str], source: str, batch_size: int = 32) -> np.ndarray:
-    """Mean-pooled, L2-normalised sentence embeddings from an encoder model source (e.g. `minilm-l6`)."""
-    import torch
-
-    from tunelab.models.load import load_model, resolve_source, tokenizer_from_folder
-
-    model_source = resolve_source(source)
-    tokenizer = tokenizer_from_folder(model_source.materialize(), chat=False)
-    model = load_model(model_source)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
-            outputs = model(**enc, output_hidden_states=True)
-            hidden = getattr(outputs, "last_hidden_state", None)
-            hidden = outputs.hidden_states[-1] if hidden is None else hidden
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

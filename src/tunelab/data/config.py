@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunelab.schema import Section
+from tunelab.core.schema import Section
 
 FormatName = Literal[
     "auto",

@@ -19,7 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tunelab.data.records import ROLES, Example, Message
+from tunelab.core.types import ROLES, Message
+from tunelab.data.records import Example
 
 
 class RowError(ValueError):

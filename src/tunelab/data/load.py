@@ -15,11 +15,11 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Literal
 
+from tunelab.core.errors import DataError
 from tunelab.data.formats import FORMATS, RowError, convert, detect_file
 from tunelab.data.parallel import bounded_map, chunked
 from tunelab.data.readers import FileProblem, RawRow, TextUnit, expand_paths, preview, read_rows, sniff
 from tunelab.data.records import Example, Reject
-from tunelab.errors import DataError
 
 DETECT_ROWS = 100
 """Rows read ahead of a file to detect its format (the most common format among them wins)."""

@@ -13,20 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-Role = Literal["system", "user", "assistant"]
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
+from tunelab.core.types import Message
+
 Kind = Literal["chat", "text", "preference", "classification", "pairs", "token_classification"]
 KINDS: tuple[str, ...] = ("chat", "text", "preference", "classification", "pairs", "token_classification")
 # The plain-string fields of an Example, in a fixed order (also the Arrow column order).
 TEXT_FIELDS: tuple[str, ...] = ("text", "text_pair", "chosen", "rejected", "anchor", "positive", "negative")
-
-
-@dataclass(frozen=True)
-class Message:
-    role: Role
-    content: str
-    trainable: bool = True
-    """For assistant turns: whether this turn carries loss (OpenAI's per-message `weight`)."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pyarrow as pa
 from tunelab.data.inspect import length_stats, reason_kind
 from tunelab.data.pack import pack_indices, padding_waste
 from tunelab.data.schedule import epoch_batches
+from tunelab.data.store import data_files
 
 if TYPE_CHECKING:
     from tunelab.data.config import DataSection
@@ -112,11 +113,9 @@ def _scan(folder: Path, counters: tuple[str, ...]) -> _Scan:
     """Counts over one saved split, read as a stream of batches."""
     import pyarrow.compute as pc
 
-    from tunelab.data.prepare import _data_files
-
     out = _Scan(counts={c: Counter() for c in counters})
     lengths = []
-    for name in _data_files(folder):
+    for name in data_files(folder):
         with pa.OSFile(str(folder / name)) as source:
             for batch in pa.ipc.open_stream(source):
                 out.rows += batch.num_rows

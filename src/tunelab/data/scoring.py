@@ -24,7 +24,7 @@ from tunelab.data.tokenize import IGNORE, Tokenized, collate, model_inputs
 
 if TYPE_CHECKING:
     from tunelab.config import TunelabConfig
-    from tunelab.data.prepare import PreparedData
+    from tunelab.data.pipeline import PreparedData
 
 SCORES_FILE = "difficulty_loss.json"
 
@@ -69,7 +69,7 @@ def apply_loss_difficulty(
         return data
     items = data.train
     if not all(isinstance(t, Tokenized) for t in items):
-        from tunelab.errors import ConfigError
+        from tunelab.core.errors import ConfigError
 
         raise ConfigError(
             f"data.schedule.difficulty=loss scores each example by the base model's next-token loss, which objective "

@@ -15,7 +15,9 @@ from typing import Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.data.records import Example, Message, Reject
+from tunelab.core.types import Message
+from tunelab.data.records import Example, Reject
+from tunelab.models.chat import prompt_text, render, with_system
 
 IGNORE = -100
 LossOn = Literal["assistant", "last", "all"]
@@ -43,25 +45,6 @@ class Tokenized:
 
 class TemplateError(ValueError):
     """The chat template renders a conversation differently depending on what follows (not prefix-stable)."""
-
-
-def with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
-    """Add `system_prompt` in front of a conversation that has no system message."""
-    if system_prompt is None or (messages and messages[0].role == "system"):
-        return messages
-    return [Message("system", system_prompt), *messages]
-
-
-def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], add_generation_prompt: bool = False) -> str:
-    """The chat template's text for these messages."""
-    chat = [{"role": m.role, "content": m.content} for m in messages]
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[Message], system_prompt: str | None = None) -> str:
-    """What a model is given to answer `messages`: the chat template with `system_prompt` in front (when the
-    conversation has none) and the generation prompt after."""
-    return render(tokenizer, with_system(messages, system_prompt), add_generation_prompt=True)
 
 
 def loss_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], loss_on: LossOn) -> tuple[str, list]:

@@ -11,10 +11,11 @@ from rich.table import Table
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.data.records import Example, Message
-from tunelab.errors import DataError
-from tunelab.eval.generate import Precision, generate_answers
+from tunelab.core.errors import DataError
+from tunelab.core.types import Message
+from tunelab.data.records import Example
 from tunelab.eval.metrics import aggregate, bleu, exact_match, rouge_l, token_f1
+from tunelab.models.generate import Precision, generate_answers
 
 
 def generation_metrics(

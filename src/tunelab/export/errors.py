@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 
 
 class ExportError(TunelabError):

@@ -14,8 +14,8 @@ from typing import Literal
 
 from tunelab.export.errors import ExportError
 from tunelab.export.gguf import Quant, verify_gguf, write_gguf
-from tunelab.export.merge import Dtype, save_merged
-from tunelab.runs import artifact_dir, is_run, run_config
+from tunelab.export.hf import Dtype, save_merged
+from tunelab.recipes.runs import artifact_dir, is_run, run_config
 
 Format = Literal["hf", "peft", "gguf"]
 FORMATS: tuple[str, ...] = ("hf", "peft", "gguf")

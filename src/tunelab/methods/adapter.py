@@ -17,9 +17,10 @@ from pydantic import Field, field_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.errors import ConfigError
-from tunelab.methods.base import Method, decoder_layers, freeze_all_
-from tunelab.schema import Section
+from tunelab.core.errors import ConfigError
+from tunelab.core.schema import Section
+from tunelab.methods.base import Method, freeze_all_
+from tunelab.models.parts import decoder_layers
 
 CONFIG_FILE = "bottleneck_config.json"
 WEIGHTS_FILE = "bottleneck_adapters.safetensors"

@@ -11,7 +11,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tunelab.schema import Section
+from tunelab.core.schema import Section
+from tunelab.models.parts import decoder_layers
 
 
 @dataclass(frozen=True)
@@ -32,25 +33,6 @@ class Method:
     freezes_base: bool
     artifact: Literal["adapter", "model"] = "model"
     mergeable: bool = True
-
-
-def register(registry: dict[str, Method], method: Method) -> None:
-    """Add a method, refusing a second entry under the same name."""
-    if method.name in registry:
-        raise ValueError(f"method {method.name!r} is registered twice")
-    registry[method.name] = method
-
-
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The transformer blocks: the largest ModuleList of same-type modules, with its dotted name."""
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        uniform = isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1
-        if uniform and (best is None or len(module) > len(best[1])):
-            best = (name, module)
-    if best is None:
-        raise ValueError(f"{type(model).__name__} has no list of transformer layers")
-    return best
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

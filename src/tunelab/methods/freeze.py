@@ -11,11 +11,12 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from tunelab.errors import ConfigError
-from tunelab.methods.base import Method, decoder_layers, freeze_all_, trainable_to_fp32_, unfreeze_matching_
-from tunelab.methods.hooks import UnfreezeSchedule, attach_schedule_
+from tunelab.core.errors import ConfigError
+from tunelab.core.schema import Section
+from tunelab.methods.base import Method, freeze_all_, trainable_to_fp32_, unfreeze_matching_
+from tunelab.methods.schedule import UnfreezeSchedule, attach_schedule_
 from tunelab.methods.weights import load_model_weights_, save_model_folder
-from tunelab.schema import Section
+from tunelab.models.parts import decoder_layers
 
 
 class FreezeConfig(Section):

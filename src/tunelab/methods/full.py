@@ -6,9 +6,9 @@ from typing import Literal
 
 from torch import nn
 
+from tunelab.core.schema import Section
 from tunelab.methods.base import Method, trainable_to_fp32_
 from tunelab.methods.weights import load_model_weights_, save_model_folder
-from tunelab.schema import Section
 
 
 class FullConfig(Section):

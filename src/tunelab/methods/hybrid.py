@@ -22,13 +22,14 @@ from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.errors import ConfigError
+from tunelab.core.errors import ConfigError
+from tunelab.core.schema import Section
 from tunelab.methods import adapter, lora, lora_init
 from tunelab.methods.adapter import AdapterConfig
-from tunelab.methods.base import Method, decoder_layers, freeze_all_, trainable_to_fp32_
+from tunelab.methods.base import Method, freeze_all_, trainable_to_fp32_
 from tunelab.methods.lora import LoraConfig
 from tunelab.methods.peft_io import load_adapter_, task_type, wrap_
-from tunelab.schema import Section
+from tunelab.models.parts import base_model, decoder_layers
 
 FULL_WEIGHTS = "full_weights.safetensors"
 _NOT_COMBINABLE = {
@@ -115,12 +116,8 @@ def apply_(model: nn.Module, cfg: HybridConfig) -> nn.Module:
         p.requires_grad_(True)
     trainable_to_fp32_(model)
     if cfg.adapter is not None:
-        adapter.inject_(_base(model), cfg.adapter)
+        adapter.inject_(base_model(model), cfg.adapter)
     return model
-
-
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _is_part_of_an_adapter(name: str) -> bool:
@@ -138,7 +135,7 @@ def save(model: nn.Module, out: Path) -> None:
         state = {k.replace(".inner.", "."): v.detach().contiguous() for k, v in state.items()}
         save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     if any(isinstance(m, adapter.Adapted) for m in model.modules()):
-        adapter.save(_base(model), out)
+        adapter.save(base_model(model), out)
     full = {
         plain_name(n): p.detach().contiguous()
         for n, p in model.named_parameters()
@@ -155,7 +152,7 @@ def load_(model: nn.Module, folder: Path) -> nn.Module:
     if (folder / "adapter_config.json").is_file():
         model = load_adapter_(model, folder)
     if (folder / adapter.CONFIG_FILE).is_file():
-        adapter.load_(_base(model), folder)
+        adapter.load_(base_model(model), folder)
     freeze_all_(model)
     return model
 

@@ -9,9 +9,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from pydantic import model_validator
 from torch import nn
 
+from tunelab.core.schema import Section
 from tunelab.methods.base import Method
 from tunelab.methods.peft_io import load_adapter_, save_adapter, task_type, wrap_
-from tunelab.schema import Section
 
 
 class Ia3Config(Section):

@@ -14,11 +14,11 @@ from peft import LoraConfig as PeftLoraConfig
 from pydantic import Field, model_validator
 from torch import nn
 
-from tunelab.errors import ConfigError, did_you_mean
+from tunelab.core.errors import ConfigError, did_you_mean
+from tunelab.core.schema import Section
 from tunelab.methods import lora_init
 from tunelab.methods.base import Method
 from tunelab.methods.peft_io import load_adapter_, save_adapter, task_type, wrap_
-from tunelab.schema import Section
 
 
 class LoraConfig(Section):

@@ -7,7 +7,7 @@ from pathlib import Path
 from peft import PeftModel
 from torch import nn
 
-from tunelab.errors import ConfigError
+from tunelab.core.errors import ConfigError
 from tunelab.methods.base import trainable_to_fp32_
 
 

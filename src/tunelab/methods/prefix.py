@@ -11,9 +11,9 @@ from peft import PrefixTuningConfig
 from pydantic import Field
 from torch import nn
 
+from tunelab.core.schema import Section
 from tunelab.methods.base import Method
 from tunelab.methods.peft_io import load_adapter_, require_decoder, save_adapter, wrap_
-from tunelab.schema import Section
 
 
 class PrefixConfig(Section):

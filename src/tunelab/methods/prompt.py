@@ -13,9 +13,9 @@ from peft import PromptEncoderConfig, PromptTuningConfig
 from pydantic import Field, model_validator
 from torch import nn
 
+from tunelab.core.schema import Section
 from tunelab.methods.base import Method
 from tunelab.methods.peft_io import load_adapter_, require_decoder, save_adapter, wrap_
-from tunelab.schema import Section
 
 
 class PromptConfig(Section):

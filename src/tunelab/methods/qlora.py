@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tunelab.errors import ConfigError
+from tunelab.core.errors import ConfigError
 from tunelab.methods import lora
 from tunelab.methods.base import Method
 

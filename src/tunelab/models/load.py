@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from tunelab.errors import ModelError, did_you_mean
+from tunelab.core.errors import ModelError, did_you_mean
+from tunelab.core.paths import tunelab_home
 from tunelab.models.registry import EMBEDDED
 
 # The embedded models are read from disk only; make sure no library tries the hub behind our back.
@@ -30,11 +31,6 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-def tunelab_home() -> Path:
-    """Where converted models and other caches live: `$TUNELAB_HOME`, default `~/.cache/tunelab`."""
-    return Path(os.environ.get("TUNELAB_HOME", Path.home() / ".cache" / "tunelab"))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from tunelab.core.registry import register
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:
@@ -20,9 +22,7 @@ class EmbeddedModel:
 def _register(*models: EmbeddedModel) -> dict[str, EmbeddedModel]:
     registry: dict[str, EmbeddedModel] = {}
     for model in models:
-        if model.name in registry:
-            raise ValueError(f"embedded model {model.name!r} is registered twice")
-        registry[model.name] = model
+        register(registry, model.name, model, "embedded model")
     return registry
 
 

@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs, sequence_logps
+from tunelab.core.schema import Section
+from tunelab.core.types import Batch, LossParts
+from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.lm import sequence_logps
 from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, prepare_pairs
 from tunelab.objectives.reference import Reference, ReferenceKind, setup_reference
-from tunelab.schema import Section
 
 
 class DPOConfig(Section):

@@ -21,14 +21,16 @@ from pydantic import Field
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs, sequence_logps
+from tunelab.core.schema import Section
+from tunelab.core.types import Batch, LossParts
+from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.lm import sequence_logps
 from tunelab.objectives.pairs import PairItem, collate_rows, prepare_pairs
 from tunelab.objectives.reference import Reference, ReferenceKind, setup_reference
-from tunelab.schema import Section
 
 if TYPE_CHECKING:
     from tunelab.config import TunelabConfig
-    from tunelab.data.prepare import PreparedData
+    from tunelab.data.pipeline import PreparedData
 
 
 class KTOConfig(Section):

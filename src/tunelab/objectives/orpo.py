@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from tunelab.objectives.base import Batch, LossParts, Objective, sequence_logps
+from tunelab.core.schema import Section
+from tunelab.core.types import Batch, LossParts
+from tunelab.objectives.base import Objective
+from tunelab.objectives.lm import sequence_logps
 from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, prepare_pairs
-from tunelab.schema import Section
 
 
 class ORPOConfig(Section):

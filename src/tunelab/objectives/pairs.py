@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.data.records import Example, Message, Reject
-from tunelab.data.tokenize import IGNORE, TemplateError, render, with_system
-from tunelab.errors import DataError
-from tunelab.objectives.base import Batch
+from tunelab.core.errors import DataError
+from tunelab.core.types import Batch, Message
+from tunelab.data.records import Example, Reject
+from tunelab.data.tokenize import IGNORE, TemplateError
+from tunelab.models.chat import render, with_system
 
 if TYPE_CHECKING:
     from tunelab.config import TunelabConfig
-    from tunelab.data.prepare import PreparedData
+    from tunelab.data.pipeline import PreparedData
 
 
 @dataclass
@@ -106,7 +107,7 @@ def collate_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
 
 def preference_records(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path, objective: str):
     """(train records, validation records, report) of kind `preference`; other kinds are a DataError."""
-    from tunelab.data.prepare import prepare_dataset
+    from tunelab.data.pipeline import prepare_dataset
 
     prepared = prepare_dataset(cfg.data, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
     kinds = prepared.report["kinds"]
@@ -125,7 +126,7 @@ def preference_records(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, r
 
 def prepare_pairs(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
     """Preference records tokenized as `PairItem`s; pairs that cannot be trained on are counted in the report."""
-    from tunelab.data.prepare import PreparedData
+    from tunelab.data.pipeline import PreparedData
 
     train_records, val_records, report = preference_records(cfg, tokenizer, run_dir, cfg.objective.name)
     d = cfg.data

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.objectives.base import Objective, causal_lm_loss
-from tunelab.schema import Section
+from tunelab.core.schema import Section
+from tunelab.objectives.base import Objective
+from tunelab.objectives.lm import causal_lm_loss
 
 if TYPE_CHECKING:
     from tunelab.config import TunelabConfig
-    from tunelab.data.prepare import PreparedData
+    from tunelab.data.pipeline import PreparedData
 
 
 class PretrainConfig(Section):
@@ -27,7 +28,7 @@ class PretrainConfig(Section):
 
 
 def prepare_text(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
-    from tunelab.data.prepare import prepare_chat_data
+    from tunelab.data.pipeline import prepare_chat_data
 
     data_cfg = cfg.data.model_copy(update={"packing": cfg.objective.pack})
     return prepare_chat_data(data_cfg, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)

@@ -21,8 +21,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tunelab.errors import ConfigError
-from tunelab.objectives.base import Batch, sequence_logps, token_logps
+from tunelab.core.errors import ConfigError
+from tunelab.core.types import Batch
+from tunelab.objectives.lm import sequence_logps, token_logps
 
 ReferenceKind = Literal["auto", "adapter_disabled", "copy"]
 
@@ -65,7 +66,7 @@ def _adapter_is_noop_at_start(model: nn.Module, method: str) -> bool:
 def build_reference(model: nn.Module, method: str, kind: ReferenceKind, source: str | None, device) -> Reference:
     """The reference for a run: another model (`source`), the adapter-disabled model, or a frozen copy."""
     if source is not None:
-        from tunelab.runs import load_for_inference
+        from tunelab.recipes.runs import load_for_inference
 
         ref, _ = load_for_inference(source)
         return Reference(_frozen(ref.to(device)))

@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from tunelab.objectives.base import Batch, LossParts, Objective, SetupArgs
+from tunelab.core.schema import Section
+from tunelab.core.types import Batch, LossParts
+from tunelab.objectives.base import Objective, SetupArgs
 from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, prepare_pairs
-from tunelab.schema import Section
 
 if TYPE_CHECKING:  # heads import objectives.base, so the heads package is imported when used, not at import
-    from tunelab.heads import TaskModel
+    from tunelab.objectives.classify.heads import TaskModel
 
 
 class RewardConfig(Section):
@@ -49,14 +50,15 @@ def reward_loss(model: TaskModel, batch: Batch, cfg: RewardConfig) -> LossParts:
 
 
 def _setup(cfg: RewardConfig, args: SetupArgs) -> tuple[nn.Module, RewardConfig]:
-    from tunelab.heads import HeadConfig, attach_head_
+    from tunelab.objectives.classify.config import HeadConfig
+    from tunelab.objectives.classify.heads import attach_head_
 
     head = HeadConfig(task="sequence", num_labels=1, problem="regression", pooling=cfg.pooling)
     return attach_head_(args.model, head), cfg
 
 
 def _save_head(model: TaskModel, folder: Path) -> None:
-    from tunelab.heads import save_head
+    from tunelab.objectives.classify.heads import save_head
 
     save_head(model, folder)
 

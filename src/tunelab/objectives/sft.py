@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tunelab.objectives.base import Objective, causal_lm_loss
-from tunelab.schema import Section
+from tunelab.core.schema import Section
+from tunelab.objectives.base import Objective
+from tunelab.objectives.lm import causal_lm_loss
 
 
 class SFTConfig(Section):

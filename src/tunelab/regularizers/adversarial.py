@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunelab.objectives.base import Batch, LossParts, Objective
+from tunelab.core.types import Batch, LossParts
+from tunelab.models.parts import input_embeddings
+from tunelab.objectives.base import Objective
 from tunelab.regularizers.config import AdversarialSection
 
 LossFn = Callable[[nn.Module, Batch, Any], LossParts]
@@ -73,15 +75,6 @@ class Perturbation:
         moved = self.delta.detach() + step * grad / (grad.norm(dim=-1, keepdim=True) + 1e-12)
         scale = (radius / (moved.norm(dim=-1, keepdim=True) + 1e-12)).clamp(max=1.0)
         self.delta = (moved * scale).requires_grad_()
-
-
-def input_embeddings(model: nn.Module) -> nn.Module:
-    for candidate in (model, getattr(model, "model", None)):
-        if candidate is not None and hasattr(candidate, "get_input_embeddings"):
-            found = candidate.get_input_embeddings()
-            if found is not None:
-                return found
-    raise ValueError(f"{type(model).__name__} has no input embeddings to perturb")
 
 
 def output_layer(model: nn.Module) -> nn.Module:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tunelab.schema import Section
+from tunelab.core.schema import Section
 
 
 class AdversarialSection(Section):

@@ -10,8 +10,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-from tunelab.data.records import Message
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
+from tunelab.core.types import Message
 
 
 class RemoteError(TunelabError):

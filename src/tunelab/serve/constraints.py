@@ -15,7 +15,7 @@ from outlines_core import Guide, Index, Vocabulary
 from outlines_core.json_schema import build_regex_from_schema
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 
 # Any JSON object: the schema outlines-core turns into a (depth-limited) regex for `response_format: json_object`.
 ANY_OBJECT_SCHEMA = '{"type": "object"}'

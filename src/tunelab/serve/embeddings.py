@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.models.pooling import mean_pool
+
 
 class Embedder:
     """Turns texts (or token-id lists) into unit-length vectors."""
@@ -35,8 +37,7 @@ class Embedder:
                 batch = self._encode(chunk)
                 tokens += int(batch["attention_mask"].sum())
                 hidden = self.model(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = mean_pool(hidden, batch["attention_mask"])
                 vectors.extend(F.normalize(pooled, dim=-1).tolist())
         return vectors, tokens
 

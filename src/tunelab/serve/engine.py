@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.eval.generate import stop_token_ids
+from tunelab.models.generate import stop_token_ids
 from tunelab.serve.batch import Batch, prefill
 from tunelab.serve.metrics import ServerMetrics
 from tunelab.serve.sampling import Constraint, Sampler, SamplingParams

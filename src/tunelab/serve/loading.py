@@ -10,10 +10,9 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from tunelab.errors import ModelError
-from tunelab.models import load_tokenizer
-from tunelab.models.load import resolve_source
-from tunelab.runs import artifact_dir, is_run, load_for_inference, run_config
+from tunelab.core.errors import ModelError
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.recipes.runs import artifact_dir, is_run, load_for_inference, run_config
 
 
 @dataclass

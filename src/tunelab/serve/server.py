@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 from tunelab.serve.adapters import Adapters
 from tunelab.serve.app import ServerState, create_app
 from tunelab.serve.config import ServeConfig
@@ -54,7 +54,7 @@ def build_state(
         return state
     model = served.model.to(device)
     if int8:
-        from tunelab.export.int8 import quantize_int8_
+        from tunelab.models.int8 import quantize_int8_
 
         model = quantize_int8_(model)
     engine = Engine(

@@ -19,10 +19,11 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError, RunError
-from tunelab.objectives import Objective
-from tunelab.train.loop import TrainingModule, autocast
+from tunelab.core.device import autocast
+from tunelab.core.errors import ConfigError, RunError
+from tunelab.objectives.base import Objective
+from tunelab.train.config import TrainingSection
+from tunelab.train.loop import TrainingModule
 
 RAM_SHARE = 0.5
 """Share of the available RAM that the CPU estimate may plan to fill (the estimate is rough; leave room)."""

@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from tunelab.errors import ConfigError
+from tunelab.core.errors import ConfigError
 from tunelab.train.zero import ENGINE_DIR, gathered, is_engine, load_engine_state_, save_engine_state
 
 PREFIX = "step-"

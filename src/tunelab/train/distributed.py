@@ -19,11 +19,11 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
 
-from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError
-from tunelab.methods.base import decoder_layers
-from tunelab.methods.hooks import schedule_of
+from tunelab.core.errors import ConfigError
+from tunelab.methods.schedule import schedule_of
+from tunelab.models.parts import decoder_layers
 from tunelab.train import zero
+from tunelab.train.config import TrainingSection
 
 Sharding = Literal["none", "fsdp-cpu", "fsdp-accelerate", "deepspeed"]
 _STRATEGIES = ["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2"]  # accelerate's order

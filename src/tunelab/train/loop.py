@@ -22,22 +22,23 @@ from peft.helpers import disable_input_dtype_casting
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunelab.config import TrainingSection
+from tunelab.core.device import autocast
+from tunelab.core.errors import ConfigError, RunError
 from tunelab.data.schedule import Schedule, epoch_batches
-from tunelab.errors import ConfigError, RunError
-from tunelab.methods.hooks import on_step_
-from tunelab.methods.regularize import prepare_training_
-from tunelab.objectives import Objective
-from tunelab.objectives.multitask import (
+from tunelab.methods.schedule import on_step_
+from tunelab.objectives.base import Objective
+from tunelab.regularizers.adversarial import with_adversarial
+from tunelab.regularizers.l1l2 import prepare_training_
+from tunelab.regularizers.task_weighting import (
     log_var_metrics,
     log_var_state,
     restore_log_vars_,
     task_names,
     with_task_weighting,
 )
-from tunelab.regularizers.adversarial import with_adversarial
 from tunelab.train import zero
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, load_weights_, save_checkpoint, save_weights
+from tunelab.train.config import TrainingSection
 from tunelab.train.distributed import (
     check_backend,
     fsdp_settings,
@@ -81,11 +82,6 @@ class FitResult:
     model: nn.Module | None = None
     """The trained model, unsharded: the one given to `fit`, or after sharded training a copy of it holding the
     gathered weights (sharding changed the given one in place)."""
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast for matmuls; trainable weights and optimizer state stay fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunelab.objectives.base import Batch
+from tunelab.core.types import Batch
 
 CPU_TOKENS = 512
 """`training.micro_batch_tokens: auto` on a CPU. LoRA SFT of SmolLM2-135M on 16-row batches of ~90-token chat rows

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError
+from tunelab.core.errors import ConfigError
 from tunelab.methods.base import layer_index_by_parameter
-from tunelab.methods.hooks import optimizer_parameters
+from tunelab.methods.schedule import optimizer_parameters
+from tunelab.train.config import TrainingSection
 
 
 def build_optimizer(model: nn.Module, cfg: TrainingSection) -> torch.optim.Optimizer:

@@ -33,8 +33,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
 
-from tunelab.config import TrainingSection
-from tunelab.errors import ConfigError, RunError
+from tunelab.core.errors import ConfigError, RunError
+from tunelab.train.config import TrainingSection
 
 ENGINE_DIR = "deepspeed"
 """The engine's own folder inside a checkpoint."""

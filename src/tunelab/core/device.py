@@ -1,0 +1,53 @@
+"""Devices and precision: which device a run uses, whether it computes in bf16, and the autocast regions."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 when asked, or under `auto` when the device has fast bf16 matmuls (recent GPUs, AVX512-BF16/AMX CPUs)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return (
+        device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast for matmuls; trainable weights and optimizer state stay fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Leave any enclosing autocast region: sums that must stay exact (penalties, retrieval indexes) run in fp32."""
+    if device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """The device of a module's first parameter."""
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no dropout) for the duration, then the caller's mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,255 @@
+"""A whole run, top to bottom: setup → baseline evaluation → fit → save → final evaluation → report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.config import TunelabConfig, dump_config
+from tunelab.core.device import use_bf16
+from tunelab.core.errors import DataError
+from tunelab.data.pipeline import PreparedData
+from tunelab.data.scoring import apply_loss_difficulty
+from tunelab.eval.config import EvalSection
+from tunelab.eval.evaluate import generation_metrics, metrics_table, write_predictions
+from tunelab.methods.base import trainable_parameters
+from tunelab.methods.registry import METHODS
+from tunelab.models.kernels.attention import use_short_attention_
+from tunelab.models.kernels.fused import fuse_modules_
+from tunelab.models.load import load_model, load_tokenizer, resolve_source
+from tunelab.objectives.base import SetupArgs
+from tunelab.objectives.registry import OBJECTIVES
+from tunelab.recipes.runs import CONFIG_FILE, artifact_dir, run_folder, run_path
+from tunelab.train.batch_size import resolve_batch_size
+from tunelab.train.loop import TrainingModule, fit, validation_metrics
+from tunelab.train.microbatch import token_budget
+from tunelab.train.zero import require_deepspeed
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    baseline: dict[str, float] | None
+    final: dict[str, float]
+    model: nn.Module
+    """The trained model in memory (adapter still attached), in eval mode."""
+
+
+@dataclass
+class TrainingSetup:
+    """What a run trains and how, built once by `setup_training` (shared by `run_training` and `lr_find`)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    objective: Any
+    data: PreparedData
+    model: nn.Module
+    """On the device, the method applied (and the objective's wrapper, if it has one)."""
+    ctx: Any
+    """What the objective's setup built (a reference model, a teacher), or None."""
+    method: Any
+    device: torch.device
+    bf16: bool
+
+
+def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, console: Console) -> TrainingSetup:
+    """Data, model, method and objective as the config says; what is written goes to `run_dir`."""
+    main = accelerator.is_main_process
+    source = resolve_source(cfg.model.source)
+    tokenizer = load_tokenizer(source)
+    objective = OBJECTIVES[cfg.objective.name]
+    data = objective.prepare(cfg, tokenizer, run_dir)
+    _print_data(console, data, main)
+    if not data.train:
+        raise DataError(
+            f"No training examples are left for objective {cfg.objective.name!r}: every row of {cfg.data.train} was "
+            f"rejected, removed or filtered (see {run_dir / 'data_report.md'} and the rejects file there). Fix the "
+            "rows or the data settings that removed them."
+        )
+    device = accelerator.device
+    bf16 = use_bf16(cfg.training.precision, device)
+    method = METHODS[cfg.method.name]
+    storage_bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and bf16 and method.freezes_base)
+    model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
+    # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
+    data = apply_loss_difficulty(model, data, cfg, run_dir, tokenizer.pad_token_id, bf16)
+    if cfg.training.fused_modules:
+        fuse_modules_(model)  # before the method wraps the linear layers; parameter names do not change
+        use_short_attention_(model)  # matrix-product attention for rows of up to 128 tokens
+    model = method.apply_(model, cfg.method)
+    ctx = None
+    if objective.setup is not None:  # a reference model, a teacher, or a head around the model
+        args = SetupArgs(model, tokenizer, device, bf16, run_dir, data, cfg.method.name, cfg.training.label_smoothing)
+        model, ctx = objective.setup(cfg.objective, args)
+    trainable, total = trainable_parameters(model)
+    if main:
+        console.print(
+            f"[bold]{cfg.method.name}[/]: {trainable:,} trainable of {total:,} parameters "
+            f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}"
+        )
+    return TrainingSetup(tokenizer, objective, data, model, ctx, method, device, bf16)
+
+
+def run_training(
+    cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console: Console | None = None
+) -> RunResult:
+    """Train as configured and return where the run is and its before/after metrics."""
+    if cfg.continual is not None:  # tasks in sequence, with replay / EWC / an adapter per task
+        from tunelab.recipes.continual.run import run_continual
+
+        return run_continual(cfg, config_path=config_path, resume=resume, console=console)
+    if cfg.stages:
+        from tunelab.recipes.stages import run_stages
+
+        return run_stages(cfg, config_path=config_path, resume=resume, console=console)
+    console = console or Console()
+    require_deepspeed()  # before the Accelerator, which needs it on GPUs
+    # accelerate forms a CPU process group (gloo) under torchrun only when told the run is on the CPU.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    run_dir = run_folder(cfg, config_path, resume) if main else run_path(cfg, config_path)
+    accelerator.wait_for_everyone()
+    if main:
+        (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+    set_seed(cfg.training.seed)
+
+    setup = setup_training(cfg, run_dir, accelerator, console)
+    tokenizer, objective, data, model, ctx = setup.tokenizer, setup.objective, setup.data, setup.model, setup.ctx
+    method, device, bf16 = setup.method, setup.device, setup.bf16
+    # Before training the model is the base model (LoRA's B starts at zero), so this is the baseline.
+    baseline_file = run_dir / "eval_baseline.json"
+    baseline = None
+    if cfg.eval.baseline:
+        if resume and baseline_file.is_file():
+            baseline = json.loads(baseline_file.read_text())
+        else:
+            base_file = run_dir / "predictions_base.jsonl"
+            baseline = evaluate(model, objective, tokenizer, data, cfg, device, bf16, base_file, generate=main, ctx=ctx)
+            if main:
+                baseline_file.write_text(json.dumps(baseline, indent=2))
+
+    if cfg.training.auto_batch_size:  # the chosen sizes go into the run's config, so a resume reuses them
+        training = resolve_batch_size(
+            cfg.training, model, objective, data.train, pad_id=tokenizer.pad_token_id, accelerator=accelerator,
+            bf16=bf16, ctx=ctx,
+        )  # fmt: skip
+        cfg = cfg.model_copy(update={"training": training})
+        if main:
+            (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+            console.print(f"auto batch size: {training.batch_size} per micro-batch x {training.grad_accum} accumulated")
+    result = fit(
+        model, objective, data.train, data.val, cfg.training, run_dir,
+        pad_id=tokenizer.pad_token_id, accelerator=accelerator, bf16=bf16, resume=resume, ctx=ctx,
+        schedule=getattr(data, "schedule", None),  # curriculum / weighted sampling from data.schedule
+    )  # fmt: skip
+
+    # Save first, evaluate second: a crash in evaluation must not lose the trained weights. After sharded training
+    # (FSDP) the result is an unsharded copy with the gathered weights, the same on every process.
+    model = accelerator.unwrap_model(result.model)
+    if main:
+        saved = artifact_dir(run_dir, cfg.method.name)
+        method.save(objective.body(model), saved)
+        if objective.save_extra is not None:
+            objective.save_extra(model, saved)
+        tokenizer.save_pretrained(saved)
+    tuned_file = run_dir / "predictions.jsonl"
+    final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main, ctx=ctx)
+    final["steps"] = result.steps
+    if main:
+        (run_dir / "eval.json").write_text(json.dumps(final, indent=2))
+        _report(console, run_dir, baseline, final, cfg.eval.samples)
+    accelerator.wait_for_everyone()
+    return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model.eval())
+
+
+def evaluate(
+    model: nn.Module,
+    objective: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    cfg: TunelabConfig,
+    device: torch.device,
+    bf16: bool,
+    predictions_file: Path,
+    *,
+    generate: bool = True,
+    ctx: Any = None,
+) -> dict[str, float]:
+    """Validation loss/perplexity/token accuracy, plus generation metrics when `eval.generate` is on (only on
+    the main process under data parallelism: every rank would produce the same answers)."""
+    if not data.val:
+        return {}
+    module = TrainingModule(model, objective, ctx)
+    budget = token_budget(cfg.training.micro_batch_tokens, device)  # pieces as in training: the same sums
+    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16, budget)
+    if objective.scores is not None:
+        metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16))
+    if generate and cfg.eval.generate and data.val_examples:
+        body = objective.body(model)
+        gen, predictions = _generate(body, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
+        metrics.update(gen)
+        write_predictions(predictions, predictions_file)
+    return metrics
+
+
+def _generate(model, tokenizer, examples, cfg: EvalSection, system_prompt, bf16) -> tuple[dict, list]:
+    return generation_metrics(
+        model, tokenizer, examples,
+        max_examples=cfg.max_examples, max_new_tokens=generation_budget(cfg, tokenizer, examples),
+        batch_size=cfg.batch_size, system_prompt=system_prompt, precision="bf16" if bf16 else "fp32",
+    )  # fmt: skip
+
+
+def generation_budget(cfg: EvalSection, tokenizer: PreTrainedTokenizerBase, examples: list) -> int:
+    """`eval.max_new_tokens`, or twice the longest reference answer plus 16 tokens (at most 512)."""
+    if cfg.max_new_tokens is not None:
+        return cfg.max_new_tokens
+    chosen = examples[: cfg.max_examples] if cfg.max_examples else examples
+    longest = max(len(tokenizer(e.prompt_and_answer()[1], add_special_tokens=False)["input_ids"]) for e in chosen)
+    return min(512, 2 * longest + 16)
+
+
+def _print_data(console: Console, data: PreparedData, main: bool) -> None:
+    if not main:
+        return
+    r = data.report
+    console.print(
+        f"data: {r['rows']:,} rows → {r['train_examples']:,} train / {r['val_examples']:,} validation, "
+        f"{r['rejected']:,} rejected" + (f" (see {r['rejects_file']})" if r["rejected"] else "")
+    )
+
+
+def _report(console: Console, run_dir: Path, baseline: dict | None, final: dict, samples: int) -> None:
+    columns = {"base": baseline, "tuned": final} if baseline else {"tuned": final}
+    shown = {name: {k: v for k, v in m.items() if k != "steps"} for name, m in columns.items()}
+    console.print(metrics_table(shown, title="Validation before and after training" if baseline else "Validation"))
+    _print_samples(console, run_dir, samples)
+    console.print(f"run folder: {run_dir}")
+
+
+def _print_samples(console: Console, run_dir: Path, n: int) -> None:
+    base_file, tuned_file = run_dir / "predictions_base.jsonl", run_dir / "predictions.jsonl"
+    if not tuned_file.is_file():
+        return
+    tuned = [json.loads(x) for x in tuned_file.read_text().splitlines()[:n]]
+    base = [json.loads(x) for x in base_file.read_text().splitlines()[:n]] if base_file.is_file() else []
+    for i, row in enumerate(tuned):
+        console.print(f"[bold]prompt[/]: {row['prompt'][:200]}")
+        console.print(f"  reference: {row['reference'][:200]}")
+        if i < len(base):
+            console.print(f"  base:      {base[i]['prediction'][:200]}")
+        console.print(f"  tuned:     {row['prediction'][:200]}")
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
