@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.export.formats import export
 from tunelab.export.gguf import verify_gguf
-from tunelab.recipes.runs import load_for_inference
+from tunelab.methods.trained import load_trained
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    source, tokenizer = load_for_inference(args.model, dtype=torch.float32)
+    source, tokenizer = load_trained(args.model, dtype=torch.float32)
     chat = [{"role": "user", "content": "What is the capital of France? Answer in one word, then count to 12345."}]
     text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]

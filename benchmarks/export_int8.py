@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from tunelab.methods.trained import load_trained
 from tunelab.models.int8 import quantize_int8_
-from tunelab.recipes.runs import load_for_inference
 
 TEXT = (
     "The history of the bicycle begins in the early nineteenth century, when inventors in Europe built wooden "
@@ -77,7 +77,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    fp32, tokenizer = load_for_inference(args.model, dtype=torch.float32)
+    fp32, tokenizer = load_trained(args.model, dtype=torch.float32)
     ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
     variants = {
         "fp32": fp32,

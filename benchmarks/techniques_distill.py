@@ -53,7 +53,8 @@ def held_out_loss(model, tokenizer, chat_rows: list[dict]) -> float:
     from tunelab.data.records import Example
     from tunelab.data.tokenize import tokenize_example
     from tunelab.objectives.registry import OBJECTIVES
-    from tunelab.train.loop import TrainingModule, validation_metrics
+    from tunelab.train.module import TrainingModule
+    from tunelab.train.validation import validation_metrics
 
     examples = [Example([Message(m["role"], m["content"]) for m in r["messages"]]) for r in chat_rows]
     items = [tokenize_example(e, tokenizer, 256) for e in examples]

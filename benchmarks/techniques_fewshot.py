@@ -228,8 +228,8 @@ def peek(results: dict, n: int, model, tokenizer, pool: list[dict], test: list[d
 
 
 def fine_tuning(args, results: dict, tokenizer, pool: list[dict], test: list[dict]) -> None:
+    from tunelab.methods.trained import artifact_dir
     from tunelab.objectives.embed.setfit_head import SetFitClassifier
-    from tunelab.recipes.runs import artifact_dir
 
     with tempfile.TemporaryDirectory(prefix="tunelab-fewshot-") as tmp:
         work = Path(tmp)

@@ -86,7 +86,7 @@ METRICS = ("acc/topic", "macro_f1/topic", "acc/sentiment", "macro_f1/sentiment")
 
 def run_model(name: str, tasks: list[str], extra: list[str], files: dict, work: Path, args, seed: int) -> dict:
     from tunelab.methods.base import trainable_parameters
-    from tunelab.train.loop import read_metrics
+    from tunelab.train.metrics import read_metrics
 
     folder = name.replace(":", "").replace(",", "").replace(" ", "-")
     result, seconds = train(folder, work, [f"training.seed={seed}",

@@ -108,7 +108,8 @@ def shared_val_loss(model, val: Path) -> float:
     import torch
 
     from tunelab.objectives.registry import OBJECTIVES
-    from tunelab.train.loop import TrainingModule, validation_metrics
+    from tunelab.train.module import TrainingModule
+    from tunelab.train.validation import validation_metrics
 
     data, tokenizer = tokenized_validation(val)
     module = TrainingModule(model, OBJECTIVES["sft"])
@@ -154,9 +155,10 @@ def tunelab_order(train: Path, val: Path, batch_size: int, out_dir: Path) -> lis
     from tunelab.data.schedule import epoch_batches
     from tunelab.models.load import load_tokenizer
     from tunelab.objectives.registry import OBJECTIVES
+    from tunelab.recipes.run import prepare_args
 
     cfg = tunelab_config(train, val, batch_size, out_dir)
-    items = OBJECTIVES["sft"].prepare(cfg, load_tokenizer("smollm2-135m"), out_dir / "order").train
+    items = OBJECTIVES["sft"].prepare(prepare_args(cfg, load_tokenizer("smollm2-135m"), out_dir / "order")).train
     batches = epoch_batches([len(t.input_ids) for t in items], batch_size, cfg.training.seed, 0)
     return [int(items[i].origin.rsplit(":", 1)[1]) - 1 for batch in batches for i in batch]
 

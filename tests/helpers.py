@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.tiny import write_color_task
 from tunelab.config import TunelabConfig, load_config
+from tunelab.methods.base import StepHook
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository: examples/ and benchmarks/ are read from here."""
 
 
 def tiny_config(tmp_path: Path, model_dir: Path, *overrides: str, name: str = "run") -> TunelabConfig:
@@ -29,3 +34,13 @@ def tiny_config(tmp_path: Path, model_dir: Path, *overrides: str, name: str = "r
             *overrides,
         ],
     )
+
+
+class AfterStep(StepHook):
+    """A step hook that calls `fn(step)` after every optimizer step (tests watch or stop training with it)."""
+
+    def __init__(self, fn: Callable[[int], None]) -> None:
+        self.fn = fn
+
+    def on_step_end(self, step: int) -> None:
+        self.fn(step)

@@ -1,97 +1,32 @@
-"""The `tunelab data` command group: `inspect` (look at files) and `prepare` (run the data pipeline of a config).
-
-Thin, like the rest of the CLI: argument parsing and printing here, the work in library functions. Heavy
-imports happen inside the commands so that `tunelab --help` stays fast.
-"""
+"""`tunelab data inspect` (look at files: formats, rejects, duplicates, lengths, labels) and `tunelab data prepare`
+(run a config's data pipeline): argument handling and printing here, the work in `tunelab.data`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
-from tunelab.core.errors import DataError
+from tunelab.config import load_config
+from tunelab.core.errors import DataError, TunelabError
+from tunelab.data.formats import FORMATS
+from tunelab.data.ingest import NearParams
+from tunelab.data.inspect import inspect_files
+from tunelab.data.load import LoadOptions
+from tunelab.data.pipeline import prepare_dataset
+from tunelab.models.load import load_tokenizer
 
 console = Console()
 
 
-def add_data_commands(sub: Any) -> None:
-    """Register `tunelab data inspect` and `tunelab data prepare` on the top-level sub-parsers."""
-    data = sub.add_parser(
-        "data",
-        help="Inspect data files, or prepare a config's dataset.",
-        description="Inspect data files, or prepare a config's dataset.",
-    )
-    group = data.add_subparsers(dest="data_command", required=True)
-
-    p = group.add_parser(
-        "inspect",
-        help="Formats, counts, rejects, duplicates, lengths and labels of data files.",
-        description="Read every row of the files (nothing is changed): detected format, rows kept and rejected "
-        "with file:line and reason, exact and near duplicates, token length histogram, label balance, examples. "
-        "Formats: chat (messages), sharegpt (conversations), alpaca (instruction/input/output), "
-        "prompt_completion, text (or .txt files), preference (prompt/chosen/rejected), openai_preference "
-        "(input/preferred_output/non_preferred_output), classification (text/label), pairs (anchor/positive), "
-        "token_classification (tokens/tags).",
-    )
-    p.add_argument("files", nargs="+", help="data files, folders or glob patterns")
-    p.add_argument("--format", default="auto", help="row format of every file (default: detected per file)")
-    p.add_argument(
-        "--model",
-        default="smollm2-135m",
-        help="whose tokenizer measures lengths (embedded name or folder); 'none' counts words",
-    )
-    p.add_argument(
-        "--text-unit",
-        choices=["line", "paragraph", "document"],
-        default="line",
-        help="how .txt files are cut into records",
-    )
-    p.add_argument("--max-row-chars", type=int, default=1_000_000, help="rows longer than this are rejected")
-    p.add_argument("--near-threshold", type=float, default=0.8, help="Jaccard similarity of near duplicates")
-    p.add_argument("--no-near", action="store_true", help="count exact duplicates only (faster)")
-    p.add_argument("--rejects", help="write every rejected row to this JSON Lines file")
-    p.add_argument("--show", type=int, default=1000, help="rejects to list (default 1000)")
-    p.add_argument("--num-proc", type=int, default=1, help="processes for reading and hashing")
-    p.add_argument(
-        "--sample",
-        type=int,
-        default=5000,
-        help="rows whose token length is measured, at random (default 5000; counts and duplicates use every row)",
-    )
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=1024,
-        help="list rows longer than this many tokens, as training would cut or reject them (data.max_length)",
-    )
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_inspect)
-
-    p = group.add_parser(
-        "prepare",
-        help="Run a config's data pipeline; write the dataset, report.json, report.md and plots.",
-        description="Run the data pipeline of a config (the `data` section, the model's tokenizer, the training "
-        "seed): validate, clean, deduplicate, split, check contamination, tokenize. The prepared dataset is "
-        "cached by fingerprint, so `tunelab train` with the same config reuses it.",
-    )
-    p.add_argument("config", help="YAML config")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. data.clean.dedup=near")
-    p.add_argument("--out", help="folder for the dataset and reports (default prepared/<config name>)")
-    p.add_argument("--num-proc", type=int, help="processes (overrides data.num_proc)")
-    p.set_defaults(func=cmd_prepare)
-
-
-def cmd_inspect(args: argparse.Namespace) -> None:
-    from tunelab.data.formats import FORMATS
-    from tunelab.data.ingest import NearParams
-    from tunelab.data.inspect import inspect_files
-    from tunelab.data.load import LoadOptions
-
+def inspect(args: argparse.Namespace) -> None:
     if args.format != "auto" and args.format not in FORMATS:
         raise DataError(f"--format {args.format!r} is not a format. Formats: auto, {', '.join(FORMATS)}.")
     if not 0 < args.near_threshold <= 1:
@@ -123,11 +58,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         )
 
 
-def cmd_prepare(args: argparse.Namespace) -> None:
-    from tunelab.config import load_config
-    from tunelab.data.pipeline import prepare_dataset
-    from tunelab.models.load import load_tokenizer
-
+def prepare(args: argparse.Namespace) -> None:
     overrides = list(args.set or [])
     if args.num_proc:
         overrides.append(f"data.num_proc={args.num_proc}")
@@ -143,9 +74,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def link_dataset(source: Path, target: Path) -> None:
     """Put the cached dataset folders under `target` as hard links (no copy; a copy where links fail)."""
-    import os
-    import shutil
-
     if target.exists():
         shutil.rmtree(target)
     for path in source.rglob("*"):
@@ -192,9 +120,6 @@ def print_prepare(r: dict[str, Any], out: Path) -> None:
 def _tokenizer(model: str) -> tuple[Any, str | None]:
     if model.lower() == "none":
         return None, "lengths in words (--model none)"
-    from tunelab.core.errors import TunelabError
-    from tunelab.models.load import load_tokenizer
-
     try:
         return load_tokenizer(model), None
     except (TunelabError, OSError, ValueError) as exc:
@@ -203,8 +128,6 @@ def _tokenizer(model: str) -> tuple[Any, str | None]:
 
 def print_inspect(report: dict[str, Any]) -> None:
     """The inspect report as text."""
-    from rich.table import Table
-
     files = Table(title="Files")
     for column in ("file", "type", "format", "rows", "kept", "rejected", "truncated"):
         numeric = column in ("rows", "kept", "rejected", "truncated")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tunelab.core.errors import DataError
 from tunelab.core.types import Message
 from tunelab.data.records import Example
 
@@ -139,8 +140,6 @@ def smote_embeddings(
     if len(counts) < 2 or smallest == max(counts.values()):
         return embeddings, np.asarray(labels), np.zeros(len(labels), dtype=bool)
     if smallest < 2:
-        from tunelab.core.errors import DataError
-
         raise DataError(
             f"SMOTE (data.augment.smote) interpolates between records of the same class, so it needs at least 2 per "
             f"class; label '{min(counts, key=counts.get)}' has 1. Add rows of that class, or set "

@@ -20,6 +20,7 @@ from tunelab.data.config import CleanSection
 from tunelab.data.ingest import Ingested, NearParams, find_duplicates, ingest
 from tunelab.data.load import LoadOptions
 from tunelab.data.records import Example, JsonlWriter
+from tunelab.data.tokenize import token_length
 
 LENGTH_EDGES = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 # Inspect shows files as they are: no normalisation, no filters.
@@ -94,8 +95,6 @@ def _contents(
     picked = np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False)) if n else []
     rows = [Example.from_row(table.slice(int(i), 1).to_pylist()[0]) for i in picked]
     if tokenizer is not None:
-        from tunelab.data.tokenize import token_length
-
         lengths, unit = [token_length(e, tokenizer) for e in rows], "tokens"
     else:
         lengths, unit = [len(e.content().split()) for e in rows], "words"

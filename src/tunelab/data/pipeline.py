@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.core.errors import DataError
+from tunelab.data import augment
 from tunelab.data.cache import cache_root, fingerprint, publish
 from tunelab.data.config import DataSection
 from tunelab.data.ingest import (
@@ -45,6 +48,8 @@ from tunelab.data.schedule import Schedule, make_schedule
 from tunelab.data.split import split_indices
 from tunelab.data.store import SPLITS, TOKENIZED, PreparedDataset, save_as_dataset, selected_rows, tokenized_items
 from tunelab.data.tokenize import Tokenized, tokenize_record
+from tunelab.models.generate import generate_answers
+from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.pooling import encoder_vectors
 
 
@@ -52,7 +57,7 @@ from tunelab.models.pooling import encoder_vectors
 class PreparedData:
     train: list[Tokenized]
     val: list[Tokenized]
-    val_examples: list[Example]
+    val_examples: Sequence[Example]
     """Validation conversations (for generation metrics), aligned with the ones in `val` that survived."""
     report: dict[str, Any] = field(default_factory=dict)
     schedule: Schedule = field(default_factory=Schedule)
@@ -105,7 +110,6 @@ def prepare_chat_data(
     cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, out_dir: Path, *, batch_size: int = 8
 ) -> PreparedData:
     """The data for language-model training (chat and text records), in memory; reports go to `out_dir`."""
-    from tunelab.core.errors import DataError
 
     # In a run folder the reports are data_report.*, next to the run's own files.
     prepared = prepare_dataset(cfg, tokenizer, seed, out_dir, batch_size=batch_size, report_name="data_report")
@@ -219,7 +223,6 @@ def _augment(
     cfg: DataSection, ing: Ingested, idx: np.ndarray, seed: int, out: Path, counts: dict[str, Any]
 ) -> list[Example]:
     """Synthetic training records as `data.augment` asks (SMOTE's vectors go to train_smote.npz instead)."""
-    from tunelab.data import augment
 
     a = cfg.augment
     if not (a.eda or a.oversample or a.paraphrase or a.smote) or not len(idx):
@@ -253,8 +256,6 @@ def _augment(
 
 def _paraphraser(source: str, max_new_tokens: int):
     """Prompts in, answers out, with a tunelab model source."""
-    from tunelab.models.generate import generate_answers
-    from tunelab.models.load import load_model, load_tokenizer
 
     model, tokenizer = load_model(source), load_tokenizer(source)
     return lambda prompts: generate_answers(

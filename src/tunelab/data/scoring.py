@@ -8,23 +8,22 @@ dataset's fingerprint and the model source, so a resumed run gets exactly the sa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.core.device import autocast
+from tunelab.core.errors import ConfigError
+from tunelab.data.config import ScheduleSection
+from tunelab.data.pipeline import PreparedData
 from tunelab.data.tokenize import IGNORE, Tokenized, collate, model_inputs
-
-if TYPE_CHECKING:
-    from tunelab.config import TunelabConfig
-    from tunelab.data.pipeline import PreparedData
 
 SCORES_FILE = "difficulty_loss.json"
 
@@ -39,9 +38,8 @@ def score_losses(
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     was_training = model.training
     model.eval()
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     try:
-        with torch.no_grad(), amp:
+        with torch.no_grad(), autocast(device, bf16):
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in collate([items[i] for i in chunk], pad_id).items()}
@@ -57,38 +55,47 @@ def score_losses(
     return scores
 
 
+@dataclass(frozen=True)
+class DifficultyScoring:
+    """What the loss curriculum needs to know of the run: its schedule, the scoring model's source and storage
+    dtype (they name the score cache), the objective (whose items must be token sequences) and the batch size."""
+
+    schedule: ScheduleSection
+    model_source: str
+    model_dtype: str
+    objective: str
+    batch_size: int = 16
+
+
 def apply_loss_difficulty(
-    model: nn.Module, data: PreparedData, cfg: TunelabConfig, run_dir: Path, pad_id: int, bf16: bool = False
+    model: nn.Module, data: PreparedData, run: DifficultyScoring, run_dir: Path, pad_id: int, bf16: bool = False
 ) -> PreparedData:
-    """`data` with its curriculum ordered by the base model's per-example loss, when the config asks for
+    """`data` with its curriculum ordered by the base model's per-example loss, when the schedule asks for
     `order: curriculum` with `difficulty: loss`; otherwise `data` unchanged. Reads or writes the run folder's
     score cache."""
-    s = cfg.data.schedule
-    schedule = getattr(data, "schedule", None)
-    if s.order != "curriculum" or s.difficulty != "loss" or schedule is None or schedule.order != "curriculum":
+    s, schedule = run.schedule, data.schedule
+    if s.order != "curriculum" or s.difficulty != "loss" or schedule.order != "curriculum":
         return data
     items = data.train
     if not all(isinstance(t, Tokenized) for t in items):
-        from tunelab.core.errors import ConfigError
-
         raise ConfigError(
             f"data.schedule.difficulty=loss scores each example by the base model's next-token loss, which objective "
-            f"'{cfg.objective.name}' does not train on. Use difficulty: length or field with this objective."
+            f"'{run.objective}' does not train on. Use difficulty: length or field with this objective."
         )
-    key = _cache_key(data.report, cfg, items)
+    key = _cache_key(data.report, run, items)
     path = run_dir / SCORES_FILE
     scores, cached = _read_cache(path, key, len(items)), True
     if scores is None:
-        scores, cached = score_losses(model, items, pad_id, cfg.eval.batch_size, bf16), False
+        scores, cached = score_losses(model, items, pad_id, run.batch_size, bf16), False
         _write_cache(path, key, scores)
-    data.report["difficulty"] = {"source": "loss", "file": str(path), "cached": cached, **_stats(scores)}
-    return replace(data, schedule=schedule.with_difficulty(scores))
+    report = {**data.report, "difficulty": {"source": "loss", "file": str(path), "cached": cached, **_stats(scores)}}
+    return replace(data, schedule=schedule.with_difficulty(scores), report=report)
 
 
-def _cache_key(report: dict[str, Any], cfg: TunelabConfig, items: list[Tokenized]) -> str:
+def _cache_key(report: dict[str, Any], run: DifficultyScoring, items: list[Tokenized]) -> str:
     """Same dataset (fingerprint, item count and origins) and same scoring model (source and dtype)."""
     h = hashlib.sha256()
-    h.update(json.dumps([report.get("fingerprint"), str(cfg.model.source), cfg.model.dtype, len(items)]).encode())
+    h.update(json.dumps([report.get("fingerprint"), str(run.model_source), run.model_dtype, len(items)]).encode())
     for t in items:
         h.update(f"{t.origin}:{len(t.input_ids)};".encode())
     return h.hexdigest()[:24]

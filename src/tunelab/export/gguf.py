@@ -9,6 +9,7 @@ BPE vocabulary with merges, and the chat template. `verify_gguf` reads the file 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from tunelab.export.errors import ExportError
+from tunelab.methods.trained import save_merged
 
 Quant = Literal["f16", "q8_0", "f32"]
 QUANTS: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
@@ -205,3 +207,12 @@ def _add_tensor(writer: gguf.GGUFWriter, name: str, data: np.ndarray, qtype: obj
         writer.add_tensor(name, data.astype(np.float16))
     else:
         writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+
+def export_gguf(spec: str, out: str | Path, quant: Quant = "f16") -> Path:
+    """Merge `spec` and write it as one GGUF file; the file is read back once to check it is whole."""
+    with tempfile.TemporaryDirectory(prefix="tunelab-gguf-") as tmp:
+        merged = save_merged(spec, Path(tmp) / "merged")
+        path = write_gguf(merged, out, quant)
+    verify_gguf(path)
+    return path

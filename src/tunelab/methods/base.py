@@ -15,6 +15,25 @@ from tunelab.core.schema import Section
 from tunelab.models.parts import decoder_layers
 
 
+class StepHook:
+    """Something that changes (gradual unfreezing) or watches as training goes: the loop calls it around every
+    optimizer step. Every hook has no-op defaults; a hook overrides what it needs."""
+
+    def on_step_start(self, step: int, epoch: int) -> None:
+        """Before optimizer step `step + 1` (of epoch `epoch`)."""
+
+    def on_step_end(self, step: int) -> None:
+        """After optimizer step `step` (and its logging, evaluation and checkpoint)."""
+
+    def dormant_parameters(self) -> list[nn.Parameter]:
+        """Weights frozen now that will train later: the optimizer must hold them from the start."""
+        return []
+
+
+def no_step_hooks(model: nn.Module, cfg: Section) -> list[StepHook]:
+    return []
+
+
 @dataclass(frozen=True)
 class Method:
     """A way to choose which weights learn.
@@ -33,6 +52,8 @@ class Method:
     freezes_base: bool
     artifact: Literal["adapter", "model"] = "model"
     mergeable: bool = True
+    step_hooks: Callable[[nn.Module, Section], list[StepHook]] = no_step_hooks
+    """(model as `apply_` left it, method config) -> what changes during training (gradual unfreezing)."""
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

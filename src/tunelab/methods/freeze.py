@@ -13,8 +13,8 @@ from torch import nn
 
 from tunelab.core.errors import ConfigError
 from tunelab.core.schema import Section
-from tunelab.methods.base import Method, freeze_all_, trainable_to_fp32_, unfreeze_matching_
-from tunelab.methods.schedule import UnfreezeSchedule, attach_schedule_
+from tunelab.methods.base import Method, StepHook, freeze_all_, trainable_to_fp32_, unfreeze_matching_
+from tunelab.methods.schedule import UnfreezeSchedule
 from tunelab.methods.weights import load_model_weights_, save_model_folder
 from tunelab.models.parts import decoder_layers
 
@@ -75,19 +75,31 @@ def apply_(model: nn.Module, cfg: FreezeConfig) -> nn.Module:
     if cfg.unfreeze_every is None:
         trainable_to_fp32_(model)
         return model
-    first = [p for p in model.parameters() if p.requires_grad]
-    if not first:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
             "method.unfreeze_every needs something to train from the start: set top_k_layers (e.g. 1), "
             "bottom_k_layers, layers or modules."
         )
-    later = [list(layers[i].parameters()) for i in reversed(range(len(layers))) if i not in start]
-    for group in later:  # cast now: the optimizer is built once, over every tensor that will ever train
-        for p in group:
-            p.requires_grad_(True)
     trainable_to_fp32_(model)
-    attach_schedule_(model, UnfreezeSchedule([first, *later], cfg.unfreeze_every, cfg.unfreeze_unit))
+    for group in later_groups(model, cfg):  # cast now: the optimizer is built once, over every tensor that will train
+        for p in group:
+            p.data = p.data.float()
     return model
+
+
+def later_groups(model: nn.Module, cfg: FreezeConfig) -> list[list[nn.Parameter]]:
+    """The layers gradual unfreezing thaws, one group each, from the top down (those not chosen from the start)."""
+    _, layers = decoder_layers(model)
+    start = set(chosen_layers(len(layers), cfg))
+    return [list(layers[i].parameters()) for i in reversed(range(len(layers))) if i not in start]
+
+
+def unfreeze_schedule(model: nn.Module, cfg: FreezeConfig) -> list[StepHook]:
+    """With `unfreeze_every`: the schedule that thaws the later layers (`model` as `apply_` left it)."""
+    if cfg.unfreeze_every is None:
+        return []
+    first = [p for p in model.parameters() if p.requires_grad]
+    return [UnfreezeSchedule([first, *later_groups(model, cfg)], cfg.unfreeze_every, cfg.unfreeze_unit)]
 
 
 METHOD = Method(
@@ -97,4 +109,5 @@ METHOD = Method(
     save=save_model_folder,
     load_=load_model_weights_,
     freezes_base=True,
+    step_hooks=unfreeze_schedule,
 )

@@ -1,9 +1,9 @@
 """Method state that changes during training: gradual unfreezing (ULMFiT), driven by the loop's step counter.
 
-A method that unfreezes over time attaches an `UnfreezeSchedule` to the model in `apply_`. The loop calls
-`on_step_(model, step, epoch)` before every optimizer step; the optimizer is built over `optimizer_parameters`,
-which include the weights that are still frozen but will train later (a parameter without a gradient is skipped
-by every torch optimizer, so holding them costs nothing until they thaw).
+A method that unfreezes over time returns an `UnfreezeSchedule` from its `step_hooks`: the loop calls
+`on_step_start(step, epoch)` before every optimizer step, and builds the optimizer over the trainable parameters
+plus `dormant_parameters()`, the weights that are still frozen but will train later (a parameter without a
+gradient is skipped by every torch optimizer, so holding them costs nothing until they thaw).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Literal
 
 from torch import nn
 
-_SCHEDULE = "tunelab_unfreeze_schedule"
+from tunelab.methods.base import StepHook
 
 
 @dataclass
-class UnfreezeSchedule:
+class UnfreezeSchedule(StepHook):
     """Parameter groups in the order they thaw; group k starts training after k * `every` steps or epochs."""
 
     groups: list[list[nn.Parameter]]
@@ -29,39 +29,14 @@ class UnfreezeSchedule:
         done = step if self.unit == "steps" else epoch
         return min(len(self.groups), 1 + done // self.every)
 
-    def apply_(self, step: int, epoch: int) -> None:
+    def on_step_start(self, step: int, epoch: int) -> None:
+        """Before optimizer step `step + 1` (of epoch `epoch`): thaw what the schedule says. Idempotent."""
         # Set every group, not only the newest: after a resume the model must match the schedule at once.
         thawed = self.thawed(step, epoch)
         for k, group in enumerate(self.groups):
             for p in group:
                 p.requires_grad_(k < thawed)
 
-
-def attach_schedule_(model: nn.Module, schedule: UnfreezeSchedule) -> None:
-    """Give `model` a gradual-unfreezing schedule and put it in its starting state."""
-    setattr(model, _SCHEDULE, schedule)
-    schedule.apply_(0, 0)
-
-
-def schedule_of(model: nn.Module) -> UnfreezeSchedule | None:
-    return getattr(model, _SCHEDULE, None)
-
-
-def on_step_(model: nn.Module, step: int, epoch: int) -> None:
-    """Call before optimizer step `step + 1` (of epoch `epoch`): thaw what the schedule says. Idempotent."""
-    schedule = schedule_of(model)
-    if schedule is not None:
-        schedule.apply_(step, epoch)
-
-
-def optimizer_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Named parameters the optimizer must hold: trainable now, or thawed later by the schedule (tied weights once)."""
-    schedule = schedule_of(model)
-    later = {id(p) for group in schedule.groups for p in group} if schedule else set()
-    seen: set[int] = set()
-    out = []
-    for name, p in model.named_parameters():
-        if id(p) not in seen and (p.requires_grad or id(p) in later):
-            seen.add(id(p))
-            out.append((name, p))
-    return out
+    def dormant_parameters(self) -> list[nn.Parameter]:
+        """The weights that thaw later."""
+        return [p for group in self.groups[1:] for p in group]

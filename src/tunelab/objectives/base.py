@@ -1,17 +1,22 @@
-"""What an objective is: the contract between an objective module and the loop and run recipes that use it.
+"""What an objective is: the contract between an objective module and the loop and run recipe that use it.
 
-An objective is more than a loss: it says which data it trains on (`prepare`: records -> training items), how
-items become a batch (`collate`, `length`, `count`), and what it needs besides the model (`setup`: a reference
+An objective is more than a loss: it says which data it trains on (`prepare`: the data section -> training items),
+how items become a batch (`collate`, `length`, `count`), and what it needs besides the model (`setup`: a reference
 model for DPO, a teacher for distillation, a head for a reward model). The loop only ever calls `loss`,
-`collate`, `length` and `count`; the run recipe calls the rest once.
+`collate`, `length` and `count`; the run recipe calls the rest once. An objective receives its own section and
+plain arguments (`PrepareArgs`, `SetupArgs`), never the whole run config, and says what it changes by returning
+it (`Setup`), never by changing what it was given.
+
+`Objective[C, X]` is generic in its config section `C` and in `X`, what its setup builds for the loss (the
+`ctx` every loss call receives: a reference, a teacher, the rollout state of RL).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -19,18 +24,38 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
+from tunelab.data.config import DataSection
+from tunelab.data.pipeline import PreparedData, prepare_chat_data, prepare_dataset
+from tunelab.data.store import PreparedDataset
 from tunelab.data.tokenize import collate
+from tunelab.models.parts import output_head
 from tunelab.objectives.lm import LMContext, target_tokens, token_length
 
-if TYPE_CHECKING:  # objectives stay importable from config.py, which builds its union from this registry
-    from tunelab.config import TunelabConfig
-    from tunelab.data.pipeline import PreparedData
+C = TypeVar("C", bound=Section)
+X = TypeVar("X")
 
 
-class ObjectiveSection(Section):
-    """Settings of an objective without options of its own."""
+@dataclass(frozen=True)
+class PrepareArgs(Generic[C]):
+    """What an objective's `prepare` may use: its own section, the data section, and the run around them."""
 
-    name: str = "sft"
+    objective: C
+    data: DataSection
+    tokenizer: PreTrainedTokenizerBase
+    run_dir: Path
+    """Where the data reports and rejects go (and objective-specific files, such as a teacher's answers)."""
+    seed: int
+    """`training.seed`: splits, sampling and anything else drawn at random."""
+    batch_size: int = 8
+    """`training.batch_size`, for the padding estimate of the data report."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where a model used while preparing runs (seq_distill's teacher)."""
+    bf16: bool = False
+    """Whether such a model computes in bf16."""
+
+    def dataset(self) -> PreparedDataset:
+        """The data pipeline's result for these settings (built once, then reused from the cache)."""
+        return prepare_dataset(self.data, self.tokenizer, self.seed, self.run_dir, batch_size=self.batch_size)
 
 
 @dataclass
@@ -49,16 +74,43 @@ class SetupArgs:
     """`training.label_smoothing`: the share of each target's probability spread over all classes (or tokens)."""
 
 
-def lm_setup(cfg: Section, args: SetupArgs) -> tuple[nn.Module, LMContext]:
-    """The default setup: the model as it is, and the training settings the causal-LM loss reads."""
-    return args.model, LMContext(args.label_smoothing)
+@dataclass
+class Setup(Generic[X]):
+    """What an objective's `setup` built: the module to train, what its loss reads, and what the run should use
+    instead of what it passed in."""
+
+    module: nn.Module
+    """What trains: the method-applied model itself, or a module around it (a head, projections, a retriever)."""
+    ctx: X
+    """Handed to every `loss` call (a reference, a teacher, settings)."""
+    data: PreparedData | None = None
+    """The data to train on when setup changes it (items carrying a teacher's cached top-k, validation prompts
+    that hold retrieved passages); None: the data as prepared."""
+    head: nn.Module | None = None
+    """The output layer the loss reads (a task head; default: the model's language-model head). It trains at
+    `training.head_lr`, and SMART compares its outputs."""
+    learning_rates: dict[str, float] = field(default_factory=dict)
+    """Own learning rates of submodules of `module`, by dotted name (a retriever trained beside the generator)."""
+
+    def output_layer(self) -> nn.Module | None:
+        """`head`, or the language-model head of the model inside `module`."""
+        return self.head if self.head is not None else output_head(self.module)
 
 
-def prepare_lm(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
+class ObjectiveSection(Section):
+    """Settings of an objective without options of its own."""
+
+    name: str = "sft"
+
+
+def prepare_lm(args: PrepareArgs[Any]) -> PreparedData:
     """Chat and text records, tokenized for next-token training."""
-    from tunelab.data.pipeline import prepare_chat_data
+    return prepare_chat_data(args.data, args.tokenizer, args.seed, args.run_dir, batch_size=args.batch_size)
 
-    return prepare_chat_data(cfg.data, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
+
+def lm_setup(cfg: Section, args: SetupArgs) -> Setup[LMContext]:
+    """The default setup: the model as it is, and the training settings the causal-LM loss reads."""
+    return Setup(args.model, LMContext(args.label_smoothing))
 
 
 def identity(model: nn.Module) -> nn.Module:
@@ -66,16 +118,16 @@ def identity(model: nn.Module) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class Objective:
-    """One training objective. Only `name` and `loss` are required; the defaults are next-token training."""
+class Objective(Generic[C, X]):
+    """One training objective. Only `name`, `loss` and `config` are required; the defaults are next-token training."""
 
     name: str
-    loss: Callable[[nn.Module, Batch, Any], LossParts]
-    """(model, batch, ctx) -> summed loss; `ctx` is what `setup` built (None without setup)."""
-    config: type[Section] = ObjectiveSection
-    prepare: Callable[[TunelabConfig, PreTrainedTokenizerBase, Path], PreparedData] = prepare_lm
-    setup: Callable[[Any, SetupArgs], tuple[nn.Module, Any]] | None = lm_setup
-    """(objective config, args) -> (the module to train, ctx). The module may wrap the model (a head, projections)."""
+    loss: Callable[[nn.Module, Batch, X], LossParts]
+    """(module, batch, ctx) -> summed loss; `ctx` is what `setup` built."""
+    config: type[C]
+    prepare: Callable[[PrepareArgs[C]], PreparedData] = prepare_lm
+    setup: Callable[[C, SetupArgs], Setup[X]] = lm_setup  # type: ignore[assignment]
+    """(objective config, args) -> what trains and what the loss reads."""
     collate: Callable[[list[Any], int], Batch] = collate
     length: Callable[[Any], int] = token_length
     """An item's length in tokens, for length-grouped batching."""
@@ -92,8 +144,9 @@ class Objective:
     pieces (`training.micro_batch_tokens`) and get the same gradient."""
     body: Callable[[nn.Module], nn.Module] = identity
     """The method-applied model inside the trained module: what the method saves and what generates."""
-    save_extra: Callable[[nn.Module, Path], None] | None = None
-    """Writes what the method does not save (a reward head) next to the method's result."""
+    save_extra: Callable[[nn.Module, X, Path], None] | None = None
+    """(trained module, ctx, folder): writes what the method does not save (a reward head, a retriever) next to
+    the method's result."""
     scores: Callable[[nn.Module, list[Any], int, int, torch.device, bool], dict[str, float]] | None = None
-    """(model, validation items, batch size, pad id, device, bf16) -> metrics that need every prediction rather
+    """(module, validation items, batch size, pad id, device, bf16) -> metrics that need every prediction rather
     than running sums (macro-F1, entity F1); added to the evaluation before and after training."""

@@ -19,7 +19,7 @@ from torch import nn
 
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.base import Objective, Setup, SetupArgs
 from tunelab.objectives.lm import sequence_logps
 from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, prepare_pairs
 from tunelab.objectives.reference import Reference, ReferenceKind, setup_reference
@@ -89,8 +89,9 @@ def dpo_loss(model: nn.Module, batch: Batch, ctx: tuple[DPOConfig, Reference]) -
     return LossParts(loss_sum=losses.sum(), count=torch.tensor(chosen.numel(), device=logps.device), correct=correct)
 
 
-def _setup(cfg: DPOConfig, args: SetupArgs) -> tuple[nn.Module, tuple[DPOConfig, Reference]]:
-    return args.model, (cfg, setup_reference(cfg, args, collate_pairs))
+def _setup(cfg: DPOConfig, args: SetupArgs) -> Setup[tuple[DPOConfig, Reference]]:
+    reference, data = setup_reference(cfg, args, collate_pairs)
+    return Setup(args.model, (cfg, reference), data=data)
 
 
 OBJECTIVE = Objective(

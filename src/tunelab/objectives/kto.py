@@ -12,25 +12,20 @@ mismatched answer of each example is fixed once (the answer of the previous exam
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.data.pipeline import PreparedData
+from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.lm import sequence_logps
 from tunelab.objectives.pairs import PairItem, collate_rows, prepare_pairs
 from tunelab.objectives.reference import Reference, ReferenceKind, setup_reference
-
-if TYPE_CHECKING:
-    from tunelab.config import TunelabConfig
-    from tunelab.data.pipeline import PreparedData
 
 
 class KTOConfig(Section):
@@ -72,11 +67,9 @@ def unpaired_items(pairs: list[PairItem], seed: int) -> list[UnpairedItem]:
     ]
 
 
-def prepare_unpaired(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
-    data = prepare_pairs(cfg, tokenizer, run_dir)
-    data.train = unpaired_items(data.train, cfg.training.seed)
-    data.val = unpaired_items(data.val, cfg.training.seed)
-    return data
+def prepare_unpaired(args: PrepareArgs[KTOConfig]) -> PreparedData:
+    pairs = prepare_pairs(args)
+    return replace(pairs, train=unpaired_items(pairs.train, args.seed), val=unpaired_items(pairs.val, args.seed))
 
 
 def collate_unpaired(items: list[UnpairedItem], pad_id: int) -> Batch:
@@ -127,8 +120,9 @@ def _rows(batch: Batch, start: int, end: int) -> Batch:
     return {k: batch[k][start:end] for k in ("input_ids", "attention_mask", "labels")}
 
 
-def _setup(cfg: KTOConfig, args: SetupArgs) -> tuple[nn.Module, tuple[KTOConfig, Reference]]:
-    return args.model, (cfg, setup_reference(cfg, args, collate_unpaired))
+def _setup(cfg: KTOConfig, args: SetupArgs) -> Setup[tuple[KTOConfig, Reference]]:
+    reference, data = setup_reference(cfg, args, collate_unpaired)
+    return Setup(args.model, (cfg, reference), data=data)
 
 
 OBJECTIVE = Objective(

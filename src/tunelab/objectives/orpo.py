@@ -18,7 +18,7 @@ from torch import nn
 
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
-from tunelab.objectives.base import Objective
+from tunelab.objectives.base import Objective, Setup
 from tunelab.objectives.lm import sequence_logps
 from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, prepare_pairs
 
@@ -59,7 +59,7 @@ OBJECTIVE = Objective(
     loss=orpo_loss,
     config=ORPOConfig,
     prepare=prepare_pairs,
-    setup=lambda cfg, args: (args.model, cfg),
+    setup=lambda cfg, args: Setup(args.model, cfg),
     collate=collate_pairs,
     length=pair_length,
     count=count_pairs,

@@ -8,21 +8,18 @@ after that for the assistant turn, end-of-turn token included (so the model also
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.errors import DataError
 from tunelab.core.types import Batch, Message
+from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example, Reject
 from tunelab.data.tokenize import IGNORE, TemplateError
 from tunelab.models.chat import render, with_system
-
-if TYPE_CHECKING:
-    from tunelab.config import TunelabConfig
-    from tunelab.data.pipeline import PreparedData
+from tunelab.objectives.base import PrepareArgs
 
 
 @dataclass
@@ -105,11 +102,10 @@ def collate_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def preference_records(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path, objective: str):
+def preference_records(args: PrepareArgs[Any]) -> tuple[list[Example], list[Example], dict[str, Any]]:
     """(train records, validation records, report) of kind `preference`; other kinds are a DataError."""
-    from tunelab.data.pipeline import prepare_dataset
-
-    prepared = prepare_dataset(cfg.data, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
+    prepared = args.dataset()
+    objective = args.objective.name
     kinds = prepared.report["kinds"]
     if set(kinds) != {"preference"}:
         shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
@@ -124,12 +120,10 @@ def preference_records(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, r
     return split["train_records"], split["validation_records"], prepared.report
 
 
-def prepare_pairs(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
+def prepare_pairs(args: PrepareArgs[Any]) -> PreparedData:
     """Preference records tokenized as `PairItem`s; pairs that cannot be trained on are counted in the report."""
-    from tunelab.data.pipeline import PreparedData
-
-    train_records, val_records, report = preference_records(cfg, tokenizer, run_dir, cfg.objective.name)
-    d = cfg.data
+    train_records, val_records, report = preference_records(args)
+    d, tokenizer = args.data, args.tokenizer
     out: dict[str, list[PairItem]] = {"train": [], "val": []}
     rejects: list[Reject] = []
     for split, records in (("train", train_records), ("val", val_records)):

@@ -7,18 +7,12 @@ no text attends to another), so no compute goes to padding.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-from transformers import PreTrainedTokenizerBase
+from typing import Literal
 
 from tunelab.core.schema import Section
-from tunelab.objectives.base import Objective
+from tunelab.data.pipeline import PreparedData, prepare_chat_data
+from tunelab.objectives.base import Objective, PrepareArgs
 from tunelab.objectives.lm import causal_lm_loss
-
-if TYPE_CHECKING:
-    from tunelab.config import TunelabConfig
-    from tunelab.data.pipeline import PreparedData
 
 
 class PretrainConfig(Section):
@@ -27,11 +21,9 @@ class PretrainConfig(Section):
     """Pack several texts into each `data.max_length` sequence (overrides `data.packing`)."""
 
 
-def prepare_text(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
-    from tunelab.data.pipeline import prepare_chat_data
-
-    data_cfg = cfg.data.model_copy(update={"packing": cfg.objective.pack})
-    return prepare_chat_data(data_cfg, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
+def prepare_text(args: PrepareArgs[PretrainConfig]) -> PreparedData:
+    data = args.data.model_copy(update={"packing": args.objective.pack})
+    return prepare_chat_data(data, args.tokenizer, args.seed, args.run_dir, batch_size=args.batch_size)
 
 
 OBJECTIVE = Objective(

@@ -15,14 +15,18 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from tunelab.core.device import autocast
 from tunelab.core.errors import ConfigError
 from tunelab.core.types import Batch
+from tunelab.data.pipeline import PreparedData
+from tunelab.methods.trained import load_trained
+from tunelab.objectives.base import SetupArgs
 from tunelab.objectives.lm import sequence_logps, token_logps
 
 ReferenceKind = Literal["auto", "adapter_disabled", "copy"]
@@ -66,9 +70,7 @@ def _adapter_is_noop_at_start(model: nn.Module, method: str) -> bool:
 def build_reference(model: nn.Module, method: str, kind: ReferenceKind, source: str | None, device) -> Reference:
     """The reference for a run: another model (`source`), the adapter-disabled model, or a frozen copy."""
     if source is not None:
-        from tunelab.recipes.runs import load_for_inference
-
-        ref, _ = load_for_inference(source)
+        ref, _ = load_trained(source)
         return Reference(_frozen(ref.to(device)))
     noop = _adapter_is_noop_at_start(model, method)
     if kind == "adapter_disabled" and not noop:
@@ -88,7 +90,7 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def precompute_(
+def with_reference_logps(
     reference: Reference,
     policy: nn.Module,
     items: list[Any],
@@ -97,28 +99,33 @@ def precompute_(
     device: torch.device,
     bf16: bool,
     batch_size: int = 8,
-) -> None:
-    """Set `item.ref` on every item to the reference log-probs of its two rows.
+) -> list[Any]:
+    """Copies of `items` whose `ref` holds the reference log-probs of their two rows.
 
     `collate` must lay a batch of B items out as B first rows then B second rows (chosen then rejected for
     pairs; answer then mismatched answer for KTO), each item contributing one row to each half.
     """
-    cast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    out: list[Any] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items() if k != "ref_logps"}
-        with cast:
+        with autocast(device, bf16):
             first, second = reference.logps(policy, batch).float().cpu().chunk(2)
-        for item, a, b in zip(chunk, first.tolist(), second.tolist(), strict=True):
-            item.ref = (a, b)
+        out += [replace(item, ref=(a, b)) for item, a, b in zip(chunk, first.tolist(), second.tolist(), strict=True)]
+    return out
 
 
-def setup_reference(cfg: Any, args: Any, collate: Callable[[list[Any], int], Batch]) -> Reference:
-    """The reference a DPO/KTO config asks for; with `precompute_reference`, its log-probs are stored on the
-    items instead and the reference is dropped."""
+def setup_reference(
+    cfg: Any, args: SetupArgs, collate: Callable[[list[Any], int], Batch]
+) -> tuple[Reference, PreparedData | None]:
+    """The reference a DPO/KTO config asks for. With `precompute_reference` its log-probs ride along on copies of
+    the items (the data returned) and no reference is kept; otherwise the data is unchanged (None)."""
     reference = build_reference(args.model, args.method, cfg.reference, cfg.reference_model, args.device)
     if not cfg.precompute_reference:
-        return reference
-    for items in (args.data.train, args.data.val):
-        precompute_(reference, args.model, items, collate, args.tokenizer.pad_token_id, args.device, args.bf16)
-    return Reference(None)  # never asked: every batch carries `ref_logps`
+        return reference, None
+    pad = args.tokenizer.pad_token_id
+    train, val = (
+        with_reference_logps(reference, args.model, items, collate, pad, args.device, args.bf16)
+        for items in (args.data.train, args.data.val)
+    )
+    return Reference(None), replace(args.data, train=train, val=val)  # never asked: every batch has `ref_logps`

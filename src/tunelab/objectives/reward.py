@@ -8,7 +8,7 @@ The head reads the hidden state of each answer's last token (the last real token
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +17,10 @@ from torch import nn
 
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.base import Objective, Setup, SetupArgs
+from tunelab.objectives.classify.config import HeadConfig
+from tunelab.objectives.classify.heads import TaskModel, attach_head_, save_head
 from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, prepare_pairs
-
-if TYPE_CHECKING:  # heads import objectives.base, so the heads package is imported when used, not at import
-    from tunelab.objectives.classify.heads import TaskModel
 
 
 class RewardConfig(Section):
@@ -38,7 +37,7 @@ def bradley_terry_losses(chosen: torch.Tensor, rejected: torch.Tensor, center: f
     return losses + center * (chosen + rejected) ** 2 if center else losses
 
 
-def reward_loss(model: TaskModel, batch: Batch, cfg: RewardConfig) -> LossParts:
+def reward_loss(model: nn.Module, batch: Batch, cfg: RewardConfig) -> LossParts:
     rewards = model(batch["input_ids"], batch["attention_mask"]).squeeze(-1).float()
     chosen, rejected = rewards.chunk(2)
     losses = bradley_terry_losses(chosen, rejected, cfg.center_rewards)
@@ -49,17 +48,14 @@ def reward_loss(model: TaskModel, batch: Batch, cfg: RewardConfig) -> LossParts:
     )
 
 
-def _setup(cfg: RewardConfig, args: SetupArgs) -> tuple[nn.Module, RewardConfig]:
-    from tunelab.objectives.classify.config import HeadConfig
-    from tunelab.objectives.classify.heads import attach_head_
-
+def _setup(cfg: RewardConfig, args: SetupArgs) -> Setup[RewardConfig]:
     head = HeadConfig(task="sequence", num_labels=1, problem="regression", pooling=cfg.pooling)
-    return attach_head_(args.model, head), cfg
+    module = attach_head_(args.model, head)
+    return Setup(module, cfg, head=module.head)
 
 
-def _save_head(model: TaskModel, folder: Path) -> None:
-    from tunelab.objectives.classify.heads import save_head
-
+def _save_head(model: nn.Module, cfg: RewardConfig, folder: Path) -> None:
+    assert isinstance(model, TaskModel)
     save_head(model, folder)
 
 

@@ -4,8 +4,9 @@ smooth the loss, stop once it diverges, and suggest the rate where the smoothed 
 
 It measures, it does not train: the trainable weights are restored afterwards and no model is saved. It runs its
 own short loop rather than `fit`, because the learning rate is set per step and the run is cut off on divergence;
-each step is the same as one of `fit`'s (micro-batches accumulated with the loss normalised over the step's
-targets, clipping), minus regularizer penalties and method schedules (gradual unfreezing).
+each step is `fit`'s own (`train_step`: micro-batches accumulated with the loss normalised over the step's
+targets, clipping, a non-finite step skipped) on the objective's own loss, without the run's regularizers and
+method schedules (gradual unfreezing).
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ from rich.table import Table
 from torch import nn
 
 from tunelab.config import TunelabConfig, dump_config
-from tunelab.core.device import autocast
 from tunelab.core.errors import ConfigError, RunError
 from tunelab.data.schedule import epoch_batches
+from tunelab.methods.trained import CONFIG_FILE
 from tunelab.objectives.base import Objective
-from tunelab.recipes.runs import CONFIG_FILE, run_folder
+from tunelab.recipes.run import setup_training
+from tunelab.recipes.runs import run_folder
 from tunelab.train.config import TrainingSection
-from tunelab.train.loop import TrainingModule
-from tunelab.train.optim import build_optimizer
+from tunelab.train.module import TrainingModule
+from tunelab.train.optim import Trainable, build_optimizer
 from tunelab.train.progress import TrainProgress
+from tunelab.train.step import AccelerateSteps, train_step
 
 SMOOTHING = 0.98
 """Weight of the running average in the smoothed loss (bias-corrected, as in fastai)."""
@@ -92,6 +95,7 @@ def lr_find(
     device: torch.device,
     bf16: bool,
     ctx: Any = None,
+    extra: Trainable | None = None,
     start: float = 1e-7,
     end: float = 1.0,
     steps: int = 100,
@@ -99,7 +103,7 @@ def lr_find(
 ) -> LRFindResult:
     """Run the range test on `model` (its trainable weights are put back afterwards) with the optimizer, batch
     size and accumulation of `cfg`. Every parameter group keeps its ratio to the base rate (layer-wise decay,
-    head and embedding rates, LoRA+)."""
+    head and embedding rates, LoRA+); `extra` is what the objective's setup adds (its head, own rates)."""
     if not 0 < start < end or steps < 2:
         raise ConfigError(
             f"lr-find needs 0 < --start < --end and --steps of at least 2 (got start={start}, end={end}, "
@@ -107,11 +111,12 @@ def lr_find(
         )
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     saved = {n: p.detach().clone() for n, p in trainable.items()}
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, extra)
     ratios = [group["lr"] / cfg.learning_rate for group in optimizer.param_groups]
     lengths = [objective.length(t) for t in train]
     batches = cycle(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, group_by_length=cfg.group_by_length))
     module = TrainingModule(model, objective, ctx)
+    backend = AccelerateSteps(Accelerator(cpu=device.type == "cpu"), module, optimizer, cfg.max_grad_norm)
     was_training = module.training
     module.train()
     lrs: list[float] = []
@@ -123,7 +128,9 @@ def lr_find(
                 for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                     group["lr"] = lr * ratio
                 group = [objective.collate([train[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]
-                losses.append(_step(module, group, optimizer, cfg.max_grad_norm, device, bf16))
+                done = train_step(module, objective, group, backend, device=device, bf16=bf16)
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(done.loss_sum) / max(done.targets, 1))
                 lrs.append(lr)
                 progress.update(len(losses), loss=losses[-1])
                 smoothed = smooth(losses)
@@ -149,30 +156,6 @@ def lr_find(
     return LRFindResult(lrs, losses, smoothed, suggestion, method, lrs[low], diverged)
 
 
-def _step(
-    module: TrainingModule,
-    group: list[dict[str, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    max_grad_norm: float | None,
-    device: torch.device,
-    bf16: bool,
-) -> float:
-    """One optimizer step over the micro-batches of `group`, the loss normalised over all their targets (as in
-    `fit`); returns the step's mean loss."""
-    tokens = max(sum(module.objective.count(b) for b in group), 1)
-    step_loss = 0.0
-    for batch in group:
-        with autocast(device, bf16):
-            loss_sum, _, _ = module({k: v.to(device) for k, v in batch.items()})
-        (loss_sum / tokens).backward()
-        step_loss += float(loss_sum.detach())
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return step_loss / tokens
-
-
 def run_lr_find(
     cfg: TunelabConfig,
     *,
@@ -185,7 +168,6 @@ def run_lr_find(
     """The range test on the model, method, objective and data a config trains: writes lr_find.json and
     lr_find.png to its own run folder, `<output.name>-lr-find` (replaced on every run, so that it never stands in
     the way of the training run), prints the curve and the suggestion. One process only."""
-    from tunelab.recipes.run import setup_training
 
     console = console or Console()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -199,9 +181,10 @@ def run_lr_find(
     (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
     set_seed(cfg.training.seed)
     setup = setup_training(cfg, run_dir, accelerator, console)
+    extra = Trainable(head=setup.built.output_layer(), learning_rates=setup.built.learning_rates)
     result = lr_find(
         setup.model, setup.objective, setup.data.train, cfg.training, pad_id=setup.tokenizer.pad_token_id,
-        device=setup.device, bf16=setup.bf16, ctx=setup.ctx, start=start, end=end, steps=steps,
+        device=setup.device, bf16=setup.bf16, ctx=setup.ctx, extra=extra, start=start, end=end, steps=steps,
     )  # fmt: skip
     (run_dir / "lr_find.json").write_text(json.dumps(asdict(result), indent=2))
     plot(result, run_dir / "lr_find.png")

@@ -17,22 +17,25 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import TunelabConfig, dump_config
 from tunelab.core.device import use_bf16
-from tunelab.core.errors import DataError
+from tunelab.core.errors import ConfigError, DataError
 from tunelab.data.pipeline import PreparedData
-from tunelab.data.scoring import apply_loss_difficulty
+from tunelab.data.scoring import DifficultyScoring, apply_loss_difficulty
 from tunelab.eval.config import EvalSection
 from tunelab.eval.evaluate import generation_metrics, metrics_table, write_predictions
-from tunelab.methods.base import trainable_parameters
+from tunelab.methods.base import Method, StepHook, trainable_parameters
 from tunelab.methods.registry import METHODS
+from tunelab.methods.trained import CONFIG_FILE, artifact_dir
 from tunelab.models.kernels.attention import use_short_attention_
 from tunelab.models.kernels.fused import fuse_modules_
 from tunelab.models.load import load_model, load_tokenizer, resolve_source
-from tunelab.objectives.base import SetupArgs
+from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.registry import OBJECTIVES
-from tunelab.recipes.runs import CONFIG_FILE, artifact_dir, run_folder, run_path
+from tunelab.recipes.runs import run_folder, run_path
 from tunelab.train.batch_size import resolve_batch_size
-from tunelab.train.loop import TrainingModule, fit, validation_metrics
+from tunelab.train.loop import fit
 from tunelab.train.microbatch import token_budget
+from tunelab.train.module import TrainingModule
+from tunelab.train.validation import validation_metrics
 from tunelab.train.zero import require_deepspeed
 
 
@@ -50,15 +53,44 @@ class TrainingSetup:
     """What a run trains and how, built once by `setup_training` (shared by `run_training` and `lr_find`)."""
 
     tokenizer: PreTrainedTokenizerBase
-    objective: Any
+    objective: Objective[Any, Any]
     data: PreparedData
-    model: nn.Module
-    """On the device, the method applied (and the objective's wrapper, if it has one)."""
-    ctx: Any
-    """What the objective's setup built (a reference model, a teacher), or None."""
-    method: Any
+    """The data to train on (as the objective's setup left it)."""
+    built: Setup[Any]
+    """What the objective's setup built: the module to train (on the device, the method applied), the loss's ctx,
+    the output layer and own learning rates."""
+    hooks: list[StepHook]
+    """What the method changes as training goes (gradual unfreezing)."""
+    method: Method
     device: torch.device
     bf16: bool
+
+    @property
+    def model(self) -> nn.Module:
+        return self.built.module
+
+    @property
+    def ctx(self) -> Any:
+        return self.built.ctx
+
+
+def prepare_args(
+    cfg: TunelabConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    run_dir: Path,
+    device: torch.device | None = None,
+    bf16: bool = False,
+) -> PrepareArgs[Any]:
+    """What the run's objective prepares its data from: its section, the data section, the seed and batch size."""
+    t = cfg.training
+    return PrepareArgs(cfg.objective, cfg.data, tokenizer, run_dir, t.seed, t.batch_size, device or torch.device("cpu"),
+                       bf16)  # fmt: skip
+
+
+def difficulty_scoring(cfg: TunelabConfig) -> DifficultyScoring:
+    """What the loss curriculum reads of the run config."""
+    return DifficultyScoring(cfg.data.schedule, cfg.model.source, cfg.model.dtype, cfg.objective.name,
+                             cfg.eval.batch_size)  # fmt: skip
 
 
 def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, console: Console) -> TrainingSetup:
@@ -67,7 +99,9 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     source = resolve_source(cfg.model.source)
     tokenizer = load_tokenizer(source)
     objective = OBJECTIVES[cfg.objective.name]
-    data = objective.prepare(cfg, tokenizer, run_dir)
+    device = accelerator.device
+    bf16 = use_bf16(cfg.training.precision, device)
+    data = objective.prepare(prepare_args(cfg, tokenizer, run_dir, device, bf16))
     _print_data(console, data, main)
     if not data.train:
         raise DataError(
@@ -75,42 +109,41 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
             f"rejected, removed or filtered (see {run_dir / 'data_report.md'} and the rejects file there). Fix the "
             "rows or the data settings that removed them."
         )
-    device = accelerator.device
-    bf16 = use_bf16(cfg.training.precision, device)
     method = METHODS[cfg.method.name]
     storage_bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and bf16 and method.freezes_base)
     model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
     # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
-    data = apply_loss_difficulty(model, data, cfg, run_dir, tokenizer.pad_token_id, bf16)
+    data = apply_loss_difficulty(model, data, difficulty_scoring(cfg), run_dir, tokenizer.pad_token_id, bf16)
     if cfg.training.fused_modules:
         fuse_modules_(model)  # before the method wraps the linear layers; parameter names do not change
         use_short_attention_(model)  # matrix-product attention for rows of up to 128 tokens
     model = method.apply_(model, cfg.method)
-    ctx = None
-    if objective.setup is not None:  # a reference model, a teacher, or a head around the model
-        args = SetupArgs(model, tokenizer, device, bf16, run_dir, data, cfg.method.name, cfg.training.label_smoothing)
-        model, ctx = objective.setup(cfg.objective, args)
-    trainable, total = trainable_parameters(model)
+    hooks = method.step_hooks(model, cfg.method)
+    # A reference model, a teacher, or a head around the model.
+    args = SetupArgs(model, tokenizer, device, bf16, run_dir, data, cfg.method.name, cfg.training.label_smoothing)
+    built = objective.setup(cfg.objective, args)
+    data = built.data if built.data is not None else data
+    trainable, total = trainable_parameters(built.module)
     if main:
         console.print(
             f"[bold]{cfg.method.name}[/]: {trainable:,} trainable of {total:,} parameters "
             f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}"
         )
-    return TrainingSetup(tokenizer, objective, data, model, ctx, method, device, bf16)
+    return TrainingSetup(tokenizer, objective, data, built, hooks, method, device, bf16)
 
 
 def run_training(
     cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console: Console | None = None
 ) -> RunResult:
-    """Train as configured and return where the run is and its before/after metrics."""
-    if cfg.continual is not None:  # tasks in sequence, with replay / EWC / an adapter per task
-        from tunelab.recipes.continual.run import run_continual
-
-        return run_continual(cfg, config_path=config_path, resume=resume, console=console)
-    if cfg.stages:
-        from tunelab.recipes.stages import run_stages
-
-        return run_stages(cfg, config_path=config_path, resume=resume, console=console)
+    """Train one run as configured and return where the run is and its before/after metrics. A config with
+    `stages:` or `continual:` describes several runs: `tunelab.recipes.stages.run_stages` and
+    `tunelab.recipes.continual.run.run_continual` train those."""
+    if cfg.stages or cfg.continual is not None:
+        which = "continual:" if cfg.continual is not None else "stages:"
+        raise ConfigError(
+            f"The config has a `{which}` section, which describes several runs; run_training trains one. "
+            "`tunelab train` picks the right recipe; in Python call run_stages or run_continual."
+        )
     console = console or Console()
     require_deepspeed()  # before the Accelerator, which needs it on GPUs
     # accelerate forms a CPU process group (gloo) under torchrun only when told the run is on the CPU.
@@ -126,7 +159,7 @@ def run_training(
 
     setup = setup_training(cfg, run_dir, accelerator, console)
     tokenizer, objective, data, model, ctx = setup.tokenizer, setup.objective, setup.data, setup.model, setup.ctx
-    method, device, bf16 = setup.method, setup.device, setup.bf16
+    method, device, bf16, built = setup.method, setup.device, setup.bf16, setup.built
     # Before training the model is the base model (LoRA's B starts at zero), so this is the baseline.
     baseline_file = run_dir / "eval_baseline.json"
     baseline = None
@@ -151,7 +184,8 @@ def run_training(
     result = fit(
         model, objective, data.train, data.val, cfg.training, run_dir,
         pad_id=tokenizer.pad_token_id, accelerator=accelerator, bf16=bf16, resume=resume, ctx=ctx,
-        schedule=getattr(data, "schedule", None),  # curriculum / weighted sampling from data.schedule
+        schedule=data.schedule,  # curriculum / weighted sampling from data.schedule
+        hooks=setup.hooks, head=built.output_layer(), learning_rates=built.learning_rates,
     )  # fmt: skip
 
     # Save first, evaluate second: a crash in evaluation must not lose the trained weights. After sharded training
@@ -161,7 +195,7 @@ def run_training(
         saved = artifact_dir(run_dir, cfg.method.name)
         method.save(objective.body(model), saved)
         if objective.save_extra is not None:
-            objective.save_extra(model, saved)
+            objective.save_extra(model, ctx, saved)
         tokenizer.save_pretrained(saved)
     tuned_file = run_dir / "predictions.jsonl"
     final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main, ctx=ctx)

@@ -1,30 +1,14 @@
-"""Run folders: where a run's files live, and loading a finished run (or any model source) for inference."""
+"""Run folders: where a run's files live, creating or reusing one, and the validated config a run was trained with.
+(Loading a finished run's trained model is `tunelab.methods.trained.load_trained`.)"""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
-
 from tunelab.config import TunelabConfig, load_config
 from tunelab.core.errors import RunError
-from tunelab.methods.registry import METHODS
-from tunelab.models.load import load_model, load_tokenizer, tokenizer_from_folder
-
-CONFIG_FILE = "config.yaml"
-
-
-def artifact_dir(run_dir: Path, method_name: str) -> Path:
-    """Where the trained result is saved: `adapter/` for adapter methods, `model/` for whole-model methods
-    (each method says which in `Method.artifact`)."""
-    return run_dir / METHODS[method_name].artifact
-
-
-def is_run(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
+from tunelab.methods.trained import CONFIG_FILE, is_run
 
 
 def run_path(cfg: TunelabConfig, config_path: Path | None) -> Path:
@@ -63,17 +47,3 @@ def run_folder(cfg: TunelabConfig, config_path: Path | None, resume: bool) -> Pa
 def run_config(run_dir: Path) -> TunelabConfig:
     """The resolved config a run was trained with."""
     return load_config(run_dir / CONFIG_FILE)
-
-
-def load_for_inference(spec: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """A trained run folder (base + adapter or whole model) or any model source, ready to generate."""
-    path = Path(spec)
-    if not is_run(path):
-        return load_model(spec, dtype=dtype), load_tokenizer(spec)
-    cfg = run_config(path)
-    saved = artifact_dir(path, cfg.method.name)
-    if not saved.is_dir():
-        raise RunError(f"Run '{spec}' has no trained result in '{saved}': it did not finish. Resume it first.")
-    method = METHODS[cfg.method.name]
-    model = method.load_(load_model(cfg.model.source, dtype=dtype), saved)
-    return model.eval(), tokenizer_from_folder(saved)

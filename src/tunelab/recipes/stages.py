@@ -12,7 +12,9 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab.config import OutputSection, TunelabConfig, dump_config
-from tunelab.recipes.runs import artifact_dir, run_folder, run_path
+from tunelab.methods.trained import artifact_dir, save_merged
+from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import run_folder, run_path
 
 STAGES_CONFIG = "stages.yaml"
 """The whole multi-stage config, in the run folder. Not `config.yaml`: the run folder itself is not one run;
@@ -37,8 +39,6 @@ def stage_weights(stage_dir: Path, cfg: TunelabConfig) -> str:
         return str(saved)
     merged = stage_dir / "merged"
     if not (merged / "config.json").is_file():
-        from tunelab.export.hf import save_merged
-
         save_merged(str(stage_dir), merged)
     return str(merged)
 
@@ -46,8 +46,6 @@ def stage_weights(stage_dir: Path, cfg: TunelabConfig) -> str:
 def run_stages(cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console=None):
     """Run every stage in order and return the last stage's result (its run folder is a sub-folder); None when
     resuming finds every stage finished. `stages.json` in the run folder sums up each stage's final metrics."""
-    from tunelab.recipes.run import run_training
-
     console = console or Console()
     run_dir = run_folder(cfg, config_path, resume=False) if not resume else _existing(cfg, config_path)
     (run_dir / STAGES_CONFIG).write_text(dump_config(cfg))

@@ -24,23 +24,32 @@ import torch
 from torch import nn
 
 from tunelab.core.types import Batch, LossParts
-from tunelab.models.parts import input_embeddings
+from tunelab.models.parts import input_embeddings, output_head
 from tunelab.objectives.base import Objective
 from tunelab.regularizers.config import AdversarialSection
 
 LossFn = Callable[[nn.Module, Batch, Any], LossParts]
 
 
-def with_adversarial(objective: Objective, cfg: AdversarialSection) -> Objective:
-    """`objective` whose training loss adds the configured adversarial term (validation stays clean)."""
+@dataclasses.dataclass(frozen=True)
+class Adversarial:
+    """`training.adversarial` as a loss wrapper: the training loss adds the configured adversarial term
+    (validation stays clean). `output_layer` is the layer whose outputs SMART compares (the objective's head;
+    None: the model's language-model head)."""
 
-    def loss(model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
-        if not (model.training and torch.is_grad_enabled()):
-            return objective.loss(model, batch, ctx)
-        return METHODS[cfg.method](objective.loss, cfg, model, batch, ctx)
+    cfg: AdversarialSection
+    output_layer: nn.Module | None = None
 
-    # The perturbation is normalised over the whole micro-batch: its pieces would each get a different one.
-    return dataclasses.replace(objective, loss=loss, row_independent=False)
+    def wrap(self, objective: Objective[Any, Any]) -> Objective[Any, Any]:
+        inner, method = objective.loss, METHODS[self.cfg.method]
+
+        def loss(model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+            if not (model.training and torch.is_grad_enabled()):
+                return inner(model, batch, ctx)
+            return method(inner, self, model, batch, ctx)
+
+        # The perturbation is normalised over the whole micro-batch: its pieces would each get a different one.
+        return dataclasses.replace(objective, loss=loss, row_independent=False)
 
 
 class Perturbation:
@@ -77,17 +86,8 @@ class Perturbation:
         self.delta = (moved * scale).requires_grad_()
 
 
-def output_layer(model: nn.Module) -> nn.Module:
-    """The layer whose output the loss reads: a task head, or the language-model head."""
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Module):
-        return head
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(inner, "model", inner) if not hasattr(inner, "get_output_embeddings") else inner
-    return inner.get_output_embeddings()
-
-
-def fgm(loss_fn: LossFn, cfg: AdversarialSection, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+def fgm(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+    cfg = adv.cfg
     p = Perturbation(model, batch["attention_mask"])  # δ = 0 on the clean pass: its gradient is ∂L/∂e
     with p.active():
         clean = loss_fn(model, batch, ctx)
@@ -96,7 +96,8 @@ def fgm(loss_fn: LossFn, cfg: AdversarialSection, model: nn.Module, batch: Batch
     return dataclasses.replace(clean, loss_sum=clean.loss_sum + cfg.weight * adv.loss_sum)
 
 
-def pgd(loss_fn: LossFn, cfg: AdversarialSection, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+def pgd(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+    cfg = adv.cfg
     p = Perturbation(model, batch["attention_mask"], cfg.init_std, enabled=False)
     with p.active():
         clean = loss_fn(model, batch, ctx)
@@ -107,7 +108,8 @@ def pgd(loss_fn: LossFn, cfg: AdversarialSection, model: nn.Module, batch: Batch
     return dataclasses.replace(clean, loss_sum=clean.loss_sum + cfg.weight * adv.loss_sum)
 
 
-def freelb(loss_fn: LossFn, cfg: AdversarialSection, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+def freelb(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+    cfg = adv.cfg
     p = Perturbation(model, batch["attention_mask"], cfg.init_std)
     with p.active():
         path = []
@@ -119,10 +121,14 @@ def freelb(loss_fn: LossFn, cfg: AdversarialSection, model: nn.Module, batch: Ba
     return dataclasses.replace(path[0], loss_sum=total)
 
 
-def smart(loss_fn: LossFn, cfg: AdversarialSection, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+def smart(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
+    cfg = adv.cfg
     p = Perturbation(model, batch["attention_mask"], cfg.init_std, enabled=False)
     outputs: list[torch.Tensor] = []
-    handle = output_layer(model).register_forward_hook(lambda module, args, out: outputs.append(out))
+    layer = adv.output_layer if adv.output_layer is not None else output_head(model)
+    if layer is None:
+        raise ValueError(f"{type(model).__name__} has no output layer for SMART to compare")
+    handle = layer.register_forward_hook(lambda module, args, out: outputs.append(out))
     try:
         with p.active():
             clean = loss_fn(model, batch, ctx)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunelab.core.device import full_precision
 from tunelab.core.errors import ConfigError
 from tunelab.regularizers.ewc_weights import ewc_weights
 from tunelab.regularizers.fisher import EWCState, load_ewc
@@ -25,8 +26,9 @@ def ewc_penalty(
     return 0.5 * lam * total
 
 
-class EWCRegularizer:
+class EWCPenalty:
     """The EWC term for the training loop: built once (tensors moved to the model's device), `penalty()` per step.
+    `EWCPenalty.from_file` reads the state an earlier stage saved (`training.ewc_state`).
 
     Memory: the Fisher and the anchor are two fp32 copies of every constrained weight; a LoRA layer's effective
     weight is rebuilt (W0 + ΔW) at each call.
@@ -56,25 +58,13 @@ class EWCRegularizer:
             (weights[n].value, state.fisher[n].to(self.device), state.anchor[n].to(self.device)) for n in shared
         ]
 
+    @classmethod
+    def from_file(cls, model: nn.Module, path: str, lam: float) -> EWCPenalty:
+        return cls(model, load_ewc(path), lam)
+
     def penalty(self) -> torch.Tensor:
         """λ/2 · Σ F (θ - θ*)², computed in fp32 outside any autocast."""
-        with torch.autocast(self.device.type, enabled=False):
+        with full_precision(self.device):
             zero = torch.zeros((), device=self.device)
             total = sum(((f * (value().float() - a).pow(2)).sum() for value, f, a in self.terms), zero)
         return 0.5 * self.lam * total
-
-
-class PenaltySum:
-    """The loop's regularizer plus the EWC term: `penalty()` is their sum."""
-
-    def __init__(self, first: object, ewc: EWCRegularizer) -> None:
-        self.first, self.ewc = first, ewc
-        self.active = True
-
-    def penalty(self) -> torch.Tensor:
-        return self.first.penalty() + self.ewc.penalty()
-
-
-def with_ewc(regularizer: object, model: nn.Module, state_path: str, lam: float) -> PenaltySum:
-    """`regularizer` (anything with `penalty()`) plus EWC from the state saved at `state_path`."""
-    return PenaltySum(regularizer, EWCRegularizer(model, load_ewc(state_path), lam))

@@ -11,8 +11,9 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from tunelab.core.errors import ModelError
+from tunelab.methods.trained import artifact_dir, is_run, load_trained
 from tunelab.models.load import load_tokenizer, resolve_source
-from tunelab.recipes.runs import artifact_dir, is_run, load_for_inference, run_config
+from tunelab.recipes.runs import run_config
 
 
 @dataclass
@@ -53,7 +54,7 @@ def load_served(
             base.adapters[run_name] = saved
             return base
         require_safetensors(saved)
-        model, tokenizer = load_for_inference(spec, dtype=dtype)
+        model, tokenizer = load_trained(spec, dtype=dtype)
         return Served(run_name, model, tokenizer, "causal-lm")
     return _load_source(spec, dtype, trust_remote_code, name=name)
 

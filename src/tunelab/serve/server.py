@@ -13,6 +13,7 @@ import torch
 import uvicorn
 
 from tunelab.core.errors import TunelabError
+from tunelab.models.int8 import quantize_int8_
 from tunelab.serve.adapters import Adapters
 from tunelab.serve.app import ServerState, create_app
 from tunelab.serve.config import ServeConfig
@@ -54,8 +55,6 @@ def build_state(
         return state
     model = served.model.to(device)
     if int8:
-        from tunelab.models.int8 import quantize_int8_
-
         model = quantize_int8_(model)
     engine = Engine(
         model, served.tokenizer, max_batch_size=config.max_batch_size, max_queue=config.max_queue, metrics=state.metrics

@@ -19,11 +19,11 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunelab.core.device import autocast
 from tunelab.core.errors import ConfigError, RunError
 from tunelab.objectives.base import Objective
 from tunelab.train.config import TrainingSection
-from tunelab.train.loop import TrainingModule
+from tunelab.train.module import TrainingModule
+from tunelab.train.step import ProbeSteps, train_step
 
 RAM_SHARE = 0.5
 """Share of the available RAM that the CPU estimate may plan to fill (the estimate is rough; leave room)."""
@@ -112,10 +112,7 @@ def trial_step_fits(
         held = None
         try:
             held = torch.empty(moments, dtype=torch.uint8, device=device)
-            batch = {k: v.to(device) for k, v in objective.collate(chosen, pad_id).items()}
-            with autocast(device, bf16):
-                loss_sum, _, _ = module(batch)
-            loss_sum.backward()
+            train_step(module, objective, [objective.collate(chosen, pad_id)], ProbeSteps(), device=device, bf16=bf16)
             return True
         except torch.OutOfMemoryError:
             return False

@@ -46,7 +46,8 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
             return trainable_state(module.module)
     full = get_model_state_dict(module, options=_GATHER)
     names = {_clean(n) for n, p in _unwrapped(module).named_parameters() if p.requires_grad}
-    return {k[len(MODEL) :]: v.contiguous() for k, v in full.items() if k in names}
+    # The model's weights only: techniques trained beside it keep their values in the loop state.
+    return {k[len(MODEL) :]: v.contiguous() for k, v in full.items() if k in names and k.startswith(MODEL)}
 
 
 def load_trainable_(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -61,18 +62,19 @@ def load_trainable_(module: nn.Module, weights: dict[str, torch.Tensor]) -> None
 
 def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's full state keyed by parameter name, on the main process. Every process must call it."""
-    owner, inner = _owner(module, optimizer)
-    return get_optimizer_state_dict(owner, inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    return get_optimizer_state_dict(module, inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_optimizer_state_(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     if all(isinstance(k, int) for k in state["state"]):  # written by `optimizer.state_dict()` before names were used
         optimizer.load_state_dict(state)
         return
-    owner, inner = _owner(module, optimizer)
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
     # Not strict: a trainable weight that never had a gradient (a BERT pooler's LoRA under a head that reads the
     # hidden states) has no optimizer state to restore, and starts the resumed run without one, as it did before.
-    set_optimizer_state_dict(owner, inner, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_optimizer_state_dict(module, inner, _current_names(state), options=options)
 
 
 def rng_state() -> dict[str, Any]:
@@ -180,16 +182,18 @@ def _clean(name: str) -> str:
     return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
 
 
-def _owner(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The module that names every parameter the optimizer holds, and the torch optimizer itself: optimizer state
-    is keyed by parameter name, and a few parameters train outside the model (the task uncertainties of
-    multi-task weighting)."""
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
-    known = {id(p) for p in module.parameters()}
-    extra = [p for group in inner.param_groups for p in group["params"] if id(p) not in known]
-    if not extra:
-        return module, inner
-    owner = nn.Module()
-    owner.add_module("trained", module)
-    owner.extra = nn.ParameterList(extra)
-    return owner, inner
+# Names in optimizer states written while the learned task uncertainties trained outside the training module:
+# the module was nested under `trained.` and the uncertainties were `extra.0`.
+_LEGACY = {"extra.0": "techniques.task_weighting.log_vars"}
+
+
+def _current_names(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with parameter names of older checkpoints renamed to the training module's own."""
+    if not any(isinstance(k, str) and k.startswith("trained.") for k in state["state"]):
+        return state
+
+    def rename(name: str) -> str:
+        return _LEGACY.get(name, name.removeprefix("trained."))
+
+    groups = [{**g, "params": [rename(n) for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {rename(k): v for k, v in state["state"].items()}, "param_groups": groups}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +21,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 
 from tunelab.core.errors import ConfigError
-from tunelab.methods.schedule import schedule_of
+from tunelab.methods.base import StepHook
 from tunelab.models.parts import decoder_layers
 from tunelab.train import zero
 from tunelab.train.config import TrainingSection
@@ -91,12 +92,12 @@ def fsdp_settings(env: dict[str, str] | None = None) -> FsdpSettings:
     return FsdpSettings(wrap, names, int(env.get("FSDP_MIN_NUM_PARAMS", "100000000")), reshard)  # type: ignore[arg-type]
 
 
-def refuse_unsharded_state(model: nn.Module, cfg: TrainingSection) -> None:
+def refuse_unsharded_state(cfg: TrainingSection, hooks: Sequence[StepHook]) -> None:
     """Refuse training options that hold references to the unsharded weights, which sharding replaces."""
     held = [
         name
         for name, on in (
-            ("gradual unfreezing (method.unfreeze_every)", schedule_of(model) is not None),
+            ("gradual unfreezing (method.unfreeze_every)", any(h.dormant_parameters() for h in hooks)),
             ("training.l1_penalty / training.l2_penalty", bool(cfg.l1_penalty or cfg.l2_penalty)),
             ("EWC (continual.ewc_lambda)", cfg.ewc_state is not None),
         )

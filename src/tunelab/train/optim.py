@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -11,29 +12,58 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from tunelab.core.errors import ConfigError
 from tunelab.methods.base import layer_index_by_parameter
-from tunelab.methods.schedule import optimizer_parameters
+from tunelab.models.parts import output_head
 from tunelab.train.config import TrainingSection
 
 
-def build_optimizer(model: nn.Module, cfg: TrainingSection) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class Trainable:
+    """What else decides the optimizer's groups besides the model and the `training` section: the objective's
+    output layer (`head_lr`), own rates of submodules (a retriever), weights that thaw later (gradual unfreezing)
+    and parameters trained beside the model (task uncertainties; no weight decay, the base rate)."""
+
+    head: nn.Module | None = None
+    learning_rates: Mapping[str, float] = field(default_factory=dict)
+    dormant: Sequence[nn.Parameter] = ()
+    beside: Sequence[nn.Parameter] = ()
+
+
+def build_optimizer(model: nn.Module, cfg: TrainingSection, extra: Trainable | None = None) -> torch.optim.Optimizer:
     """The configured optimizer over the trainable parameters, grouped by learning rate and weight decay."""
-    return OPTIMIZERS[cfg.optimizer](param_groups(model, cfg), cfg)
+    extra = extra or Trainable()
+    groups = param_groups(model, cfg, extra)
+    if extra.beside:
+        groups.append({"params": list(extra.beside), "lr": cfg.learning_rate, "weight_decay": 0.0})
+    return OPTIMIZERS[cfg.optimizer](groups, cfg)
 
 
-def param_groups(model: nn.Module, cfg: TrainingSection) -> list[dict]:
+def optimizer_parameters(model: nn.Module, dormant: Sequence[nn.Parameter] = ()) -> list[tuple[str, nn.Parameter]]:
+    """Named parameters the optimizer must hold: trainable now, or among `dormant` (tied weights once)."""
+    later = {id(p) for p in dormant}
+    seen: set[int] = set()
+    out = []
+    for name, p in model.named_parameters():
+        if id(p) not in seen and (p.requires_grad or id(p) in later):
+            seen.add(id(p))
+            out.append((name, p))
+    return out
+
+
+def param_groups(model: nn.Module, cfg: TrainingSection, extra: Trainable | None = None) -> list[dict]:
     """One group per distinct (learning rate, weight decay); the group at the base rate comes first, since that is
     the rate the loop logs.
 
     Matrices get weight decay; vectors (norms, biases) do not, because shrinking a norm's gain or a bias toward
     zero is not regularisation, it changes what the layer computes.
     """
-    named = optimizer_parameters(model)
+    extra = extra or Trainable()
+    named = optimizer_parameters(model, extra.dormant)
     if not named:
         raise ConfigError(
             "Nothing to train: the method leaves every parameter frozen. Check the method section (e.g. "
             "freeze.top_k_layers=0 with no `modules`, or target_modules that match nothing)."
         )
-    rate = _rate_rule(model, cfg, named)
+    rate = _rate_rule(model, cfg, named, extra)
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in named:
         decay = cfg.weight_decay if p.ndim >= 2 else 0.0
@@ -43,13 +73,11 @@ def param_groups(model: nn.Module, cfg: TrainingSection) -> list[dict]:
 
 
 def _rate_rule(
-    model: nn.Module, cfg: TrainingSection, named: list[tuple[str, nn.Parameter]]
+    model: nn.Module, cfg: TrainingSection, named: list[tuple[str, nn.Parameter]], extra: Trainable
 ) -> Callable[[str, nn.Parameter], float]:
     """The learning rate of each parameter under the layer-wise decay, head/embedding rates and LoRA+."""
     embeddings = _ids(model.get_input_embeddings()) if hasattr(model, "get_input_embeddings") else set()
-    heads = _ids(model.get_output_embeddings()) if hasattr(model, "get_output_embeddings") else set()
-    task_head = getattr(model, "head", None)  # a task head (tunelab.heads) sits at `model.head`
-    heads |= _ids(task_head if isinstance(task_head, nn.Module) else None)
+    heads = _ids(extra.head if extra.head is not None else output_head(model))
     if cfg.head_lr and cfg.embedding_lr and cfg.head_lr != cfg.embedding_lr and embeddings & heads:
         raise ConfigError(
             f"training.head_lr ({cfg.head_lr}) and training.embedding_lr ({cfg.embedding_lr}) differ, but this model "
@@ -61,8 +89,7 @@ def _rate_rule(
             "method lora or dora (or a hybrid with lora), or remove it."
         )
     n_layers, layer_of = layer_index_by_parameter(model) if cfg.layer_lr_decay else (0, {})
-    # A module trained beside the model (a retriever) may carry its own rate: {submodule name: learning rate}.
-    own_rates: dict[str, float] = getattr(model, "submodule_learning_rates", {})
+    own_rates = extra.learning_rates  # a module trained beside the model (a retriever): {submodule: rate}
 
     def rate(name: str, p: nn.Parameter) -> float:
         for prefix, own in own_rates.items():

@@ -9,16 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.core.errors import DataError
+from tunelab.data.load import load_examples
 from tunelab.data.records import Example
 from tunelab.eval.fewshot.context import ContextLimit
 from tunelab.eval.fewshot.prompts import Embed, Layout, Strategy, encoder_embed, kshot_examples
+from tunelab.models.load import load_model, load_tokenizer
 
 DEFAULT_EMBEDDER = "minilm-l6"
 
 
 def load_embedder(source: str = DEFAULT_EMBEDDER) -> Embed:
     """An `embed` function from an encoder source (embedded name or HF folder), for `similar` shots."""
-    from tunelab.models.load import load_model, load_tokenizer
 
     return encoder_embed(load_model(source), load_tokenizer(source))
 
@@ -44,7 +45,6 @@ def with_pool_shots(
             f"--shots {k} needs demonstrations to choose from: give --shot-pool FILE, e.g. the training split "
             "(chat rows with a reference answer; rows equal to a question are never shown for it)."
         )
-    from tunelab.data.load import load_examples
 
     pool = load_examples([str(pool_file)]).examples
     if not pool:

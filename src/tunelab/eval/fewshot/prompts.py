@@ -27,6 +27,7 @@ from tunelab.core.errors import DataError
 from tunelab.core.types import Message
 from tunelab.data.records import Example
 from tunelab.eval.fewshot.context import ContextLimit
+from tunelab.models.pooling import encode
 
 Strategy = Literal["random", "similar"]
 Layout = Literal["turns", "inline"]
@@ -105,7 +106,6 @@ def kshot_examples(
 
 def encoder_embed(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32) -> Embed:
     """An `embed` function from an encoder (e.g. `load_model("minilm-l6")`): mean-pooled, unit-length vectors."""
-    from tunelab.models.pooling import encode
 
     return lambda texts: encode(model, tokenizer, texts, batch_size=batch_size)
 

@@ -13,6 +13,9 @@ from safetensors import safe_open
 
 from tunelab.core.errors import ModelError
 from tunelab.export.merging.lora import LoraAdapter, is_adapter
+from tunelab.methods.trained import artifact_dir, is_run
+from tunelab.models.load import resolve_source
+from tunelab.recipes.runs import run_config
 
 INDEX = "model.safetensors.index.json"
 
@@ -86,8 +89,6 @@ class MergeInput:
 
 def resolve_input(spec: str) -> MergeInput:
     """A run folder, PEFT LoRA adapter folder, mergekit 'BASE+ADAPTER', HF folder or embedded model name."""
-    from tunelab.models.load import resolve_source
-    from tunelab.recipes.runs import artifact_dir, is_run, run_config
 
     path = Path(spec).expanduser()
     if is_run(path):

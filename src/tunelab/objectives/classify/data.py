@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.core.errors import DataError
 from tunelab.data.records import Example
 from tunelab.data.tokenize import IGNORE
+from tunelab.objectives.classify.config import Task
 
 Target = int | float | list[int]
 
@@ -151,3 +153,31 @@ def count_targets(batch: dict[str, torch.Tensor]) -> int:
 
 def item_length(item: ClassItem) -> int:
     return len(item.input_ids)
+
+
+def encode(
+    example: Example, tokenizer: PreTrainedTokenizerBase, task: Task, names: list[str], max_length: int,
+    truncation: str = "right",
+) -> ClassItem:  # fmt: skip
+    """One record as a `ClassItem`. A label outside `names` is a DataError (names come from the config or the
+    data, so it is a mistake in one of them); what cannot be tokenized is a ValueError (the row is rejected)."""
+    common = {"origin": example.origin, "task": example.task, "difficulty": example.meta.get("difficulty")}
+    label = example.label or ""
+    if task == "regression":
+        try:
+            target = float(label)
+        except ValueError:
+            raise DataError(f"{example.origin}: label {label!r} is not a number, as task=regression needs.") from None
+        return ClassItem(encode_sequence(example, tokenizer, max_length, truncation), target, label, **common)
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({x for x in (label.split(" ") if task == "token_classification" else [label]) if x not in index})
+    if unknown:
+        raise DataError(
+            f"{example.origin}: label(s) {', '.join(map(repr, unknown))} are not among objective.labels "
+            f"({', '.join(names)}). Add them to objective.labels (objective.tasks.<task>.labels with task_heads), "
+            "or leave it empty to take the labels from the data."
+        )
+    if task == "token_classification":
+        ids, labels = encode_tagged(example, tokenizer, max_length, [index[t] for t in label.split(" ")])
+        return ClassItem(ids, labels, None, **common)
+    return ClassItem(encode_sequence(example, tokenizer, max_length, truncation), index[label], label, **common)

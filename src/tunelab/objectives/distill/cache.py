@@ -8,7 +8,6 @@ all of a language model's probability mass.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -18,7 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.core.device import autocast
 from tunelab.data.tokenize import IGNORE, Tokenized, collate
+from tunelab.methods.trained import is_run, read_run
+from tunelab.models.load import resolve_source
 
 
 @dataclass
@@ -54,12 +56,11 @@ def compute_topk(
 ) -> list[TopK]:
     """Top-k log-probs of the teacher (`logits_at_targets(batch, keep)` -> logits at the target positions)."""
     out: list[TopK] = []
-    cast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = {key: v.to(device) for key, v in collate(chunk, pad_id).items()}
         keep = batch["labels"][:, 1:] != IGNORE
-        with cast:
+        with autocast(device, bf16):
             logps = logits_at_targets(batch, keep).float().log_softmax(-1)
         values, ids = logps.topk(k, dim=-1)
         counts = keep.sum(1).tolist()
@@ -94,14 +95,12 @@ def cached_topk(folder: Path, key: str, compute: Callable[[], list[TopK]]) -> li
 def weight_files(spec: str) -> list[Path]:
     """The weight files a teacher is loaded from (for the cache key): a run folder's (with its base model's) or
     a model source's."""
-    from tunelab.models.load import resolve_source
-    from tunelab.recipes.runs import is_run, run_config
 
     folder = Path(spec)
     files = []
     if is_run(folder):
         files = [p for p in folder.rglob("*.safetensors") if "checkpoints" not in p.parts]
-        spec = run_config(folder).model.source
+        spec = read_run(folder).source
     source = resolve_source(spec)
     root = source.path
     files += [root] if root.is_file() else [p for p in root.rglob("*") if p.suffix in (".safetensors", ".bin", ".gguf")]

@@ -12,7 +12,7 @@ its top-k log-probs per target token are cached on disk (see distill.cache) and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -21,11 +21,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tunelab.core.errors import ConfigError
+from tunelab.core.paths import tunelab_home
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
 from tunelab.data.tokenize import IGNORE, Tokenized, collate
+from tunelab.methods.trained import load_trained
 from tunelab.models.parts import base_model, decoder_and_head
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.base import Objective, Setup, SetupArgs
 from tunelab.objectives.distill.cache import TopK, cached_topk, compute_topk, fingerprint, weight_files
 from tunelab.objectives.distill.losses import Divergence, distill_terms, kl
 from tunelab.objectives.lm import causal_inputs, target_tokens
@@ -164,11 +166,8 @@ def attention_term(s: Outputs, t: Outputs, keep: torch.Tensor, pairs: list[tuple
     return total
 
 
-def _setup(cfg: DistillConfig, args: SetupArgs) -> tuple[nn.Module, DistillContext]:
-    from tunelab.core.paths import tunelab_home
-    from tunelab.recipes.runs import load_for_inference
-
-    teacher, teacher_tokenizer = load_for_inference(cfg.teacher, dtype=torch.bfloat16 if args.bf16 else torch.float32)
+def _setup(cfg: DistillConfig, args: SetupArgs) -> Setup[DistillContext]:
+    teacher, teacher_tokenizer = load_trained(cfg.teacher, dtype=torch.bfloat16 if args.bf16 else torch.float32)
     if teacher_tokenizer.get_vocab() != args.tokenizer.get_vocab():
         raise ConfigError(
             f"objective.teacher '{cfg.teacher}' uses another tokenizer than the student, so their next-token "
@@ -186,21 +185,22 @@ def _setup(cfg: DistillConfig, args: SetupArgs) -> tuple[nn.Module, DistillConte
     if cfg.hidden_layers and s_width != t_width:
         projections = nn.ModuleList(nn.Linear(s_width, t_width, bias=False) for _ in cfg.hidden_layers)
         model = DistillStudent(args.model, projections.to(args.device))
-    if cfg.top_k is not None:
+    if cfg.top_k is None:
+        return Setup(model, DistillContext(cfg, teacher))
+    k = cfg.top_k
 
-        def teacher_logits(batch: Batch, keep: torch.Tensor) -> torch.Tensor:
-            return forward(teacher, batch, keep, False, False).logits
+    def teacher_logits(batch: Batch, keep: torch.Tensor) -> torch.Tensor:
+        return forward(teacher, batch, keep, False, False).logits
 
+    def with_topk(items: list[Tokenized]) -> list[DistillItem]:
         pad = args.tokenizer.pad_token_id
-        files = weight_files(cfg.teacher)
-        for split in ("train", "val"):
-            items = getattr(args.data, split)
-            key = fingerprint(files, cfg.top_k, items)
-            compute = lambda items=items: compute_topk(teacher_logits, items, cfg.top_k, pad, args.device, args.bf16)  # noqa: E731
-            topk = cached_topk(tunelab_home() / "distill", key, compute)
-            setattr(args.data, split, [DistillItem(seq, k) for seq, k in zip(items, topk, strict=True)])
-        teacher = None  # every batch carries the teacher's top-k
-    return model, DistillContext(cfg, teacher)
+        compute = lambda: compute_topk(teacher_logits, items, k, pad, args.device, args.bf16)  # noqa: E731
+        topk = cached_topk(tunelab_home() / "distill", fingerprint(files, k, items), compute)
+        return [DistillItem(seq, top) for seq, top in zip(items, topk, strict=True)]
+
+    files = weight_files(cfg.teacher)
+    data = replace(args.data, train=with_topk(args.data.train), val=with_topk(args.data.val))
+    return Setup(model, DistillContext(cfg, None), data=data)  # every batch carries the teacher's top-k
 
 
 def _check_layers(cfg: DistillConfig, student_layers: int, teacher_layers: int) -> None:

@@ -8,23 +8,23 @@ The teacher's answers are written to `teacher_answers.jsonl` in the run folder (
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-import torch
 from pydantic import Field
-from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.errors import ModelError
 from tunelab.core.schema import Section
 from tunelab.core.types import Message
+from tunelab.data.pack import pack
+from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example
-from tunelab.objectives.base import Objective, prepare_lm
+from tunelab.data.tokenize import tokenize_all
+from tunelab.methods.trained import load_trained
+from tunelab.models.generate import generate_answers
+from tunelab.objectives.base import Objective, PrepareArgs, prepare_lm
 from tunelab.objectives.lm import causal_lm_loss
-
-if TYPE_CHECKING:
-    from tunelab.config import TunelabConfig
-    from tunelab.data.pipeline import PreparedData
 
 ANSWERS_FILE = "teacher_answers.jsonl"
 
@@ -41,20 +41,16 @@ class SeqDistillConfig(Section):
     """Also train on the data's own answers (next to the teacher's)."""
 
 
-def teacher_answers(cfg: TunelabConfig, records: list[Example], out: Path) -> dict[str, str]:
+def teacher_answers(args: PrepareArgs[SeqDistillConfig], records: list[Example], out: Path) -> dict[str, str]:
     """origin -> the teacher's greedy answer to the record's prompt (read back from `out` when already there)."""
     if out.is_file():
         return {row["origin"]: row["answer"] for row in map(json.loads, out.read_text().splitlines())}
-    from tunelab.core.device import use_bf16
-    from tunelab.models.generate import generate_answers
-    from tunelab.recipes.runs import load_for_inference
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher, tokenizer = load_for_inference(cfg.objective.teacher)
+    cfg = args.objective
+    teacher, tokenizer = load_trained(cfg.teacher)
     answers = generate_answers(
-        teacher.to(device), tokenizer, [ex.prompt_and_answer()[0] for ex in records],
-        max_new_tokens=cfg.objective.max_new_tokens, batch_size=cfg.objective.batch_size,
-        system_prompt=cfg.data.system_prompt, precision="bf16" if use_bf16(cfg.training.precision, device) else "fp32",
+        teacher.to(args.device), tokenizer, [ex.prompt_and_answer()[0] for ex in records],
+        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, system_prompt=args.data.system_prompt,
+        precision="bf16" if args.bf16 else "fp32",
     )  # fmt: skip
     found = {ex.origin: answer for ex, answer in zip(records, answers, strict=True)}
     tmp = out.with_suffix(".tmp")
@@ -63,17 +59,13 @@ def teacher_answers(cfg: TunelabConfig, records: list[Example], out: Path) -> di
     return found
 
 
-def prepare_teacher_data(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
+def prepare_teacher_data(args: PrepareArgs[SeqDistillConfig]) -> PreparedData:
     """The usual chat data, with every training answer replaced by the teacher's (or joined by it)."""
-    from tunelab.data.pack import pack
-    from tunelab.data.pipeline import prepare_dataset
-    from tunelab.data.tokenize import tokenize_all
-
-    data = prepare_lm(cfg, tokenizer, run_dir)
-    d = cfg.data
-    prepared = prepare_dataset(d, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
+    data = prepare_lm(args)
+    d, tokenizer, run_dir = args.data, args.tokenizer, args.run_dir
+    prepared = args.dataset()
     records = [ex for r in prepared.table("train_records").to_pylist() if (ex := Example.from_row(r)).kind == "chat"]
-    answers = teacher_answers(cfg, records, run_dir / ANSWERS_FILE)
+    answers = teacher_answers(args, records, run_dir / ANSWERS_FILE)
     distilled = [
         Example([*ex.prompt_and_answer()[0], Message("assistant", answers[ex.origin])], ex.origin, task=ex.task)
         for ex in records
@@ -81,22 +73,21 @@ def prepare_teacher_data(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase,
     ]
     if records and not distilled:
         raise ModelError(
-            f"The teacher {cfg.objective.teacher} gave an empty answer to all {len(records)} training prompts (see "
+            f"The teacher {args.objective.teacher} gave an empty answer to all {len(records)} training prompts (see "
             f"{run_dir / ANSWERS_FILE}), so there is nothing to distil. Use a teacher that answers these prompts "
             "(an instruction-tuned model or a finished run), or raise objective.max_new_tokens."
         )
     train, rejects = tokenize_all(distilled, tokenizer, d.max_length, d.loss_on, d.system_prompt, d.truncation)
     if d.packing:
         train = pack(train, d.max_length)
-    data.train = train + data.train if cfg.objective.keep_original else train
-    data.report["teacher_answers"] = {
+    report = {**data.report, "teacher_answers": {
         "answered": len(distilled), "empty": len(records) - len(distilled), "trained": len(train),
         "rejected": len(rejects),
-    }  # fmt: skip
+    }}  # fmt: skip
     report_file = run_dir / "data_report.json"
     if report_file.is_file():  # the run's data report records what the teacher's answers added
-        report_file.write_text(json.dumps({**json.loads(report_file.read_text()), **data.report}, indent=2))
-    return data
+        report_file.write_text(json.dumps({**json.loads(report_file.read_text()), **report}, indent=2))
+    return replace(data, train=train + data.train if args.objective.keep_original else train, report=report)
 
 
 OBJECTIVE = Objective(name="seq_distill", loss=causal_lm_loss, config=SeqDistillConfig, prepare=prepare_teacher_data)

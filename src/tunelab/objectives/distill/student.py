@@ -10,6 +10,7 @@ from typing import Literal
 from torch import nn
 
 from tunelab.core.errors import ConfigError
+from tunelab.methods.trained import load_trained
 from tunelab.models.parts import decoder_layers
 
 
@@ -47,9 +48,7 @@ def drop_layers_(model: nn.Module, keep: list[int]) -> nn.Module:
 def make_student(teacher: str, out: str | Path, keep: Literal["every_other"] | list[int] = "every_other") -> Path:
     """Write a student model folder (weights, config, tokenizer) made from `teacher` (a model source or a finished
     run, adapters merged) by keeping the layers `keep`. Use the folder as `model.source`."""
-    from tunelab.recipes.runs import load_for_inference
-
-    model, tokenizer = load_for_inference(teacher)
+    model, tokenizer = load_trained(teacher)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     n_layers = len(decoder_layers(model)[1])

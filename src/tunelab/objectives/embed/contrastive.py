@@ -12,8 +12,7 @@ contrastive problem, so a larger `training.batch_size` (not `grad_accum`) is wha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +23,11 @@ from transformers import PreTrainedTokenizerBase
 from tunelab.core.errors import DataError
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
+from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example, Reject
 from tunelab.models.pooling import embed_batch
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.embed.losses import info_nce, matryoshka
-
-if TYPE_CHECKING:
-    from tunelab.config import TunelabConfig
-    from tunelab.data.pipeline import PreparedData
 
 ROLES = ("anchor", "positive", "negative")
 
@@ -111,11 +107,9 @@ def contrastive_loss(model: nn.Module, batch: Batch, ctx: ContrastiveConfig | No
     return LossParts(loss_sum=mean * n, count=torch.tensor(n, device=mean.device), correct=correct)
 
 
-def prepare_embed_pairs(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
+def prepare_embed_pairs(args: PrepareArgs[ContrastiveConfig]) -> PreparedData:
     """Records of kind `pairs` tokenized as `EmbedItem`s; other kinds are a DataError."""
-    from tunelab.data.pipeline import PreparedData, prepare_dataset
-
-    prepared = prepare_dataset(cfg.data, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
+    prepared = args.dataset()
     kinds = prepared.report["kinds"]
     if set(kinds) != {"pairs"}:
         shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
@@ -132,7 +126,7 @@ def prepare_embed_pairs(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, 
             if not (ex.anchor and ex.positive):
                 rejects.append(Reject(origin=ex.origin, reason="no anchor or positive", row=ex.anchor[:200]))
                 continue
-            out[split].append(tokenize_embed_pair(ex, tokenizer, cfg.data.max_length))
+            out[split].append(tokenize_embed_pair(ex, args.tokenizer, args.data.max_length))
     report = {**prepared.report, "train_examples": len(out["train"]), "val_examples": len(out["val"])}
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     if not out["train"]:
@@ -140,8 +134,8 @@ def prepare_embed_pairs(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, 
     return PreparedData(train=out["train"], val=out["val"], val_examples=[], report=report)
 
 
-def _setup(cfg: ContrastiveConfig, args: SetupArgs) -> tuple[nn.Module, Any]:
-    return args.model, cfg
+def _setup(cfg: ContrastiveConfig, args: SetupArgs) -> Setup[ContrastiveConfig]:
+    return Setup(args.model, cfg)
 
 
 OBJECTIVE = Objective(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -22,15 +22,13 @@ from transformers import PreTrainedTokenizerBase
 from tunelab.core.errors import DataError
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
+from tunelab.data.augment import smote_embeddings
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example
 from tunelab.models.pooling import embed_batch, encode
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.embed.contrastive import EmbedItem, collate_embed, count_anchors, embed_length
 from tunelab.objectives.embed.setfit_head import contrastive_pairs, cosine_pair_loss, fit_head
-
-if TYPE_CHECKING:
-    from tunelab.config import TunelabConfig
 
 
 class SetFitConfig(Section):
@@ -72,7 +70,7 @@ def collate_setfit(items: list[SetFitItem], pad_id: int) -> Batch:
     return batch
 
 
-def setfit_loss(model: SetFitModule, batch: Batch, ctx: Any = None) -> LossParts:
+def setfit_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts:
     """Summed squared error of the pairs' cosine against their targets; `correct`: pairs on the right side of 0.5."""
     a = embed_batch(model.encoder, batch["anchor_input_ids"], batch["anchor_attention_mask"])
     b = embed_batch(model.encoder, batch["positive_input_ids"], batch["positive_attention_mask"])
@@ -80,11 +78,9 @@ def setfit_loss(model: SetFitModule, batch: Batch, ctx: Any = None) -> LossParts
     return LossParts(loss_sum=loss_sum, count=torch.tensor(a.shape[0], device=a.device), correct=correct)
 
 
-def prepare_setfit(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> SetFitData:
+def prepare_setfit(args: PrepareArgs[SetFitConfig]) -> SetFitData:
     """Classification records -> contrastive pair items (train and validation) plus the labelled texts."""
-    from tunelab.data.pipeline import prepare_dataset
-
-    prepared = prepare_dataset(cfg.data, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
+    prepared, tokenizer = args.dataset(), args.tokenizer
     kinds = prepared.report["kinds"]
     if set(kinds) != {"classification"}:
         shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
@@ -92,7 +88,7 @@ def prepare_setfit(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_d
             f"The training data holds {shown} records, but objective 'setfit' trains on classification rows only: "
             "'text' and 'label' fields. Give classification files, or choose another objective."
         )
-    settings: SetFitConfig = cfg.objective
+    settings = args.objective
     items: dict[str, list[SetFitItem]] = {}
     labelled: dict[str, tuple[list[str], list[str]]] = {}
     for split, name in (("train", "train_records"), ("val", "validation_records")):
@@ -102,29 +98,29 @@ def prepare_setfit(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_d
         if len(set(labels)) < 2:
             items[split] = []
             continue
-        ids = [list(tokenizer(t, truncation=True, max_length=cfg.data.max_length)["input_ids"]) for t in texts]
+        ids = [list(tokenizer(t, truncation=True, max_length=args.data.max_length)["input_ids"]) for t in texts]
         rounds = settings.pairs_per_text if split == "train" else 1
-        pairs = contrastive_pairs(labels, rounds, seed=cfg.training.seed)
+        pairs = contrastive_pairs(labels, rounds, seed=args.seed)
         items[split] = [SetFitItem(ids[i], ids[j], [], target=t) for i, j, t in pairs]
     if not items["train"]:
         raise DataError("SetFit needs training rows of at least two labels; check the data's 'label' field.")
     report = {**prepared.report, "train_examples": len(items["train"]), "val_examples": len(items["val"])}
-    smote_k = cfg.data.augment.smote_k if cfg.data.augment.smote else None
+    smote_k = args.data.augment.smote_k if args.data.augment.smote else None
     return SetFitData(items["train"], items["val"], [], report, labelled=labelled, smote_k=smote_k)
 
 
-def _setup(cfg: SetFitConfig, args: SetupArgs) -> tuple[nn.Module, Any]:
-    return SetFitModule(args.model, args.tokenizer, args.data, cfg), cfg
+def _setup(cfg: SetFitConfig, args: SetupArgs) -> Setup[SetFitConfig]:
+    assert isinstance(args.data, SetFitData)
+    return Setup(SetFitModule(args.model, args.tokenizer, args.data, cfg), cfg)
 
 
-def _save_head(model: SetFitModule, folder: Path) -> None:
+def _save_head(model: nn.Module, cfg: SetFitConfig, folder: Path) -> None:
     """Phase 2: fit the logistic-regression head on the trained embeddings; record its accuracy."""
+    assert isinstance(model, SetFitModule)
     texts, labels = model.labelled["train"]
     vectors = encode(model.encoder, model.tokenizer, texts).float().cpu().numpy()
     scores = {}
     if model.smote_k is not None:  # synthetic minority-class embeddings of the trained encoder, for the head only
-        from tunelab.data.augment import smote_embeddings
-
         vectors, labels, synthetic = smote_embeddings(vectors, labels, model.smote_k)
         scores["smote_synthetic"] = int(synthetic.sum())
     head = fit_head(vectors, [str(y) for y in labels], c=model.head_c)

@@ -25,6 +25,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.errors import DataError, ModelError
+from tunelab.models.load import load_model, load_tokenizer
+from tunelab.models.pooling import encode
 
 HEAD_FILE = "setfit_head.json"
 
@@ -110,14 +112,10 @@ class SetFitClassifier:
 
     @classmethod
     def load(cls, folder: str | Path) -> SetFitClassifier:
-        from tunelab.models.load import load_model, load_tokenizer
-
         folder = Path(folder)
         head = SetFitHead.load(folder)
         return cls(load_model(str(folder)), load_tokenizer(str(folder)), head)
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
-        from tunelab.models.pooling import encode
-
         vectors = encode(self.encoder, self.tokenizer, texts, batch_size=batch_size)
         return self.head.predict(vectors.float().cpu().numpy())

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
 import torch
 from pydantic import Field, model_validator
@@ -35,7 +35,8 @@ from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.models.load import resolve_source, tokenizer_from_folder
+from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.embed.retrieval import retrieval_metrics
 from tunelab.objectives.rag.data import Passage, QARow, corpus_path, hold_out, read_corpus, read_questions
 from tunelab.objectives.rag.generator import DEFAULT_TEMPLATE, AnswerScores, answer_scores, rag_example
@@ -101,13 +102,10 @@ class RagData(PreparedData):
 class RagModel(nn.Module):
     """The generator (method applied) and the retriever, trained as one module."""
 
-    def __init__(self, generator: nn.Module, retriever: Retriever, retriever_lr: float | None) -> None:
+    def __init__(self, generator: nn.Module, retriever: Retriever) -> None:
         super().__init__()
         self.generator = generator
         self.retriever = retriever
-        self.submodule_learning_rates = {"retriever": retriever_lr} if retriever_lr is not None else {}
-        self.val_rows: list[QARow] = []
-        self.recall_ks: tuple[int, ...] = (1,)
 
     def train(self, mode: bool = True) -> RagModel:
         # The encoder's dropout stays off: the ranking that fills the prompt and P_R is the one evaluation sees.
@@ -127,19 +125,19 @@ class RagContext:
     """Frozen retriever: each question's top k, computed once."""
     batches: int = 0
     """Training batches since training last rebuilt the index (0: not yet)."""
+    val_rows: list[QARow] = field(default_factory=list)
+    """The validation questions, whose gold passages the saved retriever's recall is measured on."""
 
 
-def prepare_rag(cfg: Any, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> RagData:
+def prepare_rag(args: PrepareArgs[RagConfig]) -> RagData:
     """Read the corpus and the question files; questions are tokenized for the retriever."""
-    from tunelab.models.load import resolve_source, tokenizer_from_folder
-
-    rcfg: RagConfig = cfg.objective
-    passages = read_corpus(corpus_path(rcfg.corpus, cfg.data.train))
+    rcfg, data = args.objective, args.data
+    passages = read_corpus(corpus_path(rcfg.corpus, data.train))
     ids = {p.id for p in passages}
-    train = read_questions(cfg.data.train, ids)
-    val = read_questions(cfg.data.validation, ids)
-    if not cfg.data.validation:
-        train, val = hold_out(train, cfg.data.val_fraction, cfg.training.seed)
+    train = read_questions(data.train, ids)
+    val = read_questions(data.validation, ids)
+    if not data.validation:
+        train, val = hold_out(train, data.val_fraction, args.seed)
     query_tokenizer = tokenizer_from_folder(resolve_source(rcfg.retriever).materialize(), chat=False)
     items = [
         RagItem(i, row, query_tokenizer(row.question, truncation=True, max_length=rcfg.query_max_length)["input_ids"])
@@ -149,7 +147,7 @@ def prepare_rag(cfg: Any, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> 
     report["corpus_passages"] = len(passages)
     return RagData(
         train=items[: len(train)], val=items[len(train) :], val_examples=[], report=report,
-        passages=passages, max_length=cfg.data.max_length, system_prompt=cfg.data.system_prompt,
+        passages=passages, max_length=data.max_length, system_prompt=data.system_prompt,
     )  # fmt: skip
 
 
@@ -264,8 +262,9 @@ def retrieval_recall(retriever: Retriever, rows: list[QARow], ks: tuple[int, ...
     return {name: value for name, value in metrics.items() if not name.startswith("ndcg")}
 
 
-def _setup(cfg: RagConfig, args: SetupArgs) -> tuple[nn.Module, RagContext]:
-    data: RagData = args.data  # type: ignore[assignment]
+def _setup(cfg: RagConfig, args: SetupArgs) -> Setup[RagContext]:
+    data = args.data
+    assert isinstance(data, RagData)
     if cfg.prompt_passages > len(data.passages):
         raise ConfigError(
             f"objective.prompt_passages is {cfg.prompt_passages}, but the corpus {cfg.corpus} holds only "
@@ -275,18 +274,19 @@ def _setup(cfg: RagConfig, args: SetupArgs) -> tuple[nn.Module, RagContext]:
         cfg.retriever, data.passages, query_max_length=cfg.query_max_length, passage_max_length=cfg.passage_max_length
     ).to(args.device)
     retriever.requires_grad_(cfg.joint)
-    model = RagModel(args.model, retriever, cfg.retriever_lr if cfg.joint else None)
-    model.val_rows = [item.row for item in data.val]
-    model.recall_ks = tuple(sorted({1, cfg.top_k}))
-    data.val_examples = RetrievedExamples(model.val_rows, retriever, cfg)  # type: ignore[assignment]
-    items = [*data.train, *data.val]
-    return model, RagContext(cfg, args.tokenizer, items, data.max_length, data.system_prompt)
+    val_rows = [item.row for item in data.val]
+    ctx = RagContext(cfg, args.tokenizer, [*data.train, *data.val], data.max_length, data.system_prompt,
+                     val_rows=val_rows)  # fmt: skip
+    # Generation metrics before and after training each use the retriever of that moment.
+    retrieved = replace(data, val_examples=RetrievedExamples(val_rows, retriever, cfg))
+    rates = {"retriever": cfg.retriever_lr} if cfg.joint else {}
+    return Setup(RagModel(args.model, retriever), ctx, data=retrieved, learning_rates=rates)
 
 
-def _save_retriever(model: nn.Module, folder: Path) -> None:
-    retriever: Retriever = model.retriever
-    save_retriever(retriever, folder / "retriever")
-    recall = retrieval_recall(retriever, model.val_rows, model.recall_ks)
+def _save_retriever(model: nn.Module, ctx: RagContext, folder: Path) -> None:
+    assert isinstance(model, RagModel)
+    save_retriever(model.retriever, folder / "retriever")
+    recall = retrieval_recall(model.retriever, ctx.val_rows, tuple(sorted({1, ctx.cfg.top_k})))
     (folder / "retrieval_eval.json").write_text(json.dumps(recall, indent=2))
 
 

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.core.device import full_precision
 from tunelab.core.errors import ModelError
+from tunelab.models.load import load_model, resolve_source, tokenizer_from_folder
 from tunelab.models.pooling import embed_batch, encode
 from tunelab.objectives.rag.data import Passage
 
@@ -51,7 +53,7 @@ class Retriever(nn.Module):
         """Re-embed every passage with the current encoder (no gradients, fp32 even inside a bf16 autocast region,
         so an index built during training ranks exactly like one built for evaluation)."""
         texts = [p.text for p in self.passages]
-        with torch.autocast(self.device.type, enabled=False):
+        with full_precision(self.device):
             vectors = encode(self.encoder, self.tokenizer, texts, max_length=self.passage_max_length)
         self.index = vectors.to(self.device)
         self.stale = False
@@ -82,7 +84,7 @@ class Retriever(nn.Module):
         self.encoder.eval()
         out = []
         try:
-            with torch.autocast(self.device.type, enabled=False):
+            with full_precision(self.device):
                 for start in range(0, len(questions), 64):
                     enc = self.tokenize(questions[start : start + 64])
                     scores = self.scores(self.embed(enc["input_ids"], enc["attention_mask"]))
@@ -97,8 +99,6 @@ def load_retriever(
 ) -> Retriever:
     """A retriever over `passages` with the encoder `spec`: an embedded encoder (`minilm-l6`), an encoder folder,
     or a retriever folder saved by a rag run (`<run>/<artifact>/retriever`)."""
-    from tunelab.models.load import load_model, resolve_source, tokenizer_from_folder
-
     source = resolve_source(spec)
     if source.task != "encoder":
         raise ModelError(

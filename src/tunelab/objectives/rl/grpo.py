@@ -23,11 +23,12 @@ from torch import nn
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
 from tunelab.models.generate import stop_token_ids
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.base import Objective, Setup, SetupArgs
 from tunelab.objectives.lm import token_logps
 from tunelab.objectives.reference import Reference, ReferenceKind, build_reference
 from tunelab.objectives.rl.rewards import RewardModelScorer, RewardSpec, Sample, combined
 from tunelab.objectives.rl.rollout import (
+    PromptData,
     Rollout,
     collate_prompts,
     group_advantages,
@@ -182,13 +183,15 @@ def grpo_loss(model: nn.Module, batch: Batch, ctx: RLContext) -> LossParts:
 
 def setup_rl(cfg: RLSettings, args: SetupArgs) -> RLContext:
     """Rewards, reference and stop tokens for GRPO/PPO."""
+    assert isinstance(args.data, PromptData)
+    samples = args.data.samples
     score_text = combined(cfg.rewards) if cfg.rewards else None
     reward_model = (
         RewardModelScorer(cfg.reward_model, args.device, args.tokenizer.get_vocab()) if cfg.reward_model else None
     )
     reference = build_reference(args.model, args.method, cfg.reference, None, args.device) if cfg.beta else None
     return RLContext(
-        cfg=cfg, tokenizer=args.tokenizer, samples=args.data.report["rl_samples"], score_text=score_text,
+        cfg=cfg, tokenizer=args.tokenizer, samples=samples, score_text=score_text,
         reward_model=reward_model, reference=reference, stops=stop_token_ids(args.model, args.tokenizer),
     )  # fmt: skip
 
@@ -198,7 +201,7 @@ OBJECTIVE = Objective(
     loss=grpo_loss,
     config=GRPOConfig,
     prepare=prepare_prompts,
-    setup=lambda cfg, args: (args.model, setup_rl(cfg, args)),
+    setup=lambda cfg, args: Setup(args.model, setup_rl(cfg, args)),
     collate=collate_prompts,
     length=lambda item: len(item.prompt),
     count=lambda batch: int(batch["input_ids"].size(0)),

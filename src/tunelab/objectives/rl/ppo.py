@@ -21,7 +21,7 @@ from tunelab.core.errors import ConfigError
 from tunelab.core.types import Batch, LossParts
 from tunelab.data.tokenize import IGNORE
 from tunelab.models.parts import decoder_and_head
-from tunelab.objectives.base import Objective, SetupArgs
+from tunelab.objectives.base import Objective, Setup, SetupArgs
 from tunelab.objectives.lm import causal_inputs
 from tunelab.objectives.rl.grpo import (
     RLContext,
@@ -30,8 +30,8 @@ from tunelab.objectives.rl.grpo import (
     greedy_reward,
     next_rollout,
     rewards_of,
+    setup_rl,
 )
-from tunelab.objectives.rl.grpo import setup_rl as _setup_rl
 from tunelab.objectives.rl.rollout import Rollout, collate_prompts, gae, masked_rows, prepare_prompts
 
 
@@ -110,11 +110,11 @@ def ppo_loss(model: PolicyWithValue, batch: Batch, ctx: RLContext) -> LossParts:
     return LossParts(loss_sum=losses.sum() / n, count=torch.tensor(prompts), correct=x["rewards"].sum() / n)
 
 
-def _setup(cfg: PPOConfig, args: SetupArgs) -> tuple[nn.Module, RLContext]:
+def _setup(cfg: PPOConfig, args: SetupArgs) -> Setup[RLContext]:
     if decoder_and_head(args.model) is None:
         raise ConfigError("objective ppo needs a model whose forward runs whole (not prompt or prefix tuning).")
     hidden = args.model.get_input_embeddings().embedding_dim
-    return PolicyWithValue(args.model, hidden).to(args.device), _setup_rl(cfg, args)
+    return Setup(PolicyWithValue(args.model, hidden).to(args.device), setup_rl(cfg, args))
 
 
 OBJECTIVE = Objective(

@@ -12,7 +12,6 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -21,6 +20,8 @@ from torch import nn
 
 from tunelab.core.errors import ConfigError
 from tunelab.core.schema import Section
+from tunelab.methods.trained import load_trained, read_run
+from tunelab.objectives.classify.heads import load_head_
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,8 @@ class RewardModelScorer:
     """Scores (prompt + completion) token rows with a reward model trained by objective `reward` (a run folder)."""
 
     def __init__(self, run: str, device: torch.device, vocab: dict[str, int]) -> None:
-        from tunelab.objectives.classify.heads import load_head_
-        from tunelab.recipes.runs import artifact_dir, load_for_inference, run_config
-
-        body, tokenizer = load_for_inference(run)
-        folder = artifact_dir(Path(run), run_config(Path(run)).method.name)
+        body, tokenizer = load_trained(run)
+        folder = read_run(run).artifact
         if tokenizer.get_vocab() != vocab:
             raise ConfigError(
                 f"Reward model '{run}' uses another tokenizer than the policy; train it from the policy's base model."

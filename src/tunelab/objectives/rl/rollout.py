@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,15 +18,19 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.errors import DataError
 from tunelab.core.types import Batch
+from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example
 from tunelab.data.tokenize import IGNORE
 from tunelab.models.chat import prompt_text
+from tunelab.objectives.base import PrepareArgs
 from tunelab.objectives.pairs import collate_rows
 from tunelab.objectives.rl.rewards import Sample
 
-if TYPE_CHECKING:
-    from tunelab.config import TunelabConfig
-    from tunelab.data.pipeline import PreparedData
+
+@dataclass
+class PromptData(PreparedData):
+    samples: list[Sample] = field(default_factory=list)
+    """Every prompt's text and reference answer, by `PromptItem.index` (training prompts first)."""
 
 
 @dataclass
@@ -137,13 +140,11 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages
 
 
-def prepare_prompts(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> PreparedData:
+def prepare_prompts(args: PrepareArgs[Any]) -> PromptData:
     """Prompts from chat records (reference: the last assistant turn) or preference records (reference: the
-    chosen answer); `report['rl_samples']` holds every prompt's `Sample`, by index (objects, not JSON)."""
-    from tunelab.data.pipeline import PreparedData, prepare_dataset
-
-    d = cfg.data
-    prepared = prepare_dataset(d, tokenizer, cfg.training.seed, run_dir, batch_size=cfg.training.batch_size)
+    chosen answer), each with its `Sample` (prompt text and reference answer)."""
+    d, tokenizer = args.data, args.tokenizer
+    prepared = args.dataset()
     samples: list[Sample] = []
     splits: dict[str, list[PromptItem]] = {}
     for split, name in (("train", "train_records"), ("val", "validation_records")):
@@ -162,12 +163,11 @@ def prepare_prompts(cfg: TunelabConfig, tokenizer: PreTrainedTokenizerBase, run_
             samples.append(Sample(prompt=text, reference=reference))
     if not splits["train"]:
         raise DataError(
-            f"Objective '{cfg.objective.name}' needs prompts: chat rows (the last assistant turn is the reference "
+            f"Objective '{args.objective.name}' needs prompts: chat rows (the last assistant turn is the reference "
             "answer rewards may compare with) or preference rows; the training data has none."
         )
-    report = {**prepared.report, "rl_samples": samples}
-    report["train_examples"], report["val_examples"] = len(splits["train"]), len(splits["val"])
-    return PreparedData(train=splits["train"], val=splits["val"], val_examples=[], report=report)
+    report = {**prepared.report, "train_examples": len(splits["train"]), "val_examples": len(splits["val"])}
+    return PromptData(train=splits["train"], val=splits["val"], val_examples=[], report=report, samples=samples)
 
 
 def masked_rows(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -26,7 +26,9 @@ from torch import nn
 
 from tunelab.config import TunelabConfig
 from tunelab.core.errors import ConfigError, RunError
-from tunelab.recipes.runs import is_run, run_path
+from tunelab.methods.trained import is_run
+from tunelab.recipes.run import RunResult, setup_training
+from tunelab.recipes.runs import run_path
 
 CONFIG_FILE = "continual.yaml"
 STATE_FILE = "continual_state.json"
@@ -125,8 +127,6 @@ def reload_trained(plan: TunelabConfig, stage_dir: Path, console: Console):
     """The `RunResult` of a stage whose training finished before the run stopped: the model set up exactly as its
     training set it up (`setup_training`: same source, method, dtype), with the trained weights put back."""
     from accelerate import Accelerator
-
-    from tunelab.recipes.run import RunResult, setup_training
 
     setup = setup_training(plan, stage_dir, Accelerator(cpu=not torch.cuda.is_available()), console)
     params = dict(setup.model.named_parameters())

@@ -25,8 +25,10 @@ from rich.console import Console
 from torch import nn
 
 from tunelab.config import OutputSection, TunelabConfig, dump_config
+from tunelab.core.device import use_bf16
 from tunelab.core.errors import ConfigError, RunError
 from tunelab.methods.registry import METHODS
+from tunelab.methods.trained import artifact_dir
 from tunelab.models.load import load_model, load_tokenizer, resolve_source
 from tunelab.recipes.continual.replay import ReservoirBuffer
 from tunelab.recipes.continual.report import continual_report
@@ -49,7 +51,8 @@ from tunelab.recipes.continual.tasks import (
     task_rows,
     write_rows,
 )
-from tunelab.recipes.runs import artifact_dir
+from tunelab.recipes.run import generation_budget, run_training
+from tunelab.recipes.stages import stage_config, stage_weights
 
 BUFFER_FILE = "replay_buffer.json"
 
@@ -57,9 +60,6 @@ BUFFER_FILE = "replay_buffer.json"
 def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console=None):
     """Train the tasks in order and write the accuracy matrix; returns the last stage's `RunResult` (None when a
     resume finds every stage finished). `resume` continues a stopped run: see `continual.resume`."""
-    from tunelab.core.device import use_bf16
-    from tunelab.recipes.run import generation_budget, run_training
-    from tunelab.recipes.stages import stage_config, stage_weights
 
     console = console or Console()
     cont = cfg.continual

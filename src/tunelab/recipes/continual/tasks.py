@@ -18,6 +18,7 @@ from tunelab.data.config import DataSection
 from tunelab.data.load import LoadOptions, load_examples
 from tunelab.data.records import Example
 from tunelab.data.tokenize import collate, tokenize_all
+from tunelab.eval.evaluate import generation_metrics
 from tunelab.regularizers.fisher import EWC_FILE, EWCState, accumulate, anchor_of, estimate_fisher, load_ewc, save_ewc
 
 
@@ -70,7 +71,6 @@ def exact_match(
     bf16: bool,
 ) -> float:
     """Share of the first `max_examples` validation prompts answered exactly (greedy)."""
-    from tunelab.eval.evaluate import generation_metrics
 
     metrics, _ = generation_metrics(
         model, tokenizer, examples, max_examples=max_examples, max_new_tokens=max_new_tokens, batch_size=batch_size,

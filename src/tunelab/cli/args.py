@@ -1,0 +1,210 @@
+"""Every command's arguments, and nothing else: building the parser imports no model code, so `tunelab --help` and a
+mistyped flag answer at once. Each command names its handler as `module:function` of `tunelab.cli`; `main` imports
+that module only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# Spelled out here rather than imported from the modules that define them, which import torch.
+EXPORT_FORMATS = ("hf", "peft", "gguf")
+MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
+
+
+def _adapter(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--adapter takes NAME=PATH, got '{text}'")
+    return name, Path(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models end to end.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("train", "train:train", "Fine-tune a model as a config says; writes a run folder.")
+    p.add_argument("config", nargs="?", help="YAML config (or, with --resume, a run folder)")
+    p.add_argument("--data", help="training data file (a config naming only the data is optional)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. training.learning_rate=1e-4")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+
+    p = add("validate", "train:validate", "Check a config without running it.")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+
+    p = add("lr-find", "train:lr_find", "Learning-rate range test: the loss as the rate grows; a suggested rate.")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    p.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps from start to end (default 100)")
+
+    p = add("eval", "eval:evaluate", "Generate answers for a data file and score them against its references.")
+    p.add_argument("model", nargs="+", help="run folder, embedded model name, HF folder or .gguf file; several: "
+                   "an ensemble of them (same tokenizer), combined as --ensemble says")  # fmt: skip
+    p.add_argument("--data", required=True, help="JSONL with reference answers (last assistant turn)")
+    p.add_argument("--ensemble", choices=["probs", "logits"], default="probs",
+                   help="how several models answer as one: average their next-token probabilities (a mixture) "
+                   "or their logits (a product of experts)")  # fmt: skip
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per model of an ensemble (default equal)")
+    p.add_argument("--out", help="where to write per-example predictions (default predictions.jsonl)")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--system", help="system prompt for every example")
+    p.add_argument("--bf16", action="store_true", help="generate under bf16 autocast (faster on CPUs with AMX)")
+    p.add_argument("--shots", type=int, default=0, help="k demonstrations before each question (0: zero-shot)")
+    p.add_argument("--shot-pool", help="solved examples to draw demonstrations from (e.g. the training file)")
+    p.add_argument("--shot-selection", choices=["random", "similar"], default="random",
+                   help="demonstrations at random (seeded) or the most similar by embedding")  # fmt: skip
+    p.add_argument("--shot-layout", choices=["turns", "inline"], default="turns",
+                   help="demonstrations as chat turns, or inline in one user message (Input:/Output:)")  # fmt: skip
+    p.add_argument("--shot-embedder", default="minilm-l6", help="encoder for --shot-selection similar")
+    p.add_argument("--shot-overflow", choices=["error", "drop"], default="error",
+                   help="a prompt longer than the model's context: stop (error), or leave out the demonstrations "
+                   "farthest from the question and report how many (drop)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of random demonstrations")
+
+    p = add(
+        "merge",
+        "export:merge",
+        "Merge a run's adapter into its base model: a standalone HF folder (the same as "
+        "`export --format hf --out RUN/merged`).",
+    )
+    p.add_argument("run")
+    p.add_argument("--out", help="output folder (default RUN/merged)")
+
+    p = add("generate", "infer:generate", "Answer one or more prompts.")
+    p.add_argument("model")
+    p.add_argument("--prompt", action="append", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--system")
+
+    p = add("chat", "infer:chat", "Chat with a model or run in the terminal.")
+    p.add_argument("model")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--system")
+    p.add_argument("--url", help="talk to a running server (e.g. http://127.0.0.1:8000); MODEL is its model id")
+    p.add_argument("--api-key", help="Bearer key for --url (default: $TUNELAB_API_KEY)")
+
+    add("models", "models:models", "List the embedded models.")
+
+    p = add("export", "export:export", "Export a run (or model) as a merged HF folder, a PEFT adapter or a GGUF file.")
+    p.add_argument("run", help="run folder (or, for hf and gguf, any model source)")
+    p.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS, help="hf: merged folder; peft: adapter; gguf: file"
+    )
+    p.add_argument("--quant", default="f16", choices=["f16", "q8_0", "f32"], help="GGUF weight type (default f16)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="hf weight dtype")
+    p.add_argument("--out", help="output folder or .gguf file (default RUN/export/...)")
+
+    help_text = "Serve a run or model over an OpenAI-compatible HTTP API."
+    p = add("serve", "serve:serve", help_text)
+    p.add_argument("model", help="run folder, embedded model name, HF folder or .gguf file")
+    p.add_argument("--name", help="model id clients use (default: the run or folder name)")
+    p.add_argument("--adapter", action="append", type=_adapter, metavar="NAME=PATH", help="LoRA adapter to serve")
+    p.add_argument("--adapter-dir", type=Path, help="folder whose PEFT adapters load on first request by name")
+    p.add_argument("--embedding-model", help="encoder for /v1/embeddings next to the LM (e.g. minilm-l6)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", action="append", help="accepted Bearer key (repeatable; or TUNELAB_API_KEYS)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"], help="weights dtype (default bf16)")
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of Linear layers (CPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting sequences before 429")
+    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request before 504")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
+
+    data = sub.add_parser(
+        "data",
+        help="Inspect data files, or prepare a config's dataset.",
+        description="Inspect data files, or prepare a config's dataset.",
+    )
+    group = data.add_subparsers(dest="data_command", required=True)
+
+    p = group.add_parser(
+        "inspect",
+        help="Formats, counts, rejects, duplicates, lengths and labels of data files.",
+        description="Read every row of the files (nothing is changed): detected format, rows kept and rejected "
+        "with file:line and reason, exact and near duplicates, token length histogram, label balance, examples. "
+        "Formats: chat (messages), sharegpt (conversations), alpaca (instruction/input/output), "
+        "prompt_completion, text (or .txt files), preference (prompt/chosen/rejected), openai_preference "
+        "(input/preferred_output/non_preferred_output), classification (text/label), pairs (anchor/positive), "
+        "token_classification (tokens/tags).",
+    )
+    p.add_argument("files", nargs="+", help="data files, folders or glob patterns")
+    p.add_argument("--format", default="auto", help="row format of every file (default: detected per file)")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="whose tokenizer measures lengths (embedded name or folder); 'none' counts words",
+    )
+    p.add_argument(
+        "--text-unit",
+        choices=["line", "paragraph", "document"],
+        default="line",
+        help="how .txt files are cut into records",
+    )
+    p.add_argument("--max-row-chars", type=int, default=1_000_000, help="rows longer than this are rejected")
+    p.add_argument("--near-threshold", type=float, default=0.8, help="Jaccard similarity of near duplicates")
+    p.add_argument("--no-near", action="store_true", help="count exact duplicates only (faster)")
+    p.add_argument("--rejects", help="write every rejected row to this JSON Lines file")
+    p.add_argument("--show", type=int, default=1000, help="rejects to list (default 1000)")
+    p.add_argument("--num-proc", type=int, default=1, help="processes for reading and hashing")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=5000,
+        help="rows whose token length is measured, at random (default 5000; counts and duplicates use every row)",
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        help="list rows longer than this many tokens, as training would cut or reject them (data.max_length)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler="data:inspect")
+
+    p = group.add_parser(
+        "prepare",
+        help="Run a config's data pipeline; write the dataset, report.json, report.md and plots.",
+        description="Run the data pipeline of a config (the `data` section, the model's tokenizer, the training "
+        "seed): validate, clean, deduplicate, split, check contamination, tokenize. The prepared dataset is "
+        "cached by fingerprint, so `tunelab train` with the same config reuses it.",
+    )
+    p.add_argument("config", help="YAML config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. data.clean.dedup=near")
+    p.add_argument("--out", help="folder for the dataset and reports (default prepared/<config name>)")
+    p.add_argument("--num-proc", type=int, help="processes (overrides data.num_proc)")
+    p.set_defaults(handler="data:prepare")
+
+    help_text = "Merge fine-tuned models or LoRA adapters (linear, task arithmetic, TIES, DARE; mergekit recipes)."
+    p = add("merge-models", "export:merge_models", help_text)
+    p.add_argument("recipe", nargs="?", help="mergekit-style YAML recipe (or use the flags below)")
+    p.add_argument("--out", required=True, help="output folder (an HF model folder or a PEFT adapter)")
+    p.add_argument("--method", choices=MERGE_METHODS, help="merge method")
+    p.add_argument("--base", help="base model the inputs were fine-tuned from (inferred from runs/adapters)")
+    p.add_argument("--model", action="append", help="run folder, model folder or adapter; repeat per model")
+    p.add_argument("--weight", action="append", type=float, help="weight, once for all or once per --model")
+    p.add_argument("--density", action="append", type=float, help="TIES/DARE density, once or per --model")
+    p.add_argument("--lambda", dest="lam", type=float, help="scale of the merged task vector (default 1)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="divide by weight sum")
+    p.add_argument("--rescale", action=argparse.BooleanOptionalAction, default=None, help="DARE rescaling")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="output dtype (default: base's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of DARE's random masks")
+    p.add_argument("--output", choices=["auto", "model", "adapter"], default="auto", help="what to write")
+    p.add_argument("--rank", type=int, help="SVD rank for an adapter output of ties/dare")
+    return parser

@@ -1,0 +1,91 @@
+"""Scoring a finished `classify` run on a labelled file (`tunelab eval RUN --data FILE`): the validation metrics of
+training (loss, accuracy, macro-F1 / entity F1 / MSE) and one prediction per row; a run with task heads scores
+each row by the head of its task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.errors import DataError
+from tunelab.data.load import load_examples
+from tunelab.objectives.classify.config import KIND, task_of
+from tunelab.objectives.classify.data import encode
+from tunelab.objectives.classify.multi import MultiHeadModel
+from tunelab.objectives.classify.objective import OBJECTIVE
+from tunelab.objectives.classify.predict import load_classifier, predict, scores, shown, task_scores
+from tunelab.train.module import TrainingModule
+from tunelab.train.validation import validation_metrics
+
+
+def evaluate_file(
+    run: str | Path, data_file: str | Path, batch_size: int = 16
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """A classify run scored on a labelled file (rows of the kind it trained on): the validation metrics of
+    training (loss, accuracy, macro-F1 / entity F1 / MSE) and one prediction per row. A run with task heads scores
+    each row by the head of its task (file stem or `task` field) and reports each task's metrics."""
+    model, tokenizer = load_classifier(run)
+    if isinstance(model, MultiHeadModel):
+        return evaluate_task_file(run, data_file, batch_size)
+    task = task_of(model.cfg)
+    names = model.cfg.labels
+    examples = load_examples([str(data_file)]).examples
+    wrong = sorted({ex.kind for ex in examples} - {KIND.get(task, "token_classification")})
+    if not examples or wrong:
+        raise DataError(
+            f"'{data_file}' holds {'no usable rows' if not examples else ', '.join(wrong) + ' records'}; run "
+            f"'{run}' was trained with task={task} and is scored on rows of the same kind with their labels."
+        )
+    try:
+        items = [encode(ex, tokenizer, task, names, tokenizer.model_max_length) for ex in examples]
+    except ValueError as exc:
+        raise DataError(f"'{data_file}': a row cannot be scored: {exc}.") from None
+    device, pad_id = next(model.parameters()).device, tokenizer.pad_token_id
+    metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad_id, device, False)
+    metrics.update(scores(model, items, batch_size, pad_id, device))
+    predicted = predict(model, items, batch_size, pad_id, device)
+    rows = [{"origin": ex.origin, "text": ex.text, "label": ex.label, "prediction": shown(p, task, names)}
+            for ex, p in zip(examples, predicted, strict=True)]  # fmt: skip
+    return metrics, rows
+
+
+def evaluate_task_file(
+    run: str | Path, data_file: str | Path, batch_size: int = 16
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """A task-heads run scored on a labelled file: every row through its task's head. Loss and accuracy overall
+    and per task (`val_acc/<task>` when the file holds several), each task's scores, and one prediction per row."""
+    model, tokenizer = load_classifier(run)
+    examples = load_examples([str(data_file)]).examples
+    if not examples:
+        raise DataError(f"'{data_file}' holds no usable rows; run '{run}' is scored on labelled rows of its tasks.")
+    unknown = sorted({ex.task for ex in examples} - set(model.tasks))
+    if unknown:
+        raise DataError(
+            f"'{data_file}': rows of task(s) {', '.join(map(repr, unknown))}, for which run '{run}' has no head (its "
+            f"tasks: {', '.join(model.tasks)}). A row's task is the file's stem or its `task` field: name the file "
+            "after its task (<task>.jsonl) or give each row a `task` field."
+        )
+    tasks = {tag: task_of(model.cfgs[tag]) for tag in model.tasks}
+    items = []
+    for ex in examples:
+        task = tasks[ex.task]
+        if ex.kind != KIND.get(task, "token_classification"):
+            raise DataError(f"{ex.origin}: a {ex.kind} record, but task '{ex.task}' was trained with task={task}.")
+        try:
+            item = encode(ex, tokenizer, task, model.cfgs[ex.task].labels, tokenizer.model_max_length)
+        except ValueError as exc:
+            raise DataError(f"'{data_file}': a row cannot be scored: {exc}.") from None
+        item.head = model.index(ex.task)
+        items.append(item)
+    device, pad_id = next(model.parameters()).device, tokenizer.pad_token_id
+    metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad_id, device, False)
+    metrics.update(task_scores(model, items, batch_size, pad_id, device, False))
+    predicted: list[Any] = [None] * len(items)
+    for tag in model.tasks:
+        where = [k for k, ex in enumerate(examples) if ex.task == tag]
+        found = predict(model.view(tag), [items[k] for k in where], batch_size, pad_id, device) if where else []
+        for k, p in zip(where, found, strict=True):
+            predicted[k] = shown(p, tasks[tag], model.cfgs[tag].labels)
+    rows = [{"origin": ex.origin, "task": ex.task, "text": ex.text, "label": ex.label, "prediction": p}
+            for ex, p in zip(examples, predicted, strict=True)]  # fmt: skip
+    return metrics, rows
