@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.core.errors import ConfigError, did_you_mean
-from tunelab.core.schema import Section, read_yaml_mapping
+from tunelab.core.errors import ConfigError
+from tunelab.core.schema import Section, TaggedUnion, explain, read_yaml_mapping
 from tunelab.data.config import DataSection
 from tunelab.eval.config import EvalSection
 from tunelab.methods.registry import METHOD_CONFIGS, MethodConfig
@@ -213,50 +213,15 @@ def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> None:
         data["cache_dir"] = str(folder / cache_dir)
 
 
-def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys of the section that holds the last element of `loc` (a location with the method tag removed)."""
-    model: type[BaseModel] | None = TunelabConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if model else None
-        annotation = field.annotation if field else None
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return list(model.model_fields) if model else []
-
-
 # Sections that are a union tagged by `name`: what one is called, and the registry of its configs.
-_TAGGED: dict[str, tuple[str, dict[str, type[BaseModel]]]] = {
-    "method": ("a method", METHOD_CONFIGS),
-    "objective": ("an objective", OBJECTIVE_CONFIGS),
+_TAGGED = {
+    "method": TaggedUnion("a method", METHOD_CONFIGS),
+    "objective": TaggedUnion("an objective", OBJECTIVE_CONFIGS),
 }
 
 
 def _explain(exc: ValidationError, where: str, lines: dict[str, int]) -> str:
-    problems = []
-    for err in exc.errors():
-        loc = err["loc"]
-        valid: list[str] | None = None
-        union = _TAGGED.get(str(loc[0])) if loc else None
-        if union and len(loc) > 1 and loc[1] in union[1]:
-            # pydantic puts the union's tag into the location: method.lora.r -> method.r
-            valid = list(union[1][loc[1]].model_fields)
-            loc = (loc[0], *loc[2:])
-        dotted = ".".join(str(p) for p in loc)
-        line = lines.get(dotted)
-        at = f"{where}:{line}" if line else where
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            hint = did_you_mean(str(loc[-1]), valid if valid is not None else _valid_keys(loc))
-            problems.append(f"{at}: unknown key '{dotted}'.{hint}")
-        elif kind == "missing":
-            problems.append(f"{at}: '{dotted}' is required.")
-        elif kind in ("union_tag_invalid", "union_tag_not_found"):
-            tag = err.get("ctx", {}).get("tag", "")
-            what, names = _TAGGED.get(str(loc[0]), _TAGGED["method"])
-            hint = did_you_mean(str(tag), names)
-            kind_name = what.split()[-1]
-            problems.append(f"{at}: '{tag}' is not {what}.{hint} Valid {kind_name}s: {', '.join(names)}.")
-        else:
-            problems.append(f"{at}: '{dotted}': {err['msg']} (got {err.get('input')!r}).")
+    problems = explain(exc, where, lines, TunelabConfig, _TAGGED)
     head = "The config has a problem" if len(problems) == 1 else f"The config has {len(problems)} problems"
     return (
         f"{head}: " + " ".join(problems) + " Fix the config (or the --set override) and run `tunelab validate` again."

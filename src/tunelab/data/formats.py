@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from tunelab.core.registry import register
 from tunelab.core.types import ROLES, Message
-from tunelab.data.records import Example
+from tunelab.data.records import Example, Kind
 
 
 class RowError(ValueError):
@@ -295,64 +297,42 @@ def from_token_classification(row: dict[str, Any], origin: str) -> Example:
     return Example(kind="token_classification", text=" ".join(tokens), label=" ".join(tags), origin=origin)
 
 
-FORMATS: dict[str, Callable[[dict[str, Any], str], Example]] = {
-    "chat": from_chat,
-    "sharegpt": from_sharegpt,
-    "alpaca": from_alpaca,
-    "prompt_completion": from_prompt_completion,
-    "text": from_text,
-    "preference": from_preference,
-    "openai_preference": from_openai_preference,
-    "classification": from_classification,
-    "pairs": from_pairs,
-    "token_classification": from_token_classification,
-}
-KIND_OF: dict[str, str] = {
-    "chat": "chat",
-    "sharegpt": "chat",
-    "alpaca": "chat",
-    "prompt_completion": "chat",
-    "text": "text",
-    "preference": "preference",
-    "openai_preference": "preference",
-    "classification": "classification",
-    "pairs": "pairs",
-    "token_classification": "token_classification",
-}
+@dataclass(frozen=True)
+class Format:
+    """One row format: its name, the record kind it becomes, the keys whose presence identifies it, the fields it
+    needs (for messages), and the converter."""
 
-# The keys whose presence identifies each format, checked in this order (most specific first).
-SIGNATURES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("messages",), "chat"),
-    (("conversations",), "sharegpt"),
-    (("preferred_output", "non_preferred_output"), "openai_preference"),
-    (("chosen", "rejected"), "preference"),
-    (("instruction",), "alpaca"),
-    (("prompt", "completion"), "prompt_completion"),
-    (("anchor", "positive"), "pairs"),
-    (("tokens",), "token_classification"),
-    (("label",), "classification"),
-    (("text",), "text"),
-)
-REQUIRED: dict[str, str] = {
-    "chat": "'messages'",
-    "sharegpt": "'conversations'",
-    "alpaca": "'instruction' and 'output'",
-    "prompt_completion": "'prompt' and 'completion'",
-    "text": "'text'",
-    "preference": "'chosen' and 'rejected'",
-    "openai_preference": "'input', 'preferred_output' and 'non_preferred_output'",
-    "classification": "'text' and 'label'",
-    "pairs": "'anchor' and 'positive'",
-    "token_classification": "'tokens' and 'tags'",
-}
+    name: str
+    kind: Kind
+    signature: tuple[str, ...]
+    """A row holding any of these keys looks like this format (formats are tried in registry order)."""
+    required: str
+    """The fields a row needs, as messages name them."""
+    convert: Callable[[dict[str, Any], str], Example]
+
+
+# One line per format; detection tries them in this order, most specific first.
+FORMATS: dict[str, Format] = {}
+for _format in (
+    Format("chat", "chat", ("messages",), "'messages'", from_chat),
+    Format("sharegpt", "chat", ("conversations",), "'conversations'", from_sharegpt),
+    Format("openai_preference", "preference", ("preferred_output", "non_preferred_output"),
+           "'input', 'preferred_output' and 'non_preferred_output'", from_openai_preference),
+    Format("preference", "preference", ("chosen", "rejected"), "'chosen' and 'rejected'", from_preference),
+    Format("alpaca", "chat", ("instruction",), "'instruction' and 'output'", from_alpaca),
+    Format("prompt_completion", "chat", ("prompt", "completion"), "'prompt' and 'completion'", from_prompt_completion),
+    Format("pairs", "pairs", ("anchor", "positive"), "'anchor' and 'positive'", from_pairs),
+    Format("token_classification", "token_classification", ("tokens",), "'tokens' and 'tags'",
+           from_token_classification),
+    Format("classification", "classification", ("label",), "'text' and 'label'", from_classification),
+    Format("text", "text", ("text",), "'text'", from_text),
+):  # fmt: skip
+    register(FORMATS, _format.name, _format, "row format")
 
 
 def detect(row: dict[str, Any]) -> str | None:
     """The format a row looks like, or None."""
-    for keys, name in SIGNATURES:
-        if any(k in row for k in keys):
-            return name
-    return None
+    return next((f.name for f in FORMATS.values() if any(k in row for k in f.signature)), None)
 
 
 def detect_file(rows: Iterable[Any]) -> str | None:
@@ -372,10 +352,12 @@ def convert(row: Any, origin: str, file_format: str | None) -> Example:
     keys = ", ".join(sorted(map(str, row))) or "none"
     if fmt is None:
         raise RowError(f"unknown row format (keys: {keys}); see `tunelab data inspect --help` for the formats")
-    if own is None and not any(k in row for keys_, name in SIGNATURES if name == fmt for k in keys_):
-        raise RowError(f"unknown row format (keys: {keys}); this file holds {fmt} rows, which need {REQUIRED[fmt]}")
+    if own is None and not any(k in row for k in FORMATS[fmt].signature):
+        raise RowError(
+            f"unknown row format (keys: {keys}); this file holds {fmt} rows, which need {FORMATS[fmt].required}"
+        )
     try:
-        return FORMATS[fmt](row, origin)
+        return FORMATS[fmt].convert(row, origin)
     except RowError as exc:
         if own is not None and own != fmt:
             note = f" (the row looks like {own}, but this file holds {fmt} rows; give each format its own file)"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunelab.core.errors import DataError
-from tunelab.data.formats import FORMATS, RowError, convert, detect_file
+from tunelab.data.formats import RowError, convert, detect_file
 from tunelab.data.parallel import bounded_map, chunked
 from tunelab.data.readers import FileProblem, RawRow, TextUnit, expand_paths, preview, read_rows, sniff
 from tunelab.data.records import Example, Reject
@@ -265,4 +265,4 @@ def check_counts(rows: int, rejected: int, first: list[Reject], limit: float, re
         )
 
 
-__all__ = ["FORMATS", "FileInfo", "LoadOptions", "LoadResult", "check_bad_fraction", "load_examples", "stream_files"]
+__all__ = ["FileInfo", "LoadOptions", "LoadResult", "check_bad_fraction", "load_examples", "stream_files"]

@@ -189,8 +189,10 @@ def run_training(
     )  # fmt: skip
 
     # Save first, evaluate second: a crash in evaluation must not lose the trained weights. After sharded training
-    # (FSDP) the result is an unsharded copy with the gathered weights, the same on every process.
-    model = accelerator.unwrap_model(result.model)
+    # (FSDP) the result is an unsharded copy with the gathered weights, the same on every process. (Never through
+    # accelerate's unwrap_model: it imports DeepSpeed whenever DeepSpeed is installed, which then prints a warning
+    # into every run; the model given to `fit` is never wrapped, the training module around it is.)
+    model = result.model
     if main:
         saved = artifact_dir(run_dir, cfg.method.name)
         method.save(objective.body(model), saved)

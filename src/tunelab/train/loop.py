@@ -52,10 +52,10 @@ class FitResult:
     steps: int
     stopped_early: bool
     best_val_loss: float | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    model: nn.Module | None = None
+    model: nn.Module
     """The trained model, unsharded: the one given to `fit`, or after sharded training a copy of it holding the
     gathered weights (sharding changed the given one in place)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit(
@@ -233,7 +233,7 @@ def fit(
     if stopped_early and (ckpt_dir / "best.safetensors").is_file():
         load_weights_(ckpt_dir / "best.safetensors", module)
     trained = unsharded(module, frame) if frame is not None else model
-    return FitResult(step, stopped_early, state["best_val"], log.lines, trained)
+    return FitResult(step, stopped_early, state["best_val"], trained, log.lines)
 
 
 def _bad_steps_message(step: int, in_a_row: int, skipped: int) -> str:

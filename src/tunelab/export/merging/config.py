@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from tunelab.core.errors import ConfigError, did_you_mean
-from tunelab.core.schema import Section, read_yaml_mapping
+from tunelab.core.schema import Section, explain, read_yaml_mapping
 from tunelab.export.merging.tensors import MERGE_METHODS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -110,18 +110,7 @@ def parse_merge_config(
     try:
         return MergeConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            dotted = ".".join(str(p) for p in err["loc"])
-            line = (lines or {}).get(dotted)
-            at = f"{where}:{line}" if line else where
-            if err["type"] == "extra_forbidden":
-                valid = _section_keys(err["loc"])
-                problems.append(f"{at}: unknown key '{dotted}'.{did_you_mean(str(err['loc'][-1]), valid)}")
-            elif err["type"] == "missing":
-                problems.append(f"{at}: '{dotted}' is required.")
-            else:
-                problems.append(f"{at}: '{dotted}': {err['msg']} (got {err.get('input')!r}).")
+        problems = explain(exc, where, lines or {}, MergeConfig)
         raise ConfigError(
             "The merge recipe has a problem: " + " ".join(problems) + " Fix the recipe (keys follow mergekit's)."
         ) from None
@@ -134,14 +123,3 @@ def load_merge_config(path: str | Path) -> MergeConfig:
         raise ConfigError(f"Merge recipe '{path}' does not exist. Give a YAML file or --method/--model flags.")
     raw, lines = read_yaml_mapping(path, "merge_method, base_model, models, ...")
     return parse_merge_config(raw, str(path), lines)
-
-
-def _section_keys(loc: tuple) -> list[str]:
-    names = [p for p in loc[:-1] if not isinstance(p, int)]
-    section: type[Section] = MergeConfig
-    for name in names:
-        section = {
-            "models": ModelEntry,
-            "parameters": ModelParameters if section is ModelEntry else GlobalParameters,
-        }.get(str(name), section)
-    return [f.alias or n for n, f in section.model_fields.items()]

@@ -1,0 +1,34 @@
+"""What a user sees from the real command: a plain run prints tunelab's own lines and no warning from a library
+it does not use (DeepSpeed is installed in the test environment; a LoRA run must not wake it), and
+`tunelab --help` answers without importing the model code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.cli.test_errors import tunelab
+from tests.tiny import write_color_task
+
+
+def test_a_plain_run_prints_no_library_warning(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_color_task(tmp_path / "color.jsonl", 24)
+    done = tunelab("train", "--data", str(data), "--set", f"model.source={tiny_model_dir}", "--set",
+                   f"output.dir={tmp_path / 'runs'}", "--set", "training.max_steps=2", "--set", "eval.baseline=false",
+                   "--set", "eval.generate=false")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "run folder:" in output
+    for noise in ("WARNING", "Warning", "DeepSpeed", "deepspeed", "Setting accelerator"):
+        assert noise not in output, f"{noise!r} in the output of a plain run:\n{output}"
+
+
+def test_help_does_not_import_model_code() -> None:
+    probe = "import sys; from tunelab.cli.args import build_parser; build_parser(); print('torch' in sys.modules)"
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    assert time.perf_counter() - started < 5
+    assert "usage: tunelab" in tunelab("--help").stdout
