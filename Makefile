@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Style, the layers of DESIGN.md (an upward import fails here), and the types of src/ (pyright, basic mode).
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/lint-imports
+	$(BIN)/pyright
 
 test: lint
 	$(BIN)/pytest -q

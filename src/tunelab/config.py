@@ -7,8 +7,9 @@ names only the training data is a complete config.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
@@ -22,6 +23,17 @@ from tunelab.models.config import ModelSection
 from tunelab.objectives.registry import OBJECTIVE_CONFIGS, ObjectiveConfig
 from tunelab.train.config import TrainingSection
 
+# The method and objective unions are built at run time from the registries: pyright sees variables, not types;
+# pydantic reads them fine. Every section names them through these two aliases.
+_MethodField: TypeAlias = Annotated[
+    MethodConfig,  # pyright: ignore[reportInvalidTypeForm] - a Union built at run time
+    Field(discriminator="name"),
+]
+_ObjectiveField: TypeAlias = Annotated[
+    ObjectiveConfig,  # pyright: ignore[reportInvalidTypeForm] - a Union built at run time
+    Field(discriminator="name"),
+]
+
 
 class OutputSection(Section):
     dir: str = "runs"
@@ -33,10 +45,10 @@ class OutputSection(Section):
 
 
 class ReplaySection(Section):
-    fraction: float = Field(0.2, gt=0, lt=1)
+    fraction: float = Field(default=0.2, gt=0, lt=1)
     """Share of each later stage's training rows that are replayed from earlier stages (0.2: one replayed row
     for every four new ones). Capped by what the buffer holds: rows are not repeated."""
-    buffer_size: int = Field(500, ge=1)
+    buffer_size: int = Field(default=500, ge=1)
     """Rows the reservoir buffer keeps of all earlier stages' training data (a uniform sample, Algorithm R).
     It is stored in the run folder (`replay_buffer.json`), so a later run continues it."""
     seed: int = 0
@@ -45,12 +57,12 @@ class ReplaySection(Section):
 
 class EWCSection(Section):
     # `lambda` is a Python keyword: the field is `lam`, and a written-out config (which uses `lam`) reads back.
-    model_config = ConfigDict(**Section.model_config, populate_by_name=True)
+    model_config = Section.model_config | ConfigDict(populate_by_name=True)
 
-    lam: float = Field(1000.0, gt=0, alias="lambda")
+    lam: float = Field(default=1000.0, gt=0, alias="lambda")
     """λ of the penalty λ/2 · Σ F (θ - θ*)². The Fisher is of the per-token loss, so its entries are small:
     values of 10²-10⁵ are typical."""
-    fisher_samples: int = Field(64, ge=1)
+    fisher_samples: int = Field(default=64, ge=1)
     """Training examples of the finished stage whose squared gradients (one example at a time) make the
     diagonal Fisher. Summed over stages (online EWC) and saved as `<stage>/ewc.safetensors`."""
 
@@ -65,7 +77,7 @@ class ContinualSection(Section):
     """Train a fresh adapter per stage on the frozen base (never merged), saved as `<stage>/adapter`; at
     inference the task tag picks the adapter (routing), so earlier tasks cannot be forgotten — but a prompt
     must come with its task."""
-    eval_examples: int | None = Field(100, ge=1)
+    eval_examples: int | None = Field(default=100, ge=1)
     """Validation examples per task answered (greedy, exact match) after every stage; null: all of them."""
     baseline: bool = False
     """Also score every task before the first stage (the starting model), which gives forward transfer."""
@@ -92,12 +104,8 @@ class StageSection(Section):
     name: str
     """The stage's sub-folder of the run folder (default: stage-<k>-<objective>)."""
     data: DataSection
-    objective: Annotated[ObjectiveConfig, Field(discriminator="name")] = Field(
-        default_factory=lambda: OBJECTIVE_CONFIGS["sft"]()
-    )
-    method: Annotated[MethodConfig, Field(discriminator="name")] = Field(
-        default_factory=lambda: METHOD_CONFIGS["lora"]()
-    )
+    objective: _ObjectiveField = Field(default_factory=lambda: OBJECTIVE_CONFIGS["sft"]())
+    method: _MethodField = Field(default_factory=lambda: METHOD_CONFIGS["lora"]())
     training: TrainingSection = TrainingSection()
     eval: EvalSection = EvalSection()
 
@@ -107,12 +115,8 @@ class TunelabConfig(Section):
 
     model: ModelSection = ModelSection()
     data: DataSection
-    method: Annotated[MethodConfig, Field(discriminator="name")] = Field(
-        default_factory=lambda: METHOD_CONFIGS["lora"]()
-    )
-    objective: Annotated[ObjectiveConfig, Field(discriminator="name")] = Field(
-        default_factory=lambda: OBJECTIVE_CONFIGS["sft"]()
-    )
+    method: _MethodField = Field(default_factory=lambda: METHOD_CONFIGS["lora"]())
+    objective: _ObjectiveField = Field(default_factory=lambda: OBJECTIVE_CONFIGS["sft"]())
     """What the loss is: sft, dpo, orpo, kto, reward, distill, ... (`objective: dpo` is short for {name: dpo})."""
     training: TrainingSection = TrainingSection()
     eval: EvalSection = EvalSection()
@@ -148,7 +152,7 @@ class TunelabConfig(Section):
         return {**raw, "stages": stages}
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> TunelabConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: dict | None = None) -> TunelabConfig:
     """Read a YAML config, apply `key.sub=value` overrides and validate.
 
     Relative data paths in the file (data files, `data.cache_dir`) are resolved against the file's folder; paths
@@ -182,7 +186,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"Override '{item}' must look like 'section.key=value', e.g. training.learning_rate=1e-4.")
-    node = raw
+    node: dict[str, Any] = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
         child = node.get(part)

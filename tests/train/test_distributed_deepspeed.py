@@ -87,6 +87,20 @@ def test_two_process_zero_matches_one_process_and_resumes(
     assert "written under DeepSpeed" in stderr and "Traceback" not in stderr
 
 
+def test_learned_task_weights_train_inside_the_engine(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The uncertainty s_t are a module of the training module, so the engine holds, reduces and steps them as it
+    # does the model's weights: the 2-process ZeRO-2 run logs the s_t of the one-process run.
+    schedule = "max_steps: 6, log_every: 2, task_weighting: uncertainty"
+    runs = tmp_path / "runs"
+    for name, accum, stage in (("single", 2, None), ("zero", 1, 2)):
+        path = ddp_config(tmp_path, tiny_model_dir, name, accum, schedule=schedule)
+        run(["train", str(path)], stage)
+    single, zero = metrics(runs / "single"), metrics(runs / "zero")
+    assert_same_lines(single, zero)
+    learned = [m["task_log_var/color"] for m in zero if "loss" in m]
+    assert len(learned) == 3 and abs(learned[-1]) > 1e-4, "the s_t trained"
+
+
 def test_engine_config_fills_from_the_run_and_refuses_contradictions() -> None:
     cfg = TrainingSection(batch_size=4, grad_accum=3, max_grad_norm=0.5)
     launched = {

@@ -85,7 +85,8 @@ def explain(
         kind = err["type"]
         if kind == "extra_forbidden":
             valid = keys_of(section) if section is not None and len(loc) == 2 else keys_at(root, loc, tagged)
-            problems.append(f"{at}: unknown key '{dotted}'.{did_you_mean(str(loc[-1]), valid)}")
+            unknown = str(loc[-1]) if loc else ""  # pydantic always names the extra key
+            problems.append(f"{at}: unknown key '{dotted}'.{did_you_mean(unknown, valid)}")
         elif kind == "missing":
             problems.append(f"{at}: '{dotted}' is required.")
         elif kind in ("union_tag_invalid", "union_tag_not_found") and union is not None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import torch
 
 Role = Literal["system", "user", "assistant"]
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
+ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+
+
+def is_role(value: object) -> TypeGuard[Role]:
+    """Whether `value` is one of `ROLES` (a role read from a file is any string until checked)."""
+    return value in ROLES
+
 
 Batch = dict[str, torch.Tensor]
 """A collated batch: tensors by name (input_ids, attention_mask, labels, ...)."""

@@ -22,7 +22,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -142,11 +142,12 @@ def smote_embeddings(
     if smallest < 2:
         raise DataError(
             f"SMOTE (data.augment.smote) interpolates between records of the same class, so it needs at least 2 per "
-            f"class; label '{min(counts, key=counts.get)}' has 1. Add rows of that class, or set "
+            f"class; label '{min(counts, key=lambda label: counts[label])}' has 1. Add rows of that class, or set "
             "data.augment.smote=false (data.augment.oversample copies records instead)."
         )
     sampler = SMOTE(k_neighbors=min(k, smallest - 1), random_state=seed)
-    x, y = sampler.fit_resample(embeddings, np.asarray(labels))
+    # Untyped library: on arrays SMOTE returns the resampled (vectors, labels), never the 3-tuple some samplers do.
+    x, y = cast(tuple[np.ndarray, np.ndarray], sampler.fit_resample(embeddings, np.asarray(labels)))
     # imbalanced-learn appends the synthetic points after the originals.
     mask = np.zeros(len(y), dtype=bool)
     mask[len(labels) :] = True

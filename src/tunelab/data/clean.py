@@ -10,8 +10,9 @@ import html
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from tunelab.data.records import Example, Removed
 
@@ -48,7 +49,11 @@ TRIVIAL_ANSWERS = {"n/a", "na", "null", "nan", "none.", "todo", "tbd", "lorem ip
 
 
 def normalise(
-    text: str, unicode_form: str = "NFKC", whitespace: bool = True, control: bool = True, strip_html: bool = False
+    text: str,
+    unicode_form: Literal["NFC", "NFD", "NFKC", "NFKD", "none"] = "NFKC",
+    whitespace: bool = True,
+    control: bool = True,
+    strip_html: bool = False,
 ) -> str:
     """One text cleaned: HTML stripped (optional), Unicode normalised, control characters removed, and
     whitespace tidied (line endings unified, trailing spaces and runs of blank lines removed, ends stripped).
@@ -74,7 +79,7 @@ def _mask_phone(match: re.Match[str]) -> str:
     return PII_MASKS["phone"]
 
 
-def mask_pii(text: str, kinds: list[str], counts: Counter[str] | None = None) -> str:
+def mask_pii(text: str, kinds: Collection[str], counts: Counter[str] | None = None) -> str:
     """Replace e-mail addresses, IP addresses and phone numbers (those in `kinds`) with [EMAIL], [IP], [PHONE]."""
     # IPs before phones: an IPv4 address would otherwise read as a dotted phone number.
     for kind in ("email", "ip", "phone"):

@@ -40,46 +40,46 @@ class CleanSection(Section):
     dedup: Literal["off", "exact", "near"] = "off"
     """Duplicate removal: `exact` (same text after normalising Unicode and spacing), `near` (exact, then MinHash
     near duplicates at `near_threshold`). The first occurrence is kept."""
-    near_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    near_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
     """Jaccard similarity of character n-gram sets (lower case, punctuation removed) from which two records
     are near duplicates."""
-    near_ngram: int = Field(5, ge=1, le=32)
+    near_ngram: int = Field(default=5, ge=1, le=32)
     """Characters per shingle for near-duplicate detection."""
-    num_perm: int = Field(128, ge=16, le=1024)
+    num_perm: int = Field(default=128, ge=16, le=1024)
     """MinHash permutations (more: fewer missed near duplicates, slower)."""
-    min_chars: int | None = Field(None, ge=0)
+    min_chars: int | None = Field(default=None, ge=0)
     """Remove records with fewer characters than this (all texts together)."""
-    max_chars: int | None = Field(None, ge=1)
+    max_chars: int | None = Field(default=None, ge=1)
     """Remove records with more characters than this (all texts together)."""
-    min_tokens: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(default=None, ge=0)
     """Remove records with fewer tokens than this (after the chat template)."""
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
     """Remove records with more tokens than this (after the chat template), instead of truncating them."""
-    max_repeated_ngram_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    max_repeated_ngram_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     """Remove records where more than this share of the word 3-grams repeat an earlier one (degenerate loops)."""
-    max_non_letter_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    max_non_letter_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     """Remove records where more than this share of the non-space characters are not letters."""
     drop_trivial_answers: bool = False
     """Remove records whose answer has no letter or digit, is a placeholder (N/A, TODO), or is shorter than
     `min_answer_chars`."""
-    min_answer_chars: int = Field(1, ge=1)
+    min_answer_chars: int = Field(default=1, ge=1)
     """With `drop_trivial_answers`: the shortest answer kept, in characters."""
 
 
 class AugmentSection(Section):
     """Synthetic training records, marked `synthetic` in the record and counted in the report."""
 
-    eda: int = Field(0, ge=0)
+    eda: int = Field(default=0, ge=0)
     """EDA variants per classification record: random word swap, deletion or insertion."""
-    eda_alpha: float = Field(0.1, gt=0.0, le=0.5)
+    eda_alpha: float = Field(default=0.1, gt=0.0, le=0.5)
     """Share of a text's words an EDA variant changes."""
     oversample: bool = False
     """Copy records of smaller classes until every label is as frequent as the most frequent one."""
-    paraphrase: int = Field(0, ge=0)
+    paraphrase: int = Field(default=0, ge=0)
     """Paraphrases per chat prompt (last user turn) or classification text, written by `paraphrase_model`."""
     paraphrase_model: str = "smollm2-135m"
     """Any tunelab model source (embedded name, HF folder, .gguf) that writes the paraphrases."""
-    paraphrase_max_new_tokens: int = Field(128, ge=1)
+    paraphrase_max_new_tokens: int = Field(default=128, ge=1)
     """Length limit of a paraphrase in tokens."""
     smote: bool = False
     """SMOTE on sentence embeddings of classification texts, for heads trained on embeddings. Objective `setfit`
@@ -87,7 +87,7 @@ class AugmentSection(Section):
     the pipeline also saves `encoder`'s balanced embeddings, labels and a synthetic mask as train_smote.npz
     next to the dataset, for a head on that encoder kept frozen. (Objective `classify` trains the body too,
     where fixed vectors do not apply: use `oversample` or `schedule.sampling: balanced` there.)"""
-    smote_k: int = Field(5, ge=1)
+    smote_k: int = Field(default=5, ge=1)
     """Neighbours SMOTE interpolates between."""
     encoder: str = "minilm-l6"
     """Encoder model source for SMOTE's sentence embeddings."""
@@ -107,18 +107,18 @@ class ScheduleSection(Section):
     pacing: Literal["linear", "root", "step"] = "linear"
     """How fast harder examples are admitted: linearly, by square root (fast first), or in `buckets` steps
     (baby steps)."""
-    start_fraction: float = Field(0.2, gt=0.0, le=1.0)
+    start_fraction: float = Field(default=0.2, gt=0.0, le=1.0)
     """Share of the easiest examples available at the start (linear and root pacing)."""
-    buckets: int = Field(4, ge=1)
+    buckets: int = Field(default=4, ge=1)
     """Difficulty buckets for `pacing: step`; bucket k joins after k/buckets of the epoch."""
-    curriculum_epochs: int = Field(1, ge=1)
+    curriculum_epochs: int = Field(default=1, ge=1)
     """Epochs ordered as a curriculum; later ones are shuffled."""
     sampling: Literal["natural", "balanced", "mixture"] = "natural"
     """`natural`: each example once per epoch. `balanced`: sample so every label is equally frequent.
     `mixture`: sample tasks (one per file, or a row's `task` field) by `mix_weights` or `temperature`."""
     mix_weights: dict[str, float] = {}
     """Task name (file stem or `task` field) -> share of the mixture; tasks left out are not sampled."""
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(default=1.0, gt=0.0)
     """Without `mix_weights`: task shares proportional to size^(1/temperature) (1: natural sizes, large:
     uniform over tasks)."""
 
@@ -138,7 +138,7 @@ class DataSection(Section):
     (`text` + `label`), embedding pairs (`anchor`/`positive`)."""
     validation: list[str] = []
     """Validation file(s). When empty, `val_fraction` of the training rows is held out instead."""
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Fraction of training rows held out for validation when no validation file is given."""
     stratify: Literal["none", "label", "task"] = "none"
     """How `val_fraction` is held out: at random, or stratified so every label (or task) keeps its share."""
@@ -148,12 +148,12 @@ class DataSection(Section):
     """Format of single files, by file name or stem (e.g. `{reviews.csv: classification}`); wins over `format`."""
     text_unit: Literal["line", "paragraph", "document"] = "line"
     """How a .txt file is cut into records: each line, each blank-line-separated paragraph, or the whole file."""
-    max_row_chars: int = Field(1_000_000, ge=1)
+    max_row_chars: int = Field(default=1_000_000, ge=1)
     """Rows with more characters than this (all texts together) are absurdly long; see `long_rows`."""
     long_rows: Literal["reject", "truncate"] = "reject"
     """What happens to rows over `max_row_chars`: rejected (listed in rejects.jsonl), or kept with every text
     cut to `max_row_chars` characters (counted in the report)."""
-    max_length: int = Field(1024, ge=8)
+    max_length: int = Field(default=1024, ge=8)
     """Maximum tokens per example after the chat template; see `truncation` for longer ones."""
     truncation: Literal["right", "left", "reject"] = "right"
     """Examples longer than `max_length` tokens: cut the end (`right`), cut the start (`left`, keeps the last
@@ -162,7 +162,7 @@ class DataSection(Section):
     """Which tokens carry loss: every assistant turn, only the last assistant turn, or every token."""
     system_prompt: str | None = None
     """System message added to rows that have none (otherwise the chat template's default applies)."""
-    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    max_bad_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     """Abort when more than this fraction of rows is rejected (rejects are always written to rejects.jsonl)."""
     clean: CleanSection = CleanSection()
     """Normalisation, deduplication and noise filters."""
@@ -176,7 +176,7 @@ class DataSection(Section):
     contamination: Literal["off", "warn", "remove"] = "warn"
     """Check validation rows against training rows (exact and near duplicates at `clean.near_threshold`):
     `warn` reports the overlap, `remove` also drops the overlapping rows from training."""
-    num_proc: int = Field(1, ge=1)
+    num_proc: int = Field(default=1, ge=1)
     """Processes for reading, cleaning and tokenizing."""
     cache: bool = True
     """Reuse a prepared dataset with the same fingerprint (files, data settings, tokenizer)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.core.registry import register
-from tunelab.core.types import ROLES, Message
+from tunelab.core.types import ROLES, Message, Role, is_role
 from tunelab.data.records import Example, Kind
 
 
@@ -99,7 +99,7 @@ def _messages(raw: Any, key: str, role_key: str = "role", content_key: str = "co
             role_key, content_key = "role", "content"
         raw_role = m.get(role_key)
         role = ROLE_ALIASES.get(raw_role, raw_role) if isinstance(raw_role, str) else raw_role
-        if role not in ROLES:
+        if not is_role(role):
             raise RowError(
                 f"{where}.{role_key} is {raw_role!r}; expected one of {', '.join(ROLES)}"
                 + (" (tool and function turns are not supported)" if raw_role in ("tool", "function") else ""),
@@ -165,7 +165,7 @@ def from_alpaca(row: dict[str, Any], origin: str) -> Example:
     return Example(messages=messages, origin=origin)
 
 
-def _turns_or_text(row: dict[str, Any], key: str, role: str) -> list[Message]:
+def _turns_or_text(row: dict[str, Any], key: str, role: Role) -> list[Message]:
     value = row.get(key)
     if isinstance(value, list):
         return _messages(value, key)

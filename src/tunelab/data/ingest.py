@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -154,7 +154,7 @@ class Ingested:
 
 
 def ingest(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     folder: Path,
     options: LoadOptions,
     clean: CleanSection,
@@ -210,9 +210,13 @@ class RowTexts:
     """Shingle sets of records read back by index (only rows that LSH makes candidates are ever read)."""
 
     def __init__(
-        self, sources: list[tuple[pa.Table, np.ndarray | None]], ngram: int, release: Callable[[], None] = lambda: None
+        self,
+        sources: list[tuple[pa.Table, np.ndarray | None]],
+        ngram: int,
+        release: Callable[[], object] = lambda: None,
     ) -> None:
         # Each source is a table and the indices into it that the combined numbering covers (None: all rows).
+        # `release` is called now and then to drop the mapped pages read so far; what it returns is ignored.
         self.release, self.reads = release, 0
         self.parts = []
         for table, idx in sources:

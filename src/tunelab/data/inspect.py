@@ -10,6 +10,7 @@ import json
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ AS_IS = CleanSection(unicode="none", whitespace=False, remove_control=False)
 
 
 def inspect_files(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     *,
     options: LoadOptions | None = None,
     tokenizer: Any = None,
@@ -116,7 +117,10 @@ def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
     """Counts of a column's values, most common first, nulls left out (computed in Arrow, not in Python)."""
     import pyarrow.compute as pc
 
-    counts = pc.value_counts(table.column(column)).to_pylist() if table.num_rows else []
+    if not table.num_rows:
+        return {}
+    # pyarrow.compute makes its functions at import time, so pyright does not know `value_counts`.
+    counts = pc.value_counts(table.column(column)).to_pylist()  # pyright: ignore[reportAttributeAccessIssue]
     pairs = sorted(((c["values"], c["counts"]) for c in counts if c["values"] is not None), key=lambda p: -p[1])
     return dict(pairs)
 

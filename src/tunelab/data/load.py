@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, islice
@@ -78,7 +78,7 @@ class LoadResult:
 
 
 def load_examples(
-    paths: list[str | Path], fmt: str = "auto", *, options: LoadOptions | None = None, keep_going: bool = False
+    paths: Sequence[str | Path], fmt: str = "auto", *, options: LoadOptions | None = None, keep_going: bool = False
 ) -> LoadResult:
     """Read files into memory. A file that cannot be read at all is a `DataError` (or, with `keep_going`, a
     `FileInfo.problem`); a bad row is a `Reject`."""
@@ -87,12 +87,15 @@ def load_examples(
     for info, items in stream_files(paths, options, keep_going=keep_going):
         result.files[info.path] = info
         for item in items:
-            (result.rejects if isinstance(item, Reject) else result.examples).append(item)
+            if isinstance(item, Reject):
+                result.rejects.append(item)
+            else:
+                result.examples.append(item)
     return result
 
 
 def stream_files(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     options: LoadOptions,
     *,
     keep_going: bool = False,

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +51,9 @@ from tunelab.data.tokenize import Tokenized, tokenize_record
 from tunelab.models.generate import generate_answers
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.pooling import encoder_vectors
+
+Rows = tuple[Ingested, np.ndarray]
+"""The rows of one split: an ingest and the indices of its rows that belong to the split."""
 
 
 @dataclass
@@ -178,6 +181,7 @@ def _build(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, work
         keep = {split: _dedup(ing, c.dedup, removed, counts) for split, ing in ingested.items()}
         clock.lap("dedup")
         train_ing = ingested["train"]
+        sets: dict[str, Rows]
         if "validation" in ingested:
             sets = {"train": (train_ing, keep["train"]), "validation": (ingested["validation"], keep["validation"])}
             counts["split"] = {"method": "files"}
@@ -246,7 +250,8 @@ def _augment(
         labelled = [e for e in examples if e.kind == "classification"]
         if labelled:
             vectors = encoder_vectors(a.encoder, [e.text for e in labelled]).numpy()
-            x, y, is_synthetic = augment.smote_embeddings(vectors, [e.label for e in labelled], a.smote_k, seed)
+            labels = cast(list[str], [e.label for e in labelled])  # a classification record always has a label
+            x, y, is_synthetic = augment.smote_embeddings(vectors, labels, a.smote_k, seed)
             origins = np.asarray([e.origin for e in labelled] + [""] * int(is_synthetic.sum()))
             np.savez(out / "train_smote.npz", embeddings=x, labels=y, synthetic=is_synthetic, origins=origins)
             counts["smote"] = {"vectors": len(y), "synthetic": int(is_synthetic.sum()), "encoder": a.encoder}
@@ -283,7 +288,7 @@ def _strata(ing: Ingested, idx: np.ndarray, by: str) -> list[str | None] | None:
     return [column[i] for i in idx]
 
 
-def _contamination(cfg: DataSection, sets: dict, removed: JsonlWriter, counts: dict[str, Any]) -> tuple:
+def _contamination(cfg: DataSection, sets: dict[str, Rows], removed: JsonlWriter, counts: dict[str, Any]) -> Rows:
     """Check validation against training; with `remove`, drop the training rows that overlap."""
     train_ing, train_idx = sets["train"]
     if cfg.contamination == "off" or not len(sets["validation"][1]):

@@ -18,10 +18,10 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal, cast
 
 FileType = Literal["jsonl", "json", "csv", "tsv", "parquet", "txt"]
 SUFFIXES: dict[str, FileType] = {
@@ -75,7 +75,7 @@ def preview(payload: Any) -> str:
         return repr(payload)[:PREVIEW]
 
 
-def expand_paths(paths: list[str | Path]) -> list[Path]:
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     """Files named by `paths`: plain files, every supported file in a folder, or glob patterns, in order."""
     out: list[Path] = []
     for item in paths:
@@ -164,7 +164,7 @@ def _guarded(rows: Iterator[RawRow]) -> Iterator[RawRow]:
         yield RawRow(line=last + 1, payload="", error=f"the file cannot be read from here on ({exc})")
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
     with path.open("rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
     return gzip.open(path, "rb") if gz else path.open("rb")
@@ -204,9 +204,16 @@ def _decoded(path: Path, encoding: str | None) -> str:
 _WS = re.compile(r"\s*")
 
 
+def _skip_space(text: str, pos: int = 0) -> int:
+    """The index of the first non-space character at or after `pos` (`len(text)` when there is none)."""
+    match = _WS.match(text, pos)
+    assert match is not None  # `\s*` matches anywhere, if only the empty string
+    return match.end()
+
+
 def _json(path: Path, encoding: str | None) -> Iterator[RawRow]:
     text = _decoded(path, encoding)
-    start = _WS.match(text).end()
+    start = _skip_space(text)
     if start == len(text):
         return
     if text[start] == "[":
@@ -260,7 +267,7 @@ def _json_list(text: str, start: int) -> Iterator[RawRow]:
         return line
 
     while True:
-        pos = _WS.match(text, pos).end()
+        pos = _skip_space(text, pos)
         if pos >= len(text):
             return  # a list that is never closed: the rows read so far are kept
         if text[pos] == "]":
@@ -405,5 +412,9 @@ def _text(path: Path, encoding: str | None, unit: TextUnit) -> Iterator[RawRow]:
 
 
 def _text_block(start: int, lines: list[bytes | str]) -> RawRow:
-    joined = b"\n".join(lines) if isinstance(lines[0], bytes) else "\n".join(lines)
+    # A file's lines are all bytes (UTF-8, split undecoded) or all str (UTF-16, decoded whole), never mixed.
+    if isinstance(lines[0], bytes):
+        joined: bytes | str = b"\n".join(cast(list[bytes], lines))
+    else:
+        joined = "\n".join(cast(list[str], lines))
     return RawRow(line=start, payload=joined, size=len(joined), forced_format="text")

@@ -42,7 +42,7 @@ def build_report(cfg: DataSection, ingested: dict[str, Ingested], counts: dict[s
     reasons = Counter(reason_kind(r["reason"]) for r in _iter_jsonl(out / "rejects.jsonl"))
     lengths = train.lengths
     np.save(out / "train_lengths.npy", lengths)  # for the padding report, which depends on the batch size
-    clean = {"normalized": sum(i.clean.changed for i in ingested.values())}
+    clean: dict[str, int | dict[str, int]] = {"normalized": sum(i.clean.changed for i in ingested.values())}
     pii = sum((i.clean.pii for i in ingested.values()), Counter())
     if cfg.clean.pii:
         clean["pii_masked"] = {k: pii.get(k, 0) for k in cfg.clean.pii}
@@ -120,14 +120,18 @@ def _scan(folder: Path, counters: tuple[str, ...]) -> _Scan:
             for batch in pa.ipc.open_stream(source):
                 out.rows += batch.num_rows
                 names = batch.schema.names
+                # pyarrow.compute makes its functions at import time, so pyright knows none of them.
                 if "synthetic" in names and "input_ids" not in names:
-                    out.synthetic += int(pc.sum(batch.column("synthetic")).as_py() or 0)
+                    synthetic = pc.sum(batch.column("synthetic"))  # pyright: ignore[reportAttributeAccessIssue]
+                    out.synthetic += int(synthetic.as_py() or 0)
                 if "length" in names:
                     lengths.append(batch.column("length").to_numpy(zero_copy_only=False).astype(np.int32))
-                    flat = pc.list_flatten(batch.column("labels"))
-                    out.targets += int(pc.sum(pc.not_equal(flat, -100)).as_py() or 0)
+                    flat = pc.list_flatten(batch.column("labels"))  # pyright: ignore[reportAttributeAccessIssue]
+                    targets = pc.sum(pc.not_equal(flat, -100))  # pyright: ignore[reportAttributeAccessIssue]
+                    out.targets += int(targets.as_py() or 0)
                 for c in counters:
-                    for item in pc.value_counts(batch.column(c)).to_pylist():
+                    values = pc.value_counts(batch.column(c))  # pyright: ignore[reportAttributeAccessIssue]
+                    for item in values.to_pylist():
                         out.counts[c][item["values"]] += item["counts"]
     out.lengths = np.concatenate(lengths) if lengths else out.lengths
     return out
@@ -138,24 +142,24 @@ def padding_report(
 ) -> dict[str, Any]:
     """Share of padding in an epoch's batches: random order, length-grouped, and packed into max_length
     (estimated on a random sample of `sample` sequences for larger sets; the shares barely move)."""
-    lengths = np.asarray(lengths)
-    if not lengths.size:
+    array = np.asarray(lengths)
+    if not array.size:
         return {}
-    sampled = len(lengths) > sample
+    sampled = len(array) > sample
     if sampled:
-        lengths = np.random.default_rng(seed).choice(lengths, size=sample, replace=False)
-    lengths = lengths.tolist()
-    shuffled = epoch_batches(lengths, batch_size, seed, 0, group_by_length=False)
-    grouped = epoch_batches(lengths, batch_size, seed, 0, group_by_length=True)
-    packed = [sum(lengths[i] for i in b) for b in pack_indices(lengths, max_length)]
+        array = np.random.default_rng(seed).choice(array, size=sample, replace=False)
+    sizes: list[int] = array.tolist()
+    shuffled = epoch_batches(sizes, batch_size, seed, 0, group_by_length=False)
+    grouped = epoch_batches(sizes, batch_size, seed, 0, group_by_length=True)
+    packed = [sum(sizes[i] for i in b) for b in pack_indices(sizes, max_length)]
     packed_batches = epoch_batches(packed, batch_size, seed, 0, group_by_length=True)
     return {
         "batch_size": batch_size,
-        "random": round(padding_waste(lengths, shuffled), 4),
-        "length_grouped": round(padding_waste(lengths, grouped), 4),
+        "random": round(padding_waste(sizes, shuffled), 4),
+        "length_grouped": round(padding_waste(sizes, grouped), 4),
         "packed": round(padding_waste(packed, packed_batches), 4),
         "packed_sequences": len(packed),
-        "sampled": len(lengths) if sampled else None,
+        "sampled": len(sizes) if sampled else None,
     }
 
 

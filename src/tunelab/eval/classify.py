@@ -5,11 +5,11 @@ each row by the head of its task."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tunelab.core.errors import DataError
 from tunelab.data.load import load_examples
-from tunelab.objectives.classify.config import KIND, task_of
+from tunelab.objectives.classify.config import KIND, Task, task_of
 from tunelab.objectives.classify.data import encode
 from tunelab.objectives.classify.multi import MultiHeadModel
 from tunelab.objectives.classify.objective import OBJECTIVE
@@ -40,7 +40,7 @@ def evaluate_file(
         items = [encode(ex, tokenizer, task, names, tokenizer.model_max_length) for ex in examples]
     except ValueError as exc:
         raise DataError(f"'{data_file}': a row cannot be scored: {exc}.") from None
-    device, pad_id = next(model.parameters()).device, tokenizer.pad_token_id
+    device, pad_id = next(model.parameters()).device, cast(int, tokenizer.pad_token_id)  # one token's id
     metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad_id, device, False)
     metrics.update(scores(model, items, batch_size, pad_id, device))
     predicted = predict(model, items, batch_size, pad_id, device)
@@ -55,6 +55,7 @@ def evaluate_task_file(
     """A task-heads run scored on a labelled file: every row through its task's head. Loss and accuracy overall
     and per task (`val_acc/<task>` when the file holds several), each task's scores, and one prediction per row."""
     model, tokenizer = load_classifier(run)
+    assert isinstance(model, MultiHeadModel), f"run '{run}' has no task heads: score it with evaluate_file"
     examples = load_examples([str(data_file)]).examples
     if not examples:
         raise DataError(f"'{data_file}' holds no usable rows; run '{run}' is scored on labelled rows of its tasks.")
@@ -65,7 +66,7 @@ def evaluate_task_file(
             f"tasks: {', '.join(model.tasks)}). A row's task is the file's stem or its `task` field: name the file "
             "after its task (<task>.jsonl) or give each row a `task` field."
         )
-    tasks = {tag: task_of(model.cfgs[tag]) for tag in model.tasks}
+    tasks: dict[str, Task] = {tag: task_of(model.cfgs[tag]) for tag in model.tasks}
     items = []
     for ex in examples:
         task = tasks[ex.task]
@@ -77,7 +78,7 @@ def evaluate_task_file(
             raise DataError(f"'{data_file}': a row cannot be scored: {exc}.") from None
         item.head = model.index(ex.task)
         items.append(item)
-    device, pad_id = next(model.parameters()).device, tokenizer.pad_token_id
+    device, pad_id = next(model.parameters()).device, cast(int, tokenizer.pad_token_id)  # one token's id
     metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad_id, device, False)
     metrics.update(task_scores(model, items, batch_size, pad_id, device, False))
     predicted: list[Any] = [None] * len(items)

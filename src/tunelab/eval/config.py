@@ -12,12 +12,12 @@ class EvalSection(Section):
     """Evaluate the base model before training, for the before/after table."""
     generate: bool = True
     """Generate answers for validation prompts and score exact match."""
-    max_examples: int | None = Field(200, ge=1)
+    max_examples: int | None = Field(default=200, ge=1)
     """Cap on validation examples used for generation metrics."""
-    max_new_tokens: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)
     """Generation length limit. Default: twice the longest reference answer (in tokens) plus 16, at most 512 —
     a base model that rambles costs time, and tokens past that cannot turn into an exact match."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(default=16, ge=1)
     """Prompts per generation batch."""
-    samples: int = Field(3, ge=0)
+    samples: int = Field(default=3, ge=0)
     """Sample answers shown in the final report."""

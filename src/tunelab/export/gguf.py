@@ -12,12 +12,19 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import gguf
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from tunelab.export.errors import ExportError
 from tunelab.methods.trained import save_merged
@@ -54,6 +61,7 @@ def write_gguf(hf_folder: str | Path, out: str | Path, quant: Quant = "f16") -> 
         raise ExportError(f"GGUF quantisation '{quant}' is not supported. Choose one of: {', '.join(QUANTS)}.")
     config = AutoConfig.from_pretrained(hf_folder)
     _check_supported(config, hf_folder)
+    config = cast(LlamaConfig, config)  # checked: model_type llama, which AutoConfig reads as a LlamaConfig
     tokenizer = AutoTokenizer.from_pretrained(hf_folder)
     model = AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32, use_safetensors=True)
     qtype, file_type = QUANTS[quant]
@@ -112,7 +120,9 @@ def _rope_theta(config: object) -> float:
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
-def _write_model_metadata(writer: gguf.GGUFWriter, config: object, name: str, file_type: gguf.LlamaFileType) -> None:
+def _write_model_metadata(
+    writer: gguf.GGUFWriter, config: LlamaConfig, name: str, file_type: gguf.LlamaFileType
+) -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
@@ -132,14 +142,15 @@ def _write_model_metadata(writer: gguf.GGUFWriter, config: object, name: str, fi
 def _write_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError("GGUF export needs a fast (tokenizer.json) tokenizer; this model has a slow one.")
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend = cast(PreTrainedTokenizerFast, tokenizer).backend_tokenizer  # is_fast: backed by `tokenizers`
+    spec = json.loads(backend.to_str())
     if spec["model"]["type"] != "BPE":
         raise ExportError(
             f"GGUF export writes byte-level BPE vocabularies (GPT-2 style); this tokenizer is "
             f"{spec['model']['type']}. Export with --format hf and convert it with llama.cpp instead."
         )
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = {t.content: t for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()}
+    added = {t.content: t for t in backend.get_added_tokens_decoder().values()}
     tokens, types = [], []
     for i in range(vocab_size):
         token = by_id.get(i)
@@ -166,11 +177,11 @@ def _write_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase
         (writer.add_pad_token_id, tokenizer.pad_token_id),
     ):
         if token_id is not None:
-            setter(token_id)
+            setter(cast(int, token_id))  # one token's id (transformers types it for token lists too)
     # Chat templates write the special tokens themselves; llama.cpp must not add a BOS in front again.
     writer.add_add_bos_token(False)
     if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
+        writer.add_chat_template(cast(str, tokenizer.chat_template))  # one template (named ones are a dict)
 
 
 def _permute_rows(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -179,7 +190,9 @@ def _permute_rows(weight: np.ndarray, heads: int) -> np.ndarray:
     return pairs.swapaxes(1, 2).reshape(weight.shape)
 
 
-def _write_tensors(writer: gguf.GGUFWriter, model: torch.nn.Module, config: object, qtype: object) -> None:
+def _write_tensors(
+    writer: gguf.GGUFWriter, model: torch.nn.Module, config: LlamaConfig, qtype: gguf.GGMLQuantizationType
+) -> None:
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
     for hf_name, tensor in model.state_dict().items():
@@ -198,7 +211,7 @@ def _write_tensors(writer: gguf.GGUFWriter, model: torch.nn.Module, config: obje
         _add_tensor(writer, writer_name, data, qtype if data.ndim == 2 else gguf.GGMLQuantizationType.F32)
 
 
-def _add_tensor(writer: gguf.GGUFWriter, name: str, data: np.ndarray, qtype: object) -> None:
+def _add_tensor(writer: gguf.GGUFWriter, name: str, data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> None:
     if qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] != 0:
         qtype = gguf.GGMLQuantizationType.F16
     if qtype == gguf.GGMLQuantizationType.F32:

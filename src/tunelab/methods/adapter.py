@@ -37,7 +37,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "si
 class AdapterConfig(Section):
     name: Literal["adapter"] = "adapter"
     """Bottleneck adapters after chosen sublayers of every (or chosen) transformer layer; the base stays frozen."""
-    bottleneck: int = Field(16, ge=1)
+    bottleneck: int = Field(default=16, ge=1)
     """Adapter width: the down-projection's output size. Each adapter costs 2 x hidden x width + width + hidden."""
     after: list[Literal["attention", "mlp"]] = ["attention", "mlp"]
     """Sublayers followed by an adapter. Houlsby: [attention, mlp]; Pfeiffer: [mlp]."""
@@ -45,7 +45,7 @@ class AdapterConfig(Section):
     """Non-linearity between the two projections."""
     layers: list[int] | None = None
     """Transformer layer indices that get adapters (negative counts from the top); default: every layer."""
-    scale: float = Field(1.0, gt=0)
+    scale: float = Field(default=1.0, gt=0)
     """Multiplier on the adapter's output before its residual."""
 
     @field_validator("after")

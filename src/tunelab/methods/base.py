@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -30,29 +30,33 @@ class StepHook:
         return []
 
 
+C = TypeVar("C", bound=Section)
+
+
 def no_step_hooks(model: nn.Module, cfg: Section) -> list[StepHook]:
     return []
 
 
 @dataclass(frozen=True)
-class Method:
+class Method(Generic[C]):
     """A way to choose which weights learn.
 
     `apply_` changes the model in place (freezes, wraps) and returns the model to train; `save` writes the
     trained result in the format other tools read; `load_` puts a saved result onto a freshly loaded base.
     `artifact` names the run sub-folder the result goes to; `mergeable` says whether `export` can fold the
-    result into the base weights (adapters that stay as extra modules or virtual tokens cannot be).
+    result into the base weights (adapters that stay as extra modules or virtual tokens cannot be). A method is
+    generic in its config section `C`, which `apply_` and `step_hooks` receive.
     """
 
     name: str
-    config: type[Section]
-    apply_: Callable[[nn.Module, Section], nn.Module]
+    config: type[C]
+    apply_: Callable[[nn.Module, C], nn.Module]
     save: Callable[[nn.Module, Path], None]
     load_: Callable[[nn.Module, Path], nn.Module]
     freezes_base: bool
     artifact: Literal["adapter", "model"] = "model"
     mergeable: bool = True
-    step_hooks: Callable[[nn.Module, Section], list[StepHook]] = no_step_hooks
+    step_hooks: Callable[[nn.Module, C], list[StepHook]] = no_step_hooks
     """(model as `apply_` left it, method config) -> what changes during training (gradual unfreezing)."""
 
 

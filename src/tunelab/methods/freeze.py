@@ -22,15 +22,15 @@ from tunelab.models.parts import decoder_layers
 class FreezeConfig(Section):
     name: Literal["freeze"] = "freeze"
     """Train only chosen layers; everything else stays frozen."""
-    top_k_layers: int = Field(2, ge=0)
+    top_k_layers: int = Field(default=2, ge=0)
     """Train the last k transformer layers (default 2, or 0 when `bottom_k_layers` or `layers` is given)."""
-    bottom_k_layers: int = Field(0, ge=0)
+    bottom_k_layers: int = Field(default=0, ge=0)
     """Train the first k transformer layers."""
     layers: list[int] = []
     """Train these layers by index (0 is the first; -1 the last)."""
     modules: list[str] = []
     """Also train parameters whose dotted name matches one of these regexes (e.g. 'norm', 'lm_head', 'self_attn')."""
-    unfreeze_every: int | None = Field(None, ge=1)
+    unfreeze_every: int | None = Field(default=None, ge=1)
     """Gradual unfreezing: start with the layers chosen above, then thaw one more of the other layers, from the
     top down, every this many `unfreeze_unit`s until all layers train (ULMFiT). Off when null."""
     unfreeze_unit: Literal["steps", "epochs"] = "epochs"

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from pydantic import Field, model_validator
@@ -46,7 +47,7 @@ class HybridConfig(Section):
     """Low-rank adapters, with every option of method `lora` (dora, init, rank_pattern, ...)."""
     adapter: AdapterConfig | None = None
     """Bottleneck adapters, with every option of method `adapter`."""
-    top_k_layers: int = Field(0, ge=0)
+    top_k_layers: int = Field(default=0, ge=0)
     """Train the last k transformer layers in full."""
     modules: list[str] = []
     """Train parameters whose dotted base-model name matches one of these regexes in full (e.g. 'norm')."""
@@ -126,10 +127,10 @@ def _is_part_of_an_adapter(name: str) -> bool:
 
 def save(model: nn.Module, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config"):
+    if hasattr(model, "peft_config"):  # LoRA wrapped the base
         converted = lora_init.has_initial(model)
         state = lora_init.converted_state(model) if converted else get_peft_model_state_dict(model)
-        config = lora_init.converted_config(model) if converted else model.peft_config["default"]
+        config = lora_init.converted_config(model) if converted else cast(PeftModel, model).peft_config["default"]
         config.save_pretrained(str(out))
         # Adapters wrap sublayers after LoRA did, so LoRA's names carry `.inner`; a plain PEFT file has none.
         state = {k.replace(".inner.", "."): v.detach().contiguous() for k, v in state.items()}

@@ -54,7 +54,7 @@ def apply_(model: nn.Module, cfg: Ia3Config) -> nn.Module:
     # `disable_input_dtype_casting` (used by the loop under bf16) reads and writes; IA3 ignores it, so give it one.
     for module in model.modules():
         if isinstance(module, BaseTunerLayer) and not hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = True
+            module.cast_input_dtype_enabled = True  # pyright: ignore[reportArgumentType] - a plain flag, not a tensor
     return model
 
 

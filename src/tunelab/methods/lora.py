@@ -24,11 +24,11 @@ from tunelab.methods.peft_io import load_adapter_, save_adapter, task_type, wrap
 class LoraConfig(Section):
     name: Literal["lora"] = "lora"
     """Low-rank adapters on chosen linear layers; the base stays frozen."""
-    r: int = Field(16, ge=1)
+    r: int = Field(default=16, ge=1)
     """Adapter rank."""
-    alpha: float = Field(32, gt=0)
+    alpha: float = Field(default=32, gt=0)
     """Scale numerator: the update is (alpha / r) * B @ A, or alpha / sqrt(r) with rslora."""
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     """Dropout on the adapter's input. Off by default: on a CPU the masks cost ~7% of a step, and short
     fine-tunes rarely overfit through the adapter."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
@@ -63,7 +63,7 @@ class LoraConfig(Section):
 def peft_config(cfg: LoraConfig, task: str = "CAUSAL_LM") -> PeftLoraConfig:
     return PeftLoraConfig(
         r=cfg.r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # pyright: ignore[reportArgumentType] - peft says int; a float alpha works
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
         use_rslora=cfg.rslora,

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import cast
 
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
@@ -47,14 +50,15 @@ def converted_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def converted_config(model: nn.Module) -> object:
+def converted_config(model: nn.Module) -> PeftLoraConfig:
     """The adapter's peft config for the converted rank-2r adapter, which loads without re-initialising."""
-    config = copy.deepcopy(model.peft_config["default"])
+    peft_config = cast(PeftModel, model).peft_config["default"]
+    config = cast(PeftLoraConfig, copy.deepcopy(peft_config))  # the models this module sees are LoRA models
     # Doubling r halves alpha / r; doubling alpha keeps the scale (alpha / sqrt(r) needs sqrt(2) under rsLoRA).
     grow = 2**0.5 if config.use_rslora else 2.0
     config.init_lora_weights = True
     config.r *= 2
-    config.lora_alpha *= grow
+    config.lora_alpha *= grow  # pyright: ignore[reportAttributeAccessIssue] - peft says int; a float alpha works
     config.rank_pattern = {k: 2 * v for k, v in (config.rank_pattern or {}).items()}
     # A module with its own rank but no own alpha uses the global alpha, which is scaled above: nothing to add.
     config.alpha_pattern = {k: v * grow for k, v in (config.alpha_pattern or {}).items()}

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
-from peft import PeftModel
+from peft import PeftConfig, PeftModel
 from torch import nn
 
 from tunelab.core.errors import ConfigError
 from tunelab.methods.base import trainable_to_fp32_
+from tunelab.models.parts import output_head
 
 
 def save_adapter(model: nn.Module, out: Path) -> None:
     """adapter_config.json + adapter_model.safetensors (only the adapter's weights)."""
-    model.save_pretrained(out, safe_serialization=True)
+    cast(PeftModel, model).save_pretrained(str(out), safe_serialization=True)
 
 
 def load_adapter_(model: nn.Module, folder: Path) -> nn.Module:
@@ -23,11 +25,10 @@ def load_adapter_(model: nn.Module, folder: Path) -> nn.Module:
 
 def task_type(model: nn.Module) -> str:
     """peft's task type: a causal LM gets the generation-aware wrapper, an encoder the plain feature one."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return "CAUSAL_LM" if head is not None and hasattr(model, "generate") else "FEATURE_EXTRACTION"
+    return "CAUSAL_LM" if output_head(model) is not None and hasattr(model, "generate") else "FEATURE_EXTRACTION"
 
 
-def wrap_(model: nn.Module, peft_config: object) -> nn.Module:
+def wrap_(model: nn.Module, peft_config: PeftConfig) -> nn.Module:
     """Wrap `model` with peft (which freezes the base in place); adapter weights stay fp32."""
     from peft import get_peft_model
 

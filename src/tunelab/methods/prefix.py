@@ -19,11 +19,11 @@ from tunelab.methods.peft_io import load_adapter_, require_decoder, save_adapter
 class PrefixConfig(Section):
     name: Literal["prefix"] = "prefix"
     """Learn `num_virtual_tokens` key/value pairs per layer that every token attends to; the base stays frozen."""
-    num_virtual_tokens: int = Field(16, ge=1)
+    num_virtual_tokens: int = Field(default=16, ge=1)
     """Prefix length. Each virtual token costs 2 x layers x key/value width parameters."""
     projection: bool = False
     """Produce the prefix through a two-layer MLP (Li & Liang's reparameterisation, steadier early training)."""
-    projection_hidden: int = Field(512, ge=1)
+    projection_hidden: int = Field(default=512, ge=1)
     """Hidden width of that MLP."""
 
 

@@ -21,11 +21,11 @@ from tunelab.methods.peft_io import load_adapter_, require_decoder, save_adapter
 class PromptConfig(Section):
     name: Literal["prompt"] = "prompt"
     """Learn `num_virtual_tokens` input embeddings placed before every prompt; the base stays frozen."""
-    num_virtual_tokens: int = Field(16, ge=1)
+    num_virtual_tokens: int = Field(default=16, ge=1)
     """How many virtual tokens. Each costs one hidden-size vector (prompt tuning)."""
     encoder: Literal["none", "mlp", "lstm"] = "none"
     """`none`: prompt tuning. `mlp` / `lstm`: P-tuning, the virtual tokens come out of this small encoder."""
-    encoder_hidden: int = Field(128, ge=1)
+    encoder_hidden: int = Field(default=128, ge=1)
     """Hidden width of the P-tuning encoder."""
     init_text: str | None = None
     """Prompt tuning only: start the virtual tokens from this text's token embeddings (repeated to length),

@@ -15,6 +15,7 @@ from torch import nn
 from tunelab.core.errors import ConfigError
 from tunelab.methods import lora
 from tunelab.methods.base import Method
+from tunelab.models.parts import output_head
 
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -38,16 +39,16 @@ def require_cuda_bitsandbytes(model: nn.Module) -> None:
             "On a CPU use method lora: under bf16 training the frozen base is already stored in bf16, half of fp32."
         )
     try:
-        import bitsandbytes  # noqa: F401 - only checking that it is there
+        import bitsandbytes  # noqa: F401  # pyright: ignore[reportMissingImports] - optional, checking it is there
     except ImportError:
         raise ConfigError("method qlora needs the bitsandbytes package: `pip install bitsandbytes`.") from None
 
 
 def quantize_4bit_(model: nn.Module, cfg: QloraConfig) -> int:
     """Replace every linear layer but the output head by a bitsandbytes 4-bit layer; returns how many."""
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # pyright: ignore[reportMissingImports] - optional (CUDA only), absent here
 
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_head(model)
     replaced = 0
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):

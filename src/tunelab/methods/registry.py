@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 from tunelab.core.registry import register
 from tunelab.methods import adapter, dora, freeze, full, hybrid, ia3, lora, prefix, prompt, qlora
 from tunelab.methods.base import Method
 
-METHODS: dict[str, Method] = {}
+METHODS: dict[str, Method[Any]] = {}
 for _method in (
     full.METHOD,
     freeze.METHOD,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 import yaml
@@ -21,6 +21,10 @@ from transformers import PreTrainedTokenizerBase
 from tunelab.core.errors import RunError
 from tunelab.methods.registry import METHODS
 from tunelab.models.load import load_model, load_tokenizer, tokenizer_from_folder
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 CONFIG_FILE = "config.yaml"
 """The resolved config a run was trained with, every default written out."""
@@ -93,9 +97,9 @@ def save_merged(spec: str, out: str | Path, dtype: Dtype = "fp32", max_shard_siz
     out = Path(out)
     # Merge in fp32 whatever the output dtype: adding a small ΔW to bf16 weights would round much of it away.
     model, tokenizer = load_trained(spec, dtype=torch.float32)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model = model.to(DTYPES[dtype])
-    model.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
+    if hasattr(model, "merge_and_unload"):  # a peft model: its adapters are folded into the weights
+        model = cast("PeftModel", model).merge_and_unload()
+    merged = cast("PreTrainedModel", model.to(DTYPES[dtype]))  # the transformers model, adapters merged or none
+    merged.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out)
     return out

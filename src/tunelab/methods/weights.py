@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from safetensors.torch import load_file
 from torch import nn
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 def save_model_folder(model: nn.Module, out: Path) -> None:
     """A standalone HF folder (config + safetensors) that `from_pretrained` loads without tunelab."""
-    model.save_pretrained(out, safe_serialization=True)
+    cast("PreTrainedModel", model).save_pretrained(out, safe_serialization=True)  # not wrapped: full, freeze
 
 
 def load_model_weights_(model: nn.Module, folder: Path) -> nn.Module:

@@ -4,6 +4,8 @@ all render prompts here, so a prompt reads the same wherever it is built."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.types import Message
@@ -19,7 +21,8 @@ def with_system(messages: list[Message], system_prompt: str | None) -> list[Mess
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], add_generation_prompt: bool = False) -> str:
     """The chat template's text for these messages."""
     chat = [{"role": m.role, "content": m.content} for m in messages]
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return cast(str, text)  # tokenize=False: the text, not token ids
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[Message], system_prompt: str | None = None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from rich.console import Console
@@ -36,6 +36,12 @@ Precision = Literal["bf16", "fp32"]
 # The ChatML end-of-turn token. A tokenizer whose eos is <|endoftext|> but whose template is ChatML (Qwen base
 # models, for instance) would otherwise run on past the end of the answer.
 CHATML_END = "<|im_end|>"
+
+
+class _Generates(Protocol):
+    """A transformers model or a peft wrapper: both have `generate`, which nn.Module's type does not know."""
+
+    def generate(self, **kwargs: Any) -> torch.Tensor: ...
 
 
 def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -77,7 +83,7 @@ def generate_answers(
     # Longest first: similar lengths share a batch (less padding), and running out of memory shows up at once.
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     stops = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad_id = _pad_id(tokenizer, stops)
     device = _device(model)
     answers: list[str] = [""] * len(texts)
     with _progress(show_progress, len(texts)) as (progress, task), _eval_mode(model), torch.inference_mode():
@@ -92,14 +98,16 @@ def generate_answers(
                 return_tensors="pt",
             ).to(device)
             with _autocast(model, precision):
-                out = model.generate(
+                out = cast(_Generates, model).generate(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
                     **_greedy_kwargs(max_new_tokens, stops, pad_id),
                 )
             new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
             for i, ids in zip(chunk, new_tokens, strict=True):
-                answers[i] = tokenizer.decode(_cut_at_stop(ids, stops), skip_special_tokens=True).strip()
+                # One list of ids decodes to one string (decode's type also allows a batch's list of strings).
+                answer = cast(str, tokenizer.decode(_cut_at_stop(ids, stops), skip_special_tokens=True))
+                answers[i] = answer.strip()
             progress.advance(task, len(chunk))
     return answers
 
@@ -125,7 +133,7 @@ def stream_reply(
     text = prompt_text(tokenizer, messages, system_prompt)
     batch = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(_device(model))
     stops = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad_id = _pad_id(tokenizer, stops)
     if temperature > 0:
         sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
         kwargs = {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad_id, **sampling}
@@ -140,7 +148,7 @@ def stream_reply(
         # Grad mode and autocast are per thread, so they are entered here, not around the thread's start.
         try:
             with torch.inference_mode(), _autocast(model, precision):
-                model.generate(**batch, streamer=streamer, **kwargs)
+                cast(_Generates, model).generate(**batch, streamer=streamer, **kwargs)
         except BaseException as exc:
             failure.append(exc)
             streamer.end()  # unblocks the reader below, which would otherwise wait forever
@@ -164,7 +172,14 @@ class _UntilSet(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        done = torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, done)  # a bool tensor: what transformers' criteria are declared to return
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase, stops: list[int]) -> int:
+    """The tokenizer's pad token, or the first stop token for a tokenizer without one."""
+    pad = cast(int | None, tokenizer.pad_token_id)  # transformers reads special-token ids through __getattr__
+    return pad if pad is not None else stops[0]
 
 
 def _greedy_kwargs(max_new_tokens: int, stops: list[int], pad_id: int) -> dict[str, Any]:

@@ -29,7 +29,8 @@ def quantize_int8_(model: nn.Module, skip: Sequence[str] = DEFAULT_SKIP) -> nn.M
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao; the eager dynamic path still works and ships.
         warnings.simplefilter("ignore")
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization.qconfig import per_channel_dynamic_qconfig
 
         chosen = {
             name: per_channel_dynamic_qconfig

@@ -9,6 +9,8 @@ retrieval, augmentation (SMOTE's vectors) and the server's `/v1/embeddings` all 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,9 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.device import eval_mode, module_device
 from tunelab.models.load import load_model, resolve_source, tokenizer_from_folder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -68,7 +73,8 @@ def encode(
                 return_tensors="pt",
             ).to(device)  # fmt: skip
             out.append(embed_batch(model, batch["input_ids"], batch["attention_mask"]))
-    vectors = torch.cat(out) if out else torch.zeros(0, int(model.config.hidden_size))
+    # A transformers model (or a peft wrapper, which forwards `config`): nn.Module's type has no config.
+    vectors = torch.cat(out) if out else torch.zeros(0, int(cast("PreTrainedModel", model).config.hidden_size))
     if dims is not None:
         vectors = vectors[:, :dims]
     return F.normalize(vectors, dim=-1) if normalize else vectors

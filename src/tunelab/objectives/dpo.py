@@ -27,12 +27,12 @@ from tunelab.objectives.reference import Reference, ReferenceKind, setup_referen
 
 class DPOConfig(Section):
     name: Literal["dpo"] = "dpo"
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(default=0.1, gt=0)
     """Strength of the pull toward the reference (β): small lets the policy move further from it."""
     loss_type: Literal["sigmoid", "ipo", "robust"] = "sigmoid"
     """`sigmoid`: DPO (with `label_smoothing`: conservative DPO); `ipo`: squared loss toward a margin of 1/(2β);
     `robust`: rDPO, unbiased under preference labels flipped with probability `label_smoothing`."""
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
     """Assumed share of wrongly ordered pairs (ε) for the sigmoid and robust losses."""
     reference: ReferenceKind = "auto"
     """`adapter_disabled`: the trained model with its adapter off (no second copy; LoRA/DoRA/IA3); `copy`: a
@@ -63,6 +63,7 @@ def dpo_losses(
     """Per-pair losses from summed log-probs (shape P each). IPO needs the answers' token counts."""
     chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
     if loss_type == "ipo":
+        assert chosen_tokens is not None and rejected_tokens is not None, "IPO needs the answers' token counts"
         h = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
         return (h - 1 / (2 * beta)) ** 2
     logits = beta * (chosen_ratio - rejected_ratio)

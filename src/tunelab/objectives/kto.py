@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from pydantic import Field
@@ -30,11 +30,11 @@ from tunelab.objectives.reference import Reference, ReferenceKind, setup_referen
 
 class KTOConfig(Section):
     name: Literal["kto"] = "kto"
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(default=0.1, gt=0)
     """Strength of the pull toward the reference (β)."""
-    desirable_weight: float = Field(1.0, gt=0)
+    desirable_weight: float = Field(default=1.0, gt=0)
     """λ_D: weight of desirable examples' losses (raise it when they are scarcer than undesirable ones)."""
-    undesirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(default=1.0, gt=0)
     """λ_U: weight of undesirable examples' losses."""
     reference: ReferenceKind = "auto"
     """`adapter_disabled` (LoRA/DoRA/IA3: no second copy), `copy` (a frozen copy), `auto`: the first when valid."""
@@ -69,7 +69,8 @@ def unpaired_items(pairs: list[PairItem], seed: int) -> list[UnpairedItem]:
 
 def prepare_unpaired(args: PrepareArgs[KTOConfig]) -> PreparedData:
     pairs = prepare_pairs(args)
-    return replace(pairs, train=unpaired_items(pairs.train, args.seed), val=unpaired_items(pairs.val, args.seed))
+    train, val = cast(list[PairItem], pairs.train), cast(list[PairItem], pairs.val)  # what prepare_pairs makes
+    return replace(pairs, train=unpaired_items(train, args.seed), val=unpaired_items(val, args.seed))
 
 
 def collate_unpaired(items: list[UnpairedItem], pad_id: int) -> Batch:
@@ -77,8 +78,9 @@ def collate_unpaired(items: list[UnpairedItem], pad_id: int) -> Batch:
     rows = [(i.prompt, i.answer) for i in items] + [(i.prompt, i.mismatched) for i in items]
     batch = collate_rows(rows, pad_id)
     batch["desirable"] = torch.tensor([i.desirable for i in items])
-    if items and all(i.ref is not None for i in items):
-        batch["ref_logps"] = torch.tensor([i.ref[0] for i in items] + [i.ref[1] for i in items])
+    refs = [i.ref for i in items if i.ref is not None]
+    if items and len(refs) == len(items):
+        batch["ref_logps"] = torch.tensor([r[0] for r in refs] + [r[1] for r in refs])
     return batch
 
 

@@ -25,7 +25,7 @@ from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, pr
 
 class ORPOConfig(Section):
     name: Literal["orpo"] = "orpo"
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(default=0.1, gt=0)
     """Weight λ of the odds-ratio term against the chosen answer's NLL (the paper uses 0.1-0.25)."""
 
 

@@ -8,7 +8,7 @@ after that for the assistant turn, end-of-turn token included (so the model also
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -83,8 +83,9 @@ def collate_pairs(items: list[PairItem], pad_id: int) -> Batch:
     `ref_logps` (2B) comes along when every item has precomputed reference log-probs."""
     rows = [(i.prompt, i.chosen) for i in items] + [(i.prompt, i.rejected) for i in items]
     batch = collate_rows(rows, pad_id)
-    if items and all(i.ref is not None for i in items):
-        batch["ref_logps"] = torch.tensor([i.ref[0] for i in items] + [i.ref[1] for i in items])
+    refs = [i.ref for i in items if i.ref is not None]
+    if items and len(refs) == len(items):
+        batch["ref_logps"] = torch.tensor([r[0] for r in refs] + [r[1] for r in refs])
     return batch
 
 
@@ -137,4 +138,6 @@ def prepare_pairs(args: PrepareArgs[Any]) -> PreparedData:
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     if not out["train"]:
         raise DataError("No preference pair fits data.max_length; raise data.max_length or shorten the answers.")
-    return PreparedData(train=out["train"], val=out["val"], val_examples=[], report=report)
+    # PreparedData annotates its items as next-token `Tokenized`s; these are PairItems, read by collate_pairs.
+    train, val = cast(list[Any], out["train"]), cast(list[Any], out["val"])
+    return PreparedData(train=train, val=val, val_examples=[], report=report)

@@ -16,9 +16,10 @@ import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from tunelab.core.device import autocast
@@ -56,7 +57,7 @@ class Reference:
         if self.model is not None:
             yield self.model
             return
-        with policy.disable_adapter():
+        with cast(PeftModel, policy).disable_adapter():  # model None: the policy is a peft model (build_reference)
             yield policy
 
 
@@ -123,7 +124,7 @@ def setup_reference(
     reference = build_reference(args.model, args.method, cfg.reference, cfg.reference_model, args.device)
     if not cfg.precompute_reference:
         return reference, None
-    pad = args.tokenizer.pad_token_id
+    pad = cast(int, args.tokenizer.pad_token_id)  # one token's id (models.load sets a pad token)
     train, val = (
         with_reference_logps(reference, args.model, items, collate, pad, args.device, args.bf16)
         for items in (args.data.train, args.data.val)

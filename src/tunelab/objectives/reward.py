@@ -25,7 +25,7 @@ from tunelab.objectives.pairs import collate_pairs, count_pairs, pair_length, pr
 
 class RewardConfig(Section):
     name: Literal["reward"] = "reward"
-    center_rewards: float = Field(0.0, ge=0)
+    center_rewards: float = Field(default=0.0, ge=0)
     """Coefficient of the (r_chosen + r_rejected)² term that keeps rewards centred on zero (0: off)."""
     pooling: Literal["last", "mean"] = "last"
     """Which hidden state the reward head reads: the last real token (decoders) or the mean over tokens."""
@@ -54,6 +54,11 @@ def _setup(cfg: RewardConfig, args: SetupArgs) -> Setup[RewardConfig]:
     return Setup(module, cfg, head=module.head)
 
 
+def _body(model: nn.Module) -> nn.Module:
+    assert isinstance(model, TaskModel)
+    return model.model
+
+
 def _save_head(model: nn.Module, cfg: RewardConfig, folder: Path) -> None:
     assert isinstance(model, TaskModel)
     save_head(model, folder)
@@ -70,6 +75,6 @@ OBJECTIVE = Objective(
     count=count_pairs,
     metric="pair_acc",
     perplexity=False,
-    body=lambda model: model.model,
+    body=_body,
     save_extra=_save_head,
 )

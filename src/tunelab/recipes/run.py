@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -73,6 +73,11 @@ class TrainingSetup:
     def ctx(self) -> Any:
         return self.built.ctx
 
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's pad token id, which batches are padded with."""
+        return _pad_id(self.tokenizer)
+
 
 def prepare_args(
     cfg: TunelabConfig,
@@ -113,7 +118,7 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     storage_bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and bf16 and method.freezes_base)
     model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
     # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
-    data = apply_loss_difficulty(model, data, difficulty_scoring(cfg), run_dir, tokenizer.pad_token_id, bf16)
+    data = apply_loss_difficulty(model, data, difficulty_scoring(cfg), run_dir, _pad_id(tokenizer), bf16)
     if cfg.training.fused_modules:
         fuse_modules_(model)  # before the method wraps the linear layers; parameter names do not change
         use_short_attention_(model)  # matrix-product attention for rows of up to 128 tokens
@@ -174,7 +179,7 @@ def run_training(
 
     if cfg.training.auto_batch_size:  # the chosen sizes go into the run's config, so a resume reuses them
         training = resolve_batch_size(
-            cfg.training, model, objective, data.train, pad_id=tokenizer.pad_token_id, accelerator=accelerator,
+            cfg.training, model, objective, data.train, pad_id=setup.pad_id, accelerator=accelerator,
             bf16=bf16, ctx=ctx,
         )  # fmt: skip
         cfg = cfg.model_copy(update={"training": training})
@@ -183,7 +188,7 @@ def run_training(
             console.print(f"auto batch size: {training.batch_size} per micro-batch x {training.grad_accum} accumulated")
     result = fit(
         model, objective, data.train, data.val, cfg.training, run_dir,
-        pad_id=tokenizer.pad_token_id, accelerator=accelerator, bf16=bf16, resume=resume, ctx=ctx,
+        pad_id=setup.pad_id, accelerator=accelerator, bf16=bf16, resume=resume, ctx=ctx,
         schedule=data.schedule,  # curriculum / weighted sampling from data.schedule
         hooks=setup.hooks, head=built.output_layer(), learning_rates=built.learning_rates,
     )  # fmt: skip
@@ -228,9 +233,10 @@ def evaluate(
         return {}
     module = TrainingModule(model, objective, ctx)
     budget = token_budget(cfg.training.micro_batch_tokens, device)  # pieces as in training: the same sums
-    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16, budget)
+    pad_id = _pad_id(tokenizer)
+    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, pad_id, device, bf16, budget)
     if objective.scores is not None:
-        metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, tokenizer.pad_token_id, device, bf16))
+        metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, pad_id, device, bf16))
     if generate and cfg.eval.generate and data.val_examples:
         body = objective.body(model)
         gen, predictions = _generate(body, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
@@ -254,6 +260,11 @@ def generation_budget(cfg: EvalSection, tokenizer: PreTrainedTokenizerBase, exam
     chosen = examples[: cfg.max_examples] if cfg.max_examples else examples
     longest = max(len(tokenizer(e.prompt_and_answer()[1], add_special_tokens=False)["input_ids"]) for e in chosen)
     return min(512, 2 * longest + 16)
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The pad token's id: one id (`load_tokenizer` sets a pad token; transformers types ids for token lists too)."""
+    return cast(int, tokenizer.pad_token_id)
 
 
 def _print_data(console: Console, data: PreparedData, main: bool) -> None:

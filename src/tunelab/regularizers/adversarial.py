@@ -80,8 +80,10 @@ class Perturbation:
 
     def ascend(self, loss: torch.Tensor, step: float, radius: float, retain_graph: bool = False) -> None:
         """δ ← Π_radius(δ + step · ĝ) with ĝ the per-token unit gradient of `loss` with respect to δ."""
-        (grad,) = torch.autograd.grad(loss, self.delta, retain_graph=retain_graph)
-        moved = self.delta.detach() + step * grad / (grad.norm(dim=-1, keepdim=True) + 1e-12)
+        delta = self.delta
+        assert delta is not None, "ascend after a perturbed forward (which creates delta)"
+        (grad,) = torch.autograd.grad(loss, delta, retain_graph=retain_graph)
+        moved = delta.detach() + step * grad / (grad.norm(dim=-1, keepdim=True) + 1e-12)
         scale = (radius / (moved.norm(dim=-1, keepdim=True) + 1e-12)).clamp(max=1.0)
         self.delta = (moved * scale).requires_grad_()
 
@@ -92,8 +94,8 @@ def fgm(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx: 
     with p.active():
         clean = loss_fn(model, batch, ctx)
         p.ascend(clean.loss_sum, cfg.epsilon, cfg.epsilon, retain_graph=True)
-        adv = loss_fn(model, batch, ctx)
-    return dataclasses.replace(clean, loss_sum=clean.loss_sum + cfg.weight * adv.loss_sum)
+        perturbed = loss_fn(model, batch, ctx)
+    return dataclasses.replace(clean, loss_sum=clean.loss_sum + cfg.weight * perturbed.loss_sum)
 
 
 def pgd(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
@@ -104,8 +106,8 @@ def pgd(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx: 
         p.enabled = True
         for _ in range(cfg.steps):
             p.ascend(loss_fn(model, batch, ctx).loss_sum, cfg.alpha, cfg.epsilon)
-        adv = loss_fn(model, batch, ctx)
-    return dataclasses.replace(clean, loss_sum=clean.loss_sum + cfg.weight * adv.loss_sum)
+        perturbed = loss_fn(model, batch, ctx)
+    return dataclasses.replace(clean, loss_sum=clean.loss_sum + cfg.weight * perturbed.loss_sum)
 
 
 def freelb(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx: Any) -> LossParts:
@@ -128,7 +130,11 @@ def smart(loss_fn: LossFn, adv: Adversarial, model: nn.Module, batch: Batch, ctx
     layer = adv.output_layer if adv.output_layer is not None else output_head(model)
     if layer is None:
         raise ValueError(f"{type(model).__name__} has no output layer for SMART to compare")
-    handle = layer.register_forward_hook(lambda module, args, out: outputs.append(out))
+
+    def keep_output(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+        outputs.append(out)
+
+    handle = layer.register_forward_hook(keep_output)
     try:
         with p.active():
             clean = loss_fn(model, batch, ctx)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -42,16 +43,18 @@ def ewc_weights(model: nn.Module) -> dict[str, EWCWeight]:
     for module_name, module in model.named_modules():
         if not isinstance(module, LoraLayer):
             continue
-        adapter_params |= {id(p) for n, p in module.named_parameters() if "lora_" in n}
+        # peft's LoRA layers are modules too (LoraLayer itself does not derive from nn.Module)
+        adapter_params |= {id(p) for n, p in cast(nn.Module, module).named_parameters() if "lora_" in n}
         active = [a for a in module.active_adapters if a in module.lora_A or a in module.lora_embedding_A]
         if not active or module.merged:
             continue
-        base = module.get_base_layer().weight
+        base = cast(torch.Tensor, module.get_base_layer().weight)
 
         def effective(
             module: LoraLayer = module, base: torch.Tensor = base, active: list[str] = active
         ) -> torch.Tensor:
-            return base + sum(module.get_delta_weight(a) for a in active)
+            # each concrete LoRA layer (Linear, Embedding, Conv) defines get_delta_weight; LoraLayer does not declare it
+            return base + sum(module.get_delta_weight(a) for a in active)  # pyright: ignore[reportAttributeAccessIssue]
 
         out[canonical_name(f"{module_name}.weight")] = EWCWeight(base, effective)
     for name, p in model.named_parameters():

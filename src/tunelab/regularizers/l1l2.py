@@ -7,7 +7,7 @@ scale minus one, and fully trained weights are compared with a copy of their sta
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from peft.tuners.ia3 import IA3Layer
@@ -46,12 +46,13 @@ class DeltaPenalty:
             for module in model.modules():
                 if isinstance(module, LoraLayer):
                     for name in module.lora_A:
-                        a, b = module.lora_A[name].weight, module.lora_B[name].weight
+                        a = cast(nn.Parameter, module.lora_A[name].weight)
+                        b = cast(nn.Parameter, module.lora_B[name].weight)
                         # PiSSA/OLoRA start with B0·A0 != 0 moved out of the base: the change is B·A - B0·A0.
                         init = str(getattr(peft_configs.get(name), "init_lora_weights", "")).lower()
                         moved = init.startswith(("pissa", "olora"))
-                        start = (a.detach().clone(), b.detach().clone()) if moved else (None, None)
-                        self.lora.append((a, b, module.scaling[name], *start))
+                        a0, b0 = (a.detach().clone(), b.detach().clone()) if moved else (None, None)
+                        self.lora.append((a, b, module.scaling[name], a0, b0))
                         covered |= {id(a), id(b)}
                 elif isinstance(module, IA3Layer):
                     for name in module.ia3_l:
@@ -70,7 +71,7 @@ class DeltaPenalty:
         total = torch.zeros((), device=self.device)
         with full_precision(self.device):
             for a, b, scale, a0, b0 in self.lora:
-                if a0 is not None:
+                if a0 is not None and b0 is not None:  # both kept, or neither
                     a, b = torch.cat([a, a0]), torch.cat([b, -b0], dim=1)
                 total = total + self._lowrank(a.float(), b.float(), float(scale))
             for scale_vector in self.ia3:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -27,14 +28,22 @@ from tunelab.core.types import Batch, LossParts
 from tunelab.objectives.base import Objective
 from tunelab.regularizers.base import TrainedTechnique
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+
+
+def _total(values: Iterable[torch.Tensor]) -> torch.Tensor:
+    """`sum` of tensors, of which there is at least one (a batch holds a task): a tensor, never sum's start 0."""
+    return cast(torch.Tensor, sum(values))
+
 
 def combine_task_losses(
     parts: dict[int, LossParts], weights: torch.Tensor, log_vars: torch.Tensor | None = None
 ) -> LossParts:
     """One summed loss from each task's summed loss (keyed by task index), as the module docstring says."""
-    count = sum(p.count for p in parts.values())
+    count = _total(p.count for p in parts.values())
     if log_vars is None:
-        loss_sum = sum(weights[t] * p.loss_sum for t, p in parts.items())
+        loss_sum = _total(weights[t] * p.loss_sum for t, p in parts.items())
     else:
         per_task = [
             weights[t] * torch.exp(-log_vars[t]) * p.loss_sum / p.count.clamp(min=1) + log_vars[t]
@@ -42,7 +51,7 @@ def combine_task_losses(
         ]
         loss_sum = count * torch.stack(per_task).sum()
     correct = [p.correct for p in parts.values() if p.correct is not None]
-    return LossParts(loss_sum=loss_sum, count=count, correct=sum(correct) if correct else None)
+    return LossParts(loss_sum=loss_sum, count=count, correct=_total(correct) if correct else None)
 
 
 def task_names(train: list[Any]) -> list[str]:
@@ -56,6 +65,9 @@ STATE_KEY = "task_log_vars"
 
 class TaskWeighting(TrainedTechnique):
     """`training.task_weights` / `task_weighting` over the tasks of `train` (a file's stem, or a row's `task`)."""
+
+    weights: torch.Tensor
+    """w_t by task index (a buffer)."""
 
     def __init__(
         self, weights: dict[str, float], mode: Literal["fixed", "uncertainty"], train: list[Any], device: torch.device
@@ -101,7 +113,8 @@ class TaskWeighting(TrainedTechnique):
         if self.log_vars is None:
             return {}
         values = self.log_vars.detach()
-        values = values.full_tensor() if hasattr(values, "full_tensor") else values  # sharded by FSDP: a DTensor
+        if hasattr(values, "full_tensor"):  # sharded by FSDP: a DTensor
+            values = cast("DTensor", values).full_tensor()
         return dict(zip(self.tasks, values.float().cpu().tolist(), strict=True))
 
     def metrics(self) -> dict[str, float]:
@@ -130,6 +143,7 @@ class TaskWeighting(TrainedTechnique):
         if hasattr(self.log_vars, "device_mesh"):  # sharded by FSDP: a DTensor, filled shard by shard
             from torch.distributed.tensor import distribute_tensor  # only under a distributed launch
 
-            value = distribute_tensor(value, self.log_vars.device_mesh, self.log_vars.placements)
+            sharded = cast("DTensor", self.log_vars)
+            value = distribute_tensor(value, sharded.device_mesh, sharded.placements)
         with torch.no_grad():
             self.log_vars.copy_(value.to(self.log_vars.device))

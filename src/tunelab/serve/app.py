@@ -11,7 +11,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import anyio
 import numpy as np
@@ -37,7 +37,7 @@ from tunelab.serve.generation import (
     stream,
 )
 from tunelab.serve.metrics import ServerMetrics
-from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, GenerationFields
 
 ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/health", "/metrics")
 OPEN_ROUTES = ("/health", "/metrics")
@@ -143,9 +143,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def embeddings(request: Request) -> dict:
         body = await _read(request, EmbeddingRequest, state.config)
         embedder = _embedder(state, body.model)
-        inputs = [body.input] if isinstance(body.input, str) else body.input
-        if inputs and isinstance(inputs[0], int):
-            inputs = [inputs]
+        inputs = _embedding_inputs(body.input)
         if not inputs or len(inputs) > state.config.max_embedding_inputs:
             limit = state.config.max_embedding_inputs
             raise APIError(400, f"input must hold 1 to {limit} items; got {len(inputs)}.", param="input")
@@ -162,10 +160,19 @@ def create_app(state: ServerState) -> FastAPI:
     return app
 
 
-async def _respond(state: ServerState, engine: Engine, job: Job, body: object) -> dict | StreamingResponse:
+def _embedding_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    """An embedding request's inputs as a list: one text, or one list of token ids, is a list of one."""
+    if isinstance(value, str):
+        return [value]
+    if value and isinstance(value[0], int):
+        return [cast(list[int], value)]
+    return cast(list[str] | list[list[int]], value)
+
+
+async def _respond(state: ServerState, engine: Engine, job: Job, body: GenerationFields) -> dict | StreamingResponse:
     if state.metrics:
         state.metrics.prompt_tokens.inc(job.prompt_tokens)
-    if getattr(body, "stream", False):
+    if body.stream:
         chunks = await stream(engine, job, state.config, body.include_usage_in_stream())
         return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return await complete(engine, job, state.config)

@@ -12,11 +12,12 @@ fixed for the whole call. Everything here is plain tensor bookkeeping around the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache
+from transformers import PreTrainedConfig
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 def prefill(
@@ -62,6 +63,7 @@ class Batch:
         if self.mask is None:
             self.layers, self.mask, self.positions = new_layers, mask, positions
             return
+        assert self.positions is not None  # set with the mask
         width = max(self.mask.shape[1], mask.shape[1])
         old = [(_pad_left(k, width, 2), _pad_left(v, width, 2)) for k, v in self.layers]
         new = [(_pad_left(k, width, 2), _pad_left(v, width, 2)) for k, v in new_layers]
@@ -74,6 +76,7 @@ class Batch:
         if not rows:
             self.layers, self.mask, self.positions = [], None, None
             return
+        assert self.mask is not None and self.positions is not None  # rows to keep: the batch has some
         index = torch.tensor(rows, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         first = int((mask.sum(0) > 0).nonzero()[0]) if mask.any() else 0
@@ -89,7 +92,8 @@ class Batch:
         device = self.mask.device
         ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
         mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        cache = DynamicCache(ddp_cache_data=self.layers, config=self.model.config)
+        config = cast(PreTrainedConfig, self.model.config)  # the model served is a transformers model
+        cache = DynamicCache(ddp_cache_data=self.layers, config=config)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -105,7 +109,9 @@ class Batch:
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    # A decoder's attention layers, each filled by the forward that returned `cache`.
+    layers = cast(list[DynamicLayer], cache.layers)
+    return [(cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values)) for layer in layers]
 
 
 def _pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from typing import cast
 
 from outlines_core import Guide, Index, Vocabulary
-from outlines_core.json_schema import build_regex_from_schema
-from transformers import PreTrainedTokenizerBase
+from outlines_core import json_schema as outlines_schema  # the module as the package exports it: checkers see it
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from tunelab.core.errors import TunelabError
 
@@ -57,7 +58,7 @@ class ConstraintCompiler:
         """Output that parses as JSON and validates against `schema` (a JSON-schema dict or its text)."""
         text = schema if isinstance(schema, str) else json.dumps(schema)
         try:
-            regex = build_regex_from_schema(text)
+            regex = outlines_schema.build_regex_from_schema(text)
         except Exception as exc:  # outlines-core raises ValueError or its own error types for bad schemas
             raise ConstraintError(
                 f"The JSON schema in response_format cannot be used for constrained decoding: {exc}. "
@@ -93,7 +94,8 @@ def _vocabulary(tokenizer: PreTrainedTokenizerBase, eos_token_id: int) -> Vocabu
     special = set(tokenizer.all_special_tokens) | {
         t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
     }
-    byte_level = "ByteLevel" in tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else False
+    fast = getattr(tokenizer, "is_fast", False)  # backed by `tokenizers`, whose spec names the pre-tokenizer
+    byte_level = "ByteLevel" in cast(PreTrainedTokenizerFast, tokenizer).backend_tokenizer.to_str() if fast else False
     mapping: dict[bytes, list[int]] = {}
     for token, token_id in tokenizer.get_vocab().items():
         if token in special or token_id == eos_token_id:

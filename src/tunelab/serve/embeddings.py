@@ -7,11 +7,12 @@ at a time under a lock, in a worker thread, in batches of `batch_size` texts.
 from __future__ import annotations
 
 import threading
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 from tunelab.models.pooling import mean_pool
 
@@ -24,7 +25,7 @@ class Embedder:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
-        self.dimensions = int(model.config.hidden_size)
+        self.dimensions = int(cast(PreTrainedConfig, model.config).hidden_size)  # a transformers encoder
         self._lock = threading.Lock()
 
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
@@ -44,10 +45,10 @@ class Embedder:
     def _encode(self, chunk: list[str] | list[list[int]]) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
         if chunk and isinstance(chunk[0], list):
-            ids = [list(x)[: self.max_length] for x in chunk]
+            ids = [list(x)[: self.max_length] for x in cast(list[list[int]], chunk)]
             batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         else:
             batch = self.tokenizer(
-                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                cast(list[str], chunk), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             )
         return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

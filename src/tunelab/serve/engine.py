@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -102,7 +102,8 @@ class Engine:
         self.max_queue = max_queue
         self.metrics = metrics
         self.stops = set(stop_token_ids(model, tokenizer))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stops)
+        pad = cast(int | None, tokenizer.pad_token_id)  # one token's id (transformers types it for lists too)
+        self.pad_id = pad if pad is not None else min(self.stops)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self._waiting: deque[_Sequence] = deque()
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
@@ -238,7 +239,7 @@ class Engine:
         seq.handle.emit(Event(seq.spec.index, text[seq.sent :], reason, len(seq.generated)))
 
     def _text(self, seq: _Sequence) -> str:
-        return self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        return cast(str, self.tokenizer.decode(seq.generated, skip_special_tokens=True))  # one sequence: one text
 
     def _extra(self, rows: list[_Sequence]) -> dict[str, Any]:
         # peft routes each row through its own LoRA adapter when given one name per row.

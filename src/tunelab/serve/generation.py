@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -46,7 +47,7 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, body: ChatCompletionRequest)
         role = "system" if message.role == "developer" else message.role
         messages.append({"role": role, "content": message.text()})
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     except Exception as exc:  # jinja templates raise their own errors for conversations they refuse
         raise APIError(400, f"The model's chat template rejected these messages: {exc}", param="messages") from None
     return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -90,7 +90,8 @@ def resolve_batch_size(
         estimate = memory_estimate_fits(model, longest, bf16, cfg.gradient_checkpointing)
         fits = estimate or (lambda micro: micro <= cfg.batch_size)  # no estimate: the configured size is the cap
     micro, _ = split_global_batch(global_batch, world, fits)
-    micro = int(accelerator.gather(torch.tensor([micro], device=device)).min())
+    found = cast(torch.Tensor, accelerator.gather(torch.tensor([micro], device=device)))  # one tensor in, one out
+    micro = int(found.min())
     per_process = global_batch // world
     return cfg.model_copy(
         update={"batch_size": micro, "grad_accum": per_process // micro, "auto_batch_size": False,

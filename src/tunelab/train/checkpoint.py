@@ -14,7 +14,7 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from tunelab.core.errors import ConfigError
-from tunelab.train.zero import ENGINE_DIR, gathered, is_engine, load_engine_state_, save_engine_state
+from tunelab.train.zero import ENGINE_DIR, engine_module, gathered, is_engine, load_engine_state_, save_engine_state
 
 PREFIX = "step-"
 MODEL = "model."
@@ -42,9 +42,10 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Full CPU copies of the trainable weights of the model in `module`, on the main process (the other processes
     get {}). Every process must call it. Tied weights appear once, under the first name."""
     if is_engine(module):  # DeepSpeed: the training module inside, its ZeRO-3 shards gathered for the copy
-        with gathered(module.module, _trainable(module.module)):
-            return trainable_state(module.module)
-    full = get_model_state_dict(module, options=_GATHER)
+        inner = engine_module(module)
+        with gathered(inner, _trainable(inner)):
+            return trainable_state(inner)
+    full = cast(dict[str, torch.Tensor], get_model_state_dict(module, options=_GATHER))  # full: plain tensors
     names = {_clean(n) for n, p in _unwrapped(module).named_parameters() if p.requires_grad}
     # The model's weights only: techniques trained beside it keep their values in the loop state.
     return {k[len(MODEL) :]: v.contiguous() for k, v in full.items() if k in names and k.startswith(MODEL)}
@@ -54,8 +55,9 @@ def load_trainable_(module: nn.Module, weights: dict[str, torch.Tensor]) -> None
     """Put full `weights` (as `trainable_state` returns them) into the model in `module`, each process taking
     its own shard. Every process must call it with the same weights."""
     if is_engine(module):
-        with gathered(module.module, _trainable(module.module), write=True):
-            load_trainable_(module.module, weights)
+        inner = engine_module(module)
+        with gathered(inner, _trainable(inner), write=True):
+            load_trainable_(inner, weights)
         return
     set_model_state_dict(module, {MODEL + k: v for k, v in weights.items()}, options=_SCATTER)
 
@@ -174,7 +176,8 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(getattr(module, "module", None), nn.Module) else module  # DDP
+    inner = getattr(module, "module", None)
+    return inner if isinstance(inner, nn.Module) else module  # DDP
 
 
 def _clean(name: str) -> str:

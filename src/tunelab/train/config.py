@@ -12,43 +12,43 @@ from tunelab.regularizers.config import AdversarialSection
 
 
 class TrainingSection(Section):
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(default=1, ge=1)
     """Passes over the training data (ignored when `max_steps` is set)."""
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps."""
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(default=8, ge=1)
     """Examples per micro-batch on each device."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
     """Micro-batches per optimizer step; the loss is normalised over all target tokens of the step."""
     micro_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
     """Run a micro-batch as pieces of at most this many (padded) tokens, each its own forward and backward, when
     the objective's loss is a sum over rows (sft, pretrain): the same gradient with a bounded activation memory.
     `auto`: 512 on a CPU (but two rows a piece at least), no splitting on accelerators; null: never split."""
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0)
     """Peak learning rate."""
     optimizer: Literal["adamw", "adamw_8bit", "sgd", "adafactor", "lion"] = "adamw"
     """`adamw` (fused kernels where the device has them), `adamw_8bit` (bitsandbytes, CUDA only: 8-bit moments),
     `sgd` (with `momentum` / `nesterov`), `adafactor` (factored second moments: least optimizer memory), `lion`
     (sign updates, one moment; use a 3-10x smaller learning rate than AdamW)."""
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     """Decoupled weight decay, applied to matrices only (not to norms or biases)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     lion_betas: tuple[float, float] = (0.9, 0.99)
     """Lion's betas: the first interpolates the update direction, the second is the momentum decay."""
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     """SGD momentum."""
     nesterov: bool = False
     """SGD with Nesterov momentum (needs momentum > 0)."""
-    layer_lr_decay: float | None = Field(None, gt=0, le=1)
+    layer_lr_decay: float | None = Field(default=None, gt=0, le=1)
     """Layer-wise learning-rate decay: transformer layer i of L trains at lr * decay^(L-1-i), the input
     embeddings at lr * decay^L; the final norm and output head at lr. Typical: 0.8-0.95."""
-    head_lr: float | None = Field(None, gt=0)
+    head_lr: float | None = Field(default=None, gt=0)
     """Own learning rate for the output head (lm_head or a task head); with tied embeddings it is the
     embeddings' rate too."""
-    embedding_lr: float | None = Field(None, gt=0)
+    embedding_lr: float | None = Field(default=None, gt=0)
     """Own learning rate for the input embeddings."""
-    loraplus_lr_ratio: float | None = Field(None, gt=0)
+    loraplus_lr_ratio: float | None = Field(default=None, gt=0)
     """LoRA+: train the B matrices of LoRA/DoRA adapters at lr * ratio (the paper suggests 16)."""
     scheduler: Literal["cosine", "linear", "constant", "cosine_restarts", "polynomial", "inverse_sqrt", "wsd"] = (
         "cosine"
@@ -57,55 +57,55 @@ class TrainingSection(Section):
     `num_cycles` cosine decays back to back; `polynomial` decays as (1-progress)^`poly_power`; `inverse_sqrt`
     falls as sqrt(warmup/step); `wsd` (warmup-stable-decay) holds the peak, then decays linearly over the last
     `decay_ratio` of training; `constant` holds the peak."""
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
     """Floor of the decaying schedules, as a fraction of the peak learning rate."""
-    num_cycles: int = Field(1, ge=1)
+    num_cycles: int = Field(default=1, ge=1)
     """Number of cosine cycles for `cosine_restarts`."""
-    poly_power: float = Field(1.0, gt=0)
+    poly_power: float = Field(default=1.0, gt=0)
     """Exponent of the `polynomial` schedule (1 is linear)."""
-    decay_ratio: float = Field(0.1, gt=0, le=1)
+    decay_ratio: float = Field(default=0.1, gt=0, le=1)
     """`wsd`: fraction of all steps spent in the final decay."""
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     """Warmup length as a fraction of all steps (`warmup_steps` wins when set)."""
-    warmup_steps: int | None = Field(None, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0)
     """Warmup length in steps."""
-    l1_penalty: float = Field(0.0, ge=0)
+    l1_penalty: float = Field(default=0.0, ge=0)
     """Add this times the L1 norm of the trained weights (`penalty_on`) to the loss; pushes updates to sparsity."""
-    l2_penalty: float = Field(0.0, ge=0)
+    l2_penalty: float = Field(default=0.0, ge=0)
     """Add this times the squared L2 norm of the trained weights (`penalty_on`) to the loss."""
     penalty_on: Literal["delta", "weights"] = "delta"
     """What the L1/L2 penalties measure. `delta`: the change from the starting model (LoRA's s·B·A, IA3's scale
     minus 1, a bottleneck adapter's weights, or W - W0 for fully trained weights: L2-SP, which keeps a copy of
     them). `weights`: the trainable tensors themselves."""
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     """Spread this much of each target's probability over the whole vocabulary (or label set)."""
-    neftune_alpha: float | None = Field(None, gt=0)
+    neftune_alpha: float | None = Field(default=None, gt=0)
     """NEFTune: add uniform noise of scale alpha / sqrt(length * hidden) to input embeddings while training
     (the paper uses 5). Off when null."""
-    dropout: float | None = Field(None, ge=0, lt=1)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
     """Override every dropout probability of the model (attention, hidden, embedding) for training; null keeps
     the model's own."""
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
     """Clip the global gradient norm to this value; null disables clipping."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute precision. `auto`: bf16 autocast where the device supports it (trainable weights stay fp32)."""
     seed: int = 42
     """Seed for data order, splits, dropout and initialisation."""
-    eval_every: int | None = Field(None, ge=1)
+    eval_every: int | None = Field(default=None, ge=1)
     """Evaluate validation loss every N steps (always at the end of each epoch and of training)."""
-    save_every: int | None = Field(None, ge=1)
+    save_every: int | None = Field(default=None, ge=1)
     """Write a resumable checkpoint every N steps (always at the end)."""
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
     """How many recent checkpoints to keep."""
-    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_patience: int | None = Field(default=None, ge=1)
     """Stop after this many evaluations without improving validation loss by `early_stopping_min_delta`."""
-    early_stopping_min_delta: float = Field(0.0, ge=0)
+    early_stopping_min_delta: float = Field(default=0.0, ge=0)
     """Smallest validation-loss decrease that counts as an improvement."""
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(default=10, ge=1)
     """Write a metrics line every N steps."""
     group_by_length: bool = True
     """Batch examples of similar length together to cut padding (order stays random across batches)."""
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(default=None, ge=1)
     """CPU threads for torch; default: all cores."""
     fused_modules: bool = True
     """Train Llama-family models with leaner RMSNorm and SwiGLU modules (same maths, fewer saved activations) and
@@ -122,9 +122,9 @@ class TrainingSection(Section):
     ewc_state: str | None = None
     """EWC: an `ewc.safetensors` file (or the folder holding one) with the Fisher and the weights of earlier
     tasks; the penalty ewc_lambda/2 · Σ F (θ - θ*)² is added to every step. `continual.ewc` sets it per stage."""
-    ewc_lambda: float = Field(1000.0, gt=0)
+    ewc_lambda: float = Field(default=1000.0, gt=0)
     """λ of the EWC penalty (with `ewc_state`)."""
-    max_bad_steps: int = Field(5, ge=1)
+    max_bad_steps: int = Field(default=5, ge=1)
     """A step whose loss or gradient norm is NaN/inf is skipped (no update; counted as `skipped_steps` in the
     metrics); this many in a row stop the run with an error."""
     gradient_checkpointing: bool = False
@@ -135,7 +135,7 @@ class TrainingSection(Section):
     `global_batch_size`. On CUDA: the largest divisor that trains a step on the longest examples without running
     out of memory. On CPU nothing is run: an estimate of the activation memory must fit in half the available RAM
     (for a model without the usual config sizes, `batch_size` is the cap)."""
-    global_batch_size: int | None = Field(None, ge=1)
+    global_batch_size: int | None = Field(default=None, ge=1)
     """Examples per optimizer step over all processes, for `auto_batch_size` (default: batch_size x grad_accum x
     processes as configured)."""
 

@@ -13,7 +13,7 @@ import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from accelerate import Accelerator
@@ -37,6 +37,7 @@ def check_backend(accelerator: Accelerator) -> Sharding:
         return "deepspeed"
     if accelerator.distributed_type == DistributedType.FSDP:
         plugin = accelerator.state.fsdp_plugin
+        assert plugin is not None  # accelerate sets it whenever it runs FSDP
         if plugin.fsdp_version == 1 and not plugin.use_orig_params:
             raise ConfigError(
                 "The accelerate config asks for FSDP version 1 without fsdp_use_orig_params: its flattened parameters "
@@ -161,6 +162,11 @@ def name_layer_class_(accelerator: Accelerator, model: nn.Module) -> None:
         plugin.transformer_cls_names_to_wrap = [type(layers[0]).__name__]
 
 
+def summed(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the processes (accelerate types `reduce` for any nest of tensors; this is one)."""
+    return cast(torch.Tensor, accelerator.reduce(tensor, "sum"))
+
+
 def replicated(tensor: torch.Tensor) -> torch.Tensor:
     """A plain tensor with the full value of `tensor` (a gradient norm over sharded gradients is a DTensor)."""
     from torch.distributed.tensor import DTensor
@@ -181,8 +187,9 @@ def unsharded(module: nn.Module, frame: nn.Module, prefix: str = "model.") -> nn
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if zero.is_engine(module):  # DeepSpeed: ZeRO-3 shards gathered for the copy (stages 1-2 hold them whole)
-        with zero.gathered(module.module):
-            full = {k: v.detach().clone() for k, v in module.module.state_dict().items()}
+        inner = zero.engine_module(module)
+        with zero.gathered(inner):
+            full = {k: v.detach().clone() for k, v in inner.state_dict().items()}
     else:
         full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
     tied = _tied_names(frame)

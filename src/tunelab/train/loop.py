@@ -35,6 +35,7 @@ from tunelab.train.distributed import (
     name_layer_class_,
     refuse_unsharded_state,
     shard_,
+    summed,
     unsharded,
 )
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
@@ -200,7 +201,7 @@ def fit(
 
                 if step % cfg.log_every == 0 or step == total_steps:
                     elapsed = time.perf_counter() - window_start
-                    mean_loss = accelerator.reduce(done.loss_sum, "sum").item() / max(done.targets, 1)
+                    mean_loss = summed(accelerator, done.loss_sum).item() / max(done.targets, 1)
                     tokens_per_s = window_tokens * world / max(elapsed, 1e-9)
                     log.write(
                         {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr, "grad_norm": float(done.grad_norm),

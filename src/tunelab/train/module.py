@@ -7,7 +7,7 @@ the root's weights only inside it, and a DeepSpeed engine manages exactly the pa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -41,3 +41,8 @@ class TrainingModule(nn.Module):
         parts = self.objective.loss(self.model, batch, self.ctx)
         correct = parts.correct if parts.correct is not None else torch.zeros((), device=parts.loss_sum.device)
         return parts.loss_sum, parts.count, correct
+
+
+def training_module(module: nn.Module) -> TrainingModule:
+    """The `TrainingModule` in `module`: itself, or the one a DDP wrapper holds as `module.module`."""
+    return cast(TrainingModule, getattr(module, "module", module))

@@ -76,7 +76,8 @@ def _rate_rule(
     model: nn.Module, cfg: TrainingSection, named: list[tuple[str, nn.Parameter]], extra: Trainable
 ) -> Callable[[str, nn.Parameter], float]:
     """The learning rate of each parameter under the layer-wise decay, head/embedding rates and LoRA+."""
-    embeddings = _ids(model.get_input_embeddings()) if hasattr(model, "get_input_embeddings") else set()
+    input_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = _ids(input_embeddings()) if input_embeddings is not None else set()
     heads = _ids(extra.head if extra.head is not None else output_head(model))
     if cfg.head_lr and cfg.embedding_lr and cfg.head_lr != cfg.embedding_lr and embeddings & heads:
         raise ConfigError(
@@ -134,7 +135,7 @@ def _adamw_8bit(groups: list[dict], cfg: TrainingSection) -> torch.optim.Optimiz
             "On this device use adamw, or adafactor for the least optimizer memory."
         )
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # pyright: ignore[reportMissingImports] (optional, CUDA only)
     except ImportError:
         raise ConfigError(
             "training.optimizer=adamw_8bit needs the bitsandbytes package. Install it with `pip install bitsandbytes` "

@@ -24,7 +24,7 @@ from torch import nn
 from tunelab.core.device import autocast
 from tunelab.core.types import Batch
 from tunelab.objectives.base import Objective
-from tunelab.train.distributed import replicated
+from tunelab.train.distributed import replicated, summed
 
 
 class Steps(Protocol):
@@ -67,7 +67,7 @@ def train_step(
     the step's targets are counted over all its processes (data parallelism); without, over this process only."""
     world = accelerator.num_processes if accelerator is not None else 1
     step_targets = torch.tensor(sum(objective.count(g) for g in group), device=device)
-    targets = int((accelerator.reduce(step_targets, "sum") if accelerator is not None else step_targets).item())
+    targets = int((summed(accelerator, step_targets) if accelerator is not None else step_targets).item())
     step_loss = torch.zeros((), device=device)
     tokens = 0
     for k, batch in enumerate(group):
@@ -103,15 +103,16 @@ class AccelerateSteps:
 
     def step(self, step_loss: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Clip and update; the gradient norm before clipping and whether the update was made."""
-        grad_norm = replicated(  # a norm over sharded gradients is a DTensor
-            self.accelerator.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
-            if self.max_grad_norm
-            else _grad_norm(self.module)
-        )
+        if self.max_grad_norm:
+            norm = self.accelerator.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
+            assert norm is not None  # None only under accelerate's own DeepSpeed; tunelab drives it by EngineSteps
+        else:
+            norm = _grad_norm(self.module)
+        grad_norm = replicated(norm)  # a norm over sharded gradients is a DTensor
         # The processes must agree, or their weights would drift apart. One flag read per step (the token count
         # already syncs once per step).
         bad = ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm.to(step_loss.device, torch.float32))
-        good = self.accelerator.reduce(bad.float(), "sum").item() == 0
+        good = summed(self.accelerator, bad.float()).item() == 0
         if good:
             self.optimizer.step()
         return grad_norm, good

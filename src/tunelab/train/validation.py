@@ -11,6 +11,7 @@ from torch import nn
 
 from tunelab.core.device import autocast, eval_mode
 from tunelab.train.microbatch import Pieces, split_rows
+from tunelab.train.module import training_module
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def validation_metrics(
     `val_pair_acc`, ...) and, for language modelling, perplexity. With `pieces` (the training's) a batch of a
     row-sum objective runs in row pieces, as training does: the same sums, and no larger working set than a
     training step."""
-    objective = getattr(module, "module", module).objective  # under DDP the TrainingModule is wrapped
+    objective = training_module(module).objective  # under DDP the TrainingModule is wrapped
     budget = pieces if objective.row_independent else None
     loss_sum = count = correct = 0.0
     order = sorted(range(len(data)), key=lambda i: objective.length(data[i]))

@@ -26,7 +26,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -151,6 +151,11 @@ def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, config: di
 
 def is_engine(module: nn.Module) -> bool:
     return hasattr(module, "zero_optimization_stage")  # DeepSpeedEngine and its subclasses
+
+
+def engine_module(engine: nn.Module) -> nn.Module:
+    """The training module a DeepSpeed engine (`is_engine`) wraps."""
+    return cast(nn.Module, engine.module)
 
 
 class EngineSteps:

@@ -10,16 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from tunelab.export.ensemble.combine import Combine, combine_logits, normalized_weights
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 
 class EnsembleModel(nn.Module):
     """Several models, or several adapters on one peft-wrapped base (`adapters` names them), combined by weight."""
+
+    weights: torch.Tensor
+    """The members' weights, normalised (a buffer, so it follows the module to its device)."""
 
     def __init__(
         self,
@@ -34,7 +40,7 @@ class EnsembleModel(nn.Module):
         self.members = nn.ModuleList(members)
         self.adapters = list(adapters) if adapters is not None else None
         self.size = len(self.adapters) if self.adapters is not None else len(self.members)
-        self.combine = combine
+        self.combine: Combine = combine
         self.register_buffer("weights", normalized_weights(weights, self.size), persistent=False)
         self.generation_config = getattr(members[0], "generation_config", None)
         self.config = getattr(members[0], "config", None)
@@ -59,7 +65,7 @@ class EnsembleModel(nn.Module):
         """Member k's own forward (for adapters: the shared model with adapter k active)."""
         if self.adapters is None:
             return self.members[k](**inputs)
-        model = self.members[0]
+        model = cast("PeftModel", self.members[0])  # adapter members: one peft model (see __init__)
         model.set_adapter(self.adapters[k])
         return model(**inputs)
 

@@ -30,7 +30,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 class ModelParameters(Section):
     weight: float | None = None
     """This model's weight (mergekit's per-model `weight`); default: the global `parameters.weight`, else 1."""
-    density: float | None = Field(None, gt=0, le=1)
+    density: float | None = Field(default=None, gt=0, le=1)
     """Fraction of its task vector kept by TIES / DARE; default: the global `parameters.density`, else 1."""
 
 
@@ -42,18 +42,18 @@ class ModelEntry(Section):
 
 
 class GlobalParameters(Section):
-    model_config = ConfigDict(**Section.model_config, populate_by_name=True)
+    model_config = Section.model_config | ConfigDict(populate_by_name=True)
 
     normalize: bool | None = None
     """Divide by the sum of the weights (TIES: of the weights kept at each entry). Default as in mergekit: on for
     linear and ties, off for task_arithmetic and the DARE methods."""
-    lambda_: float = Field(1.0, alias="lambda")
+    lambda_: float = Field(default=1.0, alias="lambda")
     """Scale of the merged task vector before it is added to the base (mergekit's `lambda`)."""
     rescale: bool | None = None
     """DARE: rescale the kept entries to the task vector's L1 norm (default on for dare_*)."""
     weight: float | None = None
     """Default weight for models that give none."""
-    density: float | None = Field(None, gt=0, le=1)
+    density: float | None = Field(default=None, gt=0, le=1)
     """Default density for models that give none."""
     int8_mask: bool = False
     """Accepted so mergekit recipes load; it only saves memory in mergekit and changes nothing here."""
@@ -76,7 +76,7 @@ class MergeConfig(Section):
     output: Literal["auto", "model", "adapter"] = "auto"
     """`model`: a standalone HF folder. `adapter`: a PEFT LoRA adapter (all inputs LoRA adapters; exact for
     linear/task_arithmetic, needs `rank` for ties/dare). `auto`: adapter when that is exact, else model."""
-    rank: int | None = Field(None, ge=1)
+    rank: int | None = Field(default=None, ge=1)
     """Rank of the truncated SVD that turns a TIES/DARE-merged ΔW back into a LoRA adapter (output: adapter)."""
 
     @field_validator("merge_method")

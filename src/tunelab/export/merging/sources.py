@@ -36,7 +36,7 @@ class ModelWeights:
                 f"'{folder}' holds no safetensors weights (model.safetensors or a sharded index). Re-save the model "
                 "with save_pretrained(safe_serialization=True); merge-models does not read pickled .bin files."
             )
-        self._open: dict[Path, object] = {}
+        self._open: dict[Path, safe_open] = {}
 
     def names(self) -> list[str]:
         return list(self.shard_of)

@@ -15,7 +15,7 @@ norm and MLP match the reference forward exactly (checked by class name and acti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,9 @@ class FusedSwiGLU(nn.Module):
 
     def __init__(self, mlp: nn.Module) -> None:
         super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        self.gate_proj = mlp.get_submodule("gate_proj")
+        self.up_proj = mlp.get_submodule("up_proj")
+        self.down_proj = mlp.get_submodule("down_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)
@@ -100,7 +102,8 @@ def fuse_modules_(model: nn.Module) -> int:
         for name, child in list(parent.named_children()):
             kind = type(child).__name__
             if kind in NORM_CLASSES and hasattr(child, "variance_epsilon"):
-                setattr(parent, name, FusedRMSNorm(child.weight, child.variance_epsilon))
+                eps = cast(float, child.variance_epsilon)  # a plain float attribute, which nn.Module's type misreads
+                setattr(parent, name, FusedRMSNorm(child.get_parameter("weight"), eps))
                 swapped += 1
             elif kind in MLP_CLASSES and _is_silu(child):
                 setattr(parent, name, FusedSwiGLU(child))

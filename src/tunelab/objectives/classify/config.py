@@ -13,7 +13,7 @@ class HeadConfig(Section):
     task: Literal["sequence", "token"] = "sequence"
     """`sequence`: one prediction per example (classification or regression). `token`: one label per token
     (NER-style BIO tags)."""
-    num_labels: int = Field(2, ge=1)
+    num_labels: int = Field(default=2, ge=1)
     """Number of classes (1 for regression)."""
     problem: Literal["classification", "regression"] = "classification"
     """Sequence heads: cross-entropy over `num_labels` classes, or mean-squared error on one number."""
@@ -21,7 +21,7 @@ class HeadConfig(Section):
     """How a sequence becomes one vector. `last`: the last real token (decoders: only it has seen the whole
     input); `mean`: the average of real tokens (sentence encoders such as MiniLM); `cls`: the first token (BERT's
     [CLS]). `auto`: last for decoders, mean for encoders."""
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     """Dropout on the pooled (or per-token) vector before the head."""
     labels: list[str] = []
     """Optional class names, in label-id order (e.g. [O, B-PER, I-PER]); when given, their count is num_labels."""
@@ -69,7 +69,7 @@ class ClassifyConfig(Section):
     labels: list[str] = []
     """Class (or tag) names in label-id order. Empty: every label found in the training and validation data,
     sorted (numbers numerically, names alphabetically, the tag O first). Given: a data label outside it is an error."""
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     """Dropout on the pooled (or per-token) vector before the head, while training."""
     task_heads: bool = False
     """One head per task on one shared body: each task (a file's stem, or a row's `task` field) gets its own head

@@ -135,6 +135,7 @@ def collate_items(items: list[ClassItem], pad_id: int) -> dict[str, torch.Tensor
     if isinstance(first, list):
         labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
         for r, item in enumerate(items):
+            assert isinstance(item.target, list)  # a batch holds one task kind: all tag lists when the first is
             labels[r, : len(item.target)] = torch.tensor(item.target)
     else:  # class ids ride as (exact) floats beside regression targets when a batch mixes task heads
         regression = any(isinstance(i.target, float) for i in items)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,7 +18,7 @@ from torch import nn
 
 from tunelab.core.errors import ConfigError
 from tunelab.core.types import LossParts
-from tunelab.models.parts import body, is_decoder
+from tunelab.models.parts import body, input_embeddings, is_decoder
 from tunelab.models.pooling import POOLING
 from tunelab.objectives.classify.config import HeadConfig
 from tunelab.objectives.classify.losses import sequence_loss, token_loss
@@ -36,13 +37,13 @@ class TaskModel(nn.Module):
         self.label_smoothing = label_smoothing
         self.decoder = is_decoder(model)
         self.pooling = resolved_pooling(cfg.pooling, self.decoder)
-        hidden = body(model).get_input_embeddings().embedding_dim
+        hidden = body_embeddings(model).embedding_dim
         device = next(model.parameters()).device
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(hidden, cfg.num_labels).to(device)  # fp32 and trainable, whatever the body is
 
     def get_input_embeddings(self) -> nn.Module:
-        return body(self.model).get_input_embeddings()
+        return body_embeddings(self.model)
 
     def get_output_embeddings(self) -> None:
         """The language-model head is not used under a task head (so layer-wise LR treats `head` as the top)."""
@@ -51,6 +52,11 @@ class TaskModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = body_features(self.model, input_ids, attention_mask, self.pooling, self.cfg.task == "token")
         return self.head(self.dropout(hidden.to(self.head.weight.dtype)))
+
+
+def body_embeddings(model: nn.Module) -> nn.Embedding:
+    """The token embeddings of `model`'s body, whose width is the width of the states a head reads."""
+    return cast(nn.Embedding, input_embeddings(body(model)))
 
 
 def resolved_pooling(pooling: str, decoder: bool) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,9 +19,9 @@ from torch import nn
 
 from tunelab.core.errors import ConfigError, RunError
 from tunelab.core.types import LossParts
-from tunelab.models.parts import body, is_decoder
+from tunelab.models.parts import is_decoder
 from tunelab.objectives.classify.config import HeadConfig
-from tunelab.objectives.classify.heads import body_features, check_head_body, resolved_pooling
+from tunelab.objectives.classify.heads import body_embeddings, body_features, check_head_body, resolved_pooling
 from tunelab.objectives.classify.losses import sequence_loss, token_loss
 
 TASKS_FILE = "task_heads.json"
@@ -44,7 +45,7 @@ class MultiHeadModel(nn.Module):
         self.decoder = is_decoder(model)
         self.pooling = resolved_pooling(first.pooling, self.decoder)
         self.token = first.task == "token"
-        hidden = body(model).get_input_embeddings().embedding_dim
+        hidden = body_embeddings(model).embedding_dim
         device = next(model.parameters()).device
         self.dropout = nn.Dropout(first.dropout)
         # A ModuleList (not a dict by task tag): tags are file stems or row fields and may hold dots. Named `head`
@@ -52,7 +53,7 @@ class MultiHeadModel(nn.Module):
         self.head = nn.ModuleList(nn.Linear(hidden, c.num_labels) for c in cfgs.values()).to(device)
 
     def get_input_embeddings(self) -> nn.Module:
-        return body(self.model).get_input_embeddings()
+        return body_embeddings(self.model)
 
     def get_output_embeddings(self) -> None:
         """The language-model head is not used under task heads."""
@@ -61,7 +62,7 @@ class MultiHeadModel(nn.Module):
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """What every head reads: the pooled vector per row (B x H), or the token states (B x T x H)."""
         hidden = body_features(self.model, input_ids, attention_mask, self.pooling, self.token)
-        return self.dropout(hidden.to(self.head[0].weight.dtype))
+        return self.dropout(hidden.to(cast(nn.Linear, self.head[0]).weight.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str | int) -> torch.Tensor:
         index = task if isinstance(task, int) else self.index(task)

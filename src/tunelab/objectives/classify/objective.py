@@ -11,8 +11,9 @@ task (file stem or row `task` field) gets its own head and labels on the shared 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
 from tunelab.core.errors import DataError
@@ -64,8 +65,11 @@ def prepare_classify(args: PrepareArgs[ClassifyConfig]) -> PreparedData:
         report["labels"] = heads[""][1]
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     report["classify_rejects"] = [r.to_json() for r in rejects[:20]]
-    schedule = make_schedule(args.data.schedule, items["train"])  # class balance and curriculum read ClassItems
-    return PreparedData(items["train"], items["validation"], [], report, schedule)
+    # PreparedData and make_schedule annotate items as next-token `Tokenized`s; these are ClassItems, which have
+    # what the schedule reads (input_ids, label, task, difficulty) and go to this objective's collate.
+    train, val = cast(list[Any], items["train"]), cast(list[Any], items["validation"])
+    schedule = make_schedule(args.data.schedule, train)  # class balance and curriculum read ClassItems
+    return PreparedData(train, val, [], report, schedule)
 
 
 def _single_head(ocfg: ClassifyConfig, kinds: dict[str, int], records: dict[str, list[Example]]) -> tuple[Task, list]:
@@ -105,6 +109,18 @@ def classify_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts:
     return task_loss(model, batch)
 
 
+def _body(model: nn.Module) -> nn.Module:
+    assert isinstance(model, TaskModel | MultiHeadModel)
+    return model.model
+
+
+def _scores(
+    model: nn.Module, items: list[Any], batch_size: int, pad_id: int, device: torch.device, bf16: bool
+) -> dict[str, float]:
+    assert isinstance(model, TaskModel | MultiHeadModel)
+    return scores(model, items, batch_size, pad_id, device, bf16)
+
+
 def _save_head(model: nn.Module, ctx: Any, folder: Path) -> None:
     if isinstance(model, MultiHeadModel):
         save_task_heads(model, folder)
@@ -124,7 +140,7 @@ OBJECTIVE = Objective(
     count=count_targets,
     metric="acc",
     perplexity=False,
-    body=lambda model: model.model,
+    body=_body,
     save_extra=_save_head,
-    scores=scores,
+    scores=_scores,
 )

@@ -4,7 +4,7 @@ head per task, and a finished classify run loaded back for inference."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -53,8 +53,8 @@ def predict(
 
 
 def scores(
-    model: TaskModel | MultiHeadModel, items: list[ClassItem], batch_size: int, pad_id: int, device: torch.device,
-    bf16: bool = False,
+    model: TaskModel | TaskView | MultiHeadModel, items: list[ClassItem], batch_size: int, pad_id: int,
+    device: torch.device, bf16: bool = False,
 ) -> dict[str, float]:  # fmt: skip
     """Regression: mse and mae. Classification: macro-F1. Token classification with BIO tags: entity F1 (exact
     spans). (Accuracy, and token accuracy for tags, come from the loss's running counts as `val_acc`.) Under task
@@ -71,9 +71,10 @@ def scores(
         names = model.cfg.labels
         if not (names and is_bio(names)):
             return {}
-        gold = [[names[t] for t in i.target if t != IGNORE] for i in items]
+        gold = [[names[t] for t in cast(list[int], i.target) if t != IGNORE] for i in items]  # tag ids per token
         return {"val_entity_f1": entity_f1([[names[t] for t in p] for p in predicted], gold)}
-    return {"val_macro_f1": macro_f1(predicted, [i.target for i in items], model.cfg.num_labels)}
+    gold_ids = [cast(int, i.target) for i in items]  # class ids: the task is classification
+    return {"val_macro_f1": macro_f1(predicted, gold_ids, model.cfg.num_labels)}
 
 
 def task_scores(

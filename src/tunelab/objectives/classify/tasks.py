@@ -33,7 +33,7 @@ def plan_task_heads(ocfg: ClassifyConfig, records: dict[str, list[Example]]) -> 
             "stem or its `task` field: name the validation file after its training file (val/<task>.jsonl), give "
             "its rows a `task` field, or hold validation out of the training files with data.val_fraction."
         )
-    kinds = {tag: (ocfg.tasks[tag].task if tag in ocfg.tasks and ocfg.tasks[tag].task else ocfg.task) for tag in tasks}
+    kinds: dict[str, Task] = {tag: task_kind(ocfg, tag) for tag in tasks}
     tokens = sorted(tag for tag, task in kinds.items() if task == "token_classification")
     if tokens and len(tokens) < len(tasks):
         raise ConfigError(
@@ -57,6 +57,12 @@ def plan_task_heads(ocfg: ClassifyConfig, records: dict[str, list[Example]]) -> 
             raise DataError(f"Task '{tag}' needs at least two classes for its head; its rows hold only {names}.")
         plan[tag] = (task, names)
     return plan
+
+
+def task_kind(ocfg: ClassifyConfig, tag: str) -> Task:
+    """What task `tag`'s head predicts: its own `objective.tasks.<tag>.task`, else `objective.task`."""
+    own = ocfg.tasks[tag].task if tag in ocfg.tasks else None
+    return own or ocfg.task
 
 
 def own_labels(ocfg: ClassifyConfig, tag: str) -> list[str]:

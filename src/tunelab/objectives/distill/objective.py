@@ -13,12 +13,13 @@ its top-k log-probs per target token are cached on disk (see distill.cache) and 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
+from transformers import PreTrainedModel
 
 from tunelab.core.errors import ConfigError
 from tunelab.core.paths import tunelab_home
@@ -41,22 +42,22 @@ class DistillConfig(Section):
     loss: Divergence = "forward_kl"
     """`forward_kl` KL(teacher‖student) covers every teacher mode; `reverse_kl` KL(student‖teacher) focuses on the
     teacher's confident tokens; `jsd` is the generalised Jensen-Shannon divergence with weight `beta`."""
-    beta: float = Field(0.5, gt=0, lt=1)
+    beta: float = Field(default=0.5, gt=0, lt=1)
     """Teacher weight β of the JSD mixture M = β·p_T + (1-β)·p_S."""
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
     """Softens both distributions (logits / τ); the divergence is scaled by τ²."""
-    alpha: float = Field(0.5, ge=0, le=1)
+    alpha: float = Field(default=0.5, ge=0, le=1)
     """Weight of the distillation term; 1 - alpha goes to the usual next-token loss on the data's labels."""
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(default=None, ge=1)
     """Cache the teacher's top-k log-probs per target token on disk before training instead of running the
     teacher each step (k of 20-50 keeps nearly all the mass)."""
     hidden_layers: list[tuple[int, int]] = []
     """(student, teacher) hidden-state pairs to match; 0 is the embeddings, i the output of layer i."""
-    hidden_weight: float = Field(1.0, ge=0)
+    hidden_weight: float = Field(default=1.0, ge=0)
     """Weight of the hidden-state term."""
     attention_layers: list[tuple[int, int]] = []
     """(student, teacher) layer pairs (0-based) whose head-averaged attention maps are matched."""
-    attention_weight: float = Field(1.0, ge=0)
+    attention_weight: float = Field(default=1.0, ge=0)
     """Weight of the attention term."""
 
     @model_validator(mode="after")
@@ -128,17 +129,20 @@ def distill_loss(model: nn.Module, batch: Batch, ctx: DistillContext) -> LossPar
     if "topk_ids" in batch:
         teacher, t = (batch["topk_ids"], batch["topk_logps"]), None
     else:
+        assert ctx.teacher is not None  # setup keeps the teacher unless every batch carries its cached top-k
         with torch.no_grad():
             t = forward(ctx.teacher, batch, keep, hidden, attentions)
         teacher = t.logits
     loss = cfg.alpha * distill_terms(s.logits, teacher, cfg.loss, cfg.temperature, cfg.beta).sum()
     if cfg.alpha < 1:
         loss = loss + (1 - cfg.alpha) * F.cross_entropy(s.logits.float(), targets, reduction="sum")
-    if hidden:
-        projections = model.projections if isinstance(model, DistillStudent) else None
-        loss = loss + cfg.hidden_weight * hidden_term(s, t, keep, cfg.hidden_layers, projections)
-    if attentions:
-        loss = loss + cfg.attention_weight * attention_term(s, t, keep, cfg.attention_layers)
+    if hidden or attentions:
+        assert t is not None  # feature matching needs the teacher's forward (the config rules out top_k with it)
+        if hidden:
+            projections = model.projections if isinstance(model, DistillStudent) else None
+            loss = loss + cfg.hidden_weight * hidden_term(s, t, keep, cfg.hidden_layers, projections)
+        if attentions:
+            loss = loss + cfg.attention_weight * attention_term(s, t, keep, cfg.attention_layers)
     return LossParts(loss_sum=loss, count=keep.sum(), correct=(s.logits.argmax(-1) == targets).sum())
 
 
@@ -146,6 +150,7 @@ def hidden_term(
     s: Outputs, t: Outputs, keep: torch.Tensor, pairs: list[tuple[int, int]], projections: nn.ModuleList | None
 ) -> torch.Tensor:
     """Σ over target positions and layer pairs of mean_d (W h_S - h_T)²."""
+    assert s.hidden is not None and t.hidden is not None  # both forwards ran with output_hidden_states
     total = torch.zeros((), device=keep.device)
     for k, (i, j) in enumerate(pairs):
         student = s.hidden[i][:, :-1][keep].float()
@@ -158,6 +163,7 @@ def hidden_term(
 
 def attention_term(s: Outputs, t: Outputs, keep: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
     """Σ over target positions and layer pairs of KL(A_T || A_S) of the head-averaged attention rows."""
+    assert s.attentions is not None and t.attentions is not None  # both forwards ran with output_attentions
     total = torch.zeros((), device=keep.device)
     for i, j in pairs:
         student = s.attentions[i].float().mean(1)[:, :-1][keep].clamp(min=1e-12).log()
@@ -175,7 +181,9 @@ def _setup(cfg: DistillConfig, args: SetupArgs) -> Setup[DistillContext]:
             "generated answers), or a teacher with the student's tokenizer."
         )
     teacher = teacher.to(args.device).eval().requires_grad_(False)
-    student_base, teacher_base = base_model(args.model), base_model(teacher)
+    # Inside any peft wrapper, both are transformers models.
+    student_base = cast(PreTrainedModel, base_model(args.model))
+    teacher_base = cast(PreTrainedModel, base_model(teacher))
     if cfg.attention_layers:  # attention probabilities are returned only by the eager kernel
         student_base.set_attn_implementation("eager")
         teacher_base.set_attn_implementation("eager")
@@ -193,7 +201,7 @@ def _setup(cfg: DistillConfig, args: SetupArgs) -> Setup[DistillContext]:
         return forward(teacher, batch, keep, False, False).logits
 
     def with_topk(items: list[Tokenized]) -> list[DistillItem]:
-        pad = args.tokenizer.pad_token_id
+        pad = cast(int, args.tokenizer.pad_token_id)  # one token's id (models.load sets a pad token)
         compute = lambda: compute_topk(teacher_logits, items, k, pad, args.device, args.bf16)  # noqa: E731
         topk = cached_topk(tunelab_home() / "distill", fingerprint(files, k, items), compute)
         return [DistillItem(seq, top) for seq, top in zip(items, topk, strict=True)]

@@ -33,9 +33,9 @@ class SeqDistillConfig(Section):
     name: Literal["seq_distill"] = "seq_distill"
     teacher: str
     """The teacher: an embedded model name, a model folder, a .gguf file or a finished run folder (any tokenizer)."""
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(default=256, ge=1)
     """Longest teacher answer, in the teacher's tokens."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(default=16, ge=1)
     """Prompts per teacher generation batch."""
     keep_original: bool = False
     """Also train on the data's own answers (next to the teacher's)."""

@@ -5,9 +5,11 @@ so it begins far closer to the teacher than a random model of the same size."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
+from peft import PeftModel
 from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
 
 from tunelab.core.errors import ConfigError
 from tunelab.methods.trained import load_trained
@@ -35,10 +37,11 @@ def drop_layers_(model: nn.Module, keep: list[int]) -> nn.Module:
     for new_index, layer in enumerate(kept):
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_index
+                # torch types Module.__setattr__ for tensors and modules only; any attribute may be set
+                module.layer_idx = new_index  # pyright: ignore[reportArgumentType]
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], kept)
-    config = model.config
+    config = cast(PreTrainedConfig, model.config)  # `model` is a transformers model
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = [config.layer_types[i] for i in keep]
     config.num_hidden_layers = len(keep)
@@ -49,11 +52,11 @@ def make_student(teacher: str, out: str | Path, keep: Literal["every_other"] | l
     """Write a student model folder (weights, config, tokenizer) made from `teacher` (a model source or a finished
     run, adapters merged) by keeping the layers `keep`. Use the folder as `model.source`."""
     model, tokenizer = load_trained(teacher)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    if hasattr(model, "merge_and_unload"):  # a peft model: its adapters are folded into the weights
+        model = cast(PeftModel, model).merge_and_unload()
     n_layers = len(decoder_layers(model)[1])
     drop_layers_(model, layers_to_keep(n_layers, keep))
     out = Path(out)
-    model.save_pretrained(out, safe_serialization=True)
+    cast(PreTrainedModel, model).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out

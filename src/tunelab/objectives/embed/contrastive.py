@@ -11,8 +11,9 @@ contrastive problem, so a larger `training.batch_size` (not `grad_accum`) is wha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ ROLES = ("anchor", "positive", "negative")
 
 class ContrastiveConfig(Section):
     name: Literal["contrastive"] = "contrastive"
-    scale: float = Field(20.0, gt=0)
+    scale: float = Field(default=20.0, gt=0)
     """Cosine similarities are multiplied by this before the softmax (1 / temperature; 20 = temperature 0.05)."""
     matryoshka_dims: list[int] = []
     """Also train these leading dimensions to work alone (e.g. [64, 128, 384]); the loss sums over them."""
@@ -69,7 +70,7 @@ def count_anchors(batch: Batch) -> int:
     return int(batch["anchor_input_ids"].shape[0])
 
 
-def collate_embed(items: list[EmbedItem], pad_id: int) -> Batch:
+def collate_embed(items: Sequence[EmbedItem], pad_id: int) -> Batch:
     """Right-padded ids and masks per role; negatives only when every item has one (a ragged set would misalign)."""
     roles = ROLES if all(item.negative for item in items) else ROLES[:2]
     batch: Batch = {}
@@ -131,7 +132,9 @@ def prepare_embed_pairs(args: PrepareArgs[ContrastiveConfig]) -> PreparedData:
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     if not out["train"]:
         raise DataError("No training pair has both an anchor and a positive; check the pairs files.")
-    return PreparedData(train=out["train"], val=out["val"], val_examples=[], report=report)
+    # PreparedData annotates its items as next-token `Tokenized`s; these are EmbedItems, read by collate_embed.
+    train, val = cast(list[Any], out["train"]), cast(list[Any], out["val"])
+    return PreparedData(train=train, val=val, val_examples=[], report=report)
 
 
 def _setup(cfg: ContrastiveConfig, args: SetupArgs) -> Setup[ContrastiveConfig]:

@@ -44,7 +44,7 @@ def retrieval_metrics(
 def rank_documents(queries: torch.Tensor, documents: torch.Tensor, doc_ids: Sequence[str], top: int) -> list[list[str]]:
     """The `top` document ids per query by dot product of (normalised) vectors, best first."""
     scores = queries @ documents.T
-    order = scores.topk(min(top, len(doc_ids)), dim=1).indices.tolist()
+    order: list[list[int]] = scores.topk(min(top, len(doc_ids)), dim=1).indices.tolist()
     return [[doc_ids[i] for i in row] for row in order]
 
 

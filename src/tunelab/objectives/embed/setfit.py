@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -33,10 +33,10 @@ from tunelab.objectives.embed.setfit_head import contrastive_pairs, cosine_pair_
 
 class SetFitConfig(Section):
     name: Literal["setfit"] = "setfit"
-    pairs_per_text: int = Field(20, ge=1)
+    pairs_per_text: int = Field(default=20, ge=1)
     """Rounds of pair sampling: each round gives every text one same-label and one other-label partner
     (SetFit's `num_iterations`; 20 is its default)."""
-    head_c: float = Field(1.0, gt=0)
+    head_c: float = Field(default=1.0, gt=0)
     """Inverse L2 strength of the logistic-regression head (scikit-learn's `C`)."""
 
 
@@ -72,6 +72,7 @@ def collate_setfit(items: list[SetFitItem], pad_id: int) -> Batch:
 
 def setfit_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts:
     """Summed squared error of the pairs' cosine against their targets; `correct`: pairs on the right side of 0.5."""
+    assert isinstance(model, SetFitModule)
     a = embed_batch(model.encoder, batch["anchor_input_ids"], batch["anchor_attention_mask"])
     b = embed_batch(model.encoder, batch["positive_input_ids"], batch["positive_attention_mask"])
     loss_sum, correct = cosine_pair_loss(a, b, batch["target"])
@@ -106,12 +107,19 @@ def prepare_setfit(args: PrepareArgs[SetFitConfig]) -> SetFitData:
         raise DataError("SetFit needs training rows of at least two labels; check the data's 'label' field.")
     report = {**prepared.report, "train_examples": len(items["train"]), "val_examples": len(items["val"])}
     smote_k = args.data.augment.smote_k if args.data.augment.smote else None
-    return SetFitData(items["train"], items["val"], [], report, labelled=labelled, smote_k=smote_k)
+    # PreparedData annotates its items as next-token `Tokenized`s; these are SetFitItems, read by collate_setfit.
+    train, val = cast(list[Any], items["train"]), cast(list[Any], items["val"])
+    return SetFitData(train, val, [], report, labelled=labelled, smote_k=smote_k)
 
 
 def _setup(cfg: SetFitConfig, args: SetupArgs) -> Setup[SetFitConfig]:
     assert isinstance(args.data, SetFitData)
     return Setup(SetFitModule(args.model, args.tokenizer, args.data, cfg), cfg)
+
+
+def _body(model: nn.Module) -> nn.Module:
+    assert isinstance(model, SetFitModule)
+    return model.encoder
 
 
 def _save_head(model: nn.Module, cfg: SetFitConfig, folder: Path) -> None:
@@ -143,6 +151,6 @@ OBJECTIVE = Objective(
     count=count_anchors,
     metric="pair_acc",
     perplexity=False,
-    body=lambda model: model.encoder,
+    body=_body,
     save_extra=_save_head,
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -28,7 +29,8 @@ def collate_pairs(
 ) -> dict[str, torch.Tensor]:
     """`{role}_input_ids` / `{role}_attention_mask` for anchor, positive and (when every example has one) negative."""
     items = [tokenize_embed_pair(ex, tokenizer, max_length) for ex in examples]
-    return collate_embed(items, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    pad = cast(int | None, tokenizer.pad_token_id)  # one token's id (transformers types it for token lists too)
+    return collate_embed(items, pad if pad is not None else 0)
 
 
 def pair_batches(examples: Sequence[Example], batch_size: int, seed: int) -> list[list[int]]:

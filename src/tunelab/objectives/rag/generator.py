@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,8 @@ def answer_scores(
                 "data.max_length or shorten the answer."
             ) from None
     device = next(p for p in model.parameters()).device
-    batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id).items()}
+    pad = cast(int, tokenizer.pad_token_id)  # one token's id (models.load sets a pad token)
+    batch = {k: v.to(device) for k, v in collate(items, pad).items()}
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     logits = selected_logits(model, batch, keep).float()

@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, Literal, cast, overload
 
 import torch
 from pydantic import Field, model_validator
@@ -52,25 +52,25 @@ class RagConfig(Section):
     `data.validation`: JSON Lines rows {"question", "answer", optional "passage": the gold passage id}."""
     retriever: str = "minilm-l6"
     """The sentence encoder that retrieves: an embedded encoder, an encoder folder, or a saved retriever folder."""
-    top_k: int = Field(4, ge=1)
+    top_k: int = Field(default=4, ge=1)
     """Passages retrieved per question: the support of the retrieval distribution in joint training."""
-    prompt_passages: int = Field(1, ge=1)
+    prompt_passages: int = Field(default=1, ge=1)
     """How many of the top passages (best first) go into the generator's prompt."""
     template: str = DEFAULT_TEMPLATE
     """The user message, with `{passages}` (one per line) and `{question}`."""
     joint: bool = False
     """Train the retriever's encoder from the generator's feedback (REPLUG LSR) while the generator trains."""
-    retriever_lr: float = Field(2e-5, gt=0)
+    retriever_lr: float = Field(default=2e-5, gt=0)
     """Learning rate of the retriever's encoder in joint training (the generator uses training.learning_rate)."""
-    temperature: float = Field(0.05, gt=0)
+    temperature: float = Field(default=0.05, gt=0)
     """τ of the retrieval distribution softmax(cosine / τ) over the top k."""
-    lm_temperature: float = Field(1.0, gt=0)
+    lm_temperature: float = Field(default=1.0, gt=0)
     """β of the target softmax(log P_LM(answer | passage, question) / β)."""
-    refresh_every: int = Field(10, ge=1)
+    refresh_every: int = Field(default=10, ge=1)
     """Re-embed the corpus with the training encoder after this many training batches (joint training)."""
-    query_max_length: int = Field(64, ge=4)
+    query_max_length: int = Field(default=64, ge=4)
     """Question tokens the retriever reads."""
-    passage_max_length: int = Field(128, ge=4)
+    passage_max_length: int = Field(default=128, ge=4)
     """Passage tokens the retriever reads."""
 
     @model_validator(mode="after")
@@ -145,8 +145,10 @@ def prepare_rag(args: PrepareArgs[RagConfig]) -> RagData:
     ]
     report = {"rows": len(items), "train_examples": len(train), "val_examples": len(val), "rejected": 0}
     report["corpus_passages"] = len(passages)
+    # PreparedData annotates its items as next-token `Tokenized`s; these are RagItems, read by collate_rag.
+    train_items, val_items = cast(list[Any], items[: len(train)]), cast(list[Any], items[len(train) :])
     return RagData(
-        train=items[: len(train)], val=items[len(train) :], val_examples=[], report=report,
+        train=train_items, val=val_items, val_examples=[], report=report,
         passages=passages, max_length=data.max_length, system_prompt=data.system_prompt,
     )  # fmt: skip
 
@@ -214,8 +216,9 @@ def rag_terms(model: RagModel, batch: Batch, ctx: RagContext) -> tuple[AnswerSco
     return gen, replug_kl(sims, lm_logps, cfg.temperature, cfg.lm_temperature)
 
 
-def rag_loss(model: RagModel, batch: Batch, ctx: RagContext) -> LossParts:
+def rag_loss(model: nn.Module, batch: Batch, ctx: RagContext) -> LossParts:
     """Per question: the answer's mean token negative log-likelihood, plus KL(Q || P_R) in joint training."""
+    assert isinstance(model, RagModel)
     gen, kl = rag_terms(model, batch, ctx)
     loss = (gen.nll / gen.tokens.clamp(min=1)).sum()
     if kl is not None:
@@ -253,12 +256,12 @@ class RetrievedExamples(Sequence[Example]):
 
 def retrieval_recall(retriever: Retriever, rows: list[QARow], ks: tuple[int, ...]) -> dict[str, float]:
     """recall@k and MRR (over the top max(ks)) of the gold passages of `rows` that name one."""
-    judged = [r for r in rows if r.passage is not None]
+    judged = [(r.question, r.passage) for r in rows if r.passage is not None]
     if not judged:
         return {}
-    top = retriever.search([r.question for r in judged], max(ks))
+    top = retriever.search([question for question, _ in judged], max(ks))
     rankings = [[retriever.passages[j].id for j in t.tolist()] for t in top]
-    metrics = retrieval_metrics(rankings, [{r.passage} for r in judged], ks)
+    metrics = retrieval_metrics(rankings, [{gold} for _, gold in judged], ks)
     return {name: value for name, value in metrics.items() if not name.startswith("ndcg")}
 
 
@@ -274,8 +277,9 @@ def _setup(cfg: RagConfig, args: SetupArgs) -> Setup[RagContext]:
         cfg.retriever, data.passages, query_max_length=cfg.query_max_length, passage_max_length=cfg.passage_max_length
     ).to(args.device)
     retriever.requires_grad_(cfg.joint)
-    val_rows = [item.row for item in data.val]
-    ctx = RagContext(cfg, args.tokenizer, [*data.train, *data.val], data.max_length, data.system_prompt,
+    train, val = cast(list[RagItem], data.train), cast(list[RagItem], data.val)  # what prepare_rag makes
+    val_rows = [item.row for item in val]
+    ctx = RagContext(cfg, args.tokenizer, [*train, *val], data.max_length, data.system_prompt,
                      val_rows=val_rows)  # fmt: skip
     # Generation metrics before and after training each use the retriever of that moment.
     retrieved = replace(data, val_examples=RetrievedExamples(val_rows, retriever, cfg))

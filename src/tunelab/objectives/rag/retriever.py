@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunelab.core.device import full_precision
 from tunelab.core.errors import ModelError
@@ -116,9 +117,10 @@ def save_retriever(retriever: Retriever, folder: Path) -> None:
     """The encoder and tokenizer as a sentence-transformers folder: HF weights at the top, plus modules.json,
     1_Pooling (mean) and 2_Normalize, so `SentenceTransformer(folder)` gives the vectors the retriever used."""
     folder.mkdir(parents=True, exist_ok=True)
-    retriever.encoder.save_pretrained(folder)
+    encoder = cast(PreTrainedModel, retriever.encoder)  # a transformers encoder (load_retriever)
+    encoder.save_pretrained(folder)
     retriever.tokenizer.save_pretrained(folder)
-    width = int(retriever.encoder.config.hidden_size)
+    width = int(encoder.config.hidden_size)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},

@@ -48,21 +48,21 @@ class RLSettings(Section):
     """A run folder trained with objective `reward` (same tokenizer as the policy); its score is added."""
     reward_model_weight: float = 1.0
     """Weight of the reward model's score in the sum."""
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1)
     """Longest sampled completion."""
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(default=1.0, ge=0)
     """Sampling temperature (0: greedy)."""
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(default=1.0, gt=0, le=1)
     """Nucleus sampling: sample from the smallest set of tokens holding this much probability."""
-    beta: float = Field(0.04, ge=0)
+    beta: float = Field(default=0.04, ge=0)
     """Weight of the KL penalty toward the reference policy (0: no reference is kept)."""
-    clip: float = Field(0.2, gt=0)
+    clip: float = Field(default=0.2, gt=0)
     """ε of the clipped ratio."""
-    updates_per_rollout: int = Field(1, ge=1)
+    updates_per_rollout: int = Field(default=1, ge=1)
     """Loss calls (optimizer steps at grad_accum 1) each rollout is trained on."""
     reference: ReferenceKind = "auto"
     """Reference policy for the KL penalty: `adapter_disabled` (LoRA/DoRA/IA3), `copy`, or `auto`."""
-    truncated_penalty: float = Field(0.0, ge=0)
+    truncated_penalty: float = Field(default=0.0, ge=0)
     """Subtracted from the reward of a completion cut off at max_new_tokens (no stop token). A cut-off text can
     score like a finished answer (a date, then text that was never generated), which teaches the policy never to
     stop; a penalty makes finishing count while cut-off samples still rank among themselves (DAPO's overlong
@@ -77,7 +77,7 @@ class RLSettings(Section):
 
 class GRPOConfig(RLSettings):
     name: Literal["grpo"] = "grpo"
-    num_generations: int = Field(4, ge=2)
+    num_generations: int = Field(default=4, ge=2)
     """Completions sampled per prompt (the group)."""
     scale_rewards: bool = True
     """Divide advantages by the group's standard deviation (false: Dr. GRPO, no difficulty bias)."""

@@ -11,7 +11,7 @@ epochs; keep training.grad_accum at 1). The value head trains with the policy an
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from pydantic import Field
@@ -20,7 +20,7 @@ from torch import nn
 from tunelab.core.errors import ConfigError
 from tunelab.core.types import Batch, LossParts
 from tunelab.data.tokenize import IGNORE
-from tunelab.models.parts import decoder_and_head
+from tunelab.models.parts import decoder_and_head, input_embeddings
 from tunelab.objectives.base import Objective, Setup, SetupArgs
 from tunelab.objectives.lm import causal_inputs
 from tunelab.objectives.rl.grpo import (
@@ -37,15 +37,15 @@ from tunelab.objectives.rl.rollout import Rollout, collate_prompts, gae, masked_
 
 class PPOConfig(RLSettings):
     name: Literal["ppo"] = "ppo"
-    gamma: float = Field(1.0, ge=0, le=1)
+    gamma: float = Field(default=1.0, ge=0, le=1)
     """Discount per token."""
-    lam: float = Field(0.95, ge=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
     """GAE λ: 0 trusts the value head (low variance), 1 the sampled returns (no bias)."""
-    value_coef: float = Field(0.1, ge=0)
+    value_coef: float = Field(default=0.1, ge=0)
     """Weight c_v of the value loss."""
-    value_clip: float = Field(0.2, gt=0)
+    value_clip: float = Field(default=0.2, gt=0)
     """ε_v: how far a value prediction may move from the rollout's before its loss stops counting."""
-    samples_per_prompt: int = Field(1, ge=1)
+    samples_per_prompt: int = Field(default=1, ge=1)
     """Completions sampled per prompt."""
 
 
@@ -64,7 +64,9 @@ def logps_and_values(model: PolicyWithValue, batch: Batch) -> tuple[torch.Tensor
     """Per completion token (flat): log π of the token and the value of the state before it; and their rows."""
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    decoder, head = decoder_and_head(model.model)
+    parts = decoder_and_head(model.model)
+    assert parts is not None  # _setup refuses a model without them
+    decoder, head = parts
     hidden = decoder(**causal_inputs(batch)).last_hidden_state[:, :-1][keep]
     logps = head(hidden).float().log_softmax(-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
     values = model.value_head(hidden.float()).squeeze(-1)
@@ -72,7 +74,7 @@ def logps_and_values(model: PolicyWithValue, batch: Batch) -> tuple[torch.Tensor
 
 
 def _extras(ctx: RLContext):
-    def extras(model: nn.Module, rollout: Rollout, batch: Batch) -> dict[str, torch.Tensor]:
+    def extras(model: PolicyWithValue, rollout: Rollout, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = ctx.cfg
         scores = rewards_of(ctx, rollout, batch["index"].cpu()).to(batch["input_ids"].device)
         with torch.no_grad():
@@ -95,7 +97,8 @@ def _extras(ctx: RLContext):
     return extras
 
 
-def ppo_loss(model: PolicyWithValue, batch: Batch, ctx: RLContext) -> LossParts:
+def ppo_loss(model: nn.Module, batch: Batch, ctx: RLContext) -> LossParts:
+    assert isinstance(model, PolicyWithValue)
     if not (model.training and torch.is_grad_enabled()):
         return greedy_reward(model.model, batch, ctx)
     cfg = ctx.cfg
@@ -113,8 +116,13 @@ def ppo_loss(model: PolicyWithValue, batch: Batch, ctx: RLContext) -> LossParts:
 def _setup(cfg: PPOConfig, args: SetupArgs) -> Setup[RLContext]:
     if decoder_and_head(args.model) is None:
         raise ConfigError("objective ppo needs a model whose forward runs whole (not prompt or prefix tuning).")
-    hidden = args.model.get_input_embeddings().embedding_dim
+    hidden = cast(nn.Embedding, input_embeddings(args.model)).embedding_dim
     return Setup(PolicyWithValue(args.model, hidden).to(args.device), setup_rl(cfg, args))
+
+
+def _body(model: nn.Module) -> nn.Module:
+    assert isinstance(model, PolicyWithValue)
+    return model.model
 
 
 OBJECTIVE = Objective(
@@ -128,5 +136,5 @@ OBJECTIVE = Objective(
     count=lambda batch: int(batch["input_ids"].size(0)),
     metric="reward",
     perplexity=False,
-    body=lambda model: model.model,
+    body=_body,
 )

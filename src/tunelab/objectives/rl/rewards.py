@@ -44,7 +44,7 @@ class RewardSpec(Section):
     """Weight of this reward in the sum."""
     pattern: str | None = None
     """The regular expression of `regex` (Python syntax, searched anywhere in the completion)."""
-    target: int | None = Field(None, ge=1)
+    target: int | None = Field(default=None, ge=1)
     """The ideal completion length in characters, for `length`."""
     function: str | None = None
     """`module:function` for `python`: called as function(completions, samples) -> list of floats, where each
@@ -90,12 +90,16 @@ def build_reward_fn(spec: RewardSpec) -> RewardFn:
         return contains
     if spec.name == "json_valid":
         return json_valid
+    # The config's validator makes sure the field each reward needs is set.
     if spec.name == "regex":
+        assert spec.pattern is not None
         pattern = re.compile(spec.pattern)
         return lambda completions, samples: [float(pattern.search(c) is not None) for c in completions]
     if spec.name == "length":
         target = spec.target
+        assert target is not None
         return lambda completions, samples: [max(0.0, 1 - abs(len(c) - target) / target) for c in completions]
+    assert spec.function is not None
     module_name, _, attr = spec.function.partition(":")
     try:
         return getattr(importlib.import_module(module_name), attr)

@@ -8,9 +8,9 @@ other training batch and the completion tokens are the labels.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -96,8 +96,10 @@ def sample(
     """`n` completions per prompt (greedy when temperature is 0), as a right-padded training batch."""
     ids, mask = prompts["input_ids"].repeat_interleave(n, 0), prompts["attention_mask"].repeat_interleave(n, 0)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
+    # transformers' (or peft's) generate: without return_dict_in_generate it returns the token ids
+    generate = cast(Callable[..., torch.Tensor], model.generate)
     with eval_mode(model):
-        out = model.generate(
+        out = generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
             pad_token_id=pad_id, top_k=None, **({"do_sample": False} | sampling),
         )  # fmt: skip
@@ -109,7 +111,8 @@ def sample(
     for r in range(completion.size(0)):
         answer = completion[r][keep[r]].tolist()
         rows.append((ids[r][mask[r].bool()].tolist(), answer))
-        texts.append(tokenizer.decode([t for t in answer if t not in stops], skip_special_tokens=True).strip())
+        text = cast(str, tokenizer.decode([t for t in answer if t not in stops], skip_special_tokens=True))
+        texts.append(text.strip())  # one sequence decodes to one string
     batch = collate_rows(rows, pad_id)
     group = torch.arange(prompts["input_ids"].size(0)).repeat_interleave(n)
     return Rollout(batch=batch, completions=texts, group=group, finished=is_stop.any(1))
@@ -167,7 +170,9 @@ def prepare_prompts(args: PrepareArgs[Any]) -> PromptData:
             "answer rewards may compare with) or preference rows; the training data has none."
         )
     report = {**prepared.report, "train_examples": len(splits["train"]), "val_examples": len(splits["val"])}
-    return PromptData(train=splits["train"], val=splits["val"], val_examples=[], report=report, samples=samples)
+    # PreparedData annotates its items as next-token `Tokenized`s; these are PromptItems, read by collate_prompts.
+    train, val = cast(list[Any], splits["train"]), cast(list[Any], splits["val"])
+    return PromptData(train=train, val=val, val_examples=[], report=report, samples=samples)
 
 
 def masked_rows(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:

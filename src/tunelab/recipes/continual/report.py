@@ -38,6 +38,7 @@ class ContinualReport:
             lines.append(f"| {i + 1}: {self.tasks[i]} | " + " | ".join(cells) + " |")
         summary = [f"average accuracy {pct.format(100 * self.average_accuracy)}%"]
         if self.backward_transfer is not None:
+            assert self.forgetting is not None  # both summarise the earlier tasks: set together
             summary.append(f"backward transfer {100 * self.backward_transfer:+.{digits}f} pp")
             summary.append(f"forgetting {pct.format(100 * self.forgetting)} pp")
         if self.forward_transfer is not None:
@@ -53,15 +54,17 @@ def continual_report(
     t = len(tasks)
     if len(matrix) != t or any(len(row) != t for row in matrix):
         raise ValueError(f"the accuracy matrix must be {t} x {t} (stages x tasks)")
-    if any(matrix[i][j] is None for i in range(t) for j in range(i + 1)):
+    lower = [[v for v in row[: i + 1] if v is not None] for i, row in enumerate(matrix)]  # on and below the diagonal
+    if any(len(row) != i + 1 for i, row in enumerate(lower)):
         raise ValueError("the accuracy matrix needs every entry on and below the diagonal")
-    last = matrix[-1]
+    last = lower[-1]
     acc = sum(last) / t
     earlier = range(t - 1)
-    per_task = [max(matrix[s][j] for s in range(t - 1) if matrix[s][j] is not None) - last[j] for j in earlier]
-    bwt = sum(last[j] - matrix[j][j] for j in earlier) / (t - 1) if t > 1 else None
+    per_task = [max(v for row in matrix[:-1] if (v := row[j]) is not None) - last[j] for j in earlier]
+    bwt = sum(last[j] - lower[j][j] for j in earlier) / (t - 1) if t > 1 else None
     forgetting = sum(per_task) / (t - 1) if t > 1 else None
     fwt = None
-    if baseline is not None and t > 1 and all(matrix[j - 1][j] is not None for j in range(1, t)):
-        fwt = sum(matrix[j - 1][j] - baseline[j] for j in range(1, t)) / (t - 1)
+    before = [v for j in range(1, t) if (v := matrix[j - 1][j]) is not None]  # each task just before its own stage
+    if baseline is not None and t > 1 and len(before) == t - 1:
+        fwt = sum(v - baseline[j] for j, v in enumerate(before, start=1)) / (t - 1)
     return ContinualReport(list(tasks), [list(r) for r in matrix], acc, bwt, forgetting, per_task, fwt)

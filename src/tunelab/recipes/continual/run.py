@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -63,6 +63,11 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
 
     console = console or Console()
     cont = cfg.continual
+    if cont is None:
+        raise ConfigError(
+            "The config has no `continual:` section; run_continual trains tasks one after another as it describes. "
+            "`tunelab train` picks the right recipe; in Python call run_training or run_stages."
+        )
     previous = read_state(cfg.model.source)
     run_dir = resume_folder(cfg, config_path) if resume else fresh_folder(cfg, config_path)
     saved = read_state(run_dir) if resume else None  # where the stopped run got to
@@ -76,7 +81,7 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
         own = OutputSection(dir=str(run_dir), name=cfg.output.name or "task", overwrite=cfg.output.overwrite)
         plans = [cfg.model_copy(update={"output": own})]
     plans = [p.model_copy(update={"continual": None}) for p in plans]
-    names = [p.output.name for p in plans]
+    names = [cast(str, p.output.name) for p in plans]  # stage_config names each plan's output, as `own` is
     tasks: list[dict[str, Any]] = list(previous["tasks"]) if previous else []
     _check(plans, names, [t["name"] for t in tasks], cont.lora_per_task)
     for plan, name in zip(plans, names, strict=True):
@@ -132,7 +137,7 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
         output = plan.output.model_copy(update={"overwrite": True}) if resume else plan.output
         plan = plan.model_copy(update={"data": data, "training": training, "output": output,
                                        "model": plan.model.model_copy(update={"source": model_source})})  # fmt: skip
-        stage_dir = Path(output.dir) / output.name
+        stage_dir = Path(output.dir) / name  # the plan's output is named after its task
         if resume and (stage_dir / TRAINED_FILE).is_file():  # trained; stopped in the Fisher or the scoring
             result = reload_trained(plan, stage_dir, console)
         else:

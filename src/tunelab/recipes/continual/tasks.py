@@ -7,7 +7,7 @@ import contextlib
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -102,10 +102,10 @@ def fisher_after_stage(
     if not items:
         raise DataError(f"EWC: none of the {len(chosen)} rows of task '{task}' could be tokenized for the Fisher.")
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
+    pad = cast(int, tokenizer.pad_token_id)  # one token's id (load_tokenizer sets a pad token)
     batches = ({k: v.to(device) for k, v in collate(items[i : i + 8], pad).items()} for i in range(0, len(items), 8))
-    cast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with cast:
+    precision = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with precision:
         fisher = estimate_fisher(model, batches)
     state = EWCState(fisher, anchor_of(model), {"tasks": "1", "last_task": task})
     if previous is not None:
