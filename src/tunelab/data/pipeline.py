@@ -47,7 +47,7 @@ from tunelab.data.report import build_report, padding_report, write_report
 from tunelab.data.schedule import Schedule, make_schedule
 from tunelab.data.split import split_indices
 from tunelab.data.store import SPLITS, TOKENIZED, PreparedDataset, save_as_dataset, selected_rows, tokenized_items
-from tunelab.data.tokenize import Tokenized, tokenize_record
+from tunelab.data.tokenize import tokenize_record
 from tunelab.models.generate import generate_answers
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.pooling import encoder_vectors
@@ -58,8 +58,11 @@ Rows = tuple[Ingested, np.ndarray]
 
 @dataclass
 class PreparedData:
-    train: list[Tokenized]
-    val: list[Tokenized]
+    """A run's training data in memory: items of the objective's kind (`Tokenized` sequences for language
+    modelling, pairs, class items, prompts, ...), the validation conversations, the report and the schedule."""
+
+    train: list[Any]
+    val: list[Any]
     val_examples: Sequence[Example]
     """Validation conversations (for generation metrics), aligned with the ones in `val` that survived."""
     report: dict[str, Any] = field(default_factory=dict)

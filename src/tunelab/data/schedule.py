@@ -14,14 +14,14 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 if TYPE_CHECKING:
     from tunelab.data.config import ScheduleSection
-    from tunelab.data.tokenize import Tokenized
 
 Pacing = Literal["linear", "root", "step"]
 
@@ -46,7 +46,7 @@ class Schedule:
         return replace(self, difficulty=tuple(float(s) for s in scores))
 
 
-def make_schedule(cfg: ScheduleSection, train: list[Tokenized]) -> Schedule:
+def make_schedule(cfg: ScheduleSection, train: Sequence[Any]) -> Schedule:
     """The schedule a config asks for. Difficulty `loss` needs a scoring pass with the model, which the run
     does before training (`data.scoring.apply_loss_difficulty`); until then length stands in for it."""
     difficulty = None

@@ -5,10 +5,13 @@ each row by the head of its task."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.errors import DataError
 from tunelab.data.load import load_examples
+from tunelab.models.load import pad_id
 from tunelab.objectives.classify.config import KIND, Task, task_of
 from tunelab.objectives.classify.data import encode
 from tunelab.objectives.classify.multi import MultiHeadModel
@@ -26,7 +29,7 @@ def evaluate_file(
     each row by the head of its task (file stem or `task` field) and reports each task's metrics."""
     model, tokenizer = load_classifier(run)
     if isinstance(model, MultiHeadModel):
-        return evaluate_task_file(run, data_file, batch_size)
+        return _evaluate_task_heads(model, tokenizer, run, data_file, batch_size)
     task = task_of(model.cfg)
     names = model.cfg.labels
     examples = load_examples([str(data_file)]).examples
@@ -40,22 +43,20 @@ def evaluate_file(
         items = [encode(ex, tokenizer, task, names, tokenizer.model_max_length) for ex in examples]
     except ValueError as exc:
         raise DataError(f"'{data_file}': a row cannot be scored: {exc}.") from None
-    device, pad_id = next(model.parameters()).device, cast(int, tokenizer.pad_token_id)  # one token's id
-    metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad_id, device, False)
-    metrics.update(scores(model, items, batch_size, pad_id, device))
-    predicted = predict(model, items, batch_size, pad_id, device)
+    device, pad = next(model.parameters()).device, pad_id(tokenizer)
+    metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad, device, False)
+    metrics.update(scores(model, items, batch_size, pad, device))
+    predicted = predict(model, items, batch_size, pad, device)
     rows = [{"origin": ex.origin, "text": ex.text, "label": ex.label, "prediction": shown(p, task, names)}
             for ex, p in zip(examples, predicted, strict=True)]  # fmt: skip
     return metrics, rows
 
 
-def evaluate_task_file(
-    run: str | Path, data_file: str | Path, batch_size: int = 16
+def _evaluate_task_heads(
+    model: MultiHeadModel, tokenizer: PreTrainedTokenizerBase, run: str | Path, data_file: str | Path, batch_size: int
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """A task-heads run scored on a labelled file: every row through its task's head. Loss and accuracy overall
     and per task (`val_acc/<task>` when the file holds several), each task's scores, and one prediction per row."""
-    model, tokenizer = load_classifier(run)
-    assert isinstance(model, MultiHeadModel), f"run '{run}' has no task heads: score it with evaluate_file"
     examples = load_examples([str(data_file)]).examples
     if not examples:
         raise DataError(f"'{data_file}' holds no usable rows; run '{run}' is scored on labelled rows of its tasks.")
@@ -78,13 +79,13 @@ def evaluate_task_file(
             raise DataError(f"'{data_file}': a row cannot be scored: {exc}.") from None
         item.head = model.index(ex.task)
         items.append(item)
-    device, pad_id = next(model.parameters()).device, cast(int, tokenizer.pad_token_id)  # one token's id
-    metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad_id, device, False)
-    metrics.update(task_scores(model, items, batch_size, pad_id, device, False))
+    device, pad = next(model.parameters()).device, pad_id(tokenizer)
+    metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad, device, False)
+    metrics.update(task_scores(model, items, batch_size, pad, device, False))
     predicted: list[Any] = [None] * len(items)
     for tag in model.tasks:
         where = [k for k, ex in enumerate(examples) if ex.task == tag]
-        found = predict(model.view(tag), [items[k] for k in where], batch_size, pad_id, device) if where else []
+        found = predict(model.view(tag), [items[k] for k in where], batch_size, pad, device) if where else []
         for k, p in zip(where, found, strict=True):
             predicted[k] = shown(p, tasks[tag], model.cfgs[tag].labels)
     rows = [{"origin": ex.origin, "task": ex.task, "text": ex.text, "label": ex.label, "prediction": p}

@@ -28,8 +28,10 @@ from rich.text import Text
 from torch import nn
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from tunelab.core.device import eval_mode
 from tunelab.core.types import Message
 from tunelab.models.chat import prompt_text
+from tunelab.models.load import pad_id
 
 Precision = Literal["bf16", "fp32"]
 
@@ -83,10 +85,10 @@ def generate_answers(
     # Longest first: similar lengths share a batch (less padding), and running out of memory shows up at once.
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     stops = stop_token_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer, stops)
+    pad = pad_id(tokenizer, stops[0])
     device = _device(model)
     answers: list[str] = [""] * len(texts)
-    with _progress(show_progress, len(texts)) as (progress, task), _eval_mode(model), torch.inference_mode():
+    with _progress(show_progress, len(texts)) as (progress, task), eval_mode(model), torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             # Left padding keeps every prompt's last token in the last column, where generation continues.
@@ -101,7 +103,7 @@ def generate_answers(
                 out = cast(_Generates, model).generate(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
-                    **_greedy_kwargs(max_new_tokens, stops, pad_id),
+                    **_greedy_kwargs(max_new_tokens, stops, pad),
                 )
             new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
             for i, ids in zip(chunk, new_tokens, strict=True):
@@ -133,12 +135,12 @@ def stream_reply(
     text = prompt_text(tokenizer, messages, system_prompt)
     batch = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(_device(model))
     stops = stop_token_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer, stops)
+    pad = pad_id(tokenizer, stops[0])
     if temperature > 0:
         sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
-        kwargs = {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad_id, **sampling}
+        kwargs = {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad, **sampling}
     else:
-        kwargs = _greedy_kwargs(max_new_tokens, stops, pad_id)
+        kwargs = _greedy_kwargs(max_new_tokens, stops, pad)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancelled = threading.Event()
     kwargs["stopping_criteria"] = StoppingCriteriaList([_UntilSet(cancelled)])
@@ -153,7 +155,7 @@ def stream_reply(
             failure.append(exc)
             streamer.end()  # unblocks the reader below, which would otherwise wait forever
 
-    with _eval_mode(model):
+    with eval_mode(model):
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         try:
@@ -174,12 +176,6 @@ class _UntilSet(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         done = torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
         return cast(torch.BoolTensor, done)  # a bool tensor: what transformers' criteria are declared to return
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase, stops: list[int]) -> int:
-    """The tokenizer's pad token, or the first stop token for a tokenizer without one."""
-    pad = cast(int | None, tokenizer.pad_token_id)  # transformers reads special-token ids through __getattr__
-    return pad if pad is not None else stops[0]
 
 
 def _greedy_kwargs(max_new_tokens: int, stops: list[int], pad_id: int) -> dict[str, Any]:
@@ -206,17 +202,6 @@ def _cut_at_stop(ids: list[int], stops: list[int]) -> list[int]:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout, e.g. LoRA's) for the duration, then the caller's mode again."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _autocast(model: nn.Module, precision: Precision) -> contextlib.AbstractContextManager:

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -106,6 +106,17 @@ def tokenizer_from_folder(folder: str | Path, chat: bool = True) -> PreTrainedTo
     if chat and not tokenizer.chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase, fallback: int | None = None) -> int:
+    """The tokenizer's pad token id (`load_tokenizer` always sets one), or `fallback` for a tokenizer without one.
+    transformers types special-token ids as ids or lists of them; a pad token is one id."""
+    pad = cast(int | None, tokenizer.pad_token_id)
+    if pad is not None:
+        return pad
+    if fallback is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no pad token")
+    return fallback
 
 
 def load_model(source: ModelSource | str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -8,7 +8,7 @@ after that for the assistant turn, end-of-turn token included (so the model also
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -138,6 +138,5 @@ def prepare_pairs(args: PrepareArgs[Any]) -> PreparedData:
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     if not out["train"]:
         raise DataError("No preference pair fits data.max_length; raise data.max_length or shorten the answers.")
-    # PreparedData annotates its items as next-token `Tokenized`s; these are PairItems, read by collate_pairs.
-    train, val = cast(list[Any], out["train"]), cast(list[Any], out["val"])
+    train, val = out["train"], out["val"]
     return PreparedData(train=train, val=val, val_examples=[], report=report)

@@ -27,6 +27,7 @@ from tunelab.core.errors import ConfigError
 from tunelab.core.types import Batch
 from tunelab.data.pipeline import PreparedData
 from tunelab.methods.trained import load_trained
+from tunelab.models.load import pad_id
 from tunelab.objectives.base import SetupArgs
 from tunelab.objectives.lm import sequence_logps, token_logps
 
@@ -124,7 +125,7 @@ def setup_reference(
     reference = build_reference(args.model, args.method, cfg.reference, cfg.reference_model, args.device)
     if not cfg.precompute_reference:
         return reference, None
-    pad = cast(int, args.tokenizer.pad_token_id)  # one token's id (models.load sets a pad token)
+    pad = pad_id(args.tokenizer)
     train, val = (
         with_reference_logps(reference, args.model, items, collate, pad, args.device, args.bf16)
         for items in (args.data.train, args.data.val)

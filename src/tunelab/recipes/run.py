@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -27,7 +27,7 @@ from tunelab.methods.registry import METHODS
 from tunelab.methods.trained import CONFIG_FILE, artifact_dir
 from tunelab.models.kernels.attention import use_short_attention_
 from tunelab.models.kernels.fused import fuse_modules_
-from tunelab.models.load import load_model, load_tokenizer, resolve_source
+from tunelab.models.load import load_model, load_tokenizer, pad_id, resolve_source
 from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.registry import OBJECTIVES
 from tunelab.recipes.runs import run_folder, run_path
@@ -76,7 +76,7 @@ class TrainingSetup:
     @property
     def pad_id(self) -> int:
         """The tokenizer's pad token id, which batches are padded with."""
-        return _pad_id(self.tokenizer)
+        return pad_id(self.tokenizer)
 
 
 def prepare_args(
@@ -118,7 +118,7 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     storage_bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and bf16 and method.freezes_base)
     model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
     # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
-    data = apply_loss_difficulty(model, data, difficulty_scoring(cfg), run_dir, _pad_id(tokenizer), bf16)
+    data = apply_loss_difficulty(model, data, difficulty_scoring(cfg), run_dir, pad_id(tokenizer), bf16)
     if cfg.training.fused_modules:
         fuse_modules_(model)  # before the method wraps the linear layers; parameter names do not change
         use_short_attention_(model)  # matrix-product attention for rows of up to 128 tokens
@@ -233,10 +233,10 @@ def evaluate(
         return {}
     module = TrainingModule(model, objective, ctx)
     budget = token_budget(cfg.training.micro_batch_tokens, device)  # pieces as in training: the same sums
-    pad_id = _pad_id(tokenizer)
-    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, pad_id, device, bf16, budget)
+    pad = pad_id(tokenizer)
+    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, pad, device, bf16, budget)
     if objective.scores is not None:
-        metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, pad_id, device, bf16))
+        metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, pad, device, bf16))
     if generate and cfg.eval.generate and data.val_examples:
         body = objective.body(model)
         gen, predictions = _generate(body, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
@@ -260,11 +260,6 @@ def generation_budget(cfg: EvalSection, tokenizer: PreTrainedTokenizerBase, exam
     chosen = examples[: cfg.max_examples] if cfg.max_examples else examples
     longest = max(len(tokenizer(e.prompt_and_answer()[1], add_special_tokens=False)["input_ids"]) for e in chosen)
     return min(512, 2 * longest + 16)
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The pad token's id: one id (`load_tokenizer` sets a pad token; transformers types ids for token lists too)."""
-    return cast(int, tokenizer.pad_token_id)
 
 
 def _print_data(console: Console, data: PreparedData, main: bool) -> None:

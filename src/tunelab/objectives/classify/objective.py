@@ -11,7 +11,7 @@ task (file stem or row `task` field) gets its own head and labels on the shared 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,9 +65,7 @@ def prepare_classify(args: PrepareArgs[ClassifyConfig]) -> PreparedData:
         report["labels"] = heads[""][1]
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     report["classify_rejects"] = [r.to_json() for r in rejects[:20]]
-    # PreparedData and make_schedule annotate items as next-token `Tokenized`s; these are ClassItems, which have
-    # what the schedule reads (input_ids, label, task, difficulty) and go to this objective's collate.
-    train, val = cast(list[Any], items["train"]), cast(list[Any], items["validation"])
+    train, val = items["train"], items["validation"]
     schedule = make_schedule(args.data.schedule, train)  # class balance and curriculum read ClassItems
     return PreparedData(train, val, [], report, schedule)
 

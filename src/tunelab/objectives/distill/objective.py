@@ -27,6 +27,7 @@ from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
 from tunelab.data.tokenize import IGNORE, Tokenized, collate
 from tunelab.methods.trained import load_trained
+from tunelab.models.load import pad_id
 from tunelab.models.parts import base_model, decoder_and_head
 from tunelab.objectives.base import Objective, Setup, SetupArgs
 from tunelab.objectives.distill.cache import TopK, cached_topk, compute_topk, fingerprint, weight_files
@@ -201,7 +202,7 @@ def _setup(cfg: DistillConfig, args: SetupArgs) -> Setup[DistillContext]:
         return forward(teacher, batch, keep, False, False).logits
 
     def with_topk(items: list[Tokenized]) -> list[DistillItem]:
-        pad = cast(int, args.tokenizer.pad_token_id)  # one token's id (models.load sets a pad token)
+        pad = pad_id(args.tokenizer)
         compute = lambda: compute_topk(teacher_logits, items, k, pad, args.device, args.bf16)  # noqa: E731
         topk = cached_topk(tunelab_home() / "distill", fingerprint(files, k, items), compute)
         return [DistillItem(seq, top) for seq, top in zip(items, topk, strict=True)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -132,8 +132,7 @@ def prepare_embed_pairs(args: PrepareArgs[ContrastiveConfig]) -> PreparedData:
     report["rejected"] = report.get("rejected", 0) + len(rejects)
     if not out["train"]:
         raise DataError("No training pair has both an anchor and a positive; check the pairs files.")
-    # PreparedData annotates its items as next-token `Tokenized`s; these are EmbedItems, read by collate_embed.
-    train, val = cast(list[Any], out["train"]), cast(list[Any], out["val"])
+    train, val = out["train"], out["val"]
     return PreparedData(train=train, val=val, val_examples=[], report=report)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -107,8 +107,7 @@ def prepare_setfit(args: PrepareArgs[SetFitConfig]) -> SetFitData:
         raise DataError("SetFit needs training rows of at least two labels; check the data's 'label' field.")
     report = {**prepared.report, "train_examples": len(items["train"]), "val_examples": len(items["val"])}
     smote_k = args.data.augment.smote_k if args.data.augment.smote else None
-    # PreparedData annotates its items as next-token `Tokenized`s; these are SetFitItems, read by collate_setfit.
-    train, val = cast(list[Any], items["train"]), cast(list[Any], items["val"])
+    train, val = items["train"], items["val"]
     return SetFitData(train, val, [], report, labelled=labelled, smote_k=smote_k)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ from tunelab.core.errors import DataError
 from tunelab.core.types import Message
 from tunelab.data.records import Example
 from tunelab.data.tokenize import IGNORE, collate, tokenize_example
+from tunelab.models.load import pad_id
 from tunelab.objectives.lm import selected_logits
 
 DEFAULT_TEMPLATE = "Context:\n{passages}\n\nQuestion: {question}"
@@ -63,7 +63,7 @@ def answer_scores(
                 "data.max_length or shorten the answer."
             ) from None
     device = next(p for p in model.parameters()).device
-    pad = cast(int, tokenizer.pad_token_id)  # one token's id (models.load sets a pad token)
+    pad = pad_id(tokenizer)
     batch = {k: v.to(device) for k, v in collate(items, pad).items()}
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE

@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast, overload
+from typing import Literal, cast, overload
 
 import torch
 from pydantic import Field, model_validator
@@ -145,8 +145,7 @@ def prepare_rag(args: PrepareArgs[RagConfig]) -> RagData:
     ]
     report = {"rows": len(items), "train_examples": len(train), "val_examples": len(val), "rejected": 0}
     report["corpus_passages"] = len(passages)
-    # PreparedData annotates its items as next-token `Tokenized`s; these are RagItems, read by collate_rag.
-    train_items, val_items = cast(list[Any], items[: len(train)]), cast(list[Any], items[len(train) :])
+    train_items, val_items = items[: len(train)], items[len(train) :]
     return RagData(
         train=train_items, val=val_items, val_examples=[], report=report,
         passages=passages, max_length=data.max_length, system_prompt=data.system_prompt,

@@ -7,8 +7,7 @@ other training batch and the completion tokens are the labels.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.core.device import eval_mode
 from tunelab.core.errors import DataError
 from tunelab.core.types import Batch
 from tunelab.data.pipeline import PreparedData
@@ -70,17 +70,6 @@ def collate_prompts(items: list[PromptItem], pad_id: int) -> Batch:
     return {"input_ids": input_ids, "attention_mask": mask, "index": torch.tensor([i.index for i in items])}
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """No dropout while sampling: the completions are scored later in the same mode they were drawn in."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
-
-
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -98,7 +87,7 @@ def sample(
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
     # transformers' (or peft's) generate: without return_dict_in_generate it returns the token ids
     generate = cast(Callable[..., torch.Tensor], model.generate)
-    with eval_mode(model):
+    with eval_mode(model):  # no dropout while sampling: completions are scored later in this mode
         out = generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
             pad_token_id=pad_id, top_k=None, **({"do_sample": False} | sampling),
@@ -170,8 +159,7 @@ def prepare_prompts(args: PrepareArgs[Any]) -> PromptData:
             "answer rewards may compare with) or preference rows; the training data has none."
         )
     report = {**prepared.report, "train_examples": len(splits["train"]), "val_examples": len(splits["val"])}
-    # PreparedData annotates its items as next-token `Tokenized`s; these are PromptItems, read by collate_prompts.
-    train, val = cast(list[Any], splits["train"]), cast(list[Any], splits["val"])
+    train, val = splits["train"], splits["val"]
     return PromptData(train=train, val=val, val_examples=[], report=report, samples=samples)
 
 

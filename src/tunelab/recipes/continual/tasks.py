@@ -7,7 +7,7 @@ import contextlib
 import json
 import random
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from tunelab.data.load import LoadOptions, load_examples
 from tunelab.data.records import Example
 from tunelab.data.tokenize import collate, tokenize_all
 from tunelab.eval.evaluate import generation_metrics
+from tunelab.models.load import pad_id
 from tunelab.regularizers.fisher import EWC_FILE, EWCState, accumulate, anchor_of, estimate_fisher, load_ewc, save_ewc
 
 
@@ -102,7 +103,7 @@ def fisher_after_stage(
     if not items:
         raise DataError(f"EWC: none of the {len(chosen)} rows of task '{task}' could be tokenized for the Fisher.")
     device = next(model.parameters()).device
-    pad = cast(int, tokenizer.pad_token_id)  # one token's id (load_tokenizer sets a pad token)
+    pad = pad_id(tokenizer)
     batches = ({k: v.to(device) for k, v in collate(items[i : i + 8], pad).items()} for i in range(0, len(items), 8))
     precision = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with precision:
