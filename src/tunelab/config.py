@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeAlias
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from tunelab.core import safe_yaml
 from tunelab.core.errors import ConfigError
 from tunelab.core.schema import Section, TaggedUnion, explain, read_yaml_mapping
 from tunelab.data.config import DataSection
@@ -196,7 +197,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             child = {}
         node[part] = child
         node = child
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    node[parts[-1]] = safe_yaml.load(value, f"override '{item}'")[0] if value.strip() else None
 
 
 def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> None:

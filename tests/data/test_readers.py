@@ -130,3 +130,34 @@ def test_per_file_format_override(tmp_path: Path) -> None:
     b.write_text('{"text": "hello", "label": "x"}\n')
     result = load_examples([a, b], options=LoadOptions(formats={"a": "text"}))
     assert [e.kind for e in result.examples] == ["text", "classification"]
+
+
+def test_csv_unterminated_quote_rejects_its_own_line_only(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,completion\nfine,yes\n"hello, world\na,b\nc,d\n"two\nlines",ok\n')
+    result = load_examples([path])
+    assert [e.origin for e in result.examples] == [f"{path}:{n}" for n in (2, 4, 5, 6)]
+    assert result.examples[3].messages[0].content == "two\nlines"
+    bad = lines_of(result)
+    assert set(bad) == {3} and "closing quote" in bad[3]
+    assert result.files[str(path)].rows == 5 and result.files[str(path)].rejected == 1
+    eof = tmp_path / "e.csv"  # the quote runs to the end of the file
+    eof.write_text('prompt,completion\n"open,x\nb,c\n')
+    result = load_examples([eof])
+    assert [e.origin for e in result.examples] == [f"{eof}:3"] and set(lines_of(result)) == {2}
+
+
+def test_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,completion,prompt\na,b,c\n")
+    with pytest.raises(DataError, match=r"columns 1 and 3 of the header are both named 'prompt'"):
+        load_examples([path])
+
+
+def test_json_list_cut_off_before_its_end_is_a_reject(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    row = json.dumps({"instruction": "a", "output": "b"})
+    path.write_text(f"[\n  {row},\n  {row},\n")
+    result = load_examples([path])
+    assert len(result.examples) == 2 and result.files[str(path)].rejected == 1
+    assert "never closed" in result.rejects[0].reason and "cut off" in result.rejects[0].reason

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tunelab.core import safe_yaml
 from tunelab.core.errors import ConfigError, did_you_mean
 
 
@@ -24,16 +25,14 @@ class Section(BaseModel):
 
 def read_yaml_mapping(path: Path, top_level: str) -> tuple[dict[str, Any], dict[str, int]]:
     """A YAML file's top-level mapping and its dotted keys' 1-based lines (list items by index, as pydantic
-    names them). `top_level` says what the mapping should hold, for the error when it is not one."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text) or {}
-        lines = key_lines(yaml.compose(text))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}. Fix the syntax (indentation, quotes, colons).") from None
+    names them), read within `safe_yaml`'s bounds. `top_level` says what the mapping should hold, for the error
+    when it is not one."""
+    raw, node = safe_yaml.load(safe_yaml.read_text(path), str(path))
+    if raw is None:
+        return {}, {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping ({top_level}).")
-    return raw, lines
+    return raw, key_lines(node)
 
 
 def key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:

@@ -18,8 +18,10 @@ import io
 import json
 import re
 import zlib
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -257,6 +259,7 @@ def _json_list(text: str, start: int) -> Iterator[RawRow]:
     one error row and reading resumes at the next element (found by its indentation in pretty-printed files)."""
     decoder = json.JSONDecoder()
     pos, line, counted = start + 1, 1 + text.count("\n", 0, start), start
+    opened = line
     indent: str | None = None
     item = 0
 
@@ -269,7 +272,15 @@ def _json_list(text: str, start: int) -> Iterator[RawRow]:
     while True:
         pos = _skip_space(text, pos)
         if pos >= len(text):
-            return  # a list that is never closed: the rows read so far are kept
+            # The rows read so far are kept, and the missing end is a reject of its own: a file cut off while it
+            # was written or copied must not pass for a complete one.
+            yield RawRow(
+                line=line_at(len(text.rstrip())),
+                payload=text[-PREVIEW:],
+                error=f"the JSON list opened on line {opened} is never closed (no ']' "
+                "before the end of the file): the file looks cut off. Check that it was written or copied completely",
+            )
+            return
         if text[pos] == "]":
             return
         if text[pos] == ",":  # a stray or trailing comma: nothing is lost by skipping it
@@ -329,39 +340,78 @@ def _csv(path: Path, encoding: str | None, delimiter: str | None) -> Iterator[Ra
             # A header with semicolons and no commas is the European CSV dialect.
             delimiter = ";" if first.count(";") > first.count(",") else ","
         csv.field_size_limit(1 << 30)
-
-        def lines() -> Iterator[str]:
-            yield first
-            yield from text_stream
-
-        reader = csv.reader(lines(), delimiter=delimiter)
-        header = next(reader)
-        names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
-        end = reader.line_num
+        lines = _Lines(chain([first], text_stream))
+        reader = csv.reader(lines, delimiter=delimiter)
+        names = _header(path, next(reader))
+        number = 1 + len(lines.taken)  # the line the next record starts on
         while True:
-            start = end + 1
+            lines.taken.clear()
             try:
                 cells = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                end = reader.line_num
-                yield RawRow(line=start, payload="", error=f"unreadable CSV row ({exc})")
+                problem: str | None = f"unreadable CSV row ({exc})"
+            else:
+                problem = None
+                if cells and len(cells) != len(names):
+                    problem = f"the row has {len(cells)} fields but the header has {len(names)} ({', '.join(names)})"
+            start, span = number, len(lines.taken)
+            if problem is not None and span > 1 and '"' in lines.taken[0]:
+                # A quote that never closes swallows the lines after it into one field (to the end of the file,
+                # or to the next stray quote): only its own line is rejected, the lines after it are read again.
+                lines.push_back(lines.taken[1:])
+                problem = (
+                    f"a quoted field opening on this line runs over {span} lines and the row it makes is broken: "
+                    f"{problem}; is a closing quote missing? The lines after this one are read as rows of their own"
+                )
+                span = 1
+            number += span
+            if problem is not None:
+                yield RawRow(line=start, payload="".join(lines.taken[:span]).rstrip("\r\n"), error=problem)
                 continue
-            end = reader.line_num
             if not cells or not any(c.strip() for c in cells):
                 continue
             raw = delimiter.join(cells)
-            if len(cells) != len(names):
-                yield RawRow(
-                    line=start,
-                    payload=raw,
-                    error=f"the row has {len(cells)} fields but the header has {len(names)} ({', '.join(names)})",
-                )
-                continue
             # An empty cell is a missing value, as it would be in JSON.
             row = {n: c for n, c in zip(names, cells, strict=True) if c != ""}
             yield RawRow(line=start, payload=row, size=len(raw), parsed=True)
+
+
+class _Lines:
+    """The physical lines under a `csv.reader`: it remembers the lines of the current record (`taken`) and can
+    give lines back, to be read again after a record turned out to be broken."""
+
+    def __init__(self, source: Iterator[str]) -> None:
+        self.source = source
+        self.pending: deque[str] = deque()
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.pending.popleft() if self.pending else next(self.source)
+        self.taken.append(line)
+        return line
+
+    def push_back(self, lines: Sequence[str]) -> None:
+        self.pending.extendleft(reversed(lines))
+
+
+def _header(path: Path, header: list[str]) -> list[str]:
+    """Column names of a CSV header (an empty name becomes `column_N`); a name used twice is a file problem,
+    since either column could be the one meant."""
+    names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names, start=1):
+        if name in seen:
+            raise FileProblem(
+                f"CSV file '{path}': columns {seen[name]} and {i} of the header are both named '{name}', so a row "
+                "cannot say which one it means. Rename one of them in the header line."
+            )
+        seen[name] = i
+    return names
 
 
 def _parquet(path: Path) -> Iterator[RawRow]:
