@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request before 504")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to send a request body before 408")
+    p.add_argument("--max-connections", type=int, default=256, help="connections in flight before 503")
+    p.add_argument(
+        "--allow-host", action="append", metavar="NAME", help="Host name a keyless server answers besides loopback"
+    )
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
 
     data = sub.add_parser(

@@ -7,16 +7,21 @@ import os
 
 import torch
 
-from tunelab.core.errors import TunelabError
 from tunelab.serve.config import ServeConfig
-from tunelab.serve.server import build_state, serve_forever
+from tunelab.serve.server import ServeError, build_state, serve_forever
 
 
 def serve(args: argparse.Namespace) -> None:
     keys = list(args.api_key or [])
-    keys += [k for k in os.environ.get("TUNELAB_API_KEYS", "").split(",") if k.strip()]
+    if any(not k.strip() for k in keys):
+        # Typically `--api-key "$KEY"` with KEY unset: serving would look protected and accept anyone.
+        raise ServeError(
+            "--api-key was given an empty (or whitespace-only) key, which would let anyone in. Give the key "
+            "itself (--api-key sk-...), or leave --api-key out to serve on 127.0.0.1 without keys."
+        )
+    keys += [k.strip() for k in os.environ.get("TUNELAB_API_KEYS", "").split(",") if k.strip()]
     if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
-        raise TunelabError(
+        raise ServeError(
             f"Refusing to serve on {args.host} without an API key: anyone who can reach it could use the model. "
             "Give --api-key KEY (or TUNELAB_API_KEYS=k1,k2), or bind to 127.0.0.1."
         )
@@ -29,6 +34,9 @@ def serve(args: argparse.Namespace) -> None:
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         request_timeout=args.timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
+        allowed_hosts=list(args.allow_host or []),
     )
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     state = build_state(

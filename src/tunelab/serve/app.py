@@ -1,17 +1,22 @@
 """The OpenAI-compatible HTTP API (FastAPI): models, chat and text completions, embeddings, health, metrics.
 
 Bodies are read and validated here rather than by FastAPI's automatic parsing, so that every failure (bad JSON,
-wrong types, oversize bodies) gets OpenAI's error shape and status instead of FastAPI's 422 layout.
+wrong types, oversize bodies) gets OpenAI's error shape and status instead of FastAPI's 422 layout. A body must
+be sent as `application/json` (a web page can send other types to any server without asking the browser first)
+and within `body_timeout`. Rendering the chat template and tokenising run in worker threads: a prompt of a
+megabyte takes a second to tokenise, and the event loop keeps answering other requests meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import hmac
+import contextlib
 import json
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import numpy as np
@@ -19,14 +24,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunelab.serve.adapters import Adapters
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.constraints import ConstraintCompiler
 from tunelab.serve.embeddings import Embedder
 from tunelab.serve.engine import Engine
-from tunelab.serve.errors import APIError
+from tunelab.serve.errors import APIError, internal_error
 from tunelab.serve.generation import (
     Job,
     build_specs,
@@ -36,12 +40,13 @@ from tunelab.serve.generation import (
     response_schema,
     stream,
 )
+from tunelab.serve.guard import Guard
 from tunelab.serve.metrics import ServerMetrics
+from tunelab.serve.openapi import openapi_document
 from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, GenerationFields
 
-ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/health", "/metrics")
-OPEN_ROUTES = ("/health", "/metrics")
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 
 
 @dataclass
@@ -75,7 +80,7 @@ def create_app(state: ServerState) -> FastAPI:
     """The FastAPI application for `state` (run it with uvicorn)."""
     app = FastAPI(title="tunelab", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tunelab = state
-    app.add_middleware(_Guard, state=state)
+    app.add_middleware(Guard, config=state.config, metrics=state.metrics)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -88,12 +93,18 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        return APIError(500, f"Internal server error: {type(exc).__name__}. The server logs have details.").response()
+        return internal_error("Internal server error", exc).response()
 
     @app.get("/health")
     async def health() -> dict:
         engine = state.engine
+        if engine is not None and not engine.alive:  # requests would wait for a worker that is gone
+            raise APIError(503, "The generation engine has stopped; restart the server.", code="engine_stopped")
         return {"status": "ok", "models": state.model_names(), "queue_depth": engine.queue_depth if engine else 0}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> dict:
+        return openapi_document(app)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -113,7 +124,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def chat_completions(request: Request) -> dict | StreamingResponse:
         body = await _read(request, ChatCompletionRequest, state.config)
         engine, adapter = await _generator(state, body.model)
-        prompt = chat_prompt(engine.tokenizer, body)
+        prompt = await anyio.to_thread.run_sync(chat_prompt, engine.tokenizer, body)
         schema = response_schema(body)
         # In a worker thread: compiling a new JSON schema against a large vocabulary can take a second or more,
         # and the event loop must keep serving other requests meanwhile.
@@ -122,7 +133,8 @@ def create_app(state: ServerState) -> FastAPI:
                 body, [prompt], engine.tokenizer, state.config, engine.context_length, state.compiler, adapter, schema
             )
         )
-        return await _respond(state, engine, Job("chat.completion", body.model, len(prompt), specs), body)
+        job = Job("chat.completion", body.model, len(prompt), specs)
+        return await _respond(request, state, engine, job, body)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> dict | StreamingResponse:
@@ -130,14 +142,14 @@ def create_app(state: ServerState) -> FastAPI:
         engine, adapter = await _generator(state, body.model)
         if body.echo or body.suffix:
             raise APIError(400, "`echo` and `suffix` are not supported; leave them unset.", param="echo")
-        prompts = completion_prompts(engine.tokenizer, body)
+        prompts = await anyio.to_thread.run_sync(completion_prompts, engine.tokenizer, body)
         specs = await anyio.to_thread.run_sync(
             lambda: build_specs(
                 body, prompts, engine.tokenizer, state.config, engine.context_length, state.compiler, adapter
             )
         )
         job = Job("text_completion", body.model, sum(len(p) for p in prompts), specs)
-        return await _respond(state, engine, job, body)
+        return await _respond(request, state, engine, job, body)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict:
@@ -169,13 +181,37 @@ def _embedding_inputs(value: str | list[str] | list[int] | list[list[int]]) -> l
     return cast(list[str] | list[list[int]], value)
 
 
-async def _respond(state: ServerState, engine: Engine, job: Job, body: GenerationFields) -> dict | StreamingResponse:
+async def _respond(
+    request: Request, state: ServerState, engine: Engine, job: Job, body: GenerationFields
+) -> dict | StreamingResponse:
     if state.metrics:
         state.metrics.prompt_tokens.inc(job.prompt_tokens)
-    if body.stream:
+    if body.stream:  # StreamingResponse stops the stream (and so the generation) when the client disconnects
         chunks = await stream(engine, job, state.config, body.include_usage_in_stream())
         return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    return await complete(engine, job, state.config)
+    return await _unless_disconnected(request, complete(engine, job, state.config))
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, R]) -> R:
+    """Await `work`, cancelling it if the client disconnects first (its generation stops at the next step)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()  # a no-op for the one that finished
+    if task.done() and not task.cancelled():
+        return task.result()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task  # let the cancelled request release its sequences before answering
+    raise APIError(499, "The client closed the connection before the answer was ready.", code="client_closed")
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the next message the server sends is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _generator(state: ServerState, model: str) -> tuple[Engine, str | None]:
@@ -212,17 +248,28 @@ def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
 
 
 async def _read(request: Request, schema: type[T], config: ServeConfig) -> T:
-    """The JSON body as `schema`; 413 past the size limit, 400 for bad JSON or wrong fields."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > config.max_body_bytes:
-            raise APIError(413, f"Request body is larger than {config.max_body_bytes} bytes.", code="body_too_large")
-        chunks.append(chunk)
+    """The JSON body as `schema`; 415 unless sent as JSON, 408 if it arrives too slowly, 413 past the size
+    limit, 400 for bad JSON or wrong fields."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise APIError(
+            415, f"Send the request body as JSON with `Content-Type: application/json` (got '{kind[:100] or 'none'}').",
+            code="unsupported_media_type",
+        )  # fmt: skip
+    chunks: list[bytes] = []
+    try:
+        with anyio.fail_after(config.body_timeout):
+            await _receive_body(request, chunks, config.max_body_bytes)
+    except TimeoutError:
+        raise APIError(
+            408, f"The request body did not arrive within {config.body_timeout:.0f}s.", code="body_timeout"
+        ) from None
     try:
         data = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise APIError(400, "The request body nests too deeply to read.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     try:
@@ -234,48 +281,10 @@ async def _read(request: Request, schema: type[T], config: ServeConfig) -> T:
         raise APIError(400, f"Invalid value for '{param}': {first['msg']}{more}.", param=param) from None
 
 
-class _Guard:
-    """Pure ASGI middleware: API keys, the Content-Length limit, and metrics timed to the last byte sent."""
-
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        route = path if path in ROUTES else ("/v1/models/{name}" if path.startswith("/v1/models/") else "other")
-        started = time.perf_counter()
-        status = 500
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                self.state.metrics.observe(route, status, time.perf_counter() - started)
-
-        rejection = self._reject(scope, path)
-        if rejection is not None:
-            await rejection.response()(scope, receive, timed_send)
-            return
-        await self.app(scope, receive, timed_send)
-
-    def _reject(self, scope: Scope, path: str) -> APIError | None:
-        headers = dict(scope.get("headers") or [])
-        keys = self.state.config.api_keys
-        if keys and path not in OPEN_ROUTES:
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            token = auth[7:] if auth.lower().startswith("bearer ") else ""
-            # compare_digest: the time taken does not reveal how much of a key was right.
-            if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
-                what = "Invalid API key" if token else "Missing API key"
-                return APIError(401, f"{what}. Send it as `Authorization: Bearer KEY`.", code="invalid_api_key")
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.state.config.max_body_bytes:
-            limit = self.state.config.max_body_bytes
-            return APIError(413, f"Request body is larger than {limit} bytes.", code="body_too_large")
-        return None
+async def _receive_body(request: Request, chunks: list[bytes], limit: int) -> None:
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"Request body is larger than {limit} bytes.", code="body_too_large")
+        chunks.append(chunk)

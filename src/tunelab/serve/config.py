@@ -23,3 +23,14 @@ class ServeConfig:
     """Seconds a request may take in all; then 504 (or an error event when streaming)."""
     max_embedding_inputs: int = 256
     """Most texts in one /v1/embeddings request."""
+    max_banned_words: int = 256
+    """Most `banned_words` one request may send; more gets 400."""
+    max_banned_chars: int = 8192
+    """Most characters in all of one request's `banned_words` together; more gets 400."""
+    body_timeout: float = 30.0
+    """Seconds a client may take to send its request body once the headers arrived; then 408."""
+    max_connections: int = 256
+    """Connections and requests in flight at once (uvicorn's `limit_concurrency`); past that, 503."""
+    allowed_hosts: list[str] = field(default_factory=list)
+    """Host header names accepted when no API key is set, besides loopback names and the bound address (a web
+    page cannot use DNS rebinding to reach a keyless local server); ignored when keys are set."""

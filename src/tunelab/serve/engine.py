@@ -5,6 +5,10 @@ between decode steps (prefilled together, then joined to the running `Batch`), s
 settings, turns tokens into text, applies stop tokens, stop strings and `max_tokens`, and drops finished or
 cancelled rows. Throughput grows with load because one forward pass serves every row in flight.
 
+A failure stays with the rows it belongs to: a prompt whose prefill fails is retried alone (so one bad prompt
+does not fail the prompts admitted with it), and an exception while sampling one row ends that row only. Each
+failure is logged with an id; the client is told the id, not the exception's text.
+
 The model is touched only by this thread; `call` runs other model work (loading an adapter) between steps.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -25,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.models.generate import stop_token_ids
 from tunelab.serve.batch import Batch, prefill
+from tunelab.serve.errors import error_id
 from tunelab.serve.metrics import ServerMetrics
 from tunelab.serve.sampling import Constraint, Sampler, SamplingParams
 
@@ -36,15 +42,24 @@ class QueueFullError(Exception):
     """More sequences are waiting than the engine's queue holds; the caller should answer 429."""
 
 
+class EngineStoppedError(Exception):
+    """The engine's worker thread is not running (stopped, or died); the caller should answer 503."""
+
+
 @dataclass(frozen=True)
 class Event:
-    """New text for choice `index`; `finish_reason` is set on its last event ("stop", "length" or "error")."""
+    """New text for choice `index`; `finish_reason` is set on its last event ("stop", "length" or "error").
+
+    `error` (with finish_reason "error") is a message safe to show the client, and `error_status` the HTTP status
+    it calls for: 500 for a failure (logged under the id the message names), 503 when the engine stopped.
+    """
 
     index: int
     text: str
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: str | None = None
+    error_status: int = 500
 
 
 class Handle:
@@ -56,7 +71,9 @@ class Handle:
         self.cancelled = threading.Event()
 
     def emit(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        # RuntimeError: the request's event loop has closed, so nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
     def cancel(self) -> None:
         """Stop generating for this request (client gone, timeout); its rows leave at the next step."""
@@ -130,15 +147,34 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        """Sequences waiting for a batch slot (cancelled ones are not counted: they will never run)."""
+        with self._wake:  # the worker pops from the deque meanwhile; iterating it unlocked can raise
+            return sum(1 for s in self._waiting if not s.handle.cancelled.is_set())
+
+    @property
+    def active_count(self) -> int:
+        """Rows in the running batch."""
+        return len(self._active)
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker thread runs and has not been told to stop."""
+        return self._thread.is_alive() and not self._stopped
 
     def submit(self, specs: list[SequenceSpec], handle: Handle) -> None:
-        """Queue `specs` (one request's choices, all or none); raises `QueueFullError` when the queue is full."""
+        """Queue `specs` (one request's choices, all or none); raises `QueueFullError` when the queue is full and
+        `EngineStoppedError` when no worker would ever run them."""
+        # Every sampler is built before any sequence is queued: if one cannot be built, none is left decoding
+        # for a request that has already failed.
+        sequences = [_Sequence(spec, handle, Sampler(spec.params, spec.constraint)) for spec in specs]
         with self._wake:
-            if len(self._waiting) + len(specs) > self.max_queue:
+            if not self.alive:
+                raise EngineStoppedError("the generation engine is not running")
+            # Cancelled entries (client gone while waiting) hold no place in the queue.
+            self._waiting = deque(s for s in self._waiting if not s.handle.cancelled.is_set())
+            if len(self._waiting) + len(sequences) > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} sequences already waiting (limit {self.max_queue})")
-            for spec in specs:
-                self._waiting.append(_Sequence(spec, handle, Sampler(spec.params, spec.constraint)))
+            self._waiting.extend(sequences)
             self._report_queue()
             self._wake.notify()
 
@@ -151,35 +187,60 @@ class Engine:
         return future
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._wake:
-                    while not (self._stopped or self._waiting or self._calls or self._active):
-                        self._wake.wait()
-                    if self._stopped:
-                        break
-                    calls = list(self._calls)
-                    self._calls.clear()
-                    room = self.max_batch_size - len(self._active)
-                    admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-                    self._report_queue()
-                for fn, future in calls:
-                    _run_call(fn, future)
-                try:
-                    self._admit([s for s in admitted if not s.handle.cancelled.is_set()])
-                    if self._active:
-                        self._step()
-                except Exception as exc:  # a bug or out-of-memory: fail the rows in flight, keep serving
-                    log.exception("generation failed")
-                    for seq in [*self._active, *admitted]:
-                        seq.handle.emit(Event(seq.spec.index, "", "error", len(seq.generated), error=repr(exc)))
-                    self._active = []
-                    self._batch.keep([])
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._wake:
+                        while not (self._stopped or self._waiting or self._calls or self._active):
+                            self._wake.wait()
+                        if self._stopped:
+                            break
+                        calls = list(self._calls)
+                        self._calls.clear()
+                        room = self.max_batch_size - len(self._active)
+                        admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                        self._report_queue()
+                    for fn, future in calls:
+                        _run_call(fn, future)
+                    try:
+                        self._admit([s for s in admitted if not s.handle.cancelled.is_set()])
+                        if self._active:
+                            self._step()
+                    except Exception as exc:  # a bug in the bookkeeping: fail the rows in flight, keep serving
+                        rows = {id(s): s for s in [*self._active, *admitted]}  # admitted rows may be active too
+                        self._fail(list(rows.values()), exc, "generation failed")
+                        self._active = []
+                        self._batch.keep([])
+        finally:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """The worker is ending (stopped, or killed by an error): tell every request still here, so none waits
+        for its deadline, and refuse new ones."""
+        with self._wake:
+            self._stopped = True
+            left = [*self._waiting, *self._active]
+            self._waiting.clear()
+            self._report_queue()
+        self._active = []
+        message = "The generation engine stopped before this request finished; retry on a running server."
+        for seq in left:
+            if not seq.handle.cancelled.is_set():
+                seq.handle.emit(Event(seq.spec.index, "", "error", len(seq.generated), message, error_status=503))
 
     def _admit(self, new: list[_Sequence]) -> None:
         if not new:
             return
-        logits, cache, mask = prefill(self.model, [s.spec.prompt for s in new], self.pad_id, self._extra(new))
+        try:
+            logits, cache, mask = prefill(self.model, [s.spec.prompt for s in new], self.pad_id, self._extra(new))
+        except Exception as exc:
+            if len(new) == 1:
+                self._fail(new, exc, "prefill failed")
+                return
+            # One bad prompt must not fail the prompts admitted with it: prefill each alone, drop those that fail.
+            for seq in new:
+                self._admit([seq])
+            return
         self._batch.join(cache, mask)
         self._active.extend(new)
         self._sample(new, logits)
@@ -187,7 +248,13 @@ class Engine:
     def _step(self) -> None:
         if self.metrics:
             self.metrics.batch_size.observe(len(self._active))
-        logits = self._batch.step([s.next_token for s in self._active], self._extra(self._active))
+        try:
+            logits = self._batch.step([s.next_token for s in self._active], self._extra(self._active))
+        except Exception as exc:  # the shared forward pass (a bug or out of memory): every row in it fails
+            self._fail(self._active, exc, "decode step failed")
+            self._active = []
+            self._batch.keep([])
+            return
         self._sample(list(self._active), logits)
 
     def _sample(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
@@ -197,8 +264,12 @@ class Engine:
             if seq.handle.cancelled.is_set():
                 finished.add(id(seq))
                 continue
-            token = seq.sampler.pick(logits[offset], seq.generated)
-            if self._advance(seq, token):
+            try:
+                done = self._advance(seq, seq.sampler.pick(logits[offset], seq.generated))
+            except Exception as exc:  # this row's own settings or constraint: only this row fails
+                self._fail([seq], exc, "sampling failed")
+                done = True
+            if done:
                 finished.add(id(seq))
         if finished:
             keep = [i for i, s in enumerate(self._active) if id(s) not in finished]
@@ -238,6 +309,14 @@ class Engine:
     def _finish(self, seq: _Sequence, text: str, reason: str) -> None:
         seq.handle.emit(Event(seq.spec.index, text[seq.sent :], reason, len(seq.generated)))
 
+    def _fail(self, rows: list[_Sequence], exc: Exception, what: str) -> None:
+        """End `rows` with an error event; the exception goes to the log under an id the client is given."""
+        ident = error_id()
+        log.error("%s for %d sequence(s) [%s]", what, len(rows), ident, exc_info=exc)
+        message = f"Generation failed (error id {ident}); the server log has the details."
+        for seq in rows:
+            seq.handle.emit(Event(seq.spec.index, "", "error", len(seq.generated), message))
+
     def _text(self, seq: _Sequence) -> str:
         return cast(str, self.tokenizer.decode(seq.generated, skip_special_tokens=True))  # one sequence: one text
 
@@ -249,7 +328,7 @@ class Engine:
 
     def _report_queue(self) -> None:
         if self.metrics:
-            self.metrics.queue_depth.set(len(self._waiting))
+            self.metrics.queue_depth.set(self.queue_depth)
 
 
 def _run_call(fn: Callable[[], Any], future: concurrent.futures.Future) -> None:

@@ -6,7 +6,12 @@ message says what was wrong with the request and how to fix it, like a `TunelabE
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from fastapi.responses import JSONResponse
+
+log = logging.getLogger("tunelab.serve")
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -17,7 +22,9 @@ ERROR_TYPES = {
     408: "timeout_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    421: "invalid_request_error",
     429: "rate_limit_error",
+    499: "invalid_request_error",
     500: "server_error",
     503: "server_error",
     504: "timeout_error",
@@ -43,3 +50,16 @@ class APIError(Exception):
         if self.status == 429:
             headers = {"Retry-After": "1"}
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def error_id() -> str:
+    """A short id that ties an answer to its log lines (`err-` and 12 hex digits)."""
+    return f"err-{uuid.uuid4().hex[:12]}"
+
+
+def internal_error(what: str, exc: BaseException, *, code: str = "internal_error") -> APIError:
+    """A 500 for a bug: the exception and its traceback go to the server log under a fresh id; the client gets
+    the id only, never the exception's text or file paths (they describe the server, not the request)."""
+    ident = error_id()
+    log.error("%s [%s]", what, ident, exc_info=exc)
+    return APIError(500, f"{what} (error id {ident}); the server log has the details.", code=code)

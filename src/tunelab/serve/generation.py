@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -14,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.constraints import ANY_OBJECT_SCHEMA, ConstraintCompiler, ConstraintError
-from tunelab.serve.engine import Engine, Event, Handle, QueueFullError, SequenceSpec
+from tunelab.serve.engine import Engine, EngineStoppedError, Event, Handle, QueueFullError, SequenceSpec
 from tunelab.serve.errors import APIError
 from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, GenerationFields
 from tunelab.serve.sampling import Constraint, SamplingParams
@@ -66,10 +67,13 @@ def completion_prompts(tokenizer: PreTrainedTokenizerBase, body: CompletionReque
         raise APIError(400, "prompt is empty; give a string, a list of strings or token ids.", param="prompt")
     out = []
     vocab = len(tokenizer)
-    for p in prompts:
+    for i, p in enumerate(prompts):
         ids = tokenizer(p)["input_ids"] if isinstance(p, str) else list(p)
-        if any(not 0 <= i < vocab for i in ids):
+        if any(not 0 <= t < vocab for t in ids):
             raise APIError(400, f"prompt holds token ids outside the vocabulary (0..{vocab - 1}).", param="prompt")
+        if not ids:  # nothing to continue from: the model has no logits to sample the first token from
+            where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            raise APIError(400, f"{where} is empty (no tokens); give some text or token ids.", param="prompt")
         out.append(ids)
     return out
 
@@ -97,7 +101,12 @@ def build_specs(
     bias = {int(k): v for k, v in (body.logit_bias or {}).items()}
     if any(k >= vocab for k in bias):
         raise APIError(400, f"logit_bias names token ids outside the vocabulary (0..{vocab - 1}).", param="logit_bias")
-    banned = _banned_sequences(tokenizer, body.banned_words or [])
+    if len(prompts) * body.n > config.max_queue:
+        raise APIError(
+            400, f"This request asks for {len(prompts) * body.n} sequences ({len(prompts)} prompts x n={body.n}); "
+            f"this server queues at most {config.max_queue}. Send fewer prompts or a lower n.", param="n",
+        )  # fmt: skip
+    banned = _banned_sequences(tokenizer, _checked_banned_words(body.banned_words or [], config))
     specs = []
     for p, prompt in enumerate(prompts):
         room = context_length - len(prompt)
@@ -150,15 +159,23 @@ def _constraint(
     return None
 
 
+def _checked_banned_words(words: list[str], config: ServeConfig) -> list[str]:
+    chars = sum(len(w) for w in words)
+    if len(words) > config.max_banned_words or chars > config.max_banned_chars:
+        raise APIError(
+            400, f"banned_words holds {len(words)} words of {chars} characters in all; this server takes at most "
+            f"{config.max_banned_words} words and {config.max_banned_chars} characters.", param="banned_words",
+        )  # fmt: skip
+    return words
+
+
 def _banned_sequences(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[list[int]]:
     # A word can be spelled by several tokenizations; block the usual ones: bare, after a space, capitalised.
-    sequences: list[list[int]] = []
-    for word in words:
-        for variant in {word, f" {word}", word.capitalize(), f" {word.capitalize()}"}:
-            ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
-            if ids and ids not in sequences:
-                sequences.append(ids)
-    return sequences
+    variants = sorted({v for w in words if w for v in (w, f" {w}", w.capitalize(), f" {w.capitalize()}")})
+    if not variants:
+        return []
+    encoded = tokenizer(variants, add_special_tokens=False)["input_ids"]  # one call for all of them
+    return [list(ids) for ids in dict.fromkeys(tuple(ids) for ids in encoded if ids)]
 
 
 def submit(engine: Engine, specs: list[SequenceSpec]) -> Handle:
@@ -167,10 +184,12 @@ def submit(engine: Engine, specs: list[SequenceSpec]) -> Handle:
         engine.submit(specs, handle)
     except QueueFullError as exc:
         raise APIError(429, f"The server is busy ({exc}). Retry after a short wait.", code="queue_full") from None
+    except EngineStoppedError:
+        raise APIError(503, "The generation engine has stopped; restart the server.", code="engine_stopped") from None
     return handle
 
 
-async def events(handle: Handle, count: int, deadline: float) -> AsyncIterator[Event]:
+async def events(handle: Handle, count: int, deadline: float) -> AsyncGenerator[Event, None]:
     """The events of `count` sequences until each has finished; raises TimeoutError past `deadline`."""
     open_ = count
     try:
@@ -191,12 +210,15 @@ async def complete(engine: Engine, job: Job, config: ServeConfig) -> dict:
     reasons: list[str | None] = [None] * len(job.specs)
     tokens = [0] * len(job.specs)
     try:
-        async for event in events(handle, len(job.specs), time.monotonic() + config.request_timeout):
-            if event.error:
-                raise APIError(500, f"Generation failed: {event.error}", code="generation_failed")
-            texts[event.index] += event.text
-            tokens[event.index] = event.completion_tokens
-            reasons[event.index] = event.finish_reason or reasons[event.index]
+        async with contextlib.aclosing(
+            events(handle, len(job.specs), time.monotonic() + config.request_timeout)
+        ) as stream_:
+            async for event in stream_:
+                if event.error:  # the message names a log id, never the exception's text
+                    raise APIError(event.error_status, event.error, code="generation_failed")
+                texts[event.index] += event.text
+                tokens[event.index] = event.completion_tokens
+                reasons[event.index] = event.finish_reason or reasons[event.index]
     except TimeoutError:
         raise APIError(
             504, f"Generation took longer than {config.request_timeout:.0f}s; ask for fewer tokens."
@@ -222,14 +244,17 @@ async def stream(engine: Engine, job: Job, config: ServeConfig, include_usage: b
             for spec in job.specs:
                 yield _sse({**head, "choices": [_chunk_choice(job, spec.index, "", None, role=True)]})
         try:
-            async for event in events(handle, len(job.specs), time.monotonic() + config.request_timeout):
-                if event.error:
-                    yield _sse(APIError(500, f"Generation failed: {event.error}").body())
-                    break
-                tokens[event.index] = event.completion_tokens
-                if event.text or event.finish_reason:
-                    choice = _chunk_choice(job, event.index, event.text, event.finish_reason)
-                    yield _sse({**head, "choices": [choice]})
+            async with contextlib.aclosing(
+                events(handle, len(job.specs), time.monotonic() + config.request_timeout)
+            ) as stream_:
+                async for event in stream_:
+                    if event.error:
+                        yield _sse(APIError(event.error_status, event.error, code="generation_failed").body())
+                        break
+                    tokens[event.index] = event.completion_tokens
+                    if event.text or event.finish_reason:
+                        choice = _chunk_choice(job, event.index, event.text, event.finish_reason)
+                        yield _sse({**head, "choices": [choice]})
         except TimeoutError:
             yield _sse(APIError(504, f"Generation took longer than {config.request_timeout:.0f}s.").body())
         if include_usage:

@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as OpenAI documents `seed`
+MAX_STOP_CHARS = 500
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -26,7 +29,7 @@ class GenerationFields(_Request):
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     logit_bias: dict[str, float] | None = None
@@ -41,16 +44,17 @@ class GenerationFields(_Request):
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
         stops = [value] if isinstance(value, str) else value
-        if stops is not None and (len(stops) > 4 or any(not s for s in stops)):
-            raise ValueError("stop takes at most 4 non-empty strings")
+        if stops is not None and (len(stops) > 4 or any(not s or len(s) > MAX_STOP_CHARS for s in stops)):
+            raise ValueError(f"stop takes at most 4 non-empty strings of at most {MAX_STOP_CHARS} characters")
         return stops
 
     @field_validator("logit_bias")
     @classmethod
     def _bias_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"logit_bias keys are token ids; got '{key}'")
+            # isascii: str.isdigit alone also takes "²", which int() refuses; no id has more than 12 digits.
+            if not (key.isascii() and key.isdigit() and len(key) <= 12):
+                raise ValueError(f"logit_bias keys are token ids; got '{key[:20]}'")
             if not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias values lie in [-100, 100]; got {bias} for token {key}")
         return value

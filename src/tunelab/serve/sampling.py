@@ -2,6 +2,10 @@
 
 Each row of a batch carries its own settings and its own `torch.Generator`, so a request with a `seed` samples
 the same tokens whatever else shares its batch (up to float differences between batch shapes).
+
+Banned sequences are indexed once per sequence by their prefix, so each step looks up the last few generated
+tokens instead of comparing against every banned sequence (thousands of banned words cost a dict lookup per
+distinct prefix length, not a scan).
 """
 
 from __future__ import annotations
@@ -42,9 +46,14 @@ class Sampler:
     def __init__(self, params: SamplingParams, constraint: Constraint | None = None) -> None:
         self.params = params
         self.constraint = constraint
+        self.banned = banned_index(params.banned)
+        # logit_bias as two tensors, built once: a request may bias thousands of tokens.
+        self.bias_ids = torch.tensor(list(params.logit_bias), dtype=torch.long)
+        self.bias_values = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32)
         self.generator = torch.Generator()
         if params.seed is not None:
-            self.generator.manual_seed(params.seed)
+            # torch takes seeds in [-2^63, 2^64); any integer maps into that range the same way every time.
+            self.generator.manual_seed(params.seed % 2**64)
         else:
             self.generator.seed()
 
@@ -52,13 +61,14 @@ class Sampler:
         """The next token id, given this row's fp32 `logits` [vocab] and the tokens it generated so far."""
         logits = logits.detach().cpu().clone()
         vocab = logits.shape[0]
-        if self.params.logit_bias:
-            ids = torch.tensor([i for i in self.params.logit_bias if i < vocab], dtype=torch.long)
-            if len(ids):
-                logits[ids] += torch.tensor([self.params.logit_bias[int(i)] for i in ids], dtype=logits.dtype)
-        for seq in self.params.banned:
-            if len(generated) >= len(seq) - 1 and generated[len(generated) - len(seq) + 1 :] == seq[:-1]:
-                logits[seq[-1]] = float("-inf")
+        if len(self.bias_ids):
+            inside = self.bias_ids < vocab
+            logits[self.bias_ids[inside]] += self.bias_values[inside].to(logits.dtype)
+        for length, after in self.banned.items():
+            if length <= len(generated):
+                blocked = after.get(tuple(generated[len(generated) - length :]) if length else ())
+                if blocked:
+                    logits[[t for t in blocked if t < vocab]] = float("-inf")
         if self.constraint is not None:
             allowed = torch.tensor([i for i in self.constraint.allowed() if i < vocab], dtype=torch.long)
             masked = torch.full_like(logits, float("-inf"))
@@ -71,6 +81,15 @@ class Sampler:
         if self.constraint is not None:
             self.constraint.advance(token)
         return token
+
+
+def banned_index(sequences: list[list[int]]) -> dict[int, dict[tuple[int, ...], set[int]]]:
+    """Banned sequences by prefix: {prefix length: {prefix: last tokens banned right after it}}."""
+    index: dict[int, dict[tuple[int, ...], set[int]]] = {}
+    for seq in sequences:
+        if seq:
+            index.setdefault(len(seq) - 1, {}).setdefault(tuple(seq[:-1]), set()).add(seq[-1])
+    return index
 
 
 def _sample(logits: torch.Tensor, top_p: float, generator: torch.Generator) -> int:

@@ -97,10 +97,19 @@ class RunningServer:
             self.state.engine.stop()
 
 
+def uvicorn_config(state: ServerState, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """uvicorn's settings for `state`: past `max_connections` connections or requests in flight, uvicorn itself
+    answers 503 (so a flood of idle connections cannot take every socket and thread)."""
+    return uvicorn.Config(
+        create_app(state), host=host, port=port, log_level=log_level, timeout_keep_alive=30,
+        limit_concurrency=state.config.max_connections,
+    )  # fmt: skip
+
+
 def serve_in_thread(state: ServerState, host: str = "127.0.0.1", port: int | None = None) -> RunningServer:
     """Start uvicorn for `state` in a daemon thread and wait until it accepts connections."""
     port = port or free_port(host)
-    config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=30)
+    config = uvicorn_config(state, host, port, "warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="tunelab-uvicorn", daemon=True)
     thread.start()
@@ -115,7 +124,7 @@ def serve_in_thread(state: ServerState, host: str = "127.0.0.1", port: int | Non
 def serve_forever(state: ServerState, host: str, port: int) -> None:
     """Run uvicorn in the foreground until Ctrl-C."""
     try:
-        uvicorn.run(create_app(state), host=host, port=port, log_level="info", timeout_keep_alive=30)
+        uvicorn.Server(uvicorn_config(state, host, port, "info")).run()
     finally:
         if state.engine:
             state.engine.stop()
