@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.core.errors import DataError
 from tunelab.core.schema import Section
 from tunelab.core.types import Batch, LossParts
 from tunelab.data.config import DataSection
@@ -101,6 +102,25 @@ class ObjectiveSection(Section):
     """Settings of an objective without options of its own."""
 
     name: str = "sft"
+
+
+def require_kind(
+    kinds: dict[str, int],
+    kind: str,
+    objective: str,
+    rows: str,
+    instead: str = "choose another objective",
+    settings: str = "",
+) -> None:
+    """Refuse data that is not all of `kind` (the report's record counts by kind) with one `DataError` that says
+    what the data holds, what `objective` (with `settings`, e.g. " with task=ner") trains on (`rows`: which fields
+    such rows have) and what to do instead."""
+    if set(kinds) != {kind}:
+        shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        raise DataError(
+            f"The training data holds {shown} records, but objective '{objective}'{settings} trains on {rows}. "
+            f"Give such files, or {instead}."
+        )
 
 
 def prepare_lm(args: PrepareArgs[Any]) -> PreparedData:

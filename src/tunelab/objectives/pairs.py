@@ -19,7 +19,7 @@ from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example, Reject
 from tunelab.data.tokenize import IGNORE, TemplateError
 from tunelab.models.chat import render, with_system
-from tunelab.objectives.base import PrepareArgs
+from tunelab.objectives.base import PrepareArgs, require_kind
 
 
 @dataclass
@@ -107,14 +107,11 @@ def preference_records(args: PrepareArgs[Any]) -> tuple[list[Example], list[Exam
     """(train records, validation records, report) of kind `preference`; other kinds are a DataError."""
     prepared = args.dataset()
     objective = args.objective.name
-    kinds = prepared.report["kinds"]
-    if set(kinds) != {"preference"}:
-        shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
-        raise DataError(
-            f"The training data holds {shown} records, but objective '{objective}' trains on preference pairs "
-            "only: rows with 'chosen' and 'rejected' answers (and a 'prompt'), or OpenAI's 'input' / "
-            "'preferred_output' / 'non_preferred_output'. Give preference files, or choose objective sft."
-        )
+    require_kind(
+        prepared.report["kinds"], "preference", objective, "preference pairs only: rows with 'chosen' and "
+        "'rejected' answers (and a 'prompt'), or OpenAI's 'input' / 'preferred_output' / 'non_preferred_output'",
+        instead="choose objective sft",
+    )  # fmt: skip
     split = {}
     for name in ("train_records", "validation_records"):
         split[name] = [Example.from_row(r) for r in prepared.table(name).to_pylist()]

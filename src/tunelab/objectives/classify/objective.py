@@ -21,7 +21,7 @@ from tunelab.core.types import Batch, LossParts
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example, Reject
 from tunelab.data.schedule import make_schedule
-from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
+from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs, require_kind
 from tunelab.objectives.classify.config import KIND, NEED, ClassifyConfig, Task, head_config
 from tunelab.objectives.classify.data import ClassItem, collate_items, count_targets, encode, item_length, label_names
 from tunelab.objectives.classify.heads import TaskModel, attach_head_, save_head, task_loss
@@ -73,12 +73,10 @@ def prepare_classify(args: PrepareArgs[ClassifyConfig]) -> PreparedData:
 def _single_head(ocfg: ClassifyConfig, kinds: dict[str, int], records: dict[str, list[Example]]) -> tuple[Task, list]:
     """(task, label names) of the one head, after checking the records are of the kind the task trains on."""
     kind = KIND.get(ocfg.task, "token_classification")
-    if set(kinds) != {kind}:
-        shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
-        raise DataError(
-            f"The training data holds {shown} records, but objective 'classify' with task={ocfg.task} trains on "
-            f"{kind} records only: rows with {NEED[kind]}. Give such files, or set objective.task to match the data."
-        )
+    require_kind(
+        kinds, kind, "classify", f"{kind} records only: rows with {NEED[kind]}",
+        instead="set objective.task to match the data", settings=f" with task={ocfg.task}",
+    )  # fmt: skip
     found = [] if ocfg.task == "regression" else label_names(records["train"] + records["validation"], ocfg.task)
     names = ocfg.labels or found
     if ocfg.task != "regression" and len(names) < 2:

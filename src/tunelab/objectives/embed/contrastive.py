@@ -27,7 +27,7 @@ from tunelab.core.types import Batch, LossParts
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example, Reject
 from tunelab.models.pooling import embed_batch
-from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
+from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs, require_kind
 from tunelab.objectives.embed.losses import info_nce, matryoshka
 
 ROLES = ("anchor", "positive", "negative")
@@ -111,13 +111,10 @@ def contrastive_loss(model: nn.Module, batch: Batch, ctx: ContrastiveConfig | No
 def prepare_embed_pairs(args: PrepareArgs[ContrastiveConfig]) -> PreparedData:
     """Records of kind `pairs` tokenized as `EmbedItem`s; other kinds are a DataError."""
     prepared = args.dataset()
-    kinds = prepared.report["kinds"]
-    if set(kinds) != {"pairs"}:
-        shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
-        raise DataError(
-            f"The training data holds {shown} records, but objective 'contrastive' trains on pairs only: rows with "
-            "'anchor' and 'positive' (and optionally 'negative'). Give pairs files, or choose another objective."
-        )
+    require_kind(
+        prepared.report["kinds"], "pairs", "contrastive", "pairs only: rows with 'anchor' and 'positive' (and "
+        "optionally 'negative')",
+    )  # fmt: skip
     out: dict[str, list[EmbedItem]] = {}
     rejects: list[Reject] = []
     for split, name in (("train", "train_records"), ("val", "validation_records")):

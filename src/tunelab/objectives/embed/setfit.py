@@ -26,7 +26,7 @@ from tunelab.data.augment import smote_embeddings
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.records import Example
 from tunelab.models.pooling import embed_batch, encode
-from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
+from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs, require_kind
 from tunelab.objectives.embed.contrastive import EmbedItem, collate_embed, count_anchors, embed_length
 from tunelab.objectives.embed.setfit_head import contrastive_pairs, cosine_pair_loss, fit_head
 
@@ -82,13 +82,9 @@ def setfit_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts:
 def prepare_setfit(args: PrepareArgs[SetFitConfig]) -> SetFitData:
     """Classification records -> contrastive pair items (train and validation) plus the labelled texts."""
     prepared, tokenizer = args.dataset(), args.tokenizer
-    kinds = prepared.report["kinds"]
-    if set(kinds) != {"classification"}:
-        shown = ", ".join(f"{n} {k}" for k, n in kinds.items())
-        raise DataError(
-            f"The training data holds {shown} records, but objective 'setfit' trains on classification rows only: "
-            "'text' and 'label' fields. Give classification files, or choose another objective."
-        )
+    require_kind(
+        prepared.report["kinds"], "classification", "setfit", "classification rows only: 'text' and 'label' fields"
+    )
     settings = args.objective
     items: dict[str, list[SetFitItem]] = {}
     labelled: dict[str, tuple[list[str], list[str]]] = {}
