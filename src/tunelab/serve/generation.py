@@ -119,7 +119,7 @@ def build_specs(
             )  # fmt: skip
         for j in range(body.n):
             params = SamplingParams(
-                max_tokens=wanted or min(config.default_max_tokens, room),
+                max_tokens=wanted or min(config.default_max_tokens, config.max_tokens_limit, room),
                 temperature=body.temperature,
                 top_p=body.top_p,
                 seed=None if body.seed is None else body.seed + j,
