@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-host", action="append", metavar="NAME", help="Host name a keyless server answers besides loopback"
     )
+    p.add_argument("--max-pattern-chars", type=int, default=10_000, help="longest regex / JSON schema text")
+    p.add_argument("--max-pattern-repeat", type=int, default=256, help="largest {N} in a pattern (nested: product)")
+    p.add_argument("--constraint-timeout", type=float, default=30.0, help="seconds a new pattern may compile")
+    p.add_argument("--constraint-memory-mb", type=int, default=2048, help="memory of a pattern compile process")
+    p.add_argument("--constraint-workers", type=int, default=2, help="processes compiling new patterns at once")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
 
     data = sub.add_parser(

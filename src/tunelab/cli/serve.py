@@ -37,6 +37,11 @@ def serve(args: argparse.Namespace) -> None:
         body_timeout=args.body_timeout,
         max_connections=args.max_connections,
         allowed_hosts=list(args.allow_host or []),
+        max_pattern_chars=args.max_pattern_chars,
+        max_pattern_repeat=args.max_pattern_repeat,
+        constraint_timeout=args.constraint_timeout,
+        constraint_memory_mb=args.constraint_memory_mb,
+        constraint_workers=args.constraint_workers,
     )
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     state = build_state(

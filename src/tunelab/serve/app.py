@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -61,15 +62,17 @@ class ServerState:
     embedding_name: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     _compiler: ConstraintCompiler | None = None
+    _compiler_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def compiler(self) -> ConstraintCompiler:
-        if self._compiler is None:
-            assert self.engine is not None
-            # The guide ends output with this token, which the engine treats as a stop.
-            tokenizer = self.engine.tokenizer
-            eos = tokenizer.eos_token_id if tokenizer.eos_token_id in self.engine.stops else min(self.engine.stops)
-            self._compiler = ConstraintCompiler(tokenizer, eos)
-        return self._compiler
+        with self._compiler_lock:  # request threads ask at once: one compiler (and one process pool) per server
+            if self._compiler is None:
+                assert self.engine is not None
+                # The guide ends output with this token, which the engine treats as a stop.
+                tokenizer = self.engine.tokenizer
+                eos = tokenizer.eos_token_id if tokenizer.eos_token_id in self.engine.stops else min(self.engine.stops)
+                self._compiler = ConstraintCompiler(tokenizer, eos, self.config)
+            return self._compiler
 
     def model_names(self) -> list[str]:
         names = self.adapters.names() if self.adapters else []
@@ -122,22 +125,25 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> dict | StreamingResponse:
+        deadline = time.monotonic() + state.config.request_timeout  # compiling a constraint counts too
         body = await _read(request, ChatCompletionRequest, state.config)
         engine, adapter = await _generator(state, body.model)
         prompt = await anyio.to_thread.run_sync(chat_prompt, engine.tokenizer, body)
         schema = response_schema(body)
-        # In a worker thread: compiling a new JSON schema against a large vocabulary can take a second or more,
-        # and the event loop must keep serving other requests meanwhile.
+        # In a worker thread: a new JSON schema waits for its compile (in a separate process; seconds for large
+        # schemas on a large vocabulary), and the event loop must keep serving other requests meanwhile.
         specs = await anyio.to_thread.run_sync(
             lambda: build_specs(
-                body, [prompt], engine.tokenizer, state.config, engine.context_length, state.compiler, adapter, schema
+                body, [prompt], engine.tokenizer, state.config, engine.context_length, state.compiler, adapter, schema,
+                deadline,
             )
-        )
-        job = Job("chat.completion", body.model, len(prompt), specs)
+        )  # fmt: skip
+        job = Job("chat.completion", body.model, len(prompt), specs, deadline)
         return await _respond(request, state, engine, job, body)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> dict | StreamingResponse:
+        deadline = time.monotonic() + state.config.request_timeout
         body = await _read(request, CompletionRequest, state.config)
         engine, adapter = await _generator(state, body.model)
         if body.echo or body.suffix:
@@ -145,10 +151,11 @@ def create_app(state: ServerState) -> FastAPI:
         prompts = await anyio.to_thread.run_sync(completion_prompts, engine.tokenizer, body)
         specs = await anyio.to_thread.run_sync(
             lambda: build_specs(
-                body, prompts, engine.tokenizer, state.config, engine.context_length, state.compiler, adapter
+                body, prompts, engine.tokenizer, state.config, engine.context_length, state.compiler, adapter,
+                deadline=deadline,
             )
-        )
-        job = Job("text_completion", body.model, sum(len(p) for p in prompts), specs)
+        )  # fmt: skip
+        job = Job("text_completion", body.model, sum(len(p) for p in prompts), specs, deadline)
         return await _respond(request, state, engine, job, body)
 
     @app.post("/v1/embeddings")

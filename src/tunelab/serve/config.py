@@ -23,6 +23,18 @@ class ServeConfig:
     """Seconds a request may take in all; then 504 (or an error event when streaming)."""
     max_embedding_inputs: int = 256
     """Most texts in one /v1/embeddings request."""
+    max_pattern_chars: int = 10_000
+    """Longest `regex`, or JSON schema text in `response_format`, a request may send; longer gets 400."""
+    max_pattern_repeat: int = 256
+    """Largest repetition count in a constraint pattern (`{N}`, `{N,M}`; counts nested inside each other multiply,
+    and a JSON schema's maxLength/maxItems become such counts); more gets 400."""
+    constraint_timeout: float = 30.0
+    """Seconds one new pattern may compile (in a separate process, killed past it); then 400. The wait also
+    counts against `request_timeout`."""
+    constraint_memory_mb: int = 2048
+    """Address space of a compile process in MB; a pattern that needs more gets 400."""
+    constraint_workers: int = 2
+    """Processes compiling new patterns at once (patterns compiled before are cached and need none)."""
     max_banned_words: int = 256
     """Most `banned_words` one request may send; more gets 400."""
     max_banned_chars: int = 8192

@@ -31,6 +31,9 @@ class Job:
     model: str
     prompt_tokens: int
     specs: list[SequenceSpec]
+    deadline: float | None = None
+    """time.monotonic() by which the request must be answered (set when it arrived, so compiling its constraint
+    counts); None: `request_timeout` from when generation starts."""
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, body: ChatCompletionRequest) -> list[int]:
@@ -87,6 +90,7 @@ def build_specs(
     compiler: Callable[[], ConstraintCompiler],
     adapter: str | None,
     response_schema: str | None = None,
+    deadline: float | None = None,
 ) -> list[SequenceSpec]:
     """n sequences per prompt, with max_tokens checked against the limits and the model's context."""
     if body.logprobs:
@@ -127,7 +131,7 @@ def build_specs(
                 logit_bias=bias,
                 banned=banned,
             )
-            constraint = _constraint(body, compiler, response_schema)
+            constraint = _constraint(body, compiler, response_schema, deadline)
             specs.append(SequenceSpec(p * body.n + j, prompt, params, constraint, adapter))
     return specs
 
@@ -145,17 +149,18 @@ def response_schema(body: ChatCompletionRequest) -> str | None:
 
 
 def _constraint(
-    body: GenerationFields, compiler: Callable[[], ConstraintCompiler], schema: str | None
+    body: GenerationFields, compiler: Callable[[], ConstraintCompiler], schema: str | None, deadline: float | None
 ) -> Constraint | None:
     if schema is not None and body.regex:
         raise APIError(400, "Give either response_format or regex, not both.", param="regex")
     try:
         if schema is not None:
-            return compiler().json_schema(schema)
+            return compiler().json_schema(schema, deadline)
         if body.regex:
-            return compiler().regex(body.regex)
-    except ConstraintError as exc:
-        raise APIError(400, str(exc), param="regex" if body.regex else "response_format") from None
+            return compiler().regex(body.regex, deadline)
+    except ConstraintError as exc:  # 400 for the pattern, 429 when compiles are backed up, 504 past the deadline
+        param = "regex" if body.regex else "response_format"
+        raise APIError(exc.status, str(exc), param=param, code=exc.code) from None
     return None
 
 
@@ -210,9 +215,7 @@ async def complete(engine: Engine, job: Job, config: ServeConfig) -> dict:
     reasons: list[str | None] = [None] * len(job.specs)
     tokens = [0] * len(job.specs)
     try:
-        async with contextlib.aclosing(
-            events(handle, len(job.specs), time.monotonic() + config.request_timeout)
-        ) as stream_:
+        async with contextlib.aclosing(events(handle, len(job.specs), _deadline(job, config))) as stream_:
             async for event in stream_:
                 if event.error:  # the message names a log id, never the exception's text
                     raise APIError(event.error_status, event.error, code="generation_failed")
@@ -244,9 +247,7 @@ async def stream(engine: Engine, job: Job, config: ServeConfig, include_usage: b
             for spec in job.specs:
                 yield _sse({**head, "choices": [_chunk_choice(job, spec.index, "", None, role=True)]})
         try:
-            async with contextlib.aclosing(
-                events(handle, len(job.specs), time.monotonic() + config.request_timeout)
-            ) as stream_:
+            async with contextlib.aclosing(events(handle, len(job.specs), _deadline(job, config))) as stream_:
                 async for event in stream_:
                     if event.error:
                         yield _sse(APIError(event.error_status, event.error, code="generation_failed").body())
@@ -269,6 +270,10 @@ async def stream(engine: Engine, job: Job, config: ServeConfig, include_usage: b
             handle.cancel()  # the client went away or the stream ended: stop generating either way
 
     return guarded()
+
+
+def _deadline(job: Job, config: ServeConfig) -> float:
+    return job.deadline if job.deadline is not None else time.monotonic() + config.request_timeout
 
 
 def _chunk_choice(job: Job, index: int, text: str, reason: str | None, role: bool = False) -> dict:
