@@ -162,6 +162,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def embeddings(request: Request) -> dict:
         body = await _read(request, EmbeddingRequest, state.config)
         embedder = _embedder(state, body.model)
+        embedder.check_ids(body.input)
         inputs = _embedding_inputs(body.input)
         if not inputs or len(inputs) > state.config.max_embedding_inputs:
             limit = state.config.max_embedding_inputs

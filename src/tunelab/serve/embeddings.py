@@ -12,9 +12,11 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from tunelab.models.pooling import mean_pool
+from tunelab.serve.errors import APIError
+from tunelab.serve.token_ids import token_id_problem
 
 
 class Embedder:
@@ -26,10 +28,21 @@ class Embedder:
         self.batch_size = batch_size
         self.max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
         self.dimensions = int(cast(PreTrainedConfig, model.config).hidden_size)  # a transformers encoder
+        # Ids index the embedding table; the tokenizer may know fewer tokens than the table has rows.
+        table = cast(nn.Embedding, cast(PreTrainedModel, model).get_input_embeddings())
+        self.vocab_size = min(len(tokenizer), int(table.num_embeddings))
         self._lock = threading.Lock()
 
+    def check_ids(self, value: object) -> None:
+        """Raise a 400 naming the first token id in `value` (a request's `input`, as sent) that is not in the
+        vocabulary; texts pass."""
+        problem = token_id_problem(value, self.vocab_size)
+        if problem is not None:
+            raise APIError(400, problem, param="input", code="invalid_token_id")
+
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
-        """(one vector per input, in order; prompt tokens counted)."""
+        """(one vector per input, in order; prompt tokens counted). Token ids outside the vocabulary are a 400."""
+        self.check_ids(inputs)
         vectors: list[list[float]] = []
         tokens = 0
         with self._lock, torch.inference_mode():

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tunelab.serve.token_ids import token_id_problem
+
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as OpenAI documents `seed`
 MAX_STOP_CHARS = 500
 
@@ -110,3 +112,12 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _token_ids_are_integers(cls, value: Any) -> Any:
+        # Before pydantic converts: it would read `true` as id 1 and `3.0` as id 3. Ranges: `Embedder.check_ids`.
+        problem = token_id_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
