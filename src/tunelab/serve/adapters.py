@@ -9,11 +9,13 @@ escapes), and it must hold a PEFT adapter in safetensors: nothing else is ever o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from pathlib import Path
 
 from peft import PeftModel
 
+from tunelab.serve.adapter_checks import AdapterMismatchError, ModuleSnapshot, check_adapter_fits
 from tunelab.serve.engine import Engine
 from tunelab.serve.errors import APIError
 
@@ -75,7 +77,9 @@ class Adapters:
                 future = self.engine.call(lambda: self._load(model, path))
                 try:
                     await asyncio.wrap_future(future)
-                except Exception as exc:  # e.g. an adapter trained on another base: shapes do not match
+                except AdapterMismatchError as exc:  # found before loading: the message names the tensor
+                    raise APIError(400, str(exc), param="model", code="adapter_load_failed") from None
+                except Exception as exc:  # peft refused it while loading (the model is restored by _load)
                     raise APIError(
                         400, f"The adapter '{model}' cannot be loaded onto this server's base model: {exc}",
                         param="model", code="adapter_load_failed",
@@ -96,14 +100,19 @@ class Adapters:
     def _load(self, name: str, path: Path) -> None:
         # Runs on the engine thread: the model is never changed under a forward pass.
         model = self.engine.model
-        if isinstance(model, PeftModel):
-            try:
+        check_adapter_fits(model, path, name)
+        snapshot = ModuleSnapshot(model)
+        try:
+            if isinstance(model, PeftModel):
                 model.load_adapter(str(path), adapter_name=name)
-            except Exception:
-                if name in model.peft_config:  # a half-loaded adapter must not linger
+            else:
+                wrapped = PeftModel.from_pretrained(model, str(path), adapter_name=name).eval()
+        except Exception:
+            if isinstance(model, PeftModel) and name in model.peft_config:
+                with contextlib.suppress(Exception):  # peft's own bookkeeping first; the snapshot does the rest
                     model.delete_adapter(name)
-                raise
-        else:
-            model = PeftModel.from_pretrained(model, str(path), adapter_name=name).eval()
-            self.engine.set_model(model)
+            snapshot.restore()
+            raise
+        if not isinstance(model, PeftModel):
+            self.engine.set_model(wrapped)
         self.loaded[name] = path
