@@ -8,13 +8,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 import torch
 
+from tunelab.models.load import tokenizer_from_folder
 from tunelab.serve.config import ServeConfig
+from tunelab.serve.constraints import ConstraintBusyError, ConstraintCompiler, ConstraintTimeoutError
+from tunelab.serve.pattern_limits import PatternLimitError, PatternLimits, check_repeats, repeat_counts
 from tunelab.serve.server import build_state, serve_in_thread
 
 CHAT = [{"role": "user", "content": "what is color of cat"}]
@@ -156,3 +160,58 @@ def test_compile_time_counts_against_the_request_deadline(server) -> None:
     assert took < COMPILE_SECONDS  # the request's 0.5 s, not the compile's own limit
     _wait_for_idle_compiles(server)
     assert httpx.post(f"{server.url}/v1/chat/completions", json=_chat(), timeout=60).status_code == 200
+
+
+def test_waiting_requests_are_bounded_and_abandoned_compiles_are_skipped(tiny_model_dir: Path) -> None:
+    tokenizer = tokenizer_from_folder(tiny_model_dir)
+    config = ServeConfig(constraint_timeout=1.0, constraint_workers=1)
+    compiler = ConstraintCompiler(tokenizer, tokenizer.eos_token_id, config)
+    try:
+        deadline = time.monotonic() + 0.5
+        with ThreadPoolExecutor(8) as pool:  # 8 waiters per worker fill the waiting room
+            waits = [pool.submit(compiler.regex, HOSTILE % (30 + i), deadline) for i in range(8)]
+            time.sleep(0.2)
+            with pytest.raises(ConstraintBusyError, match="retry after a short wait") as busy:
+                compiler.regex("(yes|no)", deadline)
+            assert busy.value.status == 429
+            for wait in waits:
+                with pytest.raises(ConstraintTimeoutError):
+                    wait.result()
+        # The first compile ran to its limit; the seven queued behind it lost their waiters and were skipped.
+        finish = time.monotonic() + 10
+        while compiler._flights and time.monotonic() < finish:
+            time.sleep(0.05)
+        assert compiler.compiles == 1
+        assert re.fullmatch("yes|no", "".join(_walk(compiler.regex("(yes|no)"), tokenizer)))
+    finally:
+        compiler.close()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "counts"),
+    [
+        (r"(yes|no)( [0-9]{1,3})?", (3, 3)),
+        (r"(a{10}){30}", (30, 300)),
+        (r"(?:x{4}|y{7})+z{2,}", (7, 7)),
+        (r"\p{L}{300}", (300, 300)),  # Rust-only syntax: the counts are read off the text
+    ],
+)
+def test_repeat_counts(pattern: str, counts: tuple[int, int]) -> None:
+    assert repeat_counts(pattern) == counts
+
+
+def test_deeply_nested_groups_are_refused_without_a_traceback() -> None:
+    with pytest.raises(PatternLimitError, match="nests groups too deeply"):
+        check_repeats("(" * 5000 + "a" + ")" * 5000, PatternLimits(), "regex")
+
+
+def _walk(constraint, tokenizer) -> list[str]:
+    # Follow the first allowed token until the pattern is complete: the compiled index works in this process.
+    pieces = []
+    while not constraint.is_finished():
+        token = min(t for t in constraint.allowed() if t != tokenizer.eos_token_id)
+        pieces.append(tokenizer.decode([token]))
+        constraint.advance(token)
+        if len(pieces) > 10:
+            break
+    return pieces
