@@ -301,7 +301,8 @@ def test_internal_errors_name_an_id_not_the_exception(caplog) -> None:
 def test_health_is_503_once_the_engine_thread_has_stopped(tiny_model_dir: Path) -> None:
     running = start(tiny_model_dir, ServeConfig())
     try:
-        assert httpx.get(f"{running.url}/health").json()["status"] == "ok"
+        health = httpx.get(f"{running.url}/health").json()
+        assert health["status"] == "ok" and health["queue_depth"] == 0 and health["running"] == 0
         engine = running.state.engine
         assert engine is not None
         engine.stop()  # the worker thread really ends

@@ -103,7 +103,8 @@ def create_app(state: ServerState) -> FastAPI:
         engine = state.engine
         if engine is not None and not engine.alive:  # requests would wait for a worker that is gone
             raise APIError(503, "The generation engine has stopped; restart the server.", code="engine_stopped")
-        return {"status": "ok", "models": state.model_names(), "queue_depth": engine.queue_depth if engine else 0}
+        queued, running = (engine.queue_depth, engine.active_count) if engine else (0, 0)
+        return {"status": "ok", "models": state.model_names(), "queue_depth": queued, "running": running}
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict:
