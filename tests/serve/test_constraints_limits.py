@@ -37,7 +37,6 @@ def server(tiny_model_dir: Path):
     running = serve_in_thread(build_state(str(tiny_model_dir), config, dtype=torch.float32, name="tiny"))
     yield running
     running.stop()
-    running.state.compiler().close()
     torch.set_num_threads(threads)
 
 
@@ -185,6 +184,19 @@ def test_waiting_requests_are_bounded_and_abandoned_compiles_are_skipped(tiny_mo
         assert re.fullmatch("yes|no", "".join(_walk(compiler.regex("(yes|no)"), tokenizer)))
     finally:
         compiler.close()
+
+
+def test_stopping_the_server_ends_its_compile_workers(tiny_model_dir: Path) -> None:
+    running = serve_in_thread(build_state(str(tiny_model_dir), ServeConfig(constraint_workers=1), name="tiny"))
+    try:
+        answer = httpx.post(f"{running.url}/v1/chat/completions", json=_chat(regex="(yes|no)"), timeout=60)
+        assert answer.status_code == 200, answer.text
+        pool = running.state.compiler()._pool
+        assert pool is not None
+        processes = [worker.process for worker in pool._workers]
+    finally:
+        running.stop()
+    assert all(process.poll() is not None for process in processes)
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,15 @@ class ServerState:
                 self._compiler = ConstraintCompiler(tokenizer, eos, self.config)
             return self._compiler
 
+    def close(self) -> None:
+        """Stop the engine and the constraint compile workers (the server has stopped taking requests)."""
+        if self.engine:
+            self.engine.stop()
+        with self._compiler_lock:
+            if self._compiler is not None:
+                self._compiler.close()
+                self._compiler = None
+
     def model_names(self) -> list[str]:
         names = self.adapters.names() if self.adapters else []
         return names + ([self.embedding_name] if self.embedding_name else [])

@@ -83,7 +83,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class RunningServer:
-    """A server running in a background thread; `stop()` shuts it down and stops its engine."""
+    """A server running in a background thread; `stop()` shuts it down, its engine and its compile workers."""
 
     url: str
     state: ServerState
@@ -93,8 +93,7 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
-        if self.state.engine:
-            self.state.engine.stop()
+        self.state.close()
 
 
 def uvicorn_config(state: ServerState, host: str, port: int, log_level: str) -> uvicorn.Config:
@@ -126,5 +125,4 @@ def serve_forever(state: ServerState, host: str, port: int) -> None:
     try:
         uvicorn.Server(uvicorn_config(state, host, port, "info")).run()
     finally:
-        if state.engine:
-            state.engine.stop()
+        state.close()
