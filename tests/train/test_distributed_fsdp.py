@@ -25,8 +25,9 @@ from tests.train.test_distributed import config as ddp_config
 from tests.train.test_distributed import free_port
 from tunelab.core.errors import ConfigError
 from tunelab.methods.base import StepHook
-from tunelab.train.checkpoint import load_trainable_, optimizer_state, trainable_state
+from tunelab.train.checkpoint import TRAINING_STATE, load_trainable_, optimizer_state, trainable_state
 from tunelab.train.distributed import check_backend, fsdp_settings, meta_copy, refuse_unsharded_state
+from tunelab.train.state_io import read_state
 
 EXAMPLES = ROOT / "examples" / "accelerate"
 TIMING = {"tokens_per_s", "peak_mem_mb", "elapsed_s"}
@@ -93,8 +94,8 @@ def test_two_process_fsdp_matches_one_process_and_resumes(tmp_path: Path, tiny_m
     assert ckpts == ["step-00000004", "step-00000008"]
     for name in ckpts:
         assert_same(*(load_file(runs / r / "checkpoints" / name / "trainable.safetensors") for r in ("single", "fsdp")))
-        files = (runs / r / "checkpoints" / name / "optimizer.pt" for r in ("single", "fsdp"))
-        single_opt, fsdp_opt = (torch.load(f, weights_only=False)["optimizer"] for f in files)
+        files = (runs / r / "checkpoints" / name / TRAINING_STATE for r in ("single", "fsdp"))
+        single_opt, fsdp_opt = (read_state(f)["optimizer"] for f in files)
         assert sorted(single_opt["state"]) == sorted(fsdp_opt["state"])
         for key, moments in single_opt["state"].items():
             torch.testing.assert_close(

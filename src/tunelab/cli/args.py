@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data file (a config naming only the data is optional)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. training.learning_rate=1e-4")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--resume-changed", action="store_true",
+                   help="with --resume: continue even though the config (or the data) differs from the one the "
+                   "checkpoint was trained with; the differences are listed")  # fmt: skip
 
     p = add("validate", "train:validate", "Check a config without running it.")
     p.add_argument("config")

@@ -6,15 +6,16 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from tunelab.config import TunelabConfig, load_config
 from tunelab.core.errors import TunelabError
-from tunelab.methods.trained import CONFIG_FILE, is_run
+from tunelab.core.files import disk_full_as_error
+from tunelab.core.schema import read_yaml_mapping
 from tunelab.recipes.continual.run import run_continual
 from tunelab.recipes.lr_find import run_lr_find
 from tunelab.recipes.run import run_training
+from tunelab.recipes.runs import resume_target
 from tunelab.recipes.stages import run_stages
 
 console = Console()
@@ -23,24 +24,43 @@ console = Console()
 def train(args: argparse.Namespace) -> None:
     overrides = list(args.set or [])
     config_path = Path(args.config) if args.config else None
-    if args.resume and config_path and is_run(config_path):
-        config_path = config_path / CONFIG_FILE
     if args.data:
         overrides.append(f"data.train={Path(args.data).resolve()}")
     if config_path is None and not args.data:
         raise TunelabError(
             "Give a config file (`tunelab train my.yaml`) or a data file (`tunelab train --data x.jsonl`)."
         )
-    if args.resume and config_path and (config_path / "continual.yaml").is_file():  # a continual run's folder
-        # Read as written (no path resolution against the run folder); a run without output.name was named after
-        # its config file, of which only the name (stem) is used.
-        folder = config_path.resolve()
-        raw = yaml.safe_load((folder / "continual.yaml").read_text())
-        cfg = load_config(None, [f"output.dir={folder.parent}", *overrides], base=raw)
-        config_path = Path(f"{folder.name}.yaml")
+    if args.resume_changed and not args.resume:
+        raise TunelabError("--resume-changed goes with --resume: it accepts a changed config when resuming a run.")
+    if args.resume and config_path and config_path.is_dir():
+        cfg, config_path = _folder_config(config_path, overrides)
     else:
         cfg = load_config(config_path, overrides)
-    recipe_for(cfg)(cfg, config_path=config_path, resume=args.resume, console=console)
+    recipe = recipe_for(cfg)
+    # A disk that fills where tunelab did not expect to write is still a message, not a traceback.
+    with disk_full_as_error(Path(cfg.output.dir), f"into {cfg.output.dir}"):
+        recipe(cfg, config_path=config_path, resume=args.resume, resume_changed=args.resume_changed, console=console)
+
+
+def _folder_config(folder: Path, overrides: list[str]) -> tuple[TunelabConfig, Path]:
+    """The config of the run in `folder` (`tunelab train RUN_FOLDER --resume`), pointed at that folder itself
+    rather than at the folder its output.dir and output.name (or the config's file name) would name."""
+    file, where = resume_target(folder)
+    # Read as written: paths in it were resolved when the run started, not against the run folder.
+    raw, _ = read_yaml_mapping(file, "sections: model, data, method, ...")
+    if file.name != "continual.yaml":
+        cfg = load_config(None, [f"{k}={v}" for k, v in where.items()] + overrides, base=raw)
+        return cfg, file
+    # A continual run's output.name is also its task name when it has no stages: kept, and the folder found by
+    # name (an unset name is the config file's stem).
+    cfg = load_config(None, [f"output.dir={where['output.dir']}", *overrides], base=raw)
+    if cfg.output.name not in (None, where["output.name"]):
+        raise TunelabError(
+            f"Cannot resume '{folder}': its continual.yaml names the run '{cfg.output.name}' (output.name), which is "
+            "also its task name, but the folder is called differently. Rename the folder back to "
+            f"'{cfg.output.name}' and resume that."
+        )
+    return cfg, Path(f"{where['output.name']}.yaml")
 
 
 def recipe_for(cfg: TunelabConfig) -> Callable[..., object]:

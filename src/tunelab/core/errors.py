@@ -31,6 +31,10 @@ class RunError(TunelabError):
     """A run folder is missing, incomplete, or cannot be resumed."""
 
 
+class DiskFullError(TunelabError):
+    """A write ran out of disk space; the message names the file, the space free and needed, and what is intact."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.core.files import file_digest
 from tunelab.core.paths import tunelab_home
 from tunelab.data.config import DataSection
 from tunelab.data.readers import FileProblem, expand_paths
@@ -36,19 +37,9 @@ def fingerprint(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int)
             files = [Path(p) for p in paths]  # the pipeline reports the problem
         for path in files:
             h.update(f"{split}:{path.resolve()}:".encode())
-            h.update(_file_digest(path).encode())
+            h.update(file_digest(path).encode())
     h.update(_tokenizer_digest(tokenizer).encode())
     return h.hexdigest()[:20]
-
-
-def _file_digest(path: Path) -> str:
-    if not path.is_file():
-        return "missing"
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -12,12 +12,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
+from rich.text import Text
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import TunelabConfig, dump_config
 from tunelab.core.device import use_bf16
 from tunelab.core.errors import ConfigError, DataError
+from tunelab.core.files import replacing_dir, sweep_temporaries, write_text
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.scoring import DifficultyScoring, apply_loss_difficulty
 from tunelab.eval.config import EvalSection
@@ -30,8 +32,10 @@ from tunelab.models.kernels.fused import fuse_modules_
 from tunelab.models.load import load_model, load_tokenizer, pad_id, resolve_source
 from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.registry import OBJECTIVES
-from tunelab.recipes.runs import run_folder, run_path
+from tunelab.recipes.resume import check_resume, run_identity, saved_batch_size
+from tunelab.recipes.runs import replacing, run_folder, run_path
 from tunelab.train.batch_size import resolve_batch_size
+from tunelab.train.checkpoint import find_checkpoint, read_identity
 from tunelab.train.loop import fit
 from tunelab.train.microbatch import token_budget
 from tunelab.train.module import TrainingModule
@@ -138,11 +142,19 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
 
 
 def run_training(
-    cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console: Console | None = None
+    cfg: TunelabConfig,
+    *,
+    config_path: Path | None = None,
+    resume: bool = False,
+    resume_changed: bool = False,
+    console: Console | None = None,
 ) -> RunResult:
     """Train one run as configured and return where the run is and its before/after metrics. A config with
     `stages:` or `continual:` describes several runs: `tunelab.recipes.stages.run_stages` and
-    `tunelab.recipes.continual.run.run_continual` train those."""
+    `tunelab.recipes.continual.run.run_continual` train those.
+
+    `resume` continues from the newest checkpoint that reads back whole, after checking that the config and data
+    are those it was trained with (`recipes.resume`; `resume_changed` accepts differences on purpose)."""
     if cfg.stages or cfg.continual is not None:
         which = "continual:" if cfg.continual is not None else "stages:"
         raise ConfigError(
@@ -157,9 +169,41 @@ def run_training(
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     run_dir = run_folder(cfg, config_path, resume) if main else run_path(cfg, config_path)
-    accelerator.wait_for_everyone()
     if main:
-        (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+        sweep_temporaries(run_dir)  # what a write killed half way (the result, a JSON file) left
+    accelerator.wait_for_everyone()
+    start_from, saved, warnings = None, None, []
+    if resume:
+        start_from, warnings = find_checkpoint(run_dir / "checkpoints")
+        saved = read_identity(start_from) if start_from is not None else None
+        cfg = saved_batch_size(cfg, saved, accelerator.num_processes)
+    identity = run_identity(cfg)
+    changes = check_resume(saved, identity, start_from, resume_changed)
+    if main:
+        for line in warnings:
+            console.print(Text(line, style="yellow"))
+        for line in changes:
+            console.print(Text(f"resuming with a changed config: {line}", style="yellow"))
+        if resume and start_from is None:
+            console.print(f"{run_dir} has no checkpoint yet: the run starts from the beginning")
+    with replacing(run_dir, main) as replaced:
+        return _train(cfg, run_dir, accelerator, console, start_from, identity, replaced.hooks)
+
+
+def _train(
+    cfg: TunelabConfig,
+    run_dir: Path,
+    accelerator: Accelerator,
+    console: Console,
+    start_from: Path | None,
+    identity: dict[str, Any],
+    extra_hooks: list[StepHook],
+) -> RunResult:
+    """`run_training` once the run's folder and the checkpoint to start from (if any) are known."""
+    main = accelerator.is_main_process
+    resume = start_from is not None
+    if main:
+        write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     set_seed(cfg.training.seed)
 
     setup = setup_training(cfg, run_dir, accelerator, console)
@@ -175,7 +219,7 @@ def run_training(
             base_file = run_dir / "predictions_base.jsonl"
             baseline = evaluate(model, objective, tokenizer, data, cfg, device, bf16, base_file, generate=main, ctx=ctx)
             if main:
-                baseline_file.write_text(json.dumps(baseline, indent=2))
+                write_text(baseline_file, json.dumps(baseline, indent=2))
 
     if cfg.training.auto_batch_size:  # the chosen sizes go into the run's config, so a resume reuses them
         training = resolve_batch_size(
@@ -184,31 +228,37 @@ def run_training(
         )  # fmt: skip
         cfg = cfg.model_copy(update={"training": training})
         if main:
-            (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+            write_text(run_dir / CONFIG_FILE, dump_config(cfg))
             console.print(f"auto batch size: {training.batch_size} per micro-batch x {training.grad_accum} accumulated")
-    result = fit(
-        model, objective, data.train, data.val, cfg.training, run_dir,
-        pad_id=setup.pad_id, accelerator=accelerator, bf16=bf16, resume=resume, ctx=ctx,
-        schedule=data.schedule,  # curriculum / weighted sampling from data.schedule
-        hooks=setup.hooks, head=built.output_layer(), learning_rates=built.learning_rates,
-    )  # fmt: skip
+
+    def save_result(trained: nn.Module) -> None:
+        # Written whole or not at all (a temporary folder renamed into place), and before the final checkpoint.
+        saved = artifact_dir(run_dir, cfg.method.name)
+        then = f"resume the run to write the result (its checkpoints are intact): `tunelab train {run_dir} --resume`."
+        with replacing_dir(saved, f"the trained result ({saved})", then) as tmp:
+            method.save(objective.body(trained), tmp)
+            if objective.save_extra is not None:
+                objective.save_extra(trained, ctx, tmp)
+            tokenizer.save_pretrained(tmp)
 
     # Save first, evaluate second: a crash in evaluation must not lose the trained weights. After sharded training
     # (FSDP) the result is an unsharded copy with the gathered weights, the same on every process. (Never through
     # accelerate's unwrap_model: it imports DeepSpeed whenever DeepSpeed is installed, which then prints a warning
     # into every run; the model given to `fit` is never wrapped, the training module around it is.)
+    result = fit(
+        model, objective, data.train, data.val, cfg.training, run_dir,
+        pad_id=setup.pad_id, accelerator=accelerator, bf16=bf16, resume=start_from or False, ctx=ctx,
+        schedule=data.schedule,  # curriculum / weighted sampling from data.schedule
+        hooks=[*setup.hooks, *extra_hooks], head=built.output_layer(), learning_rates=built.learning_rates,
+        identity={**identity, "config": cfg.model_dump(mode="json")},  # with the sizes auto_batch_size chose
+        save_result=save_result,
+    )  # fmt: skip
     model = result.model
-    if main:
-        saved = artifact_dir(run_dir, cfg.method.name)
-        method.save(objective.body(model), saved)
-        if objective.save_extra is not None:
-            objective.save_extra(model, ctx, saved)
-        tokenizer.save_pretrained(saved)
     tuned_file = run_dir / "predictions.jsonl"
     final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main, ctx=ctx)
     final["steps"] = result.steps
     if main:
-        (run_dir / "eval.json").write_text(json.dumps(final, indent=2))
+        write_text(run_dir / "eval.json", json.dumps(final, indent=2))
         _report(console, run_dir, baseline, final, cfg.eval.samples)
     accelerator.wait_for_everyone()
     return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model.eval())

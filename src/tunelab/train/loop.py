@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,14 @@ from tunelab.data.schedule import Schedule, epoch_batches
 from tunelab.methods.base import StepHook
 from tunelab.objectives.base import Objective
 from tunelab.train import zero
-from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, load_weights_, save_checkpoint, save_weights
+from tunelab.train.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    load_weights_,
+    save_checkpoint,
+    save_weights,
+    sweep,
+)
 from tunelab.train.config import TrainingSection
 from tunelab.train.distributed import (
     check_backend,
@@ -70,17 +78,24 @@ def fit(
     pad_id: int,
     accelerator: Accelerator,
     bf16: bool,
-    resume: bool = False,
+    resume: bool | Path = False,
     ctx: Any = None,
     schedule: Schedule | None = None,
     hooks: Sequence[StepHook] = (),
     head: nn.Module | None = None,
     learning_rates: Mapping[str, float] | None = None,
+    identity: dict[str, Any] | None = None,
+    save_result: Callable[[nn.Module], None] | None = None,
 ) -> FitResult:
     """Train `model` in place on `train` (items of the objective's kind), evaluating on `val`; checkpoints and
     metrics go to `run_dir`. `ctx`, `head` and `learning_rates` are what the objective's setup built (`Setup`);
     `hooks` run around every step (the method's, e.g. gradual unfreezing). Under FSDP `model` is sharded in place:
-    use `FitResult.model` afterwards."""
+    use `FitResult.model` afterwards.
+
+    `resume`: True continues from the newest checkpoint that reads back whole, a path from that checkpoint.
+    `identity` (the run's config and data fingerprint) is stored in every checkpoint. `save_result` is called on
+    the main process with the trained (unsharded) model before the final checkpoint is written, so a full disk
+    at the end loses the checkpoint rather than the result."""
     sharding = check_backend(accelerator)
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -130,15 +145,25 @@ def fit(
     penalty = techniques.penalty if techniques.penalties else None
 
     ckpt_dir = run_dir / "checkpoints"
+    main = accelerator.is_main_process
+    if main:
+        sweep(ckpt_dir)  # what a save that was killed or ran out of space left
     state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "best_val": None, "bad_evals": 0}
-    if resume and (latest := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(latest, module, optimizer, scheduler)
+    start_from = resume if isinstance(resume, Path) else None
+    if resume is True:
+        start_from, warnings = find_checkpoint(ckpt_dir)
+        for line in warnings if main else []:
+            print(line, file=sys.stderr)
+    if start_from is not None:
+        state = load_checkpoint(start_from, module, optimizer, scheduler)
         techniques.restore(state)
     state.setdefault("skipped_steps", 0)
+    finished = bool(state.pop("finished", False))  # resumed from the final checkpoint: nothing left to train
     bad_in_a_row = 0
     # A resumed run drops the metric lines written after its checkpoint, so the file ends as if never killed.
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process, keep=state.get("metric_lines", 0))
-    step, epoch, stopped_early = state["step"], state["epoch"], False
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main, keep=state.get("metric_lines", 0))
+    step, epoch, stopped_early = state["step"], state["epoch"], bool(state.get("stopped_early", False))
+    start_step = step
 
     def evaluate_and_maybe_stop() -> bool:
         metrics = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16, budget)
@@ -154,12 +179,12 @@ def fit(
         state["bad_evals"] += 1
         return bool(cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience)
 
-    def checkpoint() -> None:
-        save_checkpoint(
-            ckpt_dir, step, module, optimizer, scheduler,
-            {**state, "step": step, "epoch": epoch, "metric_lines": len(log.lines), **techniques.state()},
-            cfg.keep_checkpoints, main=accelerator.is_main_process,
-        )  # fmt: skip
+    def checkpoint(last: bool = False) -> None:
+        log.sync()  # the lines a resume keeps are on the disk before the checkpoint that counts them
+        loop_state = {**state, "step": step, "epoch": epoch, "stopped_early": stopped_early, "finished": last,
+                      "metric_lines": len(log.lines), **techniques.state()}  # fmt: skip
+        save_checkpoint(ckpt_dir, step, module, optimizer, scheduler, loop_state, cfg.keep_checkpoints, main=main,
+                        identity=identity)  # fmt: skip
         accelerator.wait_for_everyone()
 
     module.train()
@@ -226,14 +251,16 @@ def fit(
                 state["epoch"] = epoch
                 if val and step < total_steps and not (cfg.eval_every and step % cfg.eval_every == 0):
                     stopped_early = evaluate_and_maybe_stop()
-        if val:
+        if val and not (finished and step == start_step):  # its line is among those kept
             final = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16, budget)
             log.write({"step": step, "epoch": epoch, "final": True, **final})
-        checkpoint()
 
     if stopped_early and (ckpt_dir / "best.safetensors").is_file():
         load_weights_(ckpt_dir / "best.safetensors", module)
     trained = unsharded(module, frame) if frame is not None else model
+    if save_result is not None and main:
+        save_result(trained)
+    checkpoint(last=True)  # after the result: with the result saved, losing this one loses nothing
     return FitResult(step, stopped_early, state["best_val"], trained, log.lines)
 
 

@@ -10,9 +10,13 @@ from typing import Any
 
 import torch
 
+from tunelab.core.files import disk_full_as_error, fsync_file, write_text
+
 
 class MetricsLog:
-    """Appends metric lines to a file. `keep` lines already in the file survive (a resumed run); the rest go."""
+    """Appends metric lines to a file. `keep` lines already in the file survive (a resumed run); the rest go.
+    The file is rewritten atomically (a kill while a resumed run starts keeps the old lines) and a full disk is a
+    `DiskFullError` naming it."""
 
     def __init__(self, path: Path, *, enabled: bool = True, keep: int = 0) -> None:
         self.path = path
@@ -21,13 +25,18 @@ class MetricsLog:
         self.lines: list[dict[str, Any]] = [json.loads(line) for line in old[:keep]]
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(line) + "\n" for line in self.lines))
+            write_text(path, "".join(json.dumps(line) + "\n" for line in self.lines), f"the metrics ({path})")
 
     def write(self, line: dict[str, Any]) -> None:
         self.lines.append(line)
         if self.enabled:
-            with self.path.open("a") as fh:
+            with disk_full_as_error(self.path, f"a metrics line ({self.path})"), self.path.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
+
+    def sync(self) -> None:
+        """Make the lines written so far durable (before a checkpoint that counts them)."""
+        if self.enabled and self.path.is_file():
+            fsync_file(self.path)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -17,13 +17,17 @@ gradients, 3: and weights) while the loop keeps its own rules:
 
 Checkpoints hold tunelab's gathered trainable weights, scheduler and RNG state, as always, plus the engine's own
 folder: each process writes its shard of the optimizer state there, and resuming reads it back under the same
-launch.
+launch. DeepSpeed writes those files with `torch.save` and its own loader reads them with `weights_only=False`,
+which runs any code a file holds; the engine here reads them through `SafeTorchLoads` instead: `weights_only=True`
+with only the three DeepSpeed classes its checkpoints hold (plain data: an enum, a loss-scale record, a fragment
+address) allowed besides tensors and containers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -144,9 +148,39 @@ def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, config: di
     """The DeepSpeed engine around the training module, with tunelab's optimizer inside it (its scheduler keeps
     stepping the same parameter groups). Every process must call it."""
     import deepspeed
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    current = engine.checkpoint_engine
+    if type(current) is not TorchCheckpointEngine:
+        raise ConfigError(
+            f"The DeepSpeed config selects the checkpoint engine {type(current).__name__}, which loads checkpoints "
+            "as pickles. tunelab writes DeepSpeed checkpoints with the default (torch) engine and reads them without "
+            "unpickling: remove the `checkpoint` writer and `datastates` settings from the DeepSpeed config."
+        )
+    engine.checkpoint_engine = _safe_loads(current)
     return engine
+
+
+def _safe_loads(current: Any) -> Any:
+    """DeepSpeed's torch checkpoint engine, the same for writing, reading with `weights_only=True`."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+    class SafeTorchLoads(TorchCheckpointEngine):
+        def __init__(self, zipfile_serialization: bool) -> None:
+            super().__init__(None)
+            self.zipfile_serialization = zipfile_serialization  # as DeepSpeed's own engine was configured
+
+        def load(self, path: str, map_location: Any = None) -> Any:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return SafeTorchLoads(current.zipfile_serialization)
 
 
 def is_engine(module: nn.Module) -> bool:
@@ -207,7 +241,14 @@ def load_engine_state_(engine: Any, folder: Path) -> None:
             f"The checkpoint {folder} was not written under DeepSpeed (it has no {ENGINE_DIR}/ folder), so it holds "
             "no ZeRO optimizer state to resume from. Resume it with the launch that wrote it, or start a new run."
         )
-    engine.load_checkpoint(
-        str(folder / ENGINE_DIR), tag=_TAG, load_module_strict=False, load_optimizer_states=True,
-        load_lr_scheduler_states=False,
-    )  # fmt: skip
+    try:
+        engine.load_checkpoint(
+            str(folder / ENGINE_DIR), tag=_TAG, load_module_strict=False, load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+        )  # fmt: skip
+    except pickle.UnpicklingError as exc:
+        raise RunError(
+            f"Cannot resume from {folder}: a file in its {ENGINE_DIR}/ folder holds objects other than tensors and "
+            "DeepSpeed's own state records, and loading it could run code, so it was not loaded "
+            f"({str(exc).splitlines()[-1][:200]}). Resume from a checkpoint tunelab wrote, or start the run again."
+        ) from None

@@ -13,22 +13,20 @@ list (names, order, data files, method), another starting model or another `cont
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from rich.console import Console
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from tunelab.config import TunelabConfig
 from tunelab.core.errors import ConfigError, RunError
-from tunelab.methods.trained import is_run
+from tunelab.core.files import write_bytes, write_text
 from tunelab.recipes.run import RunResult, setup_training
-from tunelab.recipes.runs import run_path
+from tunelab.recipes.runs import run_folder, run_path
 
 CONFIG_FILE = "continual.yaml"
 STATE_FILE = "continual_state.json"
@@ -38,22 +36,9 @@ the stage as finished, so that a kill during the Fisher or the scoring does not 
 
 
 def fresh_folder(cfg: TunelabConfig, config_path: Path | None) -> Path:
-    """The run folder, created empty (an earlier run of the same name is replaced only with output.overwrite)."""
-    run_dir = run_path(cfg, config_path)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not ((run_dir / STATE_FILE).is_file() or (run_dir / CONFIG_FILE).is_file() or is_run(run_dir)):
-            raise RunError(
-                f"'{run_dir}' exists and is not a tunelab run folder, so tunelab will not write into it. Choose "
-                "another output.dir or output.name."
-            )
-        if not cfg.output.overwrite:
-            raise RunError(
-                f"Run folder '{run_dir}' already exists. Continue a stopped run with --resume, choose another "
-                "output.name, or set output.overwrite=true."
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir.resolve()  # stored paths (Fisher, buffer, adapters) must work from anywhere
+    """The run folder, created empty (an earlier run of the same name is replaced only with output.overwrite, and
+    kept aside until the new run has started: `recipes.runs`)."""
+    return run_folder(cfg, config_path, resume=False).resolve()  # stored paths must work from anywhere
 
 
 def resume_folder(cfg: TunelabConfig, config_path: Path | None) -> Path:
@@ -108,18 +93,15 @@ def read_state(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write the state atomically: a kill leaves the previous stage's state or this one, never half a file."""
-    tmp = run_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, run_dir / STATE_FILE)
+    """Write the state atomically and durably: a kill or a power loss leaves the previous stage's state or this
+    one, never half a file."""
+    write_text(run_dir / STATE_FILE, json.dumps(state, indent=2), f"the continual run's state ({STATE_FILE})")
 
 
 def save_trained(model: nn.Module, stage_dir: Path) -> Path:
     """Keep a finished stage's trainable weights until the stage's post-stage work is recorded."""
     trained = {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
-    tmp = stage_dir / f".{TRAINED_FILE}.tmp"
-    save_file(trained, tmp)
-    os.replace(tmp, stage_dir / TRAINED_FILE)
+    write_bytes(stage_dir / TRAINED_FILE, save(trained), f"the stage's trained weights ({TRAINED_FILE})")
     return stage_dir / TRAINED_FILE
 
 

@@ -24,9 +24,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from tunelab.config import OutputSection, TunelabConfig, dump_config
+from tunelab.config import ContinualSection, OutputSection, TunelabConfig, dump_config
 from tunelab.core.device import use_bf16
 from tunelab.core.errors import ConfigError, RunError
+from tunelab.core.files import write_text
 from tunelab.methods.registry import METHODS
 from tunelab.methods.trained import artifact_dir
 from tunelab.models.load import load_model, load_tokenizer, resolve_source
@@ -52,26 +53,40 @@ from tunelab.recipes.continual.tasks import (
     write_rows,
 )
 from tunelab.recipes.run import generation_budget, run_training
+from tunelab.recipes.runs import ReplacedRun, replacing
 from tunelab.recipes.stages import stage_config, stage_weights
 
 BUFFER_FILE = "replay_buffer.json"
 
 
-def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume: bool = False, console=None):
+def run_continual(
+    cfg: TunelabConfig,
+    *,
+    config_path: Path | None = None,
+    resume: bool = False,
+    resume_changed: bool = False,
+    console=None,
+):
     """Train the tasks in order and write the accuracy matrix; returns the last stage's `RunResult` (None when a
-    resume finds every stage finished). `resume` continues a stopped run: see `continual.resume`."""
-
+    resume finds every stage finished). `resume` continues a stopped run: see `continual.resume`
+    (`resume_changed` accepts a stage checkpoint's changed config, as `run_training` does). A run replaced by
+    `output.overwrite` is dropped once the first stage has trained (put back if it fails before)."""
     console = console or Console()
-    cont = cfg.continual
-    if cont is None:
+    if cfg.continual is None:
         raise ConfigError(
             "The config has no `continual:` section; run_continual trains tasks one after another as it describes. "
             "`tunelab train` picks the right recipe; in Python call run_training or run_stages."
         )
-    previous = read_state(cfg.model.source)
     run_dir = resume_folder(cfg, config_path) if resume else fresh_folder(cfg, config_path)
+    with replacing(run_dir) as replaced:
+        return _run(cfg, run_dir, resume, resume_changed, console, replaced)
+
+
+def _run(cfg: TunelabConfig, run_dir: Path, resume: bool, resume_changed: bool, console, replaced: ReplacedRun):
+    cont = cast(ContinualSection, cfg.continual)
+    previous = read_state(cfg.model.source)
     saved = read_state(run_dir) if resume else None  # where the stopped run got to
-    (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+    write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     start = saved or previous
     base = start["base"] if start else cfg.model.source
     source = start["source"] if start else cfg.model.source
@@ -141,8 +156,10 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
         if resume and (stage_dir / TRAINED_FILE).is_file():  # trained; stopped in the Fisher or the scoring
             result = reload_trained(plan, stage_dir, console)
         else:
-            result = run_training(plan, resume=resume and (stage_dir / "checkpoints").is_dir(), console=console)
+            started = resume and (stage_dir / "checkpoints").is_dir()
+            result = run_training(plan, resume=started, resume_changed=resume_changed, console=console)
             save_trained(result.model, stage_dir)
+        replaced.drop()
         if cont.ewc is not None:
             ewc_file = str(fisher_after_stage(
                 result.model, tokenizer, plan.data, own_rows, samples=cont.ewc.fisher_samples,
@@ -150,7 +167,7 @@ def run_continual(cfg: TunelabConfig, *, config_path: Path | None = None, resume
             ))  # fmt: skip
         if cont.replay is not None:
             buffer.extend(own_rows)
-            (run_dir / BUFFER_FILE).write_text(json.dumps(buffer.state_dict()))
+            write_text(run_dir / BUFFER_FILE, json.dumps(buffer.state_dict()))
         if cont.lora_per_task:
             adapters[name] = str(artifact_dir(stage_dir, plan.method.name))
         stages.append(record)
@@ -203,8 +220,8 @@ def write_report(run_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
     report = continual_report(names[:done], [row[:done] for row in state["matrix"]], _first(state, done))
     payload = {**report.to_dict(), "all_tasks": names, "full_matrix": state["matrix"], "stages": state["stages"],
                "baseline": state["baseline"]}  # fmt: skip
-    (run_dir / "continual.json").write_text(json.dumps(payload, indent=2))
-    (run_dir / "continual.md").write_text(matrix_markdown(names, state["matrix"], state["baseline"], report))
+    write_text(run_dir / "continual.json", json.dumps(payload, indent=2))
+    write_text(run_dir / "continual.md", matrix_markdown(names, state["matrix"], state["baseline"], report))
     return payload
 
 
