@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from tunelab.core.files import disk_full_as_error, fsync_dir, fsync_file
 from tunelab.export.errors import ExportError
 from tunelab.methods.trained import save_merged
 
@@ -68,16 +69,23 @@ def write_gguf(hf_folder: str | Path, out: str | Path, quant: Quant = "f16") -> 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(tmp, arch="llama")
-    _write_model_metadata(writer, config, hf_folder.name, file_type)
-    _write_tokenizer(writer, tokenizer, config.vocab_size)
-    _write_tensors(writer, model, config, qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    # Renamed into place last, so a crash never leaves a file that looks complete.
-    tmp.replace(out)
+    then = f"run the command again ('{out}' was left as it was)."
+    try:
+        with disk_full_as_error(out, f"the GGUF file ({out})", None, then):
+            writer = gguf.GGUFWriter(tmp, arch="llama")
+            _write_model_metadata(writer, config, hf_folder.name, file_type)
+            _write_tokenizer(writer, tokenizer, config.vocab_size)
+            _write_tensors(writer, model, config, qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            fsync_file(tmp)
+            # Renamed into place last, so a crash never leaves a file that looks complete.
+            tmp.replace(out)
+            fsync_dir(out.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tunelab.core.files import replacing_dir
 from tunelab.export.errors import ExportError
-from tunelab.methods.trained import is_run, read_run
+from tunelab.methods.trained import check_replaceable, is_run, read_run
 
 # What a PEFT adapter folder may carry: configs, safetensors weights, tokenizer files. Never pickles (.bin, .pt).
 _ADAPTER_SUFFIXES = (".json", ".safetensors", ".jinja", ".txt", ".model", ".md")
@@ -27,8 +28,10 @@ def export_peft(spec: str, out: str | Path) -> Path:
     if not (saved / "adapter_model.safetensors").is_file():
         raise ExportError(f"Run '{spec}' has no '{saved}/adapter_model.safetensors': it did not finish. Resume it.")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for item in saved.iterdir():
-        if item.is_file() and item.suffix in _ADAPTER_SUFFIXES:
-            shutil.copy2(item, out / item.name)
+    check_replaceable(out)
+    # Into a folder beside `out`, renamed into place: a failure leaves what `out` held before.
+    with replacing_dir(out, f"the adapter ({out})", f"run the command again ('{out}' was left as it was).") as tmp:
+        for item in saved.iterdir():
+            if item.is_file() and item.suffix in _ADAPTER_SUFFIXES:
+                shutil.copy2(item, tmp / item.name)
     return out

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.errors import RunError
+from tunelab.core.files import replacing_dir
 from tunelab.methods.registry import METHODS
 from tunelab.models.load import load_model, load_tokenizer, tokenizer_from_folder
 
@@ -93,13 +94,34 @@ def load_trained(spec: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Modu
 def save_merged(spec: str, out: str | Path, dtype: Dtype = "fp32", max_shard_size: str = "2GB") -> Path:
     """A run folder or any model source, adapters merged into their base (W + ΔW), saved to `out` as a standalone
     HF folder: safetensors, split into `max_shard_size` shards with an index when larger (the layout transformers
-    and vLLM both read), with the tokenizer, its chat template and the generation config."""
+    and vLLM both read), with the tokenizer, its chat template and the generation config.
+
+    Written into a temporary folder beside `out` and renamed into place: a failure (a full disk: `DiskFullError`)
+    leaves what `out` held before, and a model written over an older one keeps none of the older one's files.
+    An `out` holding anything else than a model tunelab could have written is refused."""
     out = Path(out)
+    check_replaceable(out)
     # Merge in fp32 whatever the output dtype: adding a small ΔW to bf16 weights would round much of it away.
     model, tokenizer = load_trained(spec, dtype=torch.float32)
     if hasattr(model, "merge_and_unload"):  # a peft model: its adapters are folded into the weights
         model = cast("PeftModel", model).merge_and_unload()
     merged = cast("PreTrainedModel", model.to(DTYPES[dtype]))  # the transformers model, adapters merged or none
-    merged.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
-    tokenizer.save_pretrained(out)
+    with replacing_dir(out, f"the merged model ({out})", f"run the command again ('{out}' was left as it was).") as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(tmp)
     return out
+
+
+_MODEL_MARKERS = ("config.json", "adapter_config.json")
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse an output folder that exists, is not empty and holds no model or adapter (an export replaces the
+    whole folder, which must not take unrelated files with it)."""
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).is_file() for m in _MODEL_MARKERS):
+        raise RunError(
+            f"'{out}' exists and holds no model (no config.json or adapter_config.json), so tunelab will not replace "
+            "it: an export replaces the whole folder. Choose a new or empty folder for --out."
+        )
+    if out.exists() and not out.is_dir():
+        raise RunError(f"'{out}' exists and is a file; an export writes a folder there. Choose another --out.")
