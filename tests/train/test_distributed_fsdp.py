@@ -25,8 +25,9 @@ from tests.train.test_distributed import config as ddp_config
 from tests.train.test_distributed import free_port
 from tunelab.core.errors import ConfigError
 from tunelab.methods.base import StepHook
-from tunelab.train.checkpoint import TRAINING_STATE, load_trainable_, optimizer_state, trainable_state
+from tunelab.train.checkpoint import TRAINING_STATE
 from tunelab.train.distributed import check_backend, fsdp_settings, meta_copy, refuse_unsharded_state
+from tunelab.train.gather import load_trainable_, optimizer_state, trainable_state
 from tunelab.train.state_io import read_state
 
 EXAMPLES = ROOT / "examples" / "accelerate"
