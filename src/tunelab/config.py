@@ -23,6 +23,7 @@ from tunelab.methods.registry import METHOD_CONFIGS, MethodConfig
 from tunelab.models.config import ModelSection
 from tunelab.objectives.registry import OBJECTIVE_CONFIGS, ObjectiveConfig
 from tunelab.train.config import TrainingSection
+from tunelab.tune_config import TuneSection, space_problems
 
 # The method and objective unions are built at run time from the registries: pyright sees variables, not types;
 # pydantic reads them fine. Every section names them through these two aliases.
@@ -128,6 +129,8 @@ class TunelabConfig(Section):
     stages: list[StageSection] = []
     """Train in stages, each starting from the previous one's weights (e.g. pretrain on domain text, then sft):
     a list of sections like the run's own (data, objective, method, training, eval), inheriting what they omit."""
+    tune: TuneSection | None = None
+    """A hyperparameter study over this config (`tunelab tune`): search space, metric, pruner, storage."""
 
     @model_validator(mode="before")
     @classmethod
@@ -173,9 +176,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: di
     for item in overrides:
         _apply_override(raw, item)
     try:
-        return TunelabConfig.model_validate(raw)
+        cfg = TunelabConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, where, lines)) from None
+    if cfg.tune is not None:
+        _check_space(cfg.tune, cfg, where, lines)
+    return cfg
 
 
 def dump_config(cfg: TunelabConfig) -> str:
@@ -219,14 +225,26 @@ def _resolve_data_paths(raw: dict[str, Any], folder: Path) -> None:
 
 
 # Sections that are a union tagged by `name`: what one is called, and the registry of its configs.
-_TAGGED = {
+TAGGED = {
     "method": TaggedUnion("a method", METHOD_CONFIGS),
     "objective": TaggedUnion("an objective", OBJECTIVE_CONFIGS),
 }
 
 
+def _check_space(tune: TuneSection, cfg: TunelabConfig, where: str, lines: dict[str, int]) -> None:
+    """Every key of the `tune:` search space names a config field, and its distribution fits the field."""
+    names = {"method": cfg.method.name, "objective": cfg.objective.name}
+    problems = []
+    for key, problem in space_problems(tune, TunelabConfig, TAGGED, names):
+        line = lines.get(key)
+        problems.append(f"{where}:{line}: {key}: {problem}" if line else f"{where}: {key}: {problem}")
+    if problems:
+        head = "The tune: section has " + ("a problem" if len(problems) == 1 else f"{len(problems)} problems")
+        raise ConfigError(f"{head}: " + " ".join(problems) + " Fix the search space and run `tunelab validate` again.")
+
+
 def _explain(exc: ValidationError, where: str, lines: dict[str, int]) -> str:
-    problems = explain(exc, where, lines, TunelabConfig, _TAGGED)
+    problems = explain(exc, where, lines, TunelabConfig, TAGGED)
     head = "The config has a problem" if len(problems) == 1 else f"The config has {len(problems)} problems"
     return (
         f"{head}: " + " ".join(problems) + " Fix the config (or the --set override) and run `tunelab validate` again."

@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps from start to end (default 100)")
 
+    p = add("tune", "tune:tune", "Hyperparameter search (Optuna) over the config's tune: section; writes "
+            "<output.dir>/<study>/ with every trial's run, trials.csv/.md, best.yaml and plots.")  # fmt: skip
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. tune.metric=exact_match")
+    p.add_argument("--trials", type=int, help="trials the study finishes (tune.trials)")
+    p.add_argument("--timeout", help="start no trial after this long: seconds or e.g. 2h (tune.timeout)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study database (default: study.db in the study folder)")
+    p.add_argument("--study", help="study name and folder (tune.study; default: the config's name)")
+    p.add_argument("--workers", type=int, help="worker processes on this machine (tune.workers)")
+    p.add_argument("--seed", type=int, help="sampler seed (tune.seed); give each machine's worker its own")
+    p.add_argument("--dry-run", action="store_true", help="print the space and the cost estimate; train nothing")
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
     p = add("eval", "eval:evaluate", "Generate answers for a data file and score them against its references.")
     p.add_argument("model", nargs="+", help="run folder, embedded model name, HF folder or .gguf file; several: "
                    "an ensemble of them (same tokenizer), combined as --ensemble says")  # fmt: skip

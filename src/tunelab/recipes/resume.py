@@ -30,6 +30,7 @@ SAFE_TO_CHANGE: dict[str, str] = {
     "training.save_every": "how often checkpoints are written",
     "training.keep_checkpoints": "how many checkpoints are kept",
     "training.num_threads": "CPU threads",
+    "training.max_time": "the time budget of each start (a run it stopped resumes with another)",
     "training.micro_batch_tokens": "memory: the same gradient in smaller pieces",
     "training.gradient_checkpointing": "memory: activations recomputed, the same gradient",
     "data.num_proc": "how fast the data is prepared",

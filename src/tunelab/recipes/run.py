@@ -36,6 +36,7 @@ from tunelab.recipes.resume import check_resume, run_identity, saved_batch_size
 from tunelab.recipes.runs import replacing, run_folder, run_path
 from tunelab.train.batch_size import resolve_batch_size
 from tunelab.train.checkpoint import find_checkpoint, read_identity
+from tunelab.train.hooks import ValidationHook
 from tunelab.train.loop import fit
 from tunelab.train.microbatch import token_budget
 from tunelab.train.module import TrainingModule
@@ -148,13 +149,15 @@ def run_training(
     resume: bool = False,
     resume_changed: bool = False,
     console: Console | None = None,
+    on_validation: ValidationHook | None = None,
 ) -> RunResult:
     """Train one run as configured and return where the run is and its before/after metrics. A config with
     `stages:` or `continual:` describes several runs: `tunelab.recipes.stages.run_stages` and
     `tunelab.recipes.continual.run.run_continual` train those.
 
     `resume` continues from the newest checkpoint that reads back whole, after checking that the config and data
-    are those it was trained with (`recipes.resume`; `resume_changed` accepts differences on purpose)."""
+    are those it was trained with (`recipes.resume`; `resume_changed` accepts differences on purpose).
+    `on_validation` receives each evaluation during training (a study prunes with it: `train.hooks`)."""
     if cfg.stages or cfg.continual is not None:
         which = "continual:" if cfg.continual is not None else "stages:"
         raise ConfigError(
@@ -187,7 +190,7 @@ def run_training(
         if resume and start_from is None:
             console.print(f"{run_dir} has no checkpoint yet: the run starts from the beginning")
     with replacing(run_dir, main) as replaced:
-        return _train(cfg, run_dir, accelerator, console, start_from, identity, replaced.hooks)
+        return _train(cfg, run_dir, accelerator, console, start_from, identity, replaced.hooks, on_validation)
 
 
 def _train(
@@ -198,6 +201,7 @@ def _train(
     start_from: Path | None,
     identity: dict[str, Any],
     extra_hooks: list[StepHook],
+    on_validation: ValidationHook | None = None,
 ) -> RunResult:
     """`run_training` once the run's folder and the checkpoint to start from (if any) are known."""
     main = accelerator.is_main_process
@@ -251,7 +255,7 @@ def _train(
         schedule=data.schedule,  # curriculum / weighted sampling from data.schedule
         hooks=[*setup.hooks, *extra_hooks], head=built.output_layer(), learning_rates=built.learning_rates,
         identity={**identity, "config": cfg.model_dump(mode="json")},  # with the sizes auto_batch_size chose
-        save_result=save_result,
+        save_result=save_result, on_validation=on_validation,
     )  # fmt: skip
     model = result.model
     tuned_file = run_dir / "predictions.jsonl"

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from tunelab.core.duration import Duration
 from tunelab.core.schema import Section
 from tunelab.regularizers.config import AdversarialSection
 
@@ -16,6 +17,10 @@ class TrainingSection(Section):
     """Passes over the training data (ignored when `max_steps` is set)."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps."""
+    max_time: Duration | None = Field(default=None, gt=0)
+    """Time budget of the training loop, in seconds or as text ("90m", "2h", "1h30m"): once it is spent the run
+    stops after the current step, evaluates, saves its result and a checkpoint, and `--resume` trains on (with
+    a fresh budget)."""
     batch_size: int = Field(default=8, ge=1)
     """Examples per micro-batch on each device."""
     grad_accum: int = Field(default=1, ge=1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from peft.helpers import disable_input_dtype_casting
 from torch import nn
@@ -46,6 +47,7 @@ from tunelab.train.distributed import (
     summed,
     unsharded,
 )
+from tunelab.train.hooks import ValidationHook
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
 from tunelab.train.microbatch import split_rows, token_budget
 from tunelab.train.module import TrainingModule
@@ -65,6 +67,8 @@ class FitResult:
     """The trained model, unsharded: the one given to `fit`, or after sharded training a copy of it holding the
     gathered weights (sharding changed the given one in place)."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    timed_out: bool = False
+    """Stopped because `training.max_time` was spent (a resume trains on)."""
 
 
 def fit(
@@ -86,6 +90,7 @@ def fit(
     learning_rates: Mapping[str, float] | None = None,
     identity: dict[str, Any] | None = None,
     save_result: Callable[[nn.Module], None] | None = None,
+    on_validation: ValidationHook | None = None,
 ) -> FitResult:
     """Train `model` in place on `train` (items of the objective's kind), evaluating on `val`; checkpoints and
     metrics go to `run_dir`. `ctx`, `head` and `learning_rates` are what the objective's setup built (`Setup`);
@@ -95,7 +100,8 @@ def fit(
     `resume`: True continues from the newest checkpoint that reads back whole, a path from that checkpoint.
     `identity` (the run's config and data fingerprint) is stored in every checkpoint. `save_result` is called on
     the main process with the trained (unsharded) model before the final checkpoint is written, so a full disk
-    at the end loses the checkpoint rather than the result."""
+    at the end loses the checkpoint rather than the result. `on_validation` receives each evaluation during training
+    and may end the run by raising `hooks.StopTraining`."""
     sharding = check_backend(accelerator)
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -168,6 +174,8 @@ def fit(
     def evaluate_and_maybe_stop() -> bool:
         metrics = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16, budget)
         log.write({"step": step, "epoch": epoch, **metrics})
+        if on_validation is not None:
+            on_validation(step, metrics)
         accuracy = f"val_{objective.metric}"
         progress.note(f"step {step}: val_loss {metrics['val_loss']:.4f}  {accuracy} {metrics[accuracy]:.1%}")
         best = state["best_val"]
@@ -194,8 +202,9 @@ def fit(
     # peft casts each adapter's input to the adapter's fp32 dtype; under autocast the matmul casts it straight
     # back to bf16, so the cast is two wasted copies of the activations per adapted layer.
     no_cast = disable_input_dtype_casting(model) if bf16 else contextlib.nullcontext()
+    timed_out = False
     with progress, no_cast:
-        while step < total_steps and not stopped_early:
+        while step < total_steps and not stopped_early and not timed_out:
             batches = epoch_batches(
                 lengths, cfg.batch_size, cfg.seed, epoch, rank=rank, world_size=world, schedule=schedule
             )
@@ -244,7 +253,15 @@ def fit(
                     checkpoint()
                 for hook in hooks:
                     hook.on_step_end(step)
-                if step >= total_steps or stopped_early:
+                # The budget is this process's training time, so a resumed run gets a fresh one. Every process
+                # stops at the same step: the first one out of time decides.
+                if cfg.max_time is not None and step < total_steps:
+                    late = torch.tensor(float(time.perf_counter() - train_start >= cfg.max_time), device=device)
+                    timed_out = bool((summed(accelerator, late) if world > 1 else late).item() > 0)
+                if timed_out:
+                    progress.note(f"training.max_time ({cfg.max_time:g} s) spent at step {step} of {total_steps}: "
+                                  "stopping; --resume trains on")  # fmt: skip
+                if step >= total_steps or stopped_early or timed_out:
                     break
             else:
                 epoch, state["micro"] = epoch + 1, 0
@@ -261,7 +278,7 @@ def fit(
     if save_result is not None and main:
         save_result(trained)
     checkpoint(last=True)  # after the result: with the result saved, losing this one loses nothing
-    return FitResult(step, stopped_early, state["best_val"], trained, log.lines)
+    return FitResult(step, stopped_early, state["best_val"], trained, log.lines, timed_out)
 
 
 def _bad_steps_message(step: int, in_a_row: int, skipped: int) -> str:
