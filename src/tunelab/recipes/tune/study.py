@@ -2,11 +2,14 @@
 worker runs until the study has its trials.
 
 The study lives in a database: a SQLite file in the study folder by default, or any SQLAlchemy URL, so that
-workers on several machines share one study. Every running trial beats a heartbeat; a trial whose worker died
-(SIGKILL, a lost machine) goes silent, is marked failed by the next worker that looks (`fail_stale_trials`) and
-run again with the same values (`RetryFailedTrialCallback`). A trial another worker is running keeps beating, so
-it is never taken from it. A worker stops once the study's finished trials plus those running or waiting reach
-`tune.trials`; until the running ones end it waits, so a dead worker's last trial is run again rather than lost.
+workers on several machines share one study. The study's `tune.trials` are enqueued as waiting trials when it is
+created ("tickets", with no values fixed: the sampler draws them when a worker takes one); a worker takes a
+ticket in one database update, so two workers never run the same trial and the study never runs more than its
+trials. Every running trial beats a heartbeat; a trial whose worker died (SIGKILL, a lost machine) goes silent,
+is marked failed by the next worker that looks (`fail_stale_trials`) and enqueued again with the same values
+(`RetryFailedTrialCallback`). A trial another worker is running keeps beating, so it is never taken from it. A
+worker stops when no ticket is left and no trial is running: until then it waits, so a dead worker's last trial
+is run again rather than lost.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ SPACE_ATTR = "tunelab_space"
 space is refused instead of mixing two searches in one study."""
 ERROR_ATTR = "error"
 """A trial's user attribute naming why it failed as a trial (diverged, an invalid combination of values)."""
+TICKET_ATTR = "ticket"
+"""A trial's user attribute marking one of the study's enqueued trials (kept by the rerun of a dead worker's)."""
+SURPLUS_ATTR = "surplus"
+"""A trial's user attribute marking one that Optuna created past the study's tickets (two workers asked for the
+last ticket at the same moment): it is failed at once, trains nothing, and is left out of the report."""
 Goal = Literal["minimize", "maximize"]
 _MINIMIZED = ("loss", "ppl", "perplexity", "seconds", "params", "_mb", "error")
 
@@ -111,27 +119,38 @@ def open_storage(url: str, tune: TuneSection) -> RDBStorage:
         kwargs = {"connect_args": {"timeout": 60}}  # several local workers take turns writing
     elif url.startswith(("postgresql", "mysql")):
         kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=tune.heartbeat, grace_period=3 * tune.heartbeat,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=tune.retries),
-            )  # fmt: skip
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(
-            f"The study storage '{hide_password(url)}' cannot be opened: {reason}. Check the URL (a SQLAlchemy URL "
-            "such as sqlite:///study.db or postgresql+psycopg://user:password@host:5432/db), that the server is up "
-            "and reachable, and that its driver is installed; or leave tune.storage unset for a SQLite file in the "
-            "study folder."
-        ) from None
+    for attempt in range(10):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=tune.heartbeat, grace_period=3 * tune.heartbeat,
+                    failed_trial_callback=RetryFailedTrialCallback(max_retry=tune.retries),
+                )  # fmt: skip
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            if attempt == 9:
+                raise _unreachable(url, exc) from None
+            time.sleep(0.5)  # another worker is creating the tables at this moment: they exist once it is done
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            raise _unreachable(url, exc) from None
+    raise AssertionError("the loop returns or raises")
+
+
+def _unreachable(url: str, exc: Exception) -> ConfigError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ConfigError(
+        f"The study storage '{hide_password(url)}' cannot be opened: {reason}. Check the URL (a SQLAlchemy URL such "
+        "as sqlite:///study.db or postgresql+psycopg://user:password@host:5432/db), that the server is up and "
+        "reachable, and that its driver is installed; or leave tune.storage unset for a SQLite file in the study "
+        "folder."
+    )
 
 
 def open_study(plan: StudyPlan, tune: TuneSection, *, seed: int | None = None) -> tuple[optuna.Study, bool]:
     """Create the study, or continue the one of that name when its space, metrics and directions are the same (a
-    different one is refused and left as it was). Returns the study and whether this call created it; a new
-    study gets `tune.enqueue`'s trials first."""
+    different one is refused and left as it was). Returns the study and whether this call created it. A new
+    study gets `tune.enqueue`'s trials and then tickets up to `tune.trials`; a continued one is topped up to
+    `tune.trials` (a larger `--trials` extends a finished study)."""
     plan.folder.mkdir(parents=True, exist_ok=True)
     storage = open_storage(plan.storage, tune)
     sampler, pruner = make_sampler(tune, plan, seed), make_pruner(tune, plan)
@@ -142,18 +161,39 @@ def open_study(plan: StudyPlan, tune: TuneSection, *, seed: int | None = None) -
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner)
         _check_same(study, plan)
+        _add_tickets(study, tune.trials)
         return study, False
+    for values in tune.enqueue[: tune.trials]:
+        study.enqueue_trial(values, user_attrs={TICKET_ATTR: True})
+    _add_tickets(study, tune.trials)
+    # Last: a worker that loads the study meanwhile waits for this, so it never adds tickets of its own.
     study.set_user_attr(SPACE_ATTR, plan.signature())
-    for values in tune.enqueue:
-        study.enqueue_trial(values, skip_if_exists=True)
     return study, True
+
+
+def _add_tickets(study: optuna.Study, trials: int) -> None:
+    """Waiting trials until finished + running + waiting ones are `trials`."""
+    have = sum(finished(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in real_trials(study))
+    for _ in range(trials - have):
+        study.enqueue_trial({}, user_attrs={TICKET_ATTR: True})
+
+
+def real_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's trials without the surplus ones (`SURPLUS_ATTR`)."""
+    return [t for t in study.get_trials(deepcopy=False) if SURPLUS_ATTR not in t.user_attrs]
+
+
+def is_ticket(trial: optuna.Trial) -> bool:
+    """Whether `trial` was taken from the study's waiting trials (a ticket, an enqueued or a retried trial), not
+    created by Optuna because none was left."""
+    return bool(trial.user_attrs.get(TICKET_ATTR))
 
 
 def _check_same(study: optuna.Study, plan: StudyPlan) -> None:
     saved = None
     for _ in range(50):  # a study another worker has just created gets its space a moment later
         saved = study.user_attrs.get(SPACE_ATTR)
-        if saved is not None or study.get_trials(deepcopy=False):
+        if saved is not None:
             break
         time.sleep(0.2)
     mine = plan.signature()
@@ -202,32 +242,31 @@ def work(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], Any],
     *,
-    trials: int,
     timeout: float | None,
     poll: float,
     after_trial: Callable[[optuna.Study], None],
     catch: tuple[type[Exception], ...],
 ) -> None:
-    """Run trials until the study has `trials` finished ones (over every worker), or `timeout` seconds passed."""
+    """Take the study's waiting trials one by one until none is waiting or running (over every worker), or
+    `timeout` seconds have passed. `objective` must refuse a trial that is not a ticket (`is_ticket`)."""
     start = time.monotonic()
     optuna.logging.set_verbosity(logging.ERROR)  # tunelab prints each trial itself; a failure is its own line
-    while True:
+    while timeout is None or time.monotonic() - start < timeout:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        all_trials = study.get_trials(deepcopy=False)
-        done = sum(finished(t) for t in all_trials)
-        waiting = sum(t.state == TrialState.WAITING for t in all_trials)
-        running = sum(t.state == TrialState.RUNNING for t in all_trials)
-        if done >= trials or (timeout is not None and time.monotonic() - start >= timeout):
-            return
-        if done + running >= trials and not waiting:
-            if not running:
-                return
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial is enqueued again
+        states = {t.state for t in study.get_trials(deepcopy=False)}
+        if TrialState.WAITING in states:
+            study.optimize(objective, n_trials=1, catch=(*catch, SurplusTrial), gc_after_trial=True)
+            after_trial(study)
+        elif TrialState.RUNNING in states:
             time.sleep(poll)  # the other workers' last trials: wait, and take over one whose worker died
-            continue
-        study.optimize(objective, n_trials=1, catch=catch, gc_after_trial=True)
-        after_trial(study)
+        else:
+            return
+
+
+class SurplusTrial(Exception):
+    """Raised by the objective for a trial past the study's tickets (see `SURPLUS_ATTR`)."""
 
 
 def hide_password(url: str) -> str:
