@@ -59,8 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name and folder (tune.study; default: the config's name)")
     p.add_argument("--workers", type=int, help="worker processes on this machine (tune.workers)")
     p.add_argument("--seed", type=int, help="sampler seed (tune.seed); give each machine's worker its own")
-    p.add_argument("--dry-run", action="store_true", help="print the space and the cost estimate; train nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the space and the estimated cost (a probe of a few "
+                   "steps); run no trial")  # fmt: skip
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+    p = add("plan", "tune:plan", "Before training: rows, tokens, optimizer steps, and peak memory and time measured "
+            "by a probe of a few real steps.")  # fmt: skip
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--probe-steps", type=int, default=4, help="real optimizer steps the probe trains (default 4)")
 
     p = add("eval", "eval:evaluate", "Generate answers for a data file and score them against its references.")
     p.add_argument("model", nargs="+", help="run folder, embedded model name, HF folder or .gguf file; several: "

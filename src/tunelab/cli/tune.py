@@ -1,5 +1,6 @@
 """`tunelab tune`: a hyperparameter study over a config's `tune:` section, run by this process and, with
-`--workers K`, K-1 more worker processes on the same study (each logs to `<study folder>/worker-<k>.log`)."""
+`--workers K`, K-1 more worker processes on the same study (each logs to `<study folder>/worker-<k>.log`);
+`tunelab plan` and `tune --dry-run`: the cost of a run (and a study) before anything trains."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from rich.console import Console
 from tunelab.config import load_config
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import disk_full_as_error
-from tunelab.recipes.tune.run import describe_study, prepare_study, run_study, write_study_report
+from tunelab.recipes.plan import plan_run, print_plan
+from tunelab.recipes.tune.run import describe_study, prepare_study, run_study, trial_epochs_factor, write_study_report
 
 console = Console()
 
@@ -33,6 +35,8 @@ def tune(args: argparse.Namespace) -> None:
     config_path = Path(args.config)
     if args.dry_run:
         describe_study(cfg, config_path=config_path, console=console)
+        trials = cfg.tune.trials if cfg.tune is not None else None
+        print_plan(console, plan_run(cfg), trials=trials, epochs_factor=trial_epochs_factor(cfg))
         return
     with disk_full_as_error(Path(cfg.output.dir), f"into {cfg.output.dir}"):
         plan = prepare_study(cfg, config_path=config_path)  # created once, before any worker asks for a trial
@@ -45,6 +49,11 @@ def tune(args: argparse.Namespace) -> None:
     if failed:
         logs = ", ".join(str(plan.folder / f"worker-{k}.log") for k in failed)
         raise TunelabError(f"Worker(s) {', '.join(map(str, failed))} of the study stopped with an error: see {logs}.")
+
+
+def plan(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, list(args.set or []))
+    print_plan(console, plan_run(cfg, probe_steps=args.probe_steps))
 
 
 def _start_worker(args: argparse.Namespace, overrides: list[str], index: int, folder: Path) -> subprocess.Popen:

@@ -118,6 +118,14 @@ def describe_study(cfg: TunelabConfig, *, config_path: Path | None = None, conso
     return plan
 
 
+def trial_epochs_factor(cfg: TunelabConfig) -> float:
+    """How many times the base run's epochs a trial trains on average (the middle of a tuned epoch range)."""
+    dist = search_space(cfg).get("training.epochs")
+    if dist is None or cfg.training.max_steps is not None or dist.type == "categorical":
+        return 1.0
+    return (float(dist.low or 1) + float(dist.high or 1)) / 2 / cfg.training.epochs
+
+
 def state_counts(study: optuna.Study) -> dict[str, int]:
     """The study's trials by state (complete, pruned, fail, running, waiting), surplus ones left out."""
     trials = real_trials(study)
