@@ -16,6 +16,7 @@ from tunelab.config import load_config
 from tunelab.core.duration import seconds
 from tunelab.core.errors import ConfigError
 from tunelab.recipes.tune.space import default_space, search_space, suggest, trial_config
+from tunelab.recipes.tune.study import make_plan, make_pruner
 
 BASE = ["data.train=x.jsonl"]
 
@@ -129,3 +130,24 @@ def test_validate_checks_the_tune_section(tmp_path: Path, capsys: pytest.Capture
     assert "tune.params.training.scheduler" in capsys.readouterr().err
     config.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}, "tune": {"trials": 3}}))
     assert main(["validate", str(config)]) == 0
+
+
+def test_plan_directions_and_pruners() -> None:
+    def plan_of(*overrides: str):
+        cfg = load_config(None, [*BASE, *overrides])
+        return cfg, make_plan(cfg, None, search_space(cfg))
+
+    cfg, plan = plan_of("tune.metric=exact_match")
+    assert plan.directions == ["maximize"] and plan.prune_on == "val_loss" and plan.prune_sign == -1.0
+    assert isinstance(make_pruner(cfg.tune, plan), optuna.pruners.MedianPruner)  # pyright: ignore[reportArgumentType]
+    cfg, plan = plan_of("tune.metric=val_loss", "tune.pruner=hyperband", "output.dir=/tmp/x", "tune.study=s")
+    assert plan.prune_sign == 1.0 and plan.storage == "sqlite:////tmp/x/s/study.db"
+    assert isinstance(make_pruner(cfg.tune, plan), optuna.pruners.HyperbandPruner)  # pyright: ignore[reportArgumentType]
+    cfg, plan = plan_of("tune.pruner=successive_halving")
+    assert isinstance(make_pruner(cfg.tune, plan), optuna.pruners.SuccessiveHalvingPruner)  # pyright: ignore[reportArgumentType]
+    cfg, plan = plan_of("tune.metric=[exact_match, train_seconds]")
+    assert plan.directions == ["maximize", "minimize"] and plan.prune_on is None  # auto: no pruning for two
+    with pytest.raises(ConfigError, match="prunes single-metric studies only"):
+        plan_of("tune.metric=[exact_match, train_seconds]", "tune.pruner=median")
+    with pytest.raises(ConfigError, match="one direction per metric"):
+        plan_of("tune.metric=[exact_match, train_seconds]", "tune.direction=[maximize]")
