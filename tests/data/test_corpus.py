@@ -51,7 +51,7 @@ def write_corpus(folder: Path) -> dict[str, int]:
             1,
         ),
         "header_only.csv": (b"text,label\n", 0),
-        "open_quote.csv": (b'text,label\ngood,x\n"never closed,y\nmore,z\n', 1),
+        "open_quote.csv": (b'text,label\ngood,x\n"never closed,y\nmore,z\n', 2),  # the open row only
         "utf16.csv": ("text,label\nhello,pos\nbye,neg\n".encode("utf-16"), 2),
         "bom_crlf.txt": (b"\xef\xbb\xbfline one\r\n\r\nline \xff two\r\nline three\r\n", 2),
         "empty_list.json": (b"[]", 0),
