@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	# The study tests start a real PostgreSQL server from Debian's binaries: installed when missing and root.
 	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
 	then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; fi
+	# The report test renders report.html in Debian's headless Chromium, driven by selenium through chromedriver.
+	if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
+	then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; fi; fi
 	touch $(STAMP)
 
 install: $(STAMP)
