@@ -11,7 +11,8 @@ import pytest
 
 from tunelab.config import load_config
 from tunelab.core import safe_yaml
-from tunelab.core.errors import ConfigError
+from tunelab.core.errors import ConfigError, RunError
+from tunelab.methods.trained import read_run
 
 # 411 bytes that describe 9^9 (387 million) strings through aliases.
 BOMB = "".join(
@@ -61,3 +62,9 @@ def test_hostile_or_broken_files_are_config_errors(tmp_path: Path, content: str 
 def test_an_override_value_is_read_within_the_same_bounds() -> None:
     with pytest.raises(ConfigError, match=r"override 'training\.seed=9"):
         load_config(None, ["data.train=x", "training.seed=" + "9" * 5000])
+
+
+def test_a_run_folder_with_a_hostile_config_is_a_run_error(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("model: {source: x}\nmethod: {name: lora}\n" + BOMB)
+    with pytest.raises(RunError, match="expand to more than 100,000 values"):
+        read_run(tmp_path)

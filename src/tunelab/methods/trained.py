@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
 import torch
-import yaml
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.core.errors import RunError
+from tunelab.core import safe_yaml
+from tunelab.core.errors import ConfigError, RunError
 from tunelab.core.files import replacing_dir
 from tunelab.methods.registry import METHODS
 from tunelab.models.load import load_model, load_tokenizer, tokenizer_from_folder
@@ -67,10 +67,12 @@ def read_run(path: str | Path) -> TrainedRun:
             f"'{folder}' is not a tunelab run folder (it has no {CONFIG_FILE}). Give the folder `train` wrote."
         )
     try:
-        raw = yaml.safe_load((folder / CONFIG_FILE).read_text()) or {}
+        raw = (
+            safe_yaml.load(safe_yaml.read_text(folder / CONFIG_FILE, "run config"), str(folder / CONFIG_FILE))[0] or {}
+        )
         source, method = str(raw["model"]["source"]), str(raw["method"]["name"])
         objective = str((raw.get("objective") or {}).get("name", "sft"))
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
+    except (ConfigError, KeyError, TypeError) as exc:
         raise RunError(
             f"{folder / CONFIG_FILE} does not say which model and method the run trained ({exc!s}). The file must be "
             "the one `tunelab train` wrote; restore it from the run's original folder."

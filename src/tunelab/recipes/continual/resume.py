@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 from safetensors.torch import load_file, save
 from torch import nn
 
 from tunelab.config import TunelabConfig
+from tunelab.core import safe_yaml
 from tunelab.core.errors import ConfigError, RunError
 from tunelab.core.files import write_bytes, write_text
 from tunelab.recipes.run import RunResult, setup_training
@@ -50,7 +50,9 @@ def resume_folder(cfg: TunelabConfig, config_path: Path | None) -> Path:
             f"Cannot resume: '{run_dir}' holds no continual run ({CONFIG_FILE} is missing). Start the run without "
             "--resume, or point output.dir / output.name at the run you want to continue."
         )
-    check_same_run(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"), saved)
+    check_same_run(
+        safe_yaml.load(safe_yaml.read_text(saved, "run config"), str(saved))[0], cfg.model_dump(mode="json"), saved
+    )
     return run_dir.resolve()
 
 
