@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of random demonstrations")
 
     p = add(
+        "diagnose",
+        "diagnose:diagnose",
+        "Fitting diagnosis of a run from its metrics.jsonl: underfitting, good "
+        "fit, overfitting or unstable, with evidence and advice; writes diagnosis.json and learning_curves.png.",
+    )
+    p.add_argument("run", help="run folder")
+
+    p = add(
         "merge",
         "export:merge",
         "Merge a run's adapter into its base model: a standalone HF folder (the same as "
