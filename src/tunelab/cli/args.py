@@ -20,6 +20,29 @@ def _adapter(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _suite_arguments(p: argparse.ArgumentParser) -> None:
+    """`tunelab eval --suite ...`: the robustness suite and the bias probe (tunelab.eval.suites)."""
+    g = p.add_argument_group("suites", "robustness and bias suites (base and tuned side by side for a run folder)")
+    g.add_argument("--suite", action="append", metavar="NAME", help="robustness or bias (repeatable)")
+    g.add_argument("--suite-out", help="folder for robustness.json, bias.json, the saved suite and answers "
+                   "(default: the folder of --out, else RUN/eval for a run, else ./eval)")  # fmt: skip
+    g.add_argument("--suite-file", help="replay a saved robustness_suite.jsonl (same prompts, no re-perturbing)")
+    g.add_argument("--perturb", action="append", metavar="NAME", help="perturbation (repeatable): typos, case, "
+                   "whitespace, punctuation, template, distractor, paraphrase, or package.module:function; "
+                   "default all built-in ones")  # fmt: skip
+    g.add_argument("--typo-rate", type=float, default=0.05, help="chance each letter gets a typo (default 0.05)")
+    g.add_argument("--paraphraser", default="base", help="model that paraphrases: base (the run's base model, "
+                   "or the model itself), none, or any model source")  # fmt: skip
+    g.add_argument("--suite-metric", default="exact_match", choices=["exact_match", "token_f1", "rouge_l"],
+                   help="a generator's per-row score in the robustness suite (classifiers: accuracy)")  # fmt: skip
+    g.add_argument("--attribute", action="append", help="shipped term list to probe (repeatable): gender, names, "
+                   "religion, age, nationality; default all (or none when --terms is given)")  # fmt: skip
+    g.add_argument("--terms", action="append", metavar="FILE", help="your own term list ('groups: a | b', then "
+                   "one 'x | y' line per term); its attribute is the file name")  # fmt: skip
+    g.add_argument("--max-fills", type=int, default=4, help="term lines a {attribute} template slot is filled with")
+    g.add_argument("--worst", type=int, default=5, help="worst bias pairs listed per attribute")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models end to end.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a prompt longer than the model's context: stop (error), or leave out the demonstrations "
                    "farthest from the question and report how many (drop)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of random demonstrations")
+    _suite_arguments(p)
 
     p = add(
         "diagnose",
@@ -167,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--constraint-memory-mb", type=int, default=2048, help="memory of a pattern compile process")
     p.add_argument("--constraint-workers", type=int, default=2, help="processes compiling new patterns at once")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
+    p.add_argument("--log", metavar="DB", help="log every request and answer (and accept POST /v1/feedback and "
+                   "the /review page): a SQLite file or a SQLAlchemy URL (postgresql+psycopg://...)")  # fmt: skip
+    p.add_argument("--log-mask", default="email,phone,ip", metavar="KINDS",
+                   help="personal data masked before logging: comma-separated email, phone, ip, or none")  # fmt: skip
+    p.add_argument("--log-max-rows", type=int, help="requests the log keeps (older ones deleted)")
+    p.add_argument("--log-max-age", metavar="DURATION", help="how long a request stays in the log, e.g. 30d")
+    p.add_argument("--log-queue", type=int, default=10_000, help="answers waiting to be written before new ones "
+                   "are dropped (counted in /metrics)")  # fmt: skip
+    p.add_argument("--log-server", help="this server's name in a shared log (default HOST:PORT)")
 
     data = sub.add_parser(
         "data",
