@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
@@ -44,6 +44,25 @@ class OutputSection(Section):
     """Run folder name; default: the config file's name."""
     overwrite: bool = False
     """Replace an existing run folder of the same name instead of stopping."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = []
+    """Experiment trackers that receive the resolved config, every metrics.jsonl line, the data report and the
+    evaluations (MLflow also the trained adapter/model and reports as artifacts). Checked before training starts."""
+    tensorboard_dir: str | None = None
+    """TensorBoard log folder; default `<run folder>/tensorboard`."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow store: `sqlite:///path.db`, a folder (`file:///...`) or a server (`http://host:5000`); default
+    `sqlite:///<output.dir>/mlflow.db`, shared by the runs of that folder."""
+    mlflow_experiment: str = "tunelab"
+    """MLflow experiment the run is logged under (created when missing)."""
+    mlflow_log_model: bool = True
+    """Upload the trained adapter/model folder to MLflow as an artifact (a full fine-tune copies the whole model)."""
+    wandb_project: str = "tunelab"
+    """Weights & Biases project."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """`offline` writes the run under `<run folder>/wandb` (upload later with `wandb sync`); `online` needs a
+    login and the network."""
+    trackio_project: str = "tunelab"
+    """trackio project; trackio keeps it in its own local store (the `TRACKIO_DIR` environment variable)."""
 
 
 class ReplaySection(Section):
