@@ -47,7 +47,7 @@ from tunelab.train.distributed import (
     summed,
     unsharded,
 )
-from tunelab.train.hooks import ValidationHook
+from tunelab.train.hooks import MetricsHook, ValidationHook
 from tunelab.train.metrics import MetricsLog, peak_memory_mb
 from tunelab.train.microbatch import split_rows, token_budget
 from tunelab.train.module import TrainingModule
@@ -91,6 +91,7 @@ def fit(
     identity: dict[str, Any] | None = None,
     save_result: Callable[[nn.Module], None] | None = None,
     on_validation: ValidationHook | None = None,
+    on_metrics: MetricsHook | None = None,
 ) -> FitResult:
     """Train `model` in place on `train` (items of the objective's kind), evaluating on `val`; checkpoints and
     metrics go to `run_dir`. `ctx`, `head` and `learning_rates` are what the objective's setup built (`Setup`);
@@ -101,7 +102,7 @@ def fit(
     `identity` (the run's config and data fingerprint) is stored in every checkpoint. `save_result` is called on
     the main process with the trained (unsharded) model before the final checkpoint is written, so a full disk
     at the end loses the checkpoint rather than the result. `on_validation` receives each evaluation during training
-    and may end the run by raising `hooks.StopTraining`."""
+    and may end the run by raising `hooks.StopTraining`; `on_metrics` each metrics line as it is written."""
     sharding = check_backend(accelerator)
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -167,7 +168,8 @@ def fit(
     finished = bool(state.pop("finished", False))  # resumed from the final checkpoint: nothing left to train
     bad_in_a_row = 0
     # A resumed run drops the metric lines written after its checkpoint, so the file ends as if never killed.
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main, keep=state.get("metric_lines", 0))
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main, keep=state.get("metric_lines", 0),
+                     on_write=on_metrics)  # fmt: skip
     step, epoch, stopped_early = state["step"], state["epoch"], bool(state.get("stopped_early", False))
     start_step = step
 

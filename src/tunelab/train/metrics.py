@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from tunelab.core.files import disk_full_as_error, fsync_file, write_text
+from tunelab.train.hooks import MetricsHook
 
 
 class MetricsLog:
@@ -18,9 +19,10 @@ class MetricsLog:
     The file is rewritten atomically (a kill while a resumed run starts keeps the old lines) and a full disk is a
     `DiskFullError` naming it."""
 
-    def __init__(self, path: Path, *, enabled: bool = True, keep: int = 0) -> None:
+    def __init__(self, path: Path, *, enabled: bool = True, keep: int = 0, on_write: MetricsHook | None = None) -> None:
         self.path = path
         self.enabled = enabled
+        self.on_write = on_write
         old = path.read_text().splitlines() if keep and path.is_file() else []
         self.lines: list[dict[str, Any]] = [json.loads(line) for line in old[:keep]]
         if enabled:
@@ -32,6 +34,8 @@ class MetricsLog:
         if self.enabled:
             with disk_full_as_error(self.path, f"a metrics line ({self.path})"), self.path.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
+            if self.on_write is not None:
+                self.on_write(line)
 
     def sync(self) -> None:
         """Make the lines written so far durable (before a checkpoint that counts them)."""
