@@ -22,8 +22,11 @@ from tunelab.core.errors import ConfigError, DataError
 from tunelab.core.files import replacing_dir, sweep_temporaries, write_text
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.scoring import DifficultyScoring, apply_loss_difficulty
+from tunelab.eval.compare import summarize
 from tunelab.eval.config import EvalSection
-from tunelab.eval.evaluate import generation_metrics, metrics_table, write_predictions
+from tunelab.eval.diagnose import DIAGNOSIS_FILE, diagnose_run
+from tunelab.eval.evaluate import generation_metrics, read_predictions, write_predictions
+from tunelab.eval.table import comparison_table
 from tunelab.methods.base import Method, StepHook, trainable_parameters
 from tunelab.methods.registry import METHODS
 from tunelab.methods.trained import CONFIG_FILE, artifact_dir
@@ -264,6 +267,8 @@ def _train(
     if main:
         write_text(run_dir / "eval.json", json.dumps(final, indent=2))
         _report(console, run_dir, baseline, final, cfg.eval.samples)
+        fitting = diagnose_run(run_dir)  # diagnosis.json and learning_curves.png beside metrics.jsonl
+        console.print(f"{fitting.summary()}; advice in {run_dir / DIAGNOSIS_FILE}")
     accelerator.wait_for_everyone()
     return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model.eval())
 
@@ -327,9 +332,15 @@ def _print_data(console: Console, data: PreparedData, main: bool) -> None:
 
 
 def _report(console: Console, run_dir: Path, baseline: dict | None, final: dict, samples: int) -> None:
-    columns = {"base": baseline, "tuned": final} if baseline else {"tuned": final}
-    shown = {name: {k: v for k, v in m.items() if k != "steps"} for name, m in columns.items()}
-    console.print(metrics_table(shown, title="Validation before and after training" if baseline else "Validation"))
+    """The before/after table with intervals and paired tests from both prediction files (also written to
+    eval_stats.json: `tunelab.eval.compare.Comparison.to_dict`), then sample answers."""
+    columns = {"base": (baseline, "predictions_base.jsonl"), "tuned": (final, "predictions.jsonl")}
+    shown = {name: ({k: v for k, v in m.items() if k != "steps"}, read_predictions(run_dir / file))
+             for name, (m, file) in columns.items() if name == "tuned" or baseline}  # fmt: skip
+    summary = summarize(shown)
+    write_text(run_dir / "eval_stats.json", json.dumps(summary.to_dict(), indent=2))
+    title = "Validation before and after training" if baseline else "Validation"
+    console.print(comparison_table(summary, title=f"{title} ({summary.examples} examples)"))
     _print_samples(console, run_dir, samples)
     console.print(f"run folder: {run_dir}")
 
