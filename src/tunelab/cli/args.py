@@ -93,14 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-steps", type=int, default=4, help="real optimizer steps the probe trains (default 4)")
 
     p = add("eval", "eval:evaluate", "Generate answers for a data file and score them against its references.")
-    p.add_argument("model", nargs="+", help="run folder, embedded model name, HF folder or .gguf file; several: "
-                   "an ensemble of them (same tokenizer), combined as --ensemble says")  # fmt: skip
+    p.add_argument("model", nargs="+", help="run folder, embedded model name, HF folder or .gguf file; two: both "
+                   "scored on the same rows and compared with paired tests; several with --ensemble: one ensemble "
+                   "of them (same tokenizer)")  # fmt: skip
     p.add_argument("--data", required=True, help="JSONL with reference answers (last assistant turn)")
-    p.add_argument("--ensemble", choices=["probs", "logits"], default="probs",
-                   help="how several models answer as one: average their next-token probabilities (a mixture) "
+    p.add_argument("--base", action="store_true", help="compare the run with the base model it was trained from")
+    p.add_argument("--ensemble", choices=["probs", "logits"],
+                   help="several models answer as one: average their next-token probabilities (a mixture) "
                    "or their logits (a product of experts)")  # fmt: skip
     p.add_argument("--weights", type=float, nargs="+", help="one weight per model of an ensemble (default equal)")
-    p.add_argument("--out", help="where to write per-example predictions (default predictions.jsonl)")
+    p.add_argument("--out", help="where to write per-example predictions (default predictions.jsonl); when "
+                   "comparing, the folder for both predictions and comparison.json (default comparison)")  # fmt: skip
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of intervals and tests (default 0.95)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--json-schema", help="JSON Schema file that structured answers must validate against")
+    p.add_argument("--similarity", nargs="?", const="minilm-l6", metavar="ENCODER",
+                   help="score each answer's embedding similarity to its reference (default encoder minilm-l6)")  # fmt: skip
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
