@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.postgres import postgres_server
 from tests.tiny import build_tiny_llama
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -22,3 +24,10 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     # Converted-model caches go to a per-session folder unless the caller set TUNELAB_HOME (CI shares one).
     if "TUNELAB_HOME" not in os.environ:
         monkeypatch.setenv("TUNELAB_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server on a free loopback port with a database `studies`; its SQLAlchemy URL."""
+    with postgres_server() as url:
+        yield url

@@ -5,22 +5,14 @@ machine."""
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from tests.recipes.tune.common import LR, study_config, tunelab
@@ -68,41 +60,6 @@ def test_killed_study_continues_where_it_stopped(tmp_path: Path, tiny_model_dir:
     assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     rows = (tmp_path / "runs" / "k" / "trials.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and sum("rerun of trial 1" in r for r in rows) == 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def postgres() -> Iterator[str]:
-    """A PostgreSQL server on a free loopback port (Debian's binaries), a database `studies`, its URL."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.skip("no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb): apt-get install postgresql")
-    bin_dir = Path(found[-1]).parent
-    # The server refuses to run as root: as root, run it as the `postgres` user, in a folder that user owns.
-    as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="tunelab-pg-"))
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    data, log = root / "data", root / "server.log"
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)  # noqa: E731
-    try:
-        run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start")
-        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "studies")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/studies"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_share_a_study_on_postgresql(tmp_path: Path, tiny_model_dir: Path, postgres: str) -> None:
