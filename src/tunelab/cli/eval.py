@@ -11,6 +11,7 @@ from rich.console import Console
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.cli.eval_suites import evaluate_suites
 from tunelab.core.errors import ConfigError, TunelabError
 from tunelab.data.load import load_examples
 from tunelab.eval.classify import evaluate_file
@@ -25,6 +26,8 @@ console = Console()
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    if args.suite:  # robustness / bias suites: their own module
+        return evaluate_suites(args)
     name = " + ".join(args.model)
     first = args.model[0]
     if len(args.model) == 1 and is_run(first) and read_run(first).objective == "classify":  # a task head
