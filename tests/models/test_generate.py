@@ -19,7 +19,8 @@ from tunelab.core.types import Message
 from tunelab.data.load import load_examples
 from tunelab.data.records import Example
 from tunelab.eval import evaluate as evaluate_module
-from tunelab.eval.evaluate import generation_metrics, metrics_table, write_predictions
+from tunelab.eval.evaluate import generation_metrics, write_predictions
+from tunelab.eval.table import metrics_table
 from tunelab.models.generate import generate_answers, stop_token_ids, stream_reply
 from tunelab.models.load import load_model, load_tokenizer
 
@@ -153,7 +154,9 @@ def test_generation_metrics_on_color_task(tmp_path: Path, model: nn.Module, toke
     metrics, rows = generation_metrics(
         model, tokenizer, examples, max_examples=4, max_new_tokens=4, batch_size=2, show_progress=False
     )
-    assert set(metrics) == {"exact_match", "token_f1", "rouge_l"}  # one-word answers: no BLEU-4
+    # One-word answers: no BLEU-4 or ROUGE-2; two colours repeated: label metrics.
+    assert set(metrics) == {"exact_match", "token_f1", "rouge_1", "rouge_l", "chrf", "macro_precision",
+                            "macro_recall", "macro_f1"}  # fmt: skip
     assert len(rows) == 4
     assert [r["origin"] for r in rows] == [e.origin for e in examples[:4]]
     assert rows[0]["prompt"].startswith("what is color of ")

@@ -1,19 +1,26 @@
 """Scoring a finished `classify` run on a labelled file (`tunelab eval RUN --data FILE`): the validation metrics of
 training (loss, accuracy, macro-F1 / entity F1 / MSE) and one prediction per row; a run with task heads scores
-each row by the head of its task."""
+each row by the head of its task. A single-label classifier also gets macro precision and recall, its confusion
+matrix and its calibration (expected calibration error, reliability diagram) from the predicted probabilities."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.core.device import eval_mode
 from tunelab.core.errors import DataError
 from tunelab.data.load import load_examples
+from tunelab.eval.calibration import Reliability, reliability
+from tunelab.eval.labels import LabelReport, label_report
 from tunelab.models.load import pad_id
 from tunelab.objectives.classify.config import KIND, Task, task_of
-from tunelab.objectives.classify.data import encode
+from tunelab.objectives.classify.data import ClassItem, collate_items, encode
+from tunelab.objectives.classify.heads import TaskModel
 from tunelab.objectives.classify.multi import MultiHeadModel
 from tunelab.objectives.classify.objective import OBJECTIVE
 from tunelab.objectives.classify.predict import load_classifier, predict, scores, shown, task_scores
@@ -26,7 +33,11 @@ def evaluate_file(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """A classify run scored on a labelled file (rows of the kind it trained on): the validation metrics of
     training (loss, accuracy, macro-F1 / entity F1 / MSE) and one prediction per row. A run with task heads scores
-    each row by the head of its task (file stem or `task` field) and reports each task's metrics."""
+    each row by the head of its task (file stem or `task` field) and reports each task's metrics.
+
+    Rows carry their per-example scores: `accuracy` (0/1) and `confidence` (the top class's probability) for a
+    classifier, `squared_error` and `abs_error` for regression; a classifier's metrics add macro_precision,
+    macro_recall and ece (`classifier_report` gives its confusion matrix and reliability bins)."""
     model, tokenizer = load_classifier(run)
     if isinstance(model, MultiHeadModel):
         return _evaluate_task_heads(model, tokenizer, run, data_file, batch_size)
@@ -46,10 +57,53 @@ def evaluate_file(
     device, pad = next(model.parameters()).device, pad_id(tokenizer)
     metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad, device, False)
     metrics.update(scores(model, items, batch_size, pad, device))
-    predicted = predict(model, items, batch_size, pad, device)
+    if task == "sequence_classification":
+        probabilities = class_probabilities(model, items, batch_size, pad, device)
+        predicted: list[Any] = probabilities.argmax(-1).tolist()
+    else:
+        probabilities, predicted = None, predict(model, items, batch_size, pad, device)
     rows = [{"origin": ex.origin, "text": ex.text, "label": ex.label, "prediction": shown(p, task, names)}
             for ex, p in zip(examples, predicted, strict=True)]  # fmt: skip
+    _add_row_scores(rows, items, predicted, probabilities, task)
+    if probabilities is not None:
+        labels, bins = classifier_report(rows, names)
+        metrics.update(labels.metrics, ece=bins.ece)
     return metrics, rows
+
+
+@torch.no_grad()
+def class_probabilities(
+    model: TaskModel, items: list[ClassItem], batch_size: int, pad: int, device: torch.device
+) -> torch.Tensor:
+    """(rows, classes) softmax probabilities of a sequence classifier, in fp32 on the CPU."""
+    out = []
+    with eval_mode(model):
+        for start in range(0, len(items), batch_size):
+            batch = {k: v.to(device) for k, v in collate_items(items[start : start + batch_size], pad).items()}
+            out.append(model(batch["input_ids"], batch["attention_mask"]).float().softmax(-1).cpu())
+    return torch.cat(out)
+
+
+def _add_row_scores(
+    rows: list[dict[str, Any]], items: list[ClassItem], predicted: list[Any], probabilities: torch.Tensor | None,
+    task: Task,
+) -> None:  # fmt: skip
+    """Each row's own scores, in place: accuracy and confidence (classifiers), squared and absolute error
+    (regression). Token classification keeps its rows as they are (its scores are per word, not per row)."""
+    for k, (row, item, p) in enumerate(zip(rows, items, predicted, strict=True)):
+        if task == "regression":
+            error = float(p) - float(item.target)  # type: ignore[arg-type]
+            row.update(squared_error=error * error, abs_error=abs(error))
+        elif probabilities is not None:
+            row.update(accuracy=float(p == item.target), confidence=float(probabilities[k].max()))
+
+
+def classifier_report(rows: list[dict[str, Any]], labels: list[str]) -> tuple[LabelReport, Reliability]:
+    """A classifier's confusion matrix and per-class scores, and its reliability bins, from its scored rows."""
+    gold, predicted = [str(r["label"]) for r in rows], [str(r["prediction"]) for r in rows]
+    report = label_report(gold, predicted, labels or sorted({*gold, *predicted}))
+    confidence = np.array([r["confidence"] for r in rows])
+    return report, reliability(confidence, np.array([r["accuracy"] for r in rows]))
 
 
 def _evaluate_task_heads(

@@ -1,20 +1,23 @@
-"""Generation evaluation on held-out examples, the predictions file, and the before/after metrics table."""
+"""Generation evaluation on held-out examples: answers scored against their references (overlap metrics, and
+structure, label and embedding-similarity metrics where they apply), and the predictions file."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
+from jsonschema import Draft202012Validator
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.errors import DataError
 from tunelab.core.types import Message
 from tunelab.data.records import Example
-from tunelab.eval.metrics import aggregate, bleu, exact_match, rouge_l, token_f1
+from tunelab.eval.labels import LabelReport, is_label_task, label_report
+from tunelab.eval.metrics import aggregate, bleu, chrf, exact_match, rouge_scores, token_f1
+from tunelab.eval.similarity import embedding_similarity
+from tunelab.eval.structured import is_structured_task, structured_scores
 from tunelab.models.generate import Precision, generate_answers
 
 
@@ -29,12 +32,13 @@ def generation_metrics(
     system_prompt: str | None = None,
     precision: Precision = "fp32",
     show_progress: bool = True,
+    schema: Draft202012Validator | None = None,
+    similarity_encoder: str | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Answer the first `max_examples` examples greedily and score the answers against their last assistant turn.
 
-    Returns the means of exact_match, token_f1 and rouge_l with the corpus bleu, and one prediction dict per
-    example: origin, prompt (the last user message), reference, prediction and the per-example scores. No
-    examples gives ({}, []).
+    Returns the metrics (`answer_scores`) and one prediction dict per example: origin, prompt (the last user
+    message), reference, prediction and the per-example scores. No examples gives ({}, []).
     """
     chosen = examples if max_examples is None else examples[:max_examples]
     prompts: list[list[Message]] = []
@@ -66,18 +70,59 @@ def generation_metrics(
             "prompt": next((m.content for m in reversed(prompt) if m.role == "user"), ""),
             "reference": ref,
             "prediction": pred,
-            "exact_match": exact_match(pred, ref),
-            "token_f1": token_f1(pred, ref),
-            "rouge_l": rouge_l(pred, ref),
         }
         for ex, prompt, ref, pred in zip(chosen, prompts, references, predictions, strict=True)
     ]
+    return answer_scores(rows, schema=schema, similarity_encoder=similarity_encoder), rows
+
+
+def _words(references: list[str]) -> float:
+    return sum(len(r.split()) for r in references) / len(references)
+
+
+def answer_scores(
+    rows: list[dict[str, Any]], *, schema: Draft202012Validator | None = None, similarity_encoder: str | None = None
+) -> dict[str, float]:
+    """Score prediction rows (`prediction`, `reference`) in place and return the metrics.
+
+    Each row gains exact_match, token_f1, rouge_1, rouge_l and, when references average two words or more,
+    rouge_2; when every reference is a JSON object or array, json_valid, json_match (and json_schema with a
+    `schema`); with a `similarity_encoder`, the embedding similarity to the reference. The metrics are the means of
+    those, with corpus chrF, corpus BLEU (when references average four words or more) and, when the references are
+    labels (`labels.is_label_task`), macro precision, recall and F1.
+    """
+    preds, refs = [str(r["prediction"]) for r in rows], [str(r["reference"]) for r in rows]
+    # Bigram and 4-gram overlap need that many words: on short answers (labels, dates, codes) ROUGE-2 and BLEU-4
+    # are 0 whatever the quality, so they would only mislead. They are reported when the answers are long enough.
+    words = _words(refs)
+    structured = is_structured_task(refs)
+    similarity = embedding_similarity(preds, refs, similarity_encoder) if similarity_encoder else None
+    for k, (row, pred, ref) in enumerate(zip(rows, preds, refs, strict=True)):
+        rouge = rouge_scores(pred, ref)
+        if words < 2:
+            del rouge["rouge_2"]
+        row.update(exact_match=exact_match(pred, ref), token_f1=token_f1(pred, ref), **rouge)
+        if structured:
+            row.update(structured_scores(pred, ref, schema))
+        if similarity is not None:
+            row["similarity"] = similarity[k]
     metrics = aggregate(rows)
-    # BLEU-4 needs 4-grams: on short answers (labels, dates, codes) it is 0 whatever the quality, so it would
-    # only mislead. It is reported when references average at least four words.
-    if sum(len(r.split()) for r in references) >= 4 * len(references):
-        metrics["bleu"] = bleu(predictions, references)
-    return metrics, rows
+    metrics["chrf"] = chrf(preds, refs)
+    if words >= 4:
+        metrics["bleu"] = bleu(preds, refs)
+    report = generated_labels(rows)
+    if report is not None:
+        metrics.update(report.metrics)
+    return metrics
+
+
+def generated_labels(rows: list[dict[str, Any]]) -> LabelReport | None:
+    """The label report (confusion matrix, per-class scores) of generated answers whose references are labels;
+    None for other tasks."""
+    refs = [str(r["reference"]).strip() for r in rows]
+    if not is_label_task(refs):
+        return None
+    return label_report(refs, [str(r["prediction"]).strip() for r in rows])
 
 
 def write_predictions(predictions: list[dict[str, Any]], path: str | Path) -> Path:
@@ -90,57 +135,9 @@ def write_predictions(predictions: list[dict[str, Any]], path: str | Path) -> Pa
     return path
 
 
-# Metrics in [0, 1] shown as percentages; everything else (losses, perplexity, counts) as plain numbers.
-RATE_METRICS = frozenset({"exact_match", "token_f1", "rouge_l", "bleu", "accuracy", "f1", "precision", "recall"})
-RATE_SUFFIXES = ("_acc", "_accuracy", "_f1", "_exact_match")
-LOWER_IS_BETTER = ("loss", "ppl", "perplexity")
-
-
-def is_rate(name: str) -> bool:
-    """Whether a metric is a rate in [0, 1] (shown as a percentage, compared in percentage points)."""
-    return name in RATE_METRICS or name.endswith(RATE_SUFFIXES)
-
-
-def metrics_table(columns: dict[str, dict[str, float]], title: str | None = None) -> Table:
-    """A table with one row per metric and one column per model, plus a "Δ" column (last minus first) for two.
-
-    Rates are shown as percentages and their Δ in percentage points; other numbers with 4 significant digits.
-    A Δ is green when it is an improvement (higher rates, lower losses/perplexity) and red when it is worse.
-    A metric a model lacks shows as "—".
-    """
-    names = list(columns)
-    metrics: list[str] = []
-    for values in columns.values():
-        metrics.extend(k for k in values if k not in metrics)
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in names:
-        table.add_column(name, justify="right")
-    with_delta = len(names) == 2
-    if with_delta:
-        table.add_column("Δ", justify="right")
-    for metric in metrics:
-        cells = [_format_value(metric, columns[name].get(metric)) for name in names]
-        if with_delta:
-            cells.append(_format_delta(metric, columns[names[0]].get(metric), columns[names[1]].get(metric)))
-        table.add_row(metric, *cells)
-    return table
-
-
-def _format_value(metric: str, value: float | None) -> str:
-    if value is None:
-        return "—"
-    if is_rate(metric):
-        return f"{100 * value:.1f}%"
-    return f"{value:.4g}"
-
-
-def _format_delta(metric: str, before: float | None, after: float | None) -> str:
-    if before is None or after is None or not (math.isfinite(before) and math.isfinite(after)):
-        return ""
-    delta = after - before
-    text = f"{100 * delta:+.1f} pp" if is_rate(metric) else f"{delta:+.3g}"
-    better = delta > 0 if is_rate(metric) else delta < 0 if any(w in metric for w in LOWER_IS_BETTER) else None
-    if better is None or delta == 0:
-        return text
-    return f"[green]{text}[/]" if better else f"[red]{text}[/]"
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """The prediction dicts of a file `write_predictions` wrote; no file gives []."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
