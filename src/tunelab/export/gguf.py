@@ -3,12 +3,12 @@
 Written with the `gguf` package (llama.cpp's own writer) rather than by calling `convert_hf_to_gguf.py`: that script
 is not on PyPI and pulls a whole llama.cpp checkout. What it does for Llama is small and mirrored here: the HF →
 GGUF tensor-name map from `gguf` itself, the Q/K row permutation llama.cpp's rotary kernel expects, the byte-level
-BPE vocabulary with merges, and the chat template. `verify_gguf` reads the file back with `gguf.GGUFReader`.
+BPE vocabulary with merges, the pre-tokenizer name decided as llama.cpp's converter decides it, and the chat
+template (gguf_vocab.py). `verify_gguf` reads the file back with `gguf.GGUFReader`.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +22,11 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
 
 from tunelab.core.files import disk_full_as_error, fsync_dir, fsync_file
 from tunelab.export.errors import ExportError
+from tunelab.export.gguf_vocab import write_vocabulary
 from tunelab.methods.trained import save_merged
 
 Quant = Literal["f16", "q8_0", "f32"]
@@ -74,7 +73,7 @@ def write_gguf(hf_folder: str | Path, out: str | Path, quant: Quant = "f16") -> 
         with disk_full_as_error(out, f"the GGUF file ({out})", None, then):
             writer = gguf.GGUFWriter(tmp, arch="llama")
             _write_model_metadata(writer, config, hf_folder.name, file_type)
-            _write_tokenizer(writer, tokenizer, config.vocab_size)
+            write_vocabulary(writer, tokenizer, config.vocab_size)
             _write_tensors(writer, model, config, qtype)
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
@@ -145,51 +144,6 @@ def _write_model_metadata(
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-
-def _write_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
-    if not getattr(tokenizer, "is_fast", False):
-        raise ExportError("GGUF export needs a fast (tokenizer.json) tokenizer; this model has a slow one.")
-    backend = cast(PreTrainedTokenizerFast, tokenizer).backend_tokenizer  # is_fast: backed by `tokenizers`
-    spec = json.loads(backend.to_str())
-    if spec["model"]["type"] != "BPE":
-        raise ExportError(
-            f"GGUF export writes byte-level BPE vocabularies (GPT-2 style); this tokenizer is "
-            f"{spec['model']['type']}. Export with --format hf and convert it with llama.cpp instead."
-        )
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = {t.content: t for t in backend.get_added_tokens_decoder().values()}
-    tokens, types = [], []
-    for i in range(vocab_size):
-        token = by_id.get(i)
-        if token is None:  # the embedding matrix is padded past the vocabulary
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif token in added:
-            tokens.append(token)
-            types.append(gguf.TokenType.CONTROL if added[token].special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(token)
-            types.append(gguf.TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
-    writer.add_tokenizer_model("gpt2")
-    # The pre-tokenizer decides how text is split before the merges; SmolLM2 splits digits one by one.
-    writer.add_tokenizer_pre("smollm" if "individual_digits" in json.dumps(spec.get("pre_tokenizer")) else "gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for setter, token_id in (
-        (writer.add_bos_token_id, tokenizer.bos_token_id),
-        (writer.add_eos_token_id, tokenizer.eos_token_id),
-        (writer.add_unk_token_id, tokenizer.unk_token_id),
-        (writer.add_pad_token_id, tokenizer.pad_token_id),
-    ):
-        if token_id is not None:
-            setter(cast(int, token_id))  # one token's id (transformers types it for token lists too)
-    # Chat templates write the special tokens themselves; llama.cpp must not add a BOS in front again.
-    writer.add_add_bos_token(False)
-    if tokenizer.chat_template:
-        writer.add_chat_template(cast(str, tokenizer.chat_template))  # one template (named ones are a dict)
 
 
 def _permute_rows(weight: np.ndarray, heads: int) -> np.ndarray:
