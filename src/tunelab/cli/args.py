@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of random demonstrations")
     _suite_arguments(p)
 
+    p = add("explain", "explain:explain", "Token attributions of a model's answer to a prompt (or a classifier's "
+            "label): coloured in the terminal, and an HTML heat map.")  # fmt: skip
+    p.add_argument("model", help="run folder, embedded model name, HF folder or .gguf file")
+    p.add_argument("--prompt", required=True, help="the user message (a classifier: the text to label)")
+    p.add_argument("--target", help="answer text to explain (default: the model's greedy answer), or a label name")
+    p.add_argument("--method", choices=["ig", "ixg", "rollout"], default="ig",
+                   help="integrated gradients, input x gradient, or attention rollout (default ig)")  # fmt: skip
+    p.add_argument("--per-token", action="store_true", help="attributions of each answer token, not only the sum")
+    p.add_argument("--steps", type=int, default=50, help="integrated-gradients steps (default 50)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="length of the generated answer to explain")
+    p.add_argument("--out", help="HTML file (default RUN/explain/<method>.html, or ./explain-<method>.html)")
+
     p = add(
         "diagnose",
         "diagnose:diagnose",
