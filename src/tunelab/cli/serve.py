@@ -7,8 +7,11 @@ import os
 
 import torch
 
+from tunelab.core.duration import seconds
+from tunelab.core.errors import ConfigError
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.server import ServeError, build_state, serve_forever
+from tunelab.serve.traffic import PII_KINDS, LogSettings
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -47,7 +50,29 @@ def serve(args: argparse.Namespace) -> None:
     state = build_state(
         args.model, config, adapters=dict(args.adapter or []), adapter_dir=args.adapter_dir,
         embedding_model=args.embedding_model, dtype=torch.float32 if args.int8 else dtype, int8=args.int8,
-        trust_remote_code=args.trust_remote_code, name=args.name, device=args.device,
+        trust_remote_code=args.trust_remote_code, name=args.name, device=args.device, log=log_settings(args),
     )  # fmt: skip
     print(f"serving {', '.join(state.model_names())} on http://{args.host}:{args.port}/v1", flush=True)
     serve_forever(state, args.host, args.port)
+
+
+def log_settings(args: argparse.Namespace) -> LogSettings | None:
+    """The traffic log's settings from the --log* flags (None without --log)."""
+    if not args.log:
+        return None
+    kinds = [] if args.log_mask.strip().lower() == "none" else [k.strip() for k in args.log_mask.split(",") if k]
+    unknown = [k for k in kinds if k not in PII_KINDS]
+    if unknown:
+        raise ConfigError(f"--log-mask: '{unknown[0]}' is not a kind of personal data tunelab masks; give a "
+                          f"comma-separated list of {', '.join(PII_KINDS)}, or none.")  # fmt: skip
+    for flag, value in (("--log-max-rows", args.log_max_rows), ("--log-queue", args.log_queue)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1; got {value}.")
+    try:
+        max_age = None if args.log_max_age is None else float(seconds(args.log_max_age))
+    except ValueError as exc:
+        raise ConfigError(f"--log-max-age: {exc}.") from None
+    return LogSettings(
+        db=args.log, mask=tuple(kinds), max_rows=args.log_max_rows, max_age=max_age, queue_size=args.log_queue,
+        server=args.log_server or f"{args.host}:{args.port}",
+    )  # fmt: skip

@@ -22,16 +22,18 @@ from typing import Any, TypeVar, cast
 import anyio
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunelab.recipes.monitor.store import LoggedRequest
 from tunelab.serve.adapters import Adapters
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.constraints import ConstraintCompiler
 from tunelab.serve.embeddings import Embedder
 from tunelab.serve.engine import Engine
 from tunelab.serve.errors import APIError, internal_error
+from tunelab.serve.feedback import FeedbackRequest, submit_feedback
 from tunelab.serve.generation import (
     Job,
     build_specs,
@@ -45,6 +47,8 @@ from tunelab.serve.guard import Guard
 from tunelab.serve.metrics import ServerMetrics
 from tunelab.serve.openapi import openapi_document
 from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, GenerationFields
+from tunelab.serve.review import Reviews
+from tunelab.serve.traffic import TrafficLog, logged_request
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
@@ -60,6 +64,8 @@ class ServerState:
     adapters: Adapters | None = None
     embedder: Embedder | None = None
     embedding_name: str | None = None
+    traffic: TrafficLog | None = None
+    """The traffic log (`serve --log`): answers, feedback and review ratings go there."""
     created: int = field(default_factory=lambda: int(time.time()))
     _compiler: ConstraintCompiler | None = None
     _compiler_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -78,10 +84,16 @@ class ServerState:
         """Stop the engine and the constraint compile workers (the server has stopped taking requests)."""
         if self.engine:
             self.engine.stop()
+        if self.traffic:
+            self.traffic.close()
         with self._compiler_lock:
             if self._compiler is not None:
                 self._compiler.close()
                 self._compiler = None
+
+    def generator_names(self) -> list[str]:
+        """The served causal LMs: the base model and its adapters."""
+        return self.adapters.names() if self.adapters else []
 
     def model_names(self) -> list[str]:
         names = self.adapters.names() if self.adapters else []
@@ -135,7 +147,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> dict | StreamingResponse:
-        deadline = time.monotonic() + state.config.request_timeout  # compiling a constraint counts too
+        arrived = time.monotonic()
+        deadline = arrived + state.config.request_timeout  # compiling a constraint counts too
         body = await _read(request, ChatCompletionRequest, state.config)
         engine, adapter = await _generator(state, body.model)
         prompt = await anyio.to_thread.run_sync(chat_prompt, engine.tokenizer, body)
@@ -148,12 +161,13 @@ def create_app(state: ServerState) -> FastAPI:
                 deadline,
             )
         )  # fmt: skip
-        job = Job("chat.completion", body.model, len(prompt), specs, deadline)
+        job = Job("chat.completion", body.model, len(prompt), specs, deadline, arrived)
         return await _respond(request, state, engine, job, body)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> dict | StreamingResponse:
-        deadline = time.monotonic() + state.config.request_timeout
+        arrived = time.monotonic()
+        deadline = arrived + state.config.request_timeout
         body = await _read(request, CompletionRequest, state.config)
         engine, adapter = await _generator(state, body.model)
         if body.echo or body.suffix:
@@ -165,7 +179,7 @@ def create_app(state: ServerState) -> FastAPI:
                 deadline=deadline,
             )
         )  # fmt: skip
-        job = Job("text_completion", body.model, sum(len(p) for p in prompts), specs, deadline)
+        job = Job("text_completion", body.model, sum(len(p) for p in prompts), specs, deadline, arrived)
         return await _respond(request, state, engine, job, body)
 
     @app.post("/v1/embeddings")
@@ -187,7 +201,65 @@ def create_app(state: ServerState) -> FastAPI:
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {"object": "list", "data": data, "model": body.model, "usage": usage}
 
+    _feedback_routes(app, state)
     return app
+
+
+def _feedback_routes(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/feedback and the review page, which need the traffic log."""
+    reviews = Reviews(state.traffic, _review_answer(state), state.generator_names) if state.traffic else None
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict:
+        body = await _read(request, FeedbackRequest, state.config)
+        return await submit_feedback(body, _traffic(state))
+
+    @app.get("/review", response_class=HTMLResponse)
+    async def review_page(a: str | None = None, b: str | None = None) -> Response:
+        _traffic(state)
+        assert reviews is not None
+        return await reviews.page(a, b)
+
+    @app.post("/review", response_class=HTMLResponse)
+    async def review_rate(request: Request) -> Response:
+        _traffic(state)
+        assert reviews is not None
+        chunks: list[bytes] = []
+        await _receive_body(request, chunks, state.config.max_body_bytes)
+        return await reviews.rate(b"".join(chunks))
+
+
+def _traffic(state: ServerState) -> TrafficLog:
+    if state.traffic is None:
+        raise APIError(
+            400, "This server keeps no traffic log, so it takes no feedback; start it with --log DB.",
+            code="log_not_enabled",
+        )  # fmt: skip
+    return state.traffic
+
+
+def _review_answer(state: ServerState):
+    """The review page's generator: model `name`'s greedy answer to a logged request."""
+
+    async def answer(name: str, logged: LoggedRequest) -> str:
+        # No max_tokens: the server's default, capped by the context the prompt leaves.
+        if logged.kind == "chat":
+            chat = ChatCompletionRequest(model=name, messages=logged.messages, temperature=0)
+            engine, adapter = await _generator(state, name)
+            prompts = [await anyio.to_thread.run_sync(chat_prompt, engine.tokenizer, chat)]
+            body: GenerationFields = chat
+        else:
+            body = CompletionRequest(model=name, prompt=logged.messages[0], temperature=0)
+            engine, adapter = await _generator(state, name)
+            prompts = await anyio.to_thread.run_sync(completion_prompts, engine.tokenizer, body)
+        tokenizer, context = engine.tokenizer, engine.context_length
+        specs = build_specs(body, prompts, tokenizer, state.config, context, state.compiler, adapter)
+        kind = "chat.completion" if logged.kind == "chat" else "text_completion"
+        reply = await complete(engine, Job(kind, name, len(prompts[0]), specs), state.config)
+        choice = reply["choices"][0]
+        return choice["message"]["content"] if logged.kind == "chat" else choice["text"]
+
+    return answer
 
 
 def _embedding_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
@@ -204,10 +276,20 @@ async def _respond(
 ) -> dict | StreamingResponse:
     if state.metrics:
         state.metrics.prompt_tokens.inc(job.prompt_tokens)
+    traffic = state.traffic
+
+    def finished(texts: list[str], reasons: list[str | None], tokens: int) -> None:
+        if traffic is not None:
+            traffic.record(logged_request(body, job, texts, reasons, tokens, engine.tokenizer))
+
     if body.stream:  # StreamingResponse stops the stream (and so the generation) when the client disconnects
-        chunks = await stream(engine, job, state.config, body.include_usage_in_stream())
+        chunks = await stream(engine, job, state.config, body.include_usage_in_stream(), finished)
         return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    return await _unless_disconnected(request, complete(engine, job, state.config))
+    reply = await _unless_disconnected(request, complete(engine, job, state.config))
+    choices = reply["choices"]
+    texts = [c["message"]["content"] if "message" in c else c["text"] for c in choices]
+    finished(texts, [c["finish_reason"] for c in choices], reply["usage"]["completion_tokens"])
+    return reply
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, R]) -> R:

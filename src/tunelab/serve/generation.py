@@ -8,7 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from transformers import PreTrainedTokenizerBase
@@ -34,6 +34,19 @@ class Job:
     deadline: float | None = None
     """time.monotonic() by which the request must be answered (set when it arrived, so compiling its constraint
     counts); None: `request_timeout` from when generation starts."""
+    arrived: float = field(default_factory=time.monotonic)
+    """time.monotonic() when the request arrived, for the latency the traffic log records."""
+    response_id: str = ""
+    """The id the response carries (`chatcmpl-...`, `cmpl-...`), made when the job is; feedback names it."""
+
+    def __post_init__(self) -> None:
+        if not self.response_id:
+            prefix = "chatcmpl" if self.kind == "chat.completion" else "cmpl"
+            self.response_id = f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+Finished = Callable[[list[str], list[str | None], int], None]
+"""Called once a streamed response has ended: each choice's text, finish reasons, completion tokens."""
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, body: ChatCompletionRequest) -> list[int]:
@@ -236,13 +249,17 @@ async def complete(engine: Engine, job: Job, config: ServeConfig) -> dict:
     return {**_envelope(job), "choices": choices, "usage": _usage(job, sum(tokens))}
 
 
-async def stream(engine: Engine, job: Job, config: ServeConfig, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events for a streaming request, ending with `data: [DONE]`."""
+async def stream(
+    engine: Engine, job: Job, config: ServeConfig, include_usage: bool, finished: Finished | None = None
+) -> AsyncIterator[str]:
+    """Server-sent events for a streaming request, ending with `data: [DONE]`; `finished` hears what was sent."""
     handle = submit(engine, job.specs)
+    texts = [""] * len(job.specs)
+    reasons: list[str | None] = [None] * len(job.specs)
+    tokens = [0] * len(job.specs)
 
     async def body() -> AsyncIterator[str]:
         head = _envelope(job, chunk=True)
-        tokens = [0] * len(job.specs)
         if job.kind == "chat.completion":
             for spec in job.specs:
                 yield _sse({**head, "choices": [_chunk_choice(job, spec.index, "", None, role=True)]})
@@ -253,6 +270,8 @@ async def stream(engine: Engine, job: Job, config: ServeConfig, include_usage: b
                         yield _sse(APIError(event.error_status, event.error, code="generation_failed").body())
                         break
                     tokens[event.index] = event.completion_tokens
+                    texts[event.index] += event.text
+                    reasons[event.index] = event.finish_reason or reasons[event.index]
                     if event.text or event.finish_reason:
                         choice = _chunk_choice(job, event.index, event.text, event.finish_reason)
                         yield _sse({**head, "choices": [choice]})
@@ -266,6 +285,8 @@ async def stream(engine: Engine, job: Job, config: ServeConfig, include_usage: b
         try:
             async for piece in body():
                 yield piece
+            if finished is not None:
+                finished(texts, reasons, sum(tokens))
         finally:
             handle.cancel()  # the client went away or the stream ended: stop generating either way
 
@@ -284,9 +305,8 @@ def _chunk_choice(job: Job, index: int, text: str, reason: str | None, role: boo
 
 
 def _envelope(job: Job, chunk: bool = False) -> dict:
-    prefix = "chatcmpl" if job.kind == "chat.completion" else "cmpl"
     obj = job.kind + (".chunk" if chunk and job.kind == "chat.completion" else "")
-    return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": obj, "created": int(time.time()), "model": job.model}
+    return {"id": job.response_id, "object": obj, "created": int(time.time()), "model": job.model}
 
 
 def _usage(job: Job, completion_tokens: int) -> dict:

@@ -7,10 +7,15 @@ page's own name re-pointed to 127.0.0.1) it can read the answers too. Such reque
 in `Host`, so a keyless server answers only requests whose Host is a loopback name or address, the address the
 connection arrived on, or a name the operator allowed. A server with keys needs no such check: a page does not
 have the key.
+
+The review page (`/review`) is opened in a browser, which cannot send a Bearer header: it also takes HTTP Basic
+credentials with an API key as the password, and its 401 asks the browser for them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 import time
@@ -22,8 +27,10 @@ from tunelab.serve.errors import APIError
 from tunelab.serve.metrics import ServerMetrics
 
 ROUTES = (
-    "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/health", "/metrics", "/openapi.json"
+    "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/health", "/metrics", "/openapi.json",
+    "/v1/feedback", "/review",
 )  # fmt: skip
+BROWSER_ROUTES = ("/review",)
 OPEN_ROUTES = ("/health", "/metrics")
 LOOPBACK_NAMES = ("localhost",)
 
@@ -55,7 +62,10 @@ class Guard:
 
         rejection = self._reject(scope, path)
         if rejection is not None:
-            await rejection.response()(scope, receive, timed_send)
+            response = rejection.response()
+            if rejection.status == 401 and path in BROWSER_ROUTES:
+                response.headers["WWW-Authenticate"] = 'Basic realm="tunelab review"'
+            await response(scope, receive, timed_send)
             return
         await self.app(scope, receive, timed_send)
 
@@ -64,7 +74,7 @@ class Guard:
         keys = self.config.api_keys
         if keys and path not in OPEN_ROUTES:
             auth = headers.get(b"authorization", b"").decode("latin-1")
-            token = auth[7:] if auth.lower().startswith("bearer ") else ""
+            token = _presented_key(auth, path in BROWSER_ROUTES)
             # compare_digest: the time taken does not reveal how much of a key was right. An empty token never
             # matches, even if an empty key slipped into the configuration.
             if not token or not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys if key):
@@ -84,6 +94,18 @@ class Guard:
             limit = self.config.max_body_bytes
             return APIError(413, f"Request body is larger than {limit} bytes.", code="body_too_large")
         return None
+
+
+def _presented_key(auth: str, basic: bool) -> str:
+    """The key in an `Authorization` header: a Bearer token, or (where `basic`) the password of Basic credentials."""
+    if auth.lower().startswith("bearer "):
+        return auth[7:]
+    if basic and auth.lower().startswith("basic "):
+        try:
+            return base64.b64decode(auth[6:].strip(), validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+    return ""
 
 
 def host_allowed(host: str, scope: Scope, allowed: list[str]) -> bool:

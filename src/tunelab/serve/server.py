@@ -21,6 +21,7 @@ from tunelab.serve.embeddings import Embedder
 from tunelab.serve.engine import Engine
 from tunelab.serve.loading import load_served
 from tunelab.serve.metrics import ServerMetrics
+from tunelab.serve.traffic import LogSettings, TrafficLog
 
 
 class ServeError(TunelabError):
@@ -39,14 +40,18 @@ def build_state(
     trust_remote_code: bool = False,
     name: str | None = None,
     device: str | None = None,
+    log: LogSettings | None = None,
 ) -> ServerState:
     """Load `spec` (and an optional embedding model) and start its engine; the result feeds `create_app`.
 
     `device`: "cpu", "cuda", ... (default: cuda when available and not `int8`, which is a CPU format).
+    `log`: where and how answers and feedback are logged (None: not at all).
     """
     device = device or ("cuda" if torch.cuda.is_available() and not int8 else "cpu")
     config = config or ServeConfig()
     state = ServerState(config=config, metrics=ServerMetrics())
+    if log is not None:  # first: a database URL that cannot work is refused before any model loads
+        state.traffic = TrafficLog(log, state.metrics)
     served = load_served(spec, dtype=dtype, trust_remote_code=trust_remote_code, name=name)
     if served.task == "encoder":
         if adapters or adapter_dir:
@@ -72,6 +77,8 @@ def build_state(
         if extra.task != "encoder":
             raise ServeError(f"--embedding-model '{embedding_model}' is not an encoder; give one such as minilm-l6.")
         state.embedder, state.embedding_name = Embedder(extra.model.to(device), extra.tokenizer), extra.name
+    if state.traffic is not None:
+        state.traffic.start()
     return state
 
 
