@@ -1,4 +1,5 @@
-"""Prometheus metrics for one server: requests, errors, latency, tokens generated, queue depth, batch sizes.
+"""Prometheus metrics for one server: requests, errors, latency, tokens generated, queue depth, batch sizes, and the
+traffic log's writes and live signals.
 
 Each server gets its own registry, so several servers in one process (tests, benchmarks) never collide.
 """
@@ -33,6 +34,31 @@ class ServerMetrics:
         self.batch_size = Histogram(
             "tunelab_batch_size", "Rows per decode step", buckets=BATCH_BUCKETS, registry=self.registry
         )
+
+        self._traffic_log()
+
+    def _traffic_log(self) -> None:
+        """The traffic log's counters (`serve --log`) and the live signals it feeds."""
+        registry = self.registry
+        self.log_written = Counter("tunelab_traffic_log_written", "Rows written to the traffic log", registry=registry)
+        self.log_dropped = Counter(
+            "tunelab_traffic_log_dropped", "Answers not logged because the write queue was full", registry=registry
+        )
+        self.log_failed = Counter(
+            "tunelab_traffic_log_failed", "Rows whose database write failed (locked, full, corrupt, unreachable)",
+            registry=registry,
+        )  # fmt: skip
+        self.log_queue = Gauge("tunelab_traffic_log_queue", "Rows waiting to be written", registry=registry)
+        self.live_input_chars = Gauge(
+            "tunelab_live_input_chars", "Mean prompt length in characters over the last answers", registry=registry
+        )
+        self.live_empty_rate = Gauge(
+            "tunelab_live_empty_answer_rate", "Share of the last answers that were empty", registry=registry
+        )
+        self.live_feedback_rate = Gauge(
+            "tunelab_live_feedback_rate", "Feedback of each kind per answer, over the last answers", ["kind"],
+            registry=registry,
+        )  # fmt: skip
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

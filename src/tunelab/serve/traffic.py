@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from transformers import PreTrainedTokenizerBase
@@ -81,30 +80,11 @@ class LogSettings:
     """Answers kept in memory for feedback that arrives before (or instead of) their row."""
 
 
-class LogMetrics:
-    """The log's counters and the live signal gauges, on the server's registry."""
+class LiveSignals:
+    """The cheap live signals over the last `window` answers, kept in the server's gauges."""
 
     def __init__(self, metrics: ServerMetrics, window: int = 1000) -> None:
-        registry = metrics.registry
-        self.written = Counter("tunelab_traffic_log_written", "Rows written to the traffic log", registry=registry)
-        self.dropped = Counter(
-            "tunelab_traffic_log_dropped", "Answers not logged because the write queue was full", registry=registry
-        )
-        self.failed = Counter(
-            "tunelab_traffic_log_failed", "Rows whose database write failed (locked, full, corrupt, unreachable)",
-            registry=registry,
-        )  # fmt: skip
-        self.queued = Gauge("tunelab_traffic_log_queue", "Rows waiting to be written", registry=registry)
-        self.input_chars = Gauge(
-            "tunelab_live_input_chars", "Mean prompt length in characters over the last answers", registry=registry
-        )
-        self.empty_rate = Gauge(
-            "tunelab_live_empty_answer_rate", "Share of the last answers that were empty", registry=registry
-        )
-        self.feedback_rate = Gauge(
-            "tunelab_live_feedback_rate", "Feedback of each kind per answer, over the last answers", ["kind"],
-            registry=registry,
-        )  # fmt: skip
+        self.metrics = metrics
         self._answers: deque[tuple[int, bool]] = deque(maxlen=window)
         self._feedback: deque[str] = deque(maxlen=window)
         self._lock = threading.Lock()
@@ -121,10 +101,10 @@ class LogMetrics:
 
     def _update(self) -> None:
         answers = max(1, len(self._answers))
-        self.input_chars.set(sum(n for n, _ in self._answers) / answers)
-        self.empty_rate.set(sum(e for _, e in self._answers) / answers)
+        self.metrics.live_input_chars.set(sum(n for n, _ in self._answers) / answers)
+        self.metrics.live_empty_rate.set(sum(e for _, e in self._answers) / answers)
         for kind in FEEDBACK_KINDS:
-            self.feedback_rate.labels(kind).set(self._feedback.count(kind) / answers)
+            self.metrics.live_feedback_rate.labels(kind).set(self._feedback.count(kind) / answers)
 
 
 class LogUnavailable(Exception):
@@ -139,7 +119,8 @@ class TrafficLog:
         self.settings = settings
         self.engine: Engine = open_database(settings.db, settings.busy_timeout)
         self.where = safe_url(str(self.engine.url))
-        self.metrics = LogMetrics(metrics)
+        self.metrics = metrics
+        self.live = LiveSignals(metrics)
         self._queue: queue.Queue[LoggedRequest] = queue.Queue(maxsize=settings.queue_size)
         self._recent: OrderedDict[str, LoggedRequest] = OrderedDict()
         self._recent_lock = threading.Lock()
@@ -165,12 +146,17 @@ class TrafficLog:
             self._recent[entry.response_id] = entry
             while len(self._recent) > self.settings.recent:
                 self._recent.popitem(last=False)
-        self.metrics.answered(entry)
+        self.live.answered(entry)
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
-            self.metrics.dropped.inc()
-        self.metrics.queued.set(self._queue.qsize())
+            self.metrics.log_dropped.inc()
+        self.metrics.log_queue.set(self._queue.qsize())
+
+    @property
+    def pending(self) -> int:
+        """Answers queued and not yet written."""
+        return self._queue.qsize()
 
     def lookup(self, response_id: str) -> LoggedRequest | None:
         """The answer with this id, from memory or the database (raises LogUnavailable when the database cannot
@@ -209,7 +195,7 @@ class TrafficLog:
                 write_preferences(conn, masked)
         except SQLAlchemyError as exc:
             raise LogUnavailable(self._problem("write", exc)) from None
-        self.metrics.judged(kinds)
+        self.live.judged(kinds)
 
     def _write_loop(self) -> None:
         last_prune = 0.0
@@ -241,11 +227,11 @@ class TrafficLog:
             self._ensure_tables()
             with self.engine.begin() as conn:
                 write_requests(conn, rows)
-            self.metrics.written.inc(len(rows))
+            self.metrics.log_written.inc(len(rows))
         except SQLAlchemyError as exc:
-            self.metrics.failed.inc(len(rows))
+            self.metrics.log_failed.inc(len(rows))
             self._report(self._problem("write", exc))
-        self.metrics.queued.set(self._queue.qsize())
+        self.metrics.log_queue.set(self._queue.qsize())
 
     def _prune(self) -> None:
         if self.settings.max_rows is None and self.settings.max_age is None:
