@@ -37,6 +37,7 @@ from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.registry import OBJECTIVES
 from tunelab.recipes.resume import check_resume, run_identity, saved_batch_size
 from tunelab.recipes.runs import replacing, run_folder, run_path
+from tunelab.recipes.track import RunTracker, tracking
 from tunelab.train.batch_size import resolve_batch_size
 from tunelab.train.checkpoint import find_checkpoint, read_identity
 from tunelab.train.hooks import ValidationHook
@@ -192,8 +193,9 @@ def run_training(
             console.print(Text(f"resuming with a changed config: {line}", style="yellow"))
         if resume and start_from is None:
             console.print(f"{run_dir} has no checkpoint yet: the run starts from the beginning")
-    with replacing(run_dir, main) as replaced:
-        return _train(cfg, run_dir, accelerator, console, start_from, identity, replaced.hooks, on_validation)
+    # The trackers start (or fail) before anything trains; they close with the run's outcome.
+    with replacing(run_dir, main) as replaced, tracking(cfg, run_dir, main, start_from) as tracker:
+        return _train(cfg, run_dir, accelerator, console, start_from, identity, replaced.hooks, tracker, on_validation)
 
 
 def _train(
@@ -204,6 +206,7 @@ def _train(
     start_from: Path | None,
     identity: dict[str, Any],
     extra_hooks: list[StepHook],
+    tracker: RunTracker,
     on_validation: ValidationHook | None = None,
 ) -> RunResult:
     """`run_training` once the run's folder and the checkpoint to start from (if any) are known."""
@@ -214,6 +217,7 @@ def _train(
     set_seed(cfg.training.seed)
 
     setup = setup_training(cfg, run_dir, accelerator, console)
+    tracker.log_data_report(setup.data.report)
     tokenizer, objective, data, model, ctx = setup.tokenizer, setup.objective, setup.data, setup.model, setup.ctx
     method, device, bf16, built = setup.method, setup.device, setup.bf16, setup.built
     # Before training the model is the base model (LoRA's B starts at zero), so this is the baseline.
@@ -227,6 +231,7 @@ def _train(
             baseline = evaluate(model, objective, tokenizer, data, cfg, device, bf16, base_file, generate=main, ctx=ctx)
             if main:
                 write_text(baseline_file, json.dumps(baseline, indent=2))
+                tracker.log_eval("eval_base", baseline, 0)
 
     if cfg.training.auto_batch_size:  # the chosen sizes go into the run's config, so a resume reuses them
         training = resolve_batch_size(
@@ -258,7 +263,7 @@ def _train(
         schedule=data.schedule,  # curriculum / weighted sampling from data.schedule
         hooks=[*setup.hooks, *extra_hooks], head=built.output_layer(), learning_rates=built.learning_rates,
         identity={**identity, "config": cfg.model_dump(mode="json")},  # with the sizes auto_batch_size chose
-        save_result=save_result, on_validation=on_validation,
+        save_result=save_result, on_validation=on_validation, on_metrics=tracker.log_line,
     )  # fmt: skip
     model = result.model
     tuned_file = run_dir / "predictions.jsonl"
@@ -269,6 +274,8 @@ def _train(
         _report(console, run_dir, baseline, final, cfg.eval.samples)
         fitting = diagnose_run(run_dir)  # diagnosis.json and learning_curves.png beside metrics.jsonl
         console.print(f"{fitting.summary()}; advice in {run_dir / DIAGNOSIS_FILE}")
+        tracker.log_eval("eval", final, result.steps)
+        tracker.log_outputs(artifact_dir(run_dir, cfg.method.name), cfg.output.mlflow_log_model)
     accelerator.wait_for_everyone()
     return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model.eval())
 
