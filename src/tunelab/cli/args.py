@@ -222,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "are dropped (counted in /metrics)")  # fmt: skip
     p.add_argument("--log-server", help="this server's name in a shared log (default HOST:PORT)")
 
+    p = add("monitor", "monitor:monitor", "Drift and quality of served traffic (serve --log) against the run's "
+            "training data, per time window: a report, alert lines, exit code 1 past a threshold.")  # fmt: skip
+    p.add_argument("run", help="the run folder whose model is served")
+    p.add_argument("--log", required=True, metavar="DB", help="the traffic log: SQLite file or SQLAlchemy URL")
+    p.add_argument("--window", help="window length, e.g. 1h (default), 15m, 1d")
+    p.add_argument("--since", metavar="DURATION", help="only requests newer than this, e.g. 24h")
+    p.add_argument("--thresholds", metavar="FILE", help="YAML of monitor settings and thresholds (embedding_p, ...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting, e.g. embedding_p=0.001")
+    p.add_argument("--out", help="report folder (default RUN/monitor)")
+
     data = sub.add_parser(
         "data",
         help="Inspect data files, or prepare a config's dataset.",
