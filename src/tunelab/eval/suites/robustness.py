@@ -25,7 +25,8 @@ from tunelab.eval.suites.subjects import Row, Subject
 CLEAN = "clean"
 FORMAT = "tunelab-robustness-suite/1"
 Score = Callable[[str, str], float]
-Paraphrase = Callable[[list[str]], list[str]]
+Paraphrase = Callable[[list[str]], list[str | None]]
+"""Rewrites of a batch of texts: None where a text is over the paraphrasing model's context."""
 
 
 @dataclass
@@ -108,7 +109,7 @@ def build_suite(
             if paraphrase is None:
                 raise ValueError("the paraphrase perturbation needs a paraphrasing model")
             for suite_row, text in zip(suite_rows, paraphrase([r.text for r in rows]), strict=True):
-                _put(suite_row, name, text, "the paraphrasing model wrote nothing usable")
+                _put(suite_row, name, text)
             continue
         for suite_row in suite_rows:
             try:
@@ -118,11 +119,13 @@ def build_suite(
     return RobustnessSuite(seed, typo_rate, list(names), paraphraser if PARAPHRASE in names else None, suite_rows)
 
 
-def _put(suite_row: SuiteRow, name: str, text: str, empty: str) -> None:
-    if text.strip():
+def _put(suite_row: SuiteRow, name: str, text: str | None) -> None:
+    if text is None:
+        suite_row.failed[name] = "the text is too long for the paraphrasing model's context"
+    elif text.strip():
         suite_row.perturbed[name] = text
     else:
-        suite_row.failed[name] = empty
+        suite_row.failed[name] = "the paraphrasing model wrote nothing usable"
 
 
 @dataclass
