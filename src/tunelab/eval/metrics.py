@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from rouge_score.rouge_scorer import RougeScorer
-from sacrebleu.metrics import CHRF
+from sacrebleu.metrics.chrf import CHRF
 
 ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
 """tunelab's metric name -> rouge-score's name."""
