@@ -21,3 +21,9 @@ class EvalSection(Section):
     """Prompts per generation batch."""
     samples: int = Field(default=3, ge=0)
     """Sample answers shown in the final report."""
+    similarity: str | None = None
+    """An encoder (e.g. `minilm-l6`, the embedded all-MiniLM-L6-v2) that scores each generated answer's embedding
+    similarity to its reference. Empty: not scored (it loads a second model)."""
+    json_schema: str | None = None
+    """A JSON Schema file that structured answers must validate against (`json_schema` metric). Validity and shape
+    against the reference (`json_valid`, `json_match`) are scored without it whenever every reference is JSON."""

@@ -26,6 +26,7 @@ from tunelab.eval.compare import summarize
 from tunelab.eval.config import EvalSection
 from tunelab.eval.diagnose import DIAGNOSIS_FILE, diagnose_run
 from tunelab.eval.evaluate import generation_metrics, read_predictions, write_predictions
+from tunelab.eval.structured import load_schema
 from tunelab.eval.table import comparison_table
 from tunelab.methods.base import Method, StepHook, trainable_parameters
 from tunelab.methods.registry import METHODS
@@ -316,6 +317,7 @@ def _generate(model, tokenizer, examples, cfg: EvalSection, system_prompt, bf16)
         model, tokenizer, examples,
         max_examples=cfg.max_examples, max_new_tokens=generation_budget(cfg, tokenizer, examples),
         batch_size=cfg.batch_size, system_prompt=system_prompt, precision="bf16" if bf16 else "fp32",
+        schema=load_schema(cfg.json_schema) if cfg.json_schema else None, similarity_encoder=cfg.similarity,
     )  # fmt: skip
 
 
