@@ -7,8 +7,8 @@ into a cache folder (CPU only, no CUDA/Metal/Vulkan/BLAS, no tools, examples, te
 The same source package carries llama.cpp's converter and vocabulary code, from which tunelab's pre-tokenizer table
 (src/tunelab/export/llama_cpp_pretokenizers.json) is extracted:
 
-    .venv/bin/python benchmarks/llama_cpp.py --write-table     # regenerate the vendored table from the sdist
-    .venv/bin/python benchmarks/llama_cpp.py --check-table     # fail when the vendored table differs from it
+    .venv/bin/python benchmarks/llama_cpp_setup.py --write-table     # regenerate the vendored table from the sdist
+    .venv/bin/python benchmarks/llama_cpp_setup.py --check-table     # fail when the vendored table differs from it
 """
 
 from __future__ import annotations
@@ -22,8 +22,13 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import numpy as np
 
 VERSION = "0.3.36"
 CACHE = Path(os.environ.get("TUNELAB_BENCH_CACHE", Path.home() / ".cache" / "tunelab-bench"))
@@ -52,11 +57,112 @@ def ensure_llama_cpp() -> ModuleType:
     """Import `llama_cpp`, building it from the source package into the cache first when it is not there."""
     if not (TARGET / "llama_cpp" / "__init__.py").is_file():
         env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-        pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(TARGET), str(sdist())]
+        pip = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--target",
+            str(TARGET),
+            str(sdist()),
+            "diskcache>=5.6.1",
+        ]
         print(f"building llama-cpp-python {VERSION} from source into {TARGET} (many minutes) ...", flush=True)
         subprocess.run(["flock", "/tmp/bench.lock", *pip], check=True, env=env)
     sys.path.insert(0, str(TARGET))
     return importlib.import_module("llama_cpp")
+
+
+@dataclass
+class Greedy:
+    """What one greedy run produced: generated ids per prompt (stop token left out) and wall seconds."""
+
+    ids: list[list[int]]
+    seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(x) for x in self.ids)
+
+
+class LlamaCpp:
+    """A llama.cpp context over a GGUF file with greedy decoding of many sequences in one batch per step.
+
+    llama-cpp-python's `Llama` runs one sequence at a time; for concurrent sequences this drives llama.cpp's C API
+    the way its own `batched` example does: every running sequence adds its next token to one `llama_batch`
+    (its own seq_id and position), one `llama_decode` serves them all, and each row takes its argmax.
+    """
+
+    def __init__(self, path: Path, threads: int, n_seq: int, n_ctx: int) -> None:
+        self.lib = lib = ensure_llama_cpp()
+        self._quiet = lib.llama_log_callback(lambda level, text, user: None)
+        lib.llama_log_set(self._quiet, None)
+        lib.llama_backend_init()
+        self.model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        params = lib.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 2048, 512
+        params.n_seq_max, params.kv_unified = n_seq, True
+        params.n_threads = params.n_threads_batch = threads
+        self.ctx = lib.llama_init_from_model(self.model, params)
+        self.vocab = lib.llama_model_get_vocab(self.model)
+        self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        self.n_seq = n_seq
+
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's own tokenisation of a rendered prompt (special tokens parsed, no BOS added)."""
+        data = text.encode()
+        buf = (self.lib.llama_token * (len(data) + 8))()
+        n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        return list(buf[:n])
+
+    def generate(self, prompts: list[list[int]], max_new: int, stops: list[int]) -> Greedy:
+        """Greedy continuations of `prompts`, run `n_seq` at a time, each up to `max_new` tokens or a stop."""
+        start, out = time.perf_counter(), []
+        for i in range(0, len(prompts), self.n_seq):
+            out.extend(self._group(prompts[i : i + self.n_seq], max_new, set(stops)))
+        return Greedy(out, time.perf_counter() - start)
+
+    def _group(self, prompts: list[list[int]], max_new: int, stops: set[int]) -> list[list[int]]:
+        lib = self.lib
+        lib.llama_memory_clear(lib.llama_get_memory(self.ctx), True)
+        batch = lib.llama_batch_init(max(2048, sum(map(len, prompts))), 0, 1)
+        try:
+            rows = [(s, len(p) - 1, p[-1]) for s, p in enumerate(prompts)]
+            self._decode(batch, [(s, pos, t, False) for s, p in enumerate(prompts) for pos, t in enumerate(p[:-1])])
+            out: list[list[int]] = [[] for _ in prompts]
+            while rows:
+                self._decode(batch, [(s, pos, t, True) for s, pos, t in rows])
+                running = []
+                for k, (s, pos, _) in enumerate(rows):
+                    logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, k), shape=(self.n_vocab,))
+                    token = int(logits.argmax())
+                    if token in stops:
+                        continue
+                    out[s].append(token)
+                    if len(out[s]) < max_new:
+                        running.append((s, pos + 1, token))
+                rows = running
+            return out
+        finally:
+            lib.llama_batch_free(batch)
+
+    def _decode(self, batch: Any, items: list[tuple[int, int, int, bool]]) -> None:
+        """Decode (seq_id, position, token, wants_logits) items, in chunks of at most 2048 tokens."""
+        for i in range(0, len(items), 2048):
+            chunk = items[i : i + 2048]
+            batch.n_tokens = len(chunk)
+            for k, (seq, pos, token, logits) in enumerate(chunk):
+                batch.token[k], batch.pos[k], batch.n_seq_id[k] = token, pos, 1
+                batch.seq_id[k][0], batch.logits[k] = seq, logits
+            if self.lib.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+
+    def close(self) -> None:
+        self.lib.llama_free(self.ctx)
+        self.lib.llama_model_free(self.model)
 
 
 def _member(archive: tarfile.TarFile, suffix: str) -> str:
