@@ -186,8 +186,9 @@ def test_generation_stops_when_the_client_disconnects(server) -> None:
             time.sleep(0.01)
         assert engine.active_count == 1
         time.sleep(0.3)
-    # The client is gone; its row leaves the batch within a few steps, long before 3900 tokens.
-    assert wait_idle(server, 2) <= 2
+    # The client is gone; its row leaves the batch within a few steps, long before 3900 tokens (the token count is
+    # the check; the time bound only keeps a hang from passing, and is loose because a loaded machine is slow).
+    assert wait_idle(server, 30) <= 30
     generated = (registry.get_sample_value("tunelab_tokens_generated_total") or 0) - before
     assert generated < 3000, generated
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from tests.recipes.tune.common import LR, study_config, tunelab
@@ -35,7 +36,7 @@ def test_killed_study_continues_where_it_stopped(tmp_path: Path, tiny_model_dir:
     while time.monotonic() < deadline and worker.poll() is None:
         try:
             trials = trials_of("k", storage) if (tmp_path / "runs" / "k" / "study.db").is_file() else []
-        except KeyError:  # the file is there, the study not yet
+        except (KeyError, sqlalchemy.exc.OperationalError):  # the file is there, the study (or its tables) not yet
             trials = []
         states = [t.state for t in trials]
         if states[:2] == [TrialState.COMPLETE, TrialState.RUNNING]:
