@@ -16,6 +16,7 @@ import pytest
 import torch
 from sqlalchemy import create_engine
 
+from tunelab.cli.main import main
 from tunelab.recipes.monitor.store import (
     LoggedRequest,
     count_requests,
@@ -132,3 +133,12 @@ def test_log_on_postgresql(server: RunningServer, postgres: str) -> None:
     logged = read_log(postgres).requests
     assert [(r.prompt, r.server, r.model) for r in logged] == [("mail me at [EMAIL]", "pg-1", "tiny")]
     log.close()
+
+
+def test_log_flags_are_checked_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing_model = str(tmp_path / "no-such-model")  # never reached: the flags fail first
+    for flags in (["--log-mask", "emial"], ["--log-max-age", "soon"], ["--log-queue", "0"]):
+        assert main(["serve", missing_model, "--log", str(tmp_path / "l.db"), *flags]) == 2
+        assert f"error: {flags[0]}" in capsys.readouterr().err
+    assert main(["serve", missing_model, "--log", "nosuchdb://host/x"]) == 2
+    assert "--log 'nosuchdb://host/x' is not a database" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The `tunelab` command: parse (`args.build_parser`), then run the command's handler, a function of one of the
-command modules here (`train`, `tune`, `eval`, `infer`, `export`, `serve`, `data`, `models`), each thin: it
+command modules here (`train`, `tune`, `eval`, `infer`, `export`, `serve`, `monitor`, `data`, `models`), each thin: it
 calls one recipe or service and prints.
 
 The handler's module is imported only when its command runs: the modules import torch and transformers (5 s on

@@ -14,12 +14,14 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from tunelab.serve.feedback import FeedbackRequest
 from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 BODIES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
+    "/v1/feedback": FeedbackRequest,
 }
 ERROR_SCHEMA = {
     "type": "object",
