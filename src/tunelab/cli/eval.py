@@ -143,10 +143,10 @@ def _write_extras(
     written = [("intervals", _write_json(Path(f"{stem}_stats.json"), summary.to_dict()))]
     if classifier is not None and rows and "confidence" in rows[0]:
         labels, bins = classifier_report(rows, [])
-        written.append(
-            ("labels", _write_json(Path(f"{stem}_labels.json"), {**labels.to_dict(), "calibration": bins.to_dict()}))
-        )
-        written.append(("reliability diagram", reliability_diagram(bins, f"{stem}_reliability.png", classifier)))
+        document = {**labels.to_dict(), "calibration": bins.to_dict()}
+        written.append(("labels", _write_json(Path(f"{stem}_labels.json"), document)))
+        picture = reliability_diagram(bins, f"{stem}_reliability.png", Path(classifier).name)
+        written.append(("reliability diagram", picture))
     elif (report := generated_labels(rows)) is not None:
         written.append(("labels", _write_json(Path(f"{stem}_labels.json"), report.to_dict())))
     return written

@@ -67,7 +67,8 @@ def evaluate_file(
     _add_row_scores(rows, items, predicted, probabilities, task)
     if probabilities is not None:
         labels, bins = classifier_report(rows, names)
-        metrics.update(labels.metrics, ece=bins.ece)
+        shown = {k: v for k, v in labels.metrics.items() if k != "macro_f1"}  # val_macro_f1 already says it
+        metrics.update(shown, ece=bins.ece)
     return metrics, rows
 
 
