@@ -20,8 +20,10 @@ LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "ece", "mse", "mae")
 
 
 def is_rate(name: str) -> bool:
-    """Whether a metric is a rate in [0, 1] (shown as a percentage, compared in percentage points)."""
-    return name in RATE_METRICS or name.endswith(RATE_SUFFIXES)
+    """Whether a metric is a rate in [0, 1] (shown as a percentage, compared in percentage points); a per-task
+    metric `task/metric` by its metric, and lm-evaluation-harness's `acc` and `acc_norm` too."""
+    metric = name.rsplit("/", 1)[-1]
+    return metric in RATE_METRICS or metric in ("acc", "acc_norm") or metric.endswith(RATE_SUFFIXES)
 
 
 def metrics_table(
