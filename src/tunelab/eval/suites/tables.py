@@ -13,7 +13,7 @@ from tunelab.eval.suites.bias import LIMITS
 
 
 def _pct(interval: dict[str, float]) -> str:
-    return f"{100 * interval['estimate']:.1f}% [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
+    return f"{100 * interval['estimate']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
 
 
 def _num(interval: dict[str, float]) -> str:
@@ -26,14 +26,14 @@ def _test(test: dict[str, Any], rate: bool = True) -> Text:
     text = f"{100 * delta:+.1f} pp" if rate else f"{delta:+.3g}"
     p = test.get("p_holm", test["p_value"])
     if not test["significant"] or p >= test["alpha"]:
-        return Text(f"{text} (p={p:.2g}, n.s.)", style="dim")
-    return Text(f"{text} (p={p:.2g})", style="green" if delta > 0 else "red")
+        return Text(f"{text} p={p:.2g} n.s.", style="dim")
+    return Text(f"{text} p={p:.2g}", style="green" if delta > 0 else "red")
 
 
 def robustness_table(result: dict[str, Any]) -> Table:
     """One row per perturbation: rows changed, and per model its score and its change from clean."""
     models = result["models"]
-    table = Table(title=f"Robustness: {result['metric']} on {result['rows']} rows (95% intervals; p Holm-adjusted)")
+    table = Table(title=f"Robustness: {result['metric']} (%) on {result['rows']} rows, 95% intervals, p Holm-adjusted")
     for name in ("perturbation", "changed", "scored"):
         table.add_column(name, justify="left" if name == "perturbation" else "right")
     for model in models:
@@ -60,7 +60,7 @@ def bias_table(result: dict[str, Any]) -> Table:
     """One row per attribute: pairs, and per model the rate of changed answers and the mean |gap|."""
     models, unit = result["models"], result["gap_unit"]
     changed = "label flips" if result["kind"] == "classifier" else "different answers"
-    table = Table(title=f"Bias probe: counterfactual pairs (gap in {unit}, 95% intervals)")
+    table = Table(title=f"Bias probe: counterfactual pairs (rates in %, gaps in {unit}, 95% intervals)")
     table.add_column("attribute")
     table.add_column("pairs", justify="right")
     for model in models:
