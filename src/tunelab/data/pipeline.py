@@ -47,7 +47,7 @@ from tunelab.data.report import build_report, padding_report, write_report
 from tunelab.data.schedule import Schedule, make_schedule
 from tunelab.data.split import split_indices
 from tunelab.data.store import SPLITS, TOKENIZED, PreparedDataset, save_as_dataset, selected_rows, tokenized_items
-from tunelab.data.tokenize import tokenize_record
+from tunelab.data.tokenize import tokenize_records
 from tunelab.models.generate import generate_answers
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.pooling import encoder_vectors
@@ -383,19 +383,22 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
     c = cfg.clean
     keep, sequences, bad, gone = [], [], [], []
     stats: Counter[str] = Counter()
-    for row in chunk.to_pylist():
-        example = Example.from_row(row)
+    rows = chunk.to_pylist()
+    examples = [Example.from_row(row) for row in rows]
+    lm = [ex for ex in examples if ex.kind in ("chat", "text")]
+    # One batched call for the chunk (shared chat-template shapes, one fast-tokenizer batch), in row order.
+    outcomes = iter(tokenize_records(lm, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt, cfg.truncation))
+    for row, example in zip(rows, examples, strict=True):
         keep.append(False)
         if example.kind not in ("chat", "text"):
             keep[-1] = True
             continue
-        try:
-            seqs = tokenize_record(example, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt, cfg.truncation)
-        except ValueError as exc:
+        seqs = next(outcomes)
+        if isinstance(seqs, ValueError):
             bad.append(
                 Reject(
                     origin=example.origin,
-                    reason=str(exc),
+                    reason=str(seqs),
                     row=json.dumps(row, ensure_ascii=False)[:500],
                     stage="tokenize",
                 )

@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.core.types import Message
+from tunelab.data.chat_shapes import ShapeRenderer
 from tunelab.data.records import Example, Reject
 from tunelab.models.chat import prompt_text, render, with_system
 
@@ -52,11 +53,8 @@ def loss_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], loss
     full = render(tokenizer, messages)
     if loss_on == "all":
         return full, [(0, len(full))]
-    turns = [k for k, m in enumerate(messages) if m.role == "assistant" and m.trainable]
-    if loss_on == "last":
-        turns = turns[-1:]
     spans = []
-    for k in turns:
+    for k in loss_turns(messages, loss_on):
         before = render(tokenizer, messages[:k], add_generation_prompt=True)
         upto = full if k == len(messages) - 1 else render(tokenizer, messages[: k + 1])
         if not (full.startswith(upto) and upto.startswith(before)):
@@ -64,6 +62,25 @@ def loss_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], loss
         # The turn's text includes its end-of-turn token (so the model learns to stop), not the newline after.
         spans.append((len(before), len(upto.rstrip())))
     return full, spans
+
+
+def loss_turns(messages: list[Message], loss_on: LossOn) -> list[int]:
+    """Indices of the assistant turns that carry loss ("all" takes the whole text instead: none listed)."""
+    if loss_on == "all":
+        return []
+    turns = [k for k, m in enumerate(messages) if m.role == "assistant" and m.trainable]
+    return turns[-1:] if loss_on == "last" else turns
+
+
+def shaped_spans(renderer: ShapeRenderer, messages: list[Message], loss_on: LossOn) -> tuple[str, list]:
+    """`loss_spans` through `renderer`'s cached shapes; the three-render path where a shape cannot say."""
+    shape = renderer.shape(messages, loss_turns(messages, loss_on))
+    if shape is None:
+        return loss_spans(renderer.tokenizer, messages, loss_on)
+    text, spans = shape.assemble([m.content for m in messages])
+    if renderer.mode == "verified" and render(renderer.tokenizer, messages) != text:
+        return loss_spans(renderer.tokenizer, messages, loss_on)
+    return text, [(0, len(text))] if loss_on == "all" else spans
 
 
 def token_length(example: Example, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None) -> int:
@@ -161,6 +178,47 @@ def tokenize_record(
     if example.kind != "chat":
         raise ValueError(f"{example.kind} records are not tokenized for language modelling")
     return [tokenize_example(example, tokenizer, max_length, loss_on, system_prompt, truncation)]
+
+
+def tokenize_records(
+    examples: list[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    loss_on: LossOn = "assistant",
+    system_prompt: str | None = None,
+    truncation: Truncation = "right",
+) -> list[list[Tokenized] | ValueError]:
+    """`tokenize_record` for many records at once, each its sequences or the ValueError that rejects it.
+
+    Chat records go through one shape renderer and one batched call of the fast tokenizer (the same ids and
+    labels as one by one, several times faster on short rows); other records, and every record of a slow
+    tokenizer, go one by one."""
+    out: list[list[Tokenized] | ValueError] = [ValueError("not tokenized")] * len(examples)
+    chats = [i for i, ex in enumerate(examples) if ex.kind == "chat"] if tokenizer.is_fast else []
+    renderer, texts, spans, placed = ShapeRenderer(tokenizer), [], [], []
+    for i in chats:
+        try:
+            text, span = shaped_spans(renderer, with_system(examples[i].messages, system_prompt), loss_on)
+        except ValueError as exc:
+            out[i] = exc
+            continue
+        texts.append(text)
+        spans.append(span)
+        placed.append(i)
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+    for j, i in enumerate(placed):
+        ids = enc["input_ids"][j]  # type: ignore[index]  # set whenever anything was placed
+        try:
+            labels = _span_labels(ids, enc["offset_mapping"][j], spans[j])  # type: ignore[index]
+            out[i] = [_fit(examples[i], ids, labels, max_length, truncation)]
+        except ValueError as exc:
+            out[i] = exc
+    for i in set(range(len(examples))) - set(chats):
+        try:
+            out[i] = tokenize_record(examples[i], tokenizer, max_length, loss_on, system_prompt, truncation)
+        except ValueError as exc:
+            out[i] = exc
+    return out
 
 
 def tokenize_all(
