@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -78,8 +78,31 @@ PREFERENCES = Table(
 )  # fmt: skip
 
 
+R = TypeVar("R", bound="Row")
+
+
+class Row:
+    """A dataclass stored as one table row; its `JSON_FIELDS` are kept as JSON text."""
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("messages",)
+
+    def row(self) -> dict[str, Any]:
+        values = {**self.__dict__}
+        for key in self.JSON_FIELDS:
+            values[key] = json.dumps(values[key])
+        return values
+
+    @classmethod
+    def from_row(cls: type[R], row: Any) -> R:
+        values = dict(row._mapping)
+        values.pop("id", None)
+        for key in cls.JSON_FIELDS:
+            values[key] = json.loads(values[key])
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class LoggedRequest:
+class LoggedRequest(Row):
     """One answered request as the log holds it. `prompt` is the text the model answered (a chat's last user
     turn, a completion's prompt); `messages` the whole conversation (or the list of prompts)."""
 
@@ -96,23 +119,11 @@ class LoggedRequest:
     latency: float
     server: str = ""
 
-    def row(self) -> dict[str, Any]:
-        values = {**self.__dict__}
-        for key in ("messages", "answers", "finish_reasons"):
-            values[key] = json.dumps(values[key])
-        return values
-
-    @classmethod
-    def from_row(cls, row: Any) -> LoggedRequest:
-        values = dict(row._mapping)
-        values.pop("id", None)
-        for key in ("messages", "answers", "finish_reasons"):
-            values[key] = json.loads(values[key])
-        return cls(**values)
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("messages", "answers", "finish_reasons")
 
 
 @dataclass(frozen=True)
-class Feedback:
+class Feedback(Row):
     """A rating (+1 up, -1 down) and/or a corrected answer for one logged response."""
 
     response_id: str
@@ -123,18 +134,9 @@ class Feedback:
     rating: int | None = None
     correction: str | None = None
 
-    def row(self) -> dict[str, Any]:
-        return {**self.__dict__, "messages": json.dumps(self.messages)}
-
-    @classmethod
-    def from_row(cls, row: Any) -> Feedback:
-        values = dict(row._mapping)
-        values.pop("id", None)
-        return cls(**{**values, "messages": json.loads(values["messages"])})
-
 
 @dataclass(frozen=True)
-class Preference:
+class Preference(Row):
     """`chosen` was preferred to `rejected` as the answer to `messages` (by a client, or blind on the review page)."""
 
     created: float
@@ -145,15 +147,6 @@ class Preference:
     chosen_model: str
     rejected_model: str
     response_id: str | None = None
-
-    def row(self) -> dict[str, Any]:
-        return {**self.__dict__, "messages": json.dumps(self.messages)}
-
-    @classmethod
-    def from_row(cls, row: Any) -> Preference:
-        values = dict(row._mapping)
-        values.pop("id", None)
-        return cls(**{**values, "messages": json.loads(values["messages"])})
 
 
 def database_url(db: str | Path) -> str:
