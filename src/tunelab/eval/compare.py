@@ -50,8 +50,9 @@ def _text_statistic(stats_of: Callable[[str, str], list[int]], score: Callable[[
     def build(rows: Rows) -> Statistic | None:
         if not all("prediction" in r and "reference" in r for r in rows):
             return None
-        stats = np.array([stats_of(str(r["prediction"]), str(r["reference"])) for r in rows], dtype=np.float64)
-        return lambda idx: score(stats[idx].sum(axis=0))
+        stats = np.array([stats_of(str(r["prediction"]), str(r["reference"])) for r in rows], dtype=np.float64).T
+        # Summed over a resample as (times each row was drawn) @ (row statistics): 10x faster than gathering rows.
+        return lambda idx: score(stats @ np.bincount(idx, minlength=len(rows)))
 
     return build
 
@@ -116,54 +117,81 @@ class Comparison:
         }
 
 
-def source_of(metric: str, rows: Rows) -> str | None:
+@dataclass(frozen=True)
+class Evidence:
+    """A metric's per-example evidence in one set of rows: the field (or corpus metric) it comes from, and either
+    the per-example scores or the statistic that recomputes it on row indices."""
+
+    source: str
+    scores: np.ndarray | None = None
+    statistic: Statistic | None = None
+
+
+def evidence(metric: str, rows: Rows) -> Evidence | None:
     """Where a metric's per-example evidence is: its own field (or its alias's) when every row has it as a
-    number, its corpus metric's name when the rows can recompute it, else None."""
+    number, its corpus metric when the rows can recompute it, else None (built once: corpus statistics read every
+    row's text)."""
     for name in (metric, ALIASES.get(metric)):
         if name is None or not rows:
             continue
         if all(is_score(r.get(name)) for r in rows):
-            return name
-        if name in CORPUS_METRICS and CORPUS_METRICS[name](rows) is not None:
-            return name
+            return Evidence(name, scores=np.array([float(r[name]) for r in rows], dtype=np.float64))
+        if name in CORPUS_METRICS and (statistic := CORPUS_METRICS[name](rows)) is not None:
+            return Evidence(name, statistic=statistic)
     return None
 
 
-def _scores(rows: Rows, name: str) -> np.ndarray:
-    return np.array([float(r[name]) for r in rows], dtype=np.float64)
+def source_of(metric: str, rows: Rows) -> str | None:
+    """The name of the field or corpus metric a metric's interval is computed from (see `evidence`)."""
+    found = evidence(metric, rows)
+    return found.source if found is not None else None
+
+
+def interval_of(
+    found: Evidence, n: int, *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> Interval:
+    """The bootstrap interval of a mean of scores, or of a corpus statistic over `n` resampled rows."""
+    if found.scores is not None:
+        return bootstrap_ci(found.scores, confidence=confidence, resamples=resamples, seed=seed)
+    assert found.statistic is not None  # one of the two is always set
+    return bootstrap_statistic(n, found.statistic, confidence=confidence, resamples=resamples, seed=seed)
 
 
 def metric_interval(
     metric: str, rows: Rows, *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> Interval | None:
     """The bootstrap interval of one metric from the prediction rows, or None when they hold no evidence of it."""
-    name = source_of(metric, rows)
-    if name is None:
+    found = evidence(metric, rows)
+    return None if found is None else interval_of(found, len(rows), confidence=confidence, resamples=resamples,
+                                                    seed=seed)  # fmt: skip
+
+
+def test_of(
+    a: Evidence, b: Evidence, n: int, *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> PairedTest | None:
+    """The paired test of b against a (McNemar for 0/1 scores, else a paired bootstrap, recomputing corpus
+    statistics on the same resampled rows); None when the two sides' evidence is not of the same kind."""
+    if a.source != b.source:
         return None
-    if all(is_score(r.get(name)) for r in rows):
-        return bootstrap_ci(_scores(rows, name), confidence=confidence, resamples=resamples, seed=seed)
-    statistic = CORPUS_METRICS[name](rows)
-    assert statistic is not None  # source_of checked it
-    return bootstrap_statistic(len(rows), statistic, confidence=confidence, resamples=resamples, seed=seed)
+    if a.scores is not None and b.scores is not None:
+        return paired_compare(a.scores, b.scores, confidence=confidence, resamples=resamples, seed=seed)
+    stat_a, stat_b = a.statistic, b.statistic
+    if stat_a is None or stat_b is None:
+        return None
+    index = np.arange(n)
+    return paired_bootstrap(index, index, confidence=confidence, resamples=resamples, seed=seed,
+                            statistic=lambda i, _: stat_b(i.astype(np.int64)) - stat_a(i.astype(np.int64)))  # fmt: skip
 
 
 def paired_test(
     metric: str, rows_a: Rows, rows_b: Rows, *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> PairedTest | None:  # fmt: skip
-    """The paired test of b against a on one metric (McNemar for 0/1 scores, else a paired bootstrap, recomputing
-    corpus metrics on the same resampled rows), or None when either side lacks per-example evidence."""
-    name = source_of(metric, rows_a)
-    if name is None or source_of(metric, rows_b) != name:
+    """The paired test of b against a on one metric, or None when either side lacks per-example evidence."""
+    a, b = evidence(metric, rows_a), evidence(metric, rows_b)
+    if a is None or b is None:
         return None
-    if all(is_score(r.get(name)) for r in (*rows_a, *rows_b)):
-        return paired_compare(_scores(rows_a, name), _scores(rows_b, name), confidence=confidence,
-                              resamples=resamples, seed=seed)  # fmt: skip
-    stat_a, stat_b = CORPUS_METRICS[name](rows_a), CORPUS_METRICS[name](rows_b)
-    assert stat_a is not None and stat_b is not None  # source_of checked both
-    index = np.arange(len(rows_a))
-    return paired_bootstrap(index, index, confidence=confidence, resamples=resamples, seed=seed,
-                            statistic=lambda i, _: stat_b(i.astype(np.int64)) - stat_a(i.astype(np.int64)))  # fmt: skip
+    return test_of(a, b, len(rows_a), confidence=confidence, resamples=resamples, seed=seed)
 
 
 def same_rows(rows_a: Rows, rows_b: Rows) -> bool:
@@ -182,18 +210,18 @@ def summarize(
     test of the second against the first on every metric both can test."""
     kw = {"confidence": confidence, "resamples": resamples, "seed": seed}
     values = {name: dict(metrics) for name, (metrics, _) in columns.items()}
-    intervals: dict[str, dict[str, Interval]] = {}
-    for name, (metrics, rows) in columns.items():
-        found = {m: metric_interval(m, rows, **kw) for m in metrics}
-        intervals[name] = {m: i for m, i in found.items() if i is not None}
+    found = {name: {m: e for m in metrics if (e := evidence(m, rows)) is not None}
+             for name, (metrics, rows) in columns.items()}  # fmt: skip
+    intervals = {name: {m: interval_of(e, len(columns[name][1]), **kw) for m, e in found[name].items()}
+                 for name in columns}  # fmt: skip
     names = list(columns)
     paired = len(names) == 2 and same_rows(columns[names[0]][1], columns[names[1]][1])
     tests: dict[str, PairedTest] = {}
     if paired:
-        (metrics_a, rows_a), (metrics_b, rows_b) = columns[names[0]], columns[names[1]]
-        for metric in [m for m in metrics_a if m in metrics_b]:
-            test = paired_test(metric, rows_a, rows_b, **kw)
-            if test is not None:
+        first, second = found[names[0]], found[names[1]]
+        n = len(columns[names[0]][1])
+        for metric in [m for m in first if m in second]:
+            if (test := test_of(first[metric], second[metric], n, **kw)) is not None:
                 tests[metric] = test
     examples = max((len(rows) for _, rows in columns.values()), default=0)
     return Comparison(names, values, intervals, tests, examples, confidence, paired)

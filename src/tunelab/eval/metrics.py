@@ -15,11 +15,13 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics.chrf import CHRF
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
 
 ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
 """tunelab's metric name -> rouge-score's name."""
@@ -64,6 +66,9 @@ class _Whitespace:
 
 @cache
 def _rouge_scorer() -> RougeScorer:
+    # rouge-score imports nltk, which imports scipy.stats: seconds at startup, so only when ROUGE is first scored.
+    from rouge_score.rouge_scorer import RougeScorer
+
     return RougeScorer(list(ROUGE_TYPES.values()), tokenizer=_Whitespace())
 
 
