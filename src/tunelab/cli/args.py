@@ -43,6 +43,18 @@ def _suite_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--worst", type=int, default=5, help="worst bias pairs listed per attribute")
 
 
+def _harness_arguments(p: argparse.ArgumentParser) -> None:
+    """`tunelab eval --harness ...`: lm-evaluation-harness tasks (tunelab.eval.harness)."""
+    g = p.add_argument_group("lm-evaluation-harness", "lm-eval tasks on the model (two models or --base: paired)")
+    g.add_argument("--harness", action="append", metavar="TASKS", help="lm-eval task names, comma-separated or "
+                   "repeated (local task files: --harness-tasks-dir); --max-examples: documents per task")  # fmt: skip
+    g.add_argument("--harness-tasks-dir", metavar="DIR", help="folder of lm-eval task YAML files (a relative "
+                   "data_files path is read from the task file's folder)")  # fmt: skip
+    g.add_argument("--harness-shots", type=int, help="few-shot examples per prompt (default: the task's own)")
+    g.add_argument("--harness-chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap prompts in the tokenizer's chat template (default: when it has one)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models end to end.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="+", help="run folder, embedded model name, HF folder or .gguf file; two: both "
                    "scored on the same rows and compared with paired tests; several with --ensemble: one ensemble "
                    "of them (same tokenizer)")  # fmt: skip
-    p.add_argument("--data", required=True, help="JSONL with reference answers (last assistant turn)")
+    p.add_argument("--data", help="JSONL with reference answers (last assistant turn); not needed with --harness")
     p.add_argument("--base", action="store_true", help="compare the run with the base model it was trained from")
     p.add_argument("--ensemble", choices=["probs", "logits"],
                    help="several models answer as one: average their next-token probabilities (a mixture) "
@@ -126,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "farthest from the question and report how many (drop)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of random demonstrations")
     _suite_arguments(p)
+    _harness_arguments(p)
 
     p = add("explain", "explain:explain", "Token attributions of a model's answer to a prompt (or a classifier's "
             "label): coloured in the terminal, and an HTML heat map.")  # fmt: skip

@@ -14,6 +14,7 @@ from rich.console import Console
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.cli.eval_harness import evaluate_harness
 from tunelab.core.errors import ConfigError, TunelabError
 from tunelab.core.files import write_text
 from tunelab.data.load import load_examples
@@ -35,6 +36,10 @@ Scored = tuple[dict[str, float], list[dict[str, Any]]]
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    if args.harness:  # lm-evaluation-harness tasks: their own module
+        return evaluate_harness(args)
+    if not args.data:
+        raise ConfigError("tunelab eval needs --data (a JSONL file with reference answers), or --harness TASKS.")
     if not 0 < args.confidence < 1 or args.resamples < 1:
         raise ConfigError(
             f"--confidence must be between 0 and 1 (e.g. 0.95) and --resamples at least 1, got {args.confidence} "

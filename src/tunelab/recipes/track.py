@@ -33,6 +33,7 @@ from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracke
 
 from tunelab.config import OutputSection, TunelabConfig
 from tunelab.core.errors import ConfigError
+from tunelab.core.logs import loggers_at
 from tunelab.train.checkpoint import PREFIX
 from tunelab.train.hooks import StopTraining
 
@@ -249,7 +250,10 @@ def _mlflow(out: OutputSection, run_dir: Path, run_id: str | None) -> GeneralTra
     artifacts = (Path(out.dir) / "mlflow-artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     tracker = MLflowTracker(out.mlflow_experiment, artifacts, run_id=run_id, run_name=run_dir.name)
     # One attempt with a short timeout: an unreachable server is an error now, not minutes of retries.
-    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"), _quiet("alembic", "mlflow"):
+    with (
+        _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"),
+        loggers_at(logging.WARNING, "alembic", "mlflow"),
+    ):
         tracker.start()
     return tracker
 
@@ -290,16 +294,3 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-@contextlib.contextmanager
-def _quiet(*loggers: str) -> Iterator[None]:
-    """The named loggers at WARNING for the block (a new SQLite store logs every schema migration at INFO)."""
-    levels = {name: logging.getLogger(name).level for name in loggers}
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
