@@ -16,7 +16,9 @@ import pytest
 import torch
 from sqlalchemy import create_engine
 
+from tunelab.cli.args import build_parser
 from tunelab.cli.main import main
+from tunelab.cli.serve import log_settings
 from tunelab.recipes.monitor.store import (
     LoggedRequest,
     count_requests,
@@ -133,6 +135,9 @@ def test_log_on_postgresql(server: RunningServer, postgres: str) -> None:
     logged = read_log(postgres).requests
     assert [(r.prompt, r.server, r.model) for r in logged] == [("mail me at [EMAIL]", "pg-1", "tiny")]
     log.close()
+    restarted = use_log(server, LogSettings(db=postgres, server="pg-2"))  # nothing in memory: found in the database
+    assert restarted.lookup(logged[0].response_id) == logged[0] and restarted.lookup("chatcmpl-none") is None
+    restarted.close()
 
 
 def test_log_flags_are_checked_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -142,3 +147,13 @@ def test_log_flags_are_checked_before_the_model_loads(tmp_path: Path, capsys: py
         assert f"error: {flags[0]}" in capsys.readouterr().err
     assert main(["serve", missing_model, "--log", "nosuchdb://host/x"]) == 2
     assert "--log 'nosuchdb://host/x' is not a database" in capsys.readouterr().err
+
+
+def test_log_flags_map_onto_settings() -> None:
+    args = build_parser().parse_args(["serve", "m", "--log", "t.db", "--log-mask", "email, ip", "--log-max-age",
+                                      "2h", "--log-max-rows", "5", "--port", "9000"])  # fmt: skip
+    assert log_settings(args) == LogSettings(db="t.db", mask=("email", "ip"), max_rows=5, max_age=7200.0,
+                                             server="127.0.0.1:9000")  # fmt: skip
+    none = log_settings(build_parser().parse_args(["serve", "m", "--log", "t.db", "--log-mask", "none"]))
+    assert none is not None and none.mask == ()
+    assert log_settings(build_parser().parse_args(["serve", "m"])) is None

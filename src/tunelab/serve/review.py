@@ -22,6 +22,7 @@ import anyio
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from tunelab.recipes.monitor.store import LoggedRequest, Preference
+from tunelab.serve.errors import APIError
 from tunelab.serve.traffic import LogUnavailable, TrafficLog
 
 Answer = Callable[[str, LoggedRequest], Awaitable[str]]
@@ -81,7 +82,10 @@ class Reviews:
         if not logged:
             return _message("Nothing to review yet", "No request has been logged; pages appear once clients ask.")
         request = self._random.choice(logged)
-        answers = [await self.answer(a, request), await self.answer(b, request)]
+        try:
+            answers = [await self.answer(a, request), await self.answer(b, request)]
+        except APIError as exc:  # the logged prompt no longer fits (a model's context, the server's limits)
+            return _message("This prompt cannot be answered again", exc.message, status=exc.status)
         if self._random.random() < 0.5:  # blind: the reviewer cannot learn a side
             a, b = b, a
             answers.reverse()

@@ -163,7 +163,12 @@ def open_database(db: str | Path, busy_timeout: float = 5.0) -> Engine:
         parsed = make_url(url)
         args = {"timeout": busy_timeout} if parsed.get_backend_name() == "sqlite" else {"connect_timeout": 10}
         return create_engine(parsed, connect_args=args, pool_pre_ping=True)
-    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+    except ImportError as exc:  # the URL names a driver that is not installed
+        raise ConfigError(
+            f"--log '{safe_url(url)}' needs a database driver that is not installed ({exc}). For PostgreSQL: "
+            "pip install 'psycopg[binary]'."
+        ) from None
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigError(
             f"--log '{safe_url(url)}' is not a database tunelab can open ({exc}). Give a file path (SQLite) or a "
             "SQLAlchemy URL such as postgresql+psycopg://user@host:5432/db."
