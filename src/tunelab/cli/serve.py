@@ -53,6 +53,8 @@ def serve(args: argparse.Namespace) -> None:
         trust_remote_code=args.trust_remote_code, name=args.name, device=args.device, log=log_settings(args),
     )  # fmt: skip
     print(f"serving {', '.join(state.model_names())} on http://{args.host}:{args.port}/v1", flush=True)
+    if state.traffic is not None:
+        print(f"logging answers and feedback to {state.traffic.where}; review page: /review", flush=True)
     serve_forever(state, args.host, args.port)
 
 
