@@ -6,13 +6,14 @@ matrix and its calibration (expected calibration error, reliability diagram) fro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.core.device import eval_mode
+from tunelab.core.device import autocast, eval_mode
 from tunelab.core.errors import DataError
 from tunelab.data.load import load_examples
 from tunelab.eval.calibration import Reliability, reliability
@@ -57,46 +58,64 @@ def evaluate_file(
     device, pad = next(model.parameters()).device, pad_id(tokenizer)
     metrics = validation_metrics(TrainingModule(model, OBJECTIVE), items, batch_size, pad, device, False)
     metrics.update(scores(model, items, batch_size, pad, device))
-    if task == "sequence_classification":
-        probabilities = class_probabilities(model, items, batch_size, pad, device)
-        predicted: list[Any] = probabilities.argmax(-1).tolist()
-    else:
-        probabilities, predicted = None, predict(model, items, batch_size, pad, device)
-    rows = [{"origin": ex.origin, "text": ex.text, "label": ex.label, "prediction": shown(p, task, names)}
-            for ex, p in zip(examples, predicted, strict=True)]  # fmt: skip
-    _add_row_scores(rows, items, predicted, probabilities, task)
-    if probabilities is not None:
-        labels, bins = classifier_report(rows, names)
-        shown = {k: v for k, v in labels.metrics.items() if k != "macro_f1"}  # val_macro_f1 already says it
-        metrics.update(shown, ece=bins.ece)
+    scored = classifier_rows(model, items, batch_size, pad, device)
+    if scored is None:  # token classification: its scores are per word, not per row
+        predicted = predict(model, items, batch_size, pad, device)
+        scored = [{"prediction": shown(p, task, names)} for p in predicted]
+    own = ("origin", "label")
+    rows = [{"origin": ex.origin, "text": ex.text, "label": ex.label, **{k: v for k, v in r.items() if k not in own}}
+            for ex, r in zip(examples, scored, strict=True)]  # fmt: skip
+    metrics.update(classifier_metrics(rows, names))
     return metrics, rows
+
+
+def classifier_rows(
+    model: nn.Module, items: list[ClassItem], batch_size: int, pad: int, device: torch.device, bf16: bool = False
+) -> list[dict[str, Any]] | None:
+    """One scored row per item of a single-head sequence model: origin, label, prediction, and `accuracy` (0/1)
+    with `confidence` (the top class's probability) for a classifier, `squared_error` and `abs_error` for
+    regression. None for any other model (token tags, task heads, a language model), which has no such rows."""
+    if not isinstance(model, TaskModel) or model.cfg.task != "sequence":
+        return None
+    task, names = task_of(model.cfg), model.cfg.labels
+    rows = []
+    if task == "regression":
+        for item, p in zip(items, predict(model, items, batch_size, pad, device, bf16), strict=True):
+            error = float(p) - float(cast(float, item.target))
+            rows.append({"origin": item.origin, "label": item.target, "prediction": p,
+                         "squared_error": error * error, "abs_error": abs(error)})  # fmt: skip
+        return rows
+    probabilities = class_probabilities(model, items, batch_size, pad, device, bf16)
+    for item, row in zip(items, probabilities, strict=True):
+        p = int(row.argmax())
+        rows.append({"origin": item.origin, "label": shown(item.target, task, names),
+                     "prediction": shown(p, task, names), "accuracy": float(p == item.target),
+                     "confidence": float(row.max())})  # fmt: skip
+    return rows
 
 
 @torch.no_grad()
 def class_probabilities(
-    model: TaskModel, items: list[ClassItem], batch_size: int, pad: int, device: torch.device
+    model: TaskModel, items: list[ClassItem], batch_size: int, pad: int, device: torch.device, bf16: bool = False
 ) -> torch.Tensor:
     """(rows, classes) softmax probabilities of a sequence classifier, in fp32 on the CPU."""
     out = []
     with eval_mode(model):
         for start in range(0, len(items), batch_size):
             batch = {k: v.to(device) for k, v in collate_items(items[start : start + batch_size], pad).items()}
-            out.append(model(batch["input_ids"], batch["attention_mask"]).float().softmax(-1).cpu())
+            with autocast(device, bf16):
+                logits = model(batch["input_ids"], batch["attention_mask"])
+            out.append(logits.float().softmax(-1).cpu())
     return torch.cat(out)
 
 
-def _add_row_scores(
-    rows: list[dict[str, Any]], items: list[ClassItem], predicted: list[Any], probabilities: torch.Tensor | None,
-    task: Task,
-) -> None:  # fmt: skip
-    """Each row's own scores, in place: accuracy and confidence (classifiers), squared and absolute error
-    (regression). Token classification keeps its rows as they are (its scores are per word, not per row)."""
-    for k, (row, item, p) in enumerate(zip(rows, items, predicted, strict=True)):
-        if task == "regression":
-            error = float(p) - float(item.target)  # type: ignore[arg-type]
-            row.update(squared_error=error * error, abs_error=abs(error))
-        elif probabilities is not None:
-            row.update(accuracy=float(p == item.target), confidence=float(probabilities[k].max()))
+def classifier_metrics(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, float]:
+    """macro_precision, macro_recall and ece of a classifier's scored rows (macro-F1 is val_macro_f1 already);
+    empty for rows without confidences (regression, token tags)."""
+    if not rows or "confidence" not in rows[0]:
+        return {}
+    report, bins = classifier_report(rows, labels)
+    return {**{k: v for k, v in report.metrics.items() if k != "macro_f1"}, "ece": bins.ece}
 
 
 def classifier_report(rows: list[dict[str, Any]], labels: list[str]) -> tuple[LabelReport, Reliability]:

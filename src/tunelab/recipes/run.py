@@ -22,6 +22,7 @@ from tunelab.core.errors import ConfigError, DataError
 from tunelab.core.files import replacing_dir, sweep_temporaries, write_text
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.scoring import DifficultyScoring, apply_loss_difficulty
+from tunelab.eval.classify import classifier_metrics, classifier_rows
 from tunelab.eval.compare import summarize
 from tunelab.eval.config import EvalSection
 from tunelab.eval.diagnose import DIAGNOSIS_FILE, diagnose_run
@@ -304,6 +305,10 @@ def evaluate(
     metrics = validation_metrics(module, data.val, cfg.eval.batch_size, pad, device, bf16, budget)
     if objective.scores is not None:
         metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, pad, device, bf16))
+    scored = classifier_rows(model, data.val, cfg.eval.batch_size, pad, device, bf16) if generate else None
+    if scored is not None:  # a classifier's own rows: intervals and paired tests in the before/after table
+        metrics.update(classifier_metrics(scored, []))
+        write_predictions(scored, predictions_file)
     if generate and cfg.eval.generate and data.val_examples:
         body = objective.body(model)
         gen, predictions = _generate(body, tokenizer, data.val_examples, cfg.eval, cfg.data.system_prompt, bf16)
@@ -359,6 +364,8 @@ def _print_samples(console: Console, run_dir: Path, n: int) -> None:
     if not tuned_file.is_file():
         return
     tuned = [json.loads(x) for x in tuned_file.read_text().splitlines()[:n]]
+    if tuned and "prompt" not in tuned[0]:  # a classifier's rows: its table says it all
+        return
     base = [json.loads(x) for x in base_file.read_text().splitlines()[:n]] if base_file.is_file() else []
     for i, row in enumerate(tuned):
         console.print(f"[bold]prompt[/]: {row['prompt'][:200]}")
