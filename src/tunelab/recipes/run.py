@@ -27,6 +27,7 @@ from tunelab.eval.compare import summarize
 from tunelab.eval.config import EvalSection
 from tunelab.eval.diagnose import DIAGNOSIS_FILE, diagnose_run
 from tunelab.eval.evaluate import generation_metrics, read_predictions, write_predictions
+from tunelab.eval.report import run_report
 from tunelab.eval.structured import load_schema
 from tunelab.eval.table import comparison_table
 from tunelab.methods.base import Method, StepHook, trainable_parameters
@@ -276,6 +277,7 @@ def _train(
         _report(console, run_dir, baseline, final, cfg.eval.samples)
         fitting = diagnose_run(run_dir)  # diagnosis.json and learning_curves.png beside metrics.jsonl
         console.print(f"{fitting.summary()}; advice in {run_dir / DIAGNOSIS_FILE}")
+        console.print(f"report: {run_report(run_dir)[0]}")
         tracker.log_eval("eval", final, result.steps)
         tracker.log_outputs(artifact_dir(run_dir, cfg.method.name), cfg.output.mlflow_log_model)
     accelerator.wait_for_everyone()
