@@ -24,6 +24,7 @@ from typing import Any, cast
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tunelab.core.device import default_device
 from tunelab.core.errors import ConfigError, TunelabError
 from tunelab.core.logs import loggers_at
 
@@ -56,13 +57,17 @@ def run_harness(
 ) -> HarnessResult:
     """Evaluate `model` on lm-eval `tasks` (names of tasks in `tasks_dir`, or built-in ones whose data is cached).
     `limit` documents per task, `shots` few-shot examples (the task's own default when None), `chat` wraps prompts
-    in the tokenizer's chat template (default: when it has one, as tunelab's chat models are trained)."""
+    in the tokenizer's chat template (default: when it has one, as tunelab's chat models are trained). `model` is
+    moved to the GPU when there is one (a peft model's merged copy is)."""
     lm_eval, hflm = _require_lm_eval()
     manager = task_manager(tasks, tasks_dir)
     specs = [task_spec(manager, name) for name in tasks]
     chat = tokenizer.chat_template is not None if chat is None else chat
     with loggers_at(logging.ERROR, "lm_eval", "lm-eval"):
-        lm = hflm(pretrained=plain_model(model), tokenizer=tokenizer, batch_size=batch_size)
+        # HFLM runs on the device the model is on: the GPU when there is one.
+        plain = plain_model(model)
+        cast(nn.Module, plain).to(default_device())  # in place
+        lm = hflm(pretrained=plain, tokenizer=tokenizer, batch_size=batch_size)
         try:
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=specs, task_manager=manager, limit=limit, num_fewshot=shots, log_samples=True,
