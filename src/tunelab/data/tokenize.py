@@ -10,10 +10,11 @@ text is lost to truncation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
+import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from tunelab.core.types import Message
 from tunelab.data.chat_shapes import ShapeRenderer
@@ -129,6 +130,16 @@ def _span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tup
     return labels
 
 
+def _span_labels_np(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """`_span_labels` with numpy: a token carries loss when it overlaps any span."""
+    if not ids:
+        return []
+    bounds = np.asarray(offsets)
+    ranges = np.asarray(spans).reshape(-1, 2)
+    hit = ((bounds[:, 1:2] > ranges[:, 0]) & (bounds[:, 0:1] < ranges[:, 1])).any(axis=1)
+    return np.where(hit, np.asarray(ids), IGNORE).tolist()
+
+
 def _fit(example: Example, ids: list[int], labels: list[int], max_length: int, truncation: Truncation) -> Tokenized:
     cut = len(ids) > max_length
     if cut and truncation == "reject":
@@ -205,11 +216,13 @@ def tokenize_records(
         texts.append(text)
         spans.append(span)
         placed.append(i)
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+    # The backend's own batch call: what tokenizer(texts) runs, without building a BatchEncoding around it.
+    backend = cast(PreTrainedTokenizerFast, tokenizer).backend_tokenizer
+    encodings = backend.encode_batch(texts, add_special_tokens=False) if texts else []
     for j, i in enumerate(placed):
-        ids = enc["input_ids"][j]  # type: ignore[index]  # set whenever anything was placed
+        ids = encodings[j].ids
         try:
-            labels = _span_labels(ids, enc["offset_mapping"][j], spans[j])  # type: ignore[index]
+            labels = _span_labels_np(ids, encodings[j].offsets, spans[j])
             out[i] = [_fit(examples[i], ids, labels, max_length, truncation)]
         except ValueError as exc:
             out[i] = exc
