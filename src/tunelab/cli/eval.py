@@ -25,6 +25,7 @@ from tunelab.eval.compare import Comparison, summarize
 from tunelab.eval.evaluate import generated_labels, generation_metrics, write_predictions
 from tunelab.eval.fewshot.baseline import with_pool_shots
 from tunelab.eval.fewshot.context import ContextLimit, context_summary
+from tunelab.eval.report import ReportInput, write_report
 from tunelab.eval.structured import load_schema
 from tunelab.eval.table import comparison_table
 from tunelab.export.ensemble.combine import Combine
@@ -61,6 +62,7 @@ def evaluate(args: argparse.Namespace) -> None:
     extras = _write_extras(out.with_name(out.stem), predictions, first if _is_classifier(first) else None, summary)
     console.print(comparison_table(summary, title=f"{args.data} ({len(predictions)} examples)"))
     console.print(f"per-example predictions: {out}" + "".join(f"\n{what}: {path}" for what, path in extras))
+    _report(f"{name} on {args.data}", summary, {name: predictions}, out.parent)
 
 
 def _compare(args: argparse.Namespace, specs: list[str]) -> None:
@@ -85,6 +87,17 @@ def _compare(args: argparse.Namespace, specs: list[str]) -> None:
     _write_json(out / "comparison.json", {**comparison.to_dict(), "sources": specs, "data": str(args.data)})
     console.print(comparison_table(comparison, title=f"{args.data} ({comparison.examples} examples, paired)"))
     console.print(f"predictions and comparison.json: {out}")
+    _report(f"{names[0]} vs {names[1]} on {args.data}", comparison, _rows_of(columns), out)
+
+
+def _rows_of(columns: dict[str, Scored]) -> dict[str, list[dict[str, Any]]]:
+    return {name: rows for name, (_, rows) in columns.items()}
+
+
+def _report(title: str, summary: Comparison, columns: dict[str, list[dict[str, Any]]], folder: Path) -> None:
+    """report.html and report.md in `folder`, with the suites' and calibration files found there."""
+    html_path, _ = write_report(ReportInput(title, summary.to_dict(), columns, folder), folder)
+    console.print(f"report: {html_path} (and report.md)")
 
 
 def _column_names(specs: list[str]) -> list[str]:
