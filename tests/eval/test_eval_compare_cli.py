@@ -95,3 +95,22 @@ def test_comparison_mistakes_exit_2(
     args = [a.format(model=tiny_model_dir) for a in extra]
     assert main(["eval", *args, "--data", str(data), "--max-new-tokens", "2", "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_structured_answers_schema_and_similarity_through_the_command(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "json.jsonl"
+    answers = [json.dumps({"name": f"n{k}", "id": k}) for k in range(4)]
+    rows = [{"messages": [{"role": "user", "content": f"name {k} as JSON"}, {"role": "assistant", "content": a}]}
+            for k, a in enumerate(answers)]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["name", "id"]}))
+    out = tmp_path / "p.jsonl"
+    args = ["eval", str(tiny_model_dir), "--data", str(data), "--max-new-tokens", "3", "--out", str(out)]
+    assert main([*args, "--json-schema", str(schema), "--similarity"]) == 0
+    scored = _lines(out)
+    assert all({"json_valid", "json_match", "json_schema", "similarity"} <= set(r) for r in scored)
+    assert all(r["json_valid"] == 0.0 for r in scored)  # a random model does not write JSON
+    stats = json.loads((tmp_path / "p_stats.json").read_text())
+    assert {"json_valid", "json_schema", "similarity"} <= set(stats["intervals"][tiny_model_dir.name])
+    assert main([*args, "--json-schema", str(tmp_path / "missing.json")]) == 2
