@@ -245,11 +245,13 @@ def tokenize_all(
     """Tokenize many examples; the ones that cannot be trained on become rejects with the reason."""
     done: list[Tokenized] = []
     rejects: list[Reject] = []
-    for ex in examples:
-        try:
-            done += tokenize_record(ex, tokenizer, max_length, loss_on, system_prompt, truncation)
-        except ValueError as exc:
-            rejects.append(Reject(origin=ex.origin, reason=str(exc), row=str(ex.messages)[:500], stage="tokenize"))
+    for ex, got in zip(
+        examples, tokenize_records(examples, tokenizer, max_length, loss_on, system_prompt, truncation), strict=True
+    ):
+        if isinstance(got, ValueError):
+            rejects.append(Reject(origin=ex.origin, reason=str(got), row=str(ex.messages)[:500], stage="tokenize"))
+        else:
+            done += got
     return done, rejects
 
 
