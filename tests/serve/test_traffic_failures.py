@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 import torch
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 
 from tunelab.cli.args import build_parser
 from tunelab.cli.main import main
@@ -109,6 +109,31 @@ def test_corrupt_database_fails_writes_and_serving_goes_on(
     assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
     with pytest.raises(Exception, match="not a database"):
         read_log(db)
+    log.close()
+
+
+def test_full_database_fails_writes_and_serving_goes_on(
+    server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "full.db"
+    small = sqlite3.connect(db)
+    small.execute("PRAGMA page_size = 512")  # a row of the prompt below needs a page more than the tables have
+    small.execute("VACUUM")
+    small.close()
+    create_tables(create_engine(f"sqlite:///{db}"))
+    log = TrafficLog(LogSettings(db=str(db)), server.state.metrics)
+    pages = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
+    # SQLite's own size limit, on every connection the log opens: the file cannot grow by a page.
+    event.listen(log.engine, "connect", lambda conn, _: conn.execute(f"PRAGMA max_page_count = {pages}"))
+    server.state.traffic = log.start()
+    failed_before = metric(server, "tunelab_traffic_log_failed")
+    with caplog.at_level(logging.ERROR, logger="tunelab.serve"):
+        for i in range(3):
+            ask(server, f"question {i}: " + "how are the cats and dogs " * 12)
+            settle(log)
+    assert metric(server, "tunelab_traffic_log_failed") - failed_before == 3
+    problems = [r.getMessage() for r in caplog.records if "traffic log" in r.getMessage()]
+    assert len(problems) == 1 and "full" in problems[0]
     log.close()
 
 
