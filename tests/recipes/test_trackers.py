@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tiny_config
+import tunelab.recipes.run as train_run
+from tests.helpers import AfterStep, tiny_config
 from tunelab.cli.main import main
 from tunelab.core.errors import ConfigError
 from tunelab.recipes.run import run_training
@@ -159,3 +160,46 @@ def test_an_unreachable_mlflow_server_is_exit_2_before_training(
     err = capsys.readouterr().err
     assert "could not start the MLflow store 'http://127.0.0.1:9'" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "unreachable" / "metrics.jsonl").exists()
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run_and_tensorboard_drops_the_rewritten_steps(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tmp_path, tiny_model_dir, "training.max_steps=6", "training.log_every=1", "training.save_every=2",
+                      "eval.generate=false", "eval.baseline=false", "training.num_threads=1",
+                      "output.report_to=[tensorboard,mlflow]", name="resumed")  # fmt: skip
+    real_fit = train_run.fit
+
+    def interrupted(*args, **kwargs):  # stopped after step 3: its line is logged, the checkpoint is step 2
+        def stop(step: int) -> None:
+            if step == 3:
+                raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "hooks": [*kwargs.get("hooks", ()), AfterStep(stop)]})
+
+    monkeypatch.setattr(train_run, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg)
+    client = MlflowClient(mlflow_uri(cfg.output))
+    (killed,) = client.search_runs([client.get_experiment_by_name("tunelab").experiment_id])
+    assert killed.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(killed.info.run_id, "loss")] == [1, 2, 3]
+
+    monkeypatch.setattr(train_run, "fit", real_fit)
+    run_dir = run_training(cfg, resume=True).run_dir
+    want = expected_series(run_dir)
+    assert [s for s, _ in want["loss"]] == [1, 2, 3, 4, 5, 6]
+
+    (run,) = client.search_runs([client.get_experiment_by_name("tunelab").experiment_id])
+    assert run.info.run_id == killed.info.run_id == json.loads((run_dir / "trackers.json").read_text())["mlflow_run_id"]
+    assert run.info.status == "FINISHED"
+    # MLflow keeps every value it was sent: step 3 twice, the same loss both times (the resume is exact).
+    history = sorted({(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")})
+    assert_same({"loss": history}, {"loss": want["loss"]}, "mlflow")
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()  # purge_step hides the first process's step 3: each step once
+    assert_same({"loss": [(e.step, e.value) for e in events.Scalars("loss")]}, {"loss": want["loss"]}, "tensorboard")
