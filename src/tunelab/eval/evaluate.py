@@ -119,6 +119,8 @@ def answer_scores(
 def generated_labels(rows: list[dict[str, Any]]) -> LabelReport | None:
     """The label report (confusion matrix, per-class scores) of generated answers whose references are labels;
     None for other tasks."""
+    if not all("reference" in r and "prediction" in r for r in rows):  # a classifier's rows: eval.classify
+        return None
     refs = [str(r["reference"]).strip() for r in rows]
     if not is_label_task(refs):
         return None
