@@ -197,7 +197,7 @@ def run_training(
         if resume and start_from is None:
             console.print(f"{run_dir} has no checkpoint yet: the run starts from the beginning")
     # The trackers start (or fail) before anything trains; they close with the run's outcome.
-    with replacing(run_dir, main) as replaced, tracking(cfg, run_dir, main, start_from) as tracker:
+    with replacing(run_dir, main) as replaced, tracking(cfg, run_dir, main, start_from, console) as tracker:
         return _train(cfg, run_dir, accelerator, console, start_from, identity, replaced.hooks, tracker, on_validation)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, TrackioTracker, WandBTracker
+from rich.console import Console
 
 from tunelab.config import OutputSection, TunelabConfig
 from tunelab.core.errors import ConfigError
@@ -69,6 +70,24 @@ class RunTracker:
                 tracker.store_init_configuration({k: v for k, v in params.items() if k not in logged})
             else:
                 tracker.store_init_configuration(params)
+
+    def where(self) -> str:
+        """Where each tracker writes, for the run's console: `tensorboard: runs/x/tensorboard; mlflow: ...`."""
+        places = []
+        for name, tracker in self.trackers.items():
+            if isinstance(tracker, TensorBoardTracker):
+                places.append(f"tensorboard {tracker.logging_dir}")
+            elif isinstance(tracker, MLflowTracker):
+                import mlflow  # optional tracker package, imported only when the run reports to it
+
+                places.append(f"mlflow {mlflow.get_tracking_uri()} (run {tracker.tracker.info.run_id})")
+            elif isinstance(tracker, WandBTracker):
+                places.append(f"wandb ({tracker.tracker.settings.mode}) {Path(tracker.tracker.dir).parent}")
+            else:
+                from trackio.utils import TRACKIO_DIR  # optional tracker package, imported when reported to
+
+                places.append(f"{name} {TRACKIO_DIR}")
+        return "tracking: " + "; ".join(places)
 
     def log_line(self, line: dict[str, Any]) -> None:
         """One metrics.jsonl line at its step: its numbers (not `step` itself, not flags such as `final`)."""
@@ -156,15 +175,20 @@ def numbers(values: dict[str, Any], exclude: tuple[str, ...] = (), prefix: str =
 
 
 @contextlib.contextmanager
-def tracking(cfg: TunelabConfig, run_dir: Path, main: bool, start_from: Path | None) -> Iterator[RunTracker]:
+def tracking(
+    cfg: TunelabConfig, run_dir: Path, main: bool, start_from: Path | None, console: Console | None = None
+) -> Iterator[RunTracker]:
     """Start the configured trackers (a `ConfigError` before anything trains when one is missing or unreachable),
-    log the config, and close them when the run ends: FINISHED, or FAILED / KILLED when it raises."""
+    say on `console` where they write, log the config, and close them when the run ends: FINISHED, or FAILED /
+    KILLED when it raises."""
     names = list(dict.fromkeys(cfg.output.report_to)) if main else []
     tracker = RunTracker(start_trackers(names, cfg.output, run_dir, start_from), run_dir)
     if not tracker.trackers:
         yield tracker
         return
     try:
+        if console is not None:
+            console.print(tracker.where(), highlight=False)
         tracker.log_config(cfg)
         yield tracker
     except KeyboardInterrupt:
