@@ -143,7 +143,9 @@ def test_review_page_is_blind_and_stores_a_preference(served) -> None:
     page = httpx.get(f"{server.url}/review", headers=basic, timeout=60)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     body = page.text
-    assert "Answer 1" in body and "Answer 2" in body and "<script" not in body and "http" not in body
+    assert "Answer 1" in body and "Answer 2" in body
+    page_only = re.sub(r'<div class="answer">.*?</div>', "", body, flags=re.S)  # the answers are the model's text
+    assert not re.search(r"<script|<link|src=|https?://", page_only)  # nothing fetched from elsewhere
     shown = re.sub(r"action='[^']*'", "", body)  # the form's address names the pair, never the sides
     assert BASE not in shown and ADAPTER not in shown
     token = re.search(r"name='token' value='([^']+)'", body).group(1)
