@@ -32,7 +32,7 @@ def metrics_chart(stats: dict[str, Any]) -> bytes | None:
     metrics = [m for m in _metrics(stats) if is_rate(m) and any(m in stats["intervals"].get(c, {}) for c in columns)]
     if not metrics:
         return None
-    fig = Figure(figsize=(max(4.0, 1.2 * len(metrics) * max(1, len(columns))), 3.2), dpi=100)
+    fig = Figure(figsize=(min(9.0, max(4.0, 0.9 * len(metrics) * max(1, len(columns)))), 3.2), dpi=100)
     ax = fig.subplots()
     width = 0.8 / max(1, len(columns))
     for k, column in enumerate(columns):
@@ -43,6 +43,7 @@ def metrics_chart(stats: dict[str, Any]) -> bytes | None:
                   [100 * (f["high"] - f["estimate"]) if f else 0 for f in found]]  # fmt: skip
         ax.bar(xs, heights, width, yerr=errors, capsize=3, label=column)
     ax.set_xticks([i + width * (len(columns) - 1) / 2 for i in range(len(metrics))], metrics)
+    ax.tick_params(axis="x", labelrotation=20)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
