@@ -62,7 +62,6 @@ class Reviews:
         self.models = models
         self._pending: OrderedDict[str, Pending] = OrderedDict()
         self._random = secrets.SystemRandom()
-        self.rated = 0
 
     async def page(self, a: str | None, b: str | None) -> HTMLResponse:
         names = self.models()
@@ -115,7 +114,6 @@ class Reviews:
                 await anyio.to_thread.run_sync(self.log.store, None, [preference], ["choice"])
             except LogUnavailable as exc:
                 return _message("The rating could not be stored", str(exc), status=503)
-        self.rated += 1
         query = self.models_query(*sorted((pending.left_model, pending.right_model)))
         return RedirectResponse(f"/review?{query}", status_code=303)
 
