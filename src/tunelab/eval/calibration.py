@@ -11,12 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window: evaluations run on servers without a display
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 BINS = 10
 
@@ -71,19 +67,18 @@ def reliability_diagram(table: Reliability, path: str | Path, title: str = "Reli
     path.parent.mkdir(parents=True, exist_ok=True)
     width = np.diff(table.edges)
     full = table.counts > 0
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    try:
-        left = table.edges[:-1][full]
-        ax.bar(left, table.accuracy[full], width=width[full], align="edge", edgecolor="black", label="accuracy")
-        gap = table.confidence[full] - table.accuracy[full]
-        ax.bar(left, gap, bottom=table.accuracy[full], width=width[full], align="edge", color="red", alpha=0.3,
-               label="gap to confidence")  # fmt: skip
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-               title=f"{title} (ECE {100 * table.ece:.1f}%)")  # fmt: skip
-        ax.legend(loc="upper left", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+    # A bare Figure, not pyplot: no global backend is chosen or changed for whoever imported tunelab (a notebook).
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
+    left = table.edges[:-1][full]
+    ax.bar(left, table.accuracy[full], width=width[full], align="edge", edgecolor="black", label="accuracy")
+    gap = table.confidence[full] - table.accuracy[full]
+    ax.bar(left, gap, bottom=table.accuracy[full], width=width[full], align="edge", color="red", alpha=0.3,
+           label="gap to confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+           title=f"{title} (ECE {100 * table.ece:.1f}%)")  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     return path
