@@ -83,7 +83,10 @@ def _compare(args: argparse.Namespace, specs: list[str]) -> None:
         write_predictions(columns[name][1], out / f"predictions_{k}.jsonl")
     comparison = summarize(columns, confidence=args.confidence, resamples=args.resamples)
     if not comparison.paired:
-        raise TunelabError(f"{specs[0]} and {specs[1]} were not scored on the same rows, so they cannot be paired.")
+        raise TunelabError(
+            f"{specs[0]} and {specs[1]} were not scored on the same rows (a classifier is scored on its labelled rows, "
+            "a generator on its prompts), so they cannot be paired: compare two classify runs or two generators."
+        )
     _write_json(out / "comparison.json", {**comparison.to_dict(), "sources": specs, "data": str(args.data)})
     console.print(comparison_table(comparison, title=f"{args.data} ({comparison.examples} examples, paired)"))
     console.print(f"predictions and comparison.json: {out}")
