@@ -244,7 +244,7 @@ def _start(name: str, out: OutputSection, run_dir: Path, start_from: Path | None
         where = {"mlflow": f"the MLflow store {mlflow_uri(out)!r} (output.mlflow_tracking_uri)",
                  "wandb": f"W&B in {out.wandb_mode} mode (output.wandb_mode)"}.get(name, name)  # fmt: skip
         raise ConfigError(
-            f"output.report_to: could not start {where}: {type(error).__name__}: {str(error)[:300]}. Nothing was "
+            f"output.report_to: could not start {where}: {type(error).__name__}: {str(error)[:600]}. Nothing was "
             f"trained. Fix the store or its address, or remove {name!r} from output.report_to."
         ) from error
 
@@ -269,6 +269,9 @@ def _mlflow(out: OutputSection, run_dir: Path, run_id: str | None) -> GeneralTra
     import mlflow  # optional tracker package, imported only when the run reports to it
 
     uri = mlflow_uri(out)
+    if uri.startswith("file:") or ":" not in uri:
+        # MLflow 3 refuses its folder store unless asked; output.mlflow_tracking_uri naming a folder is asking.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(uri)
     # A SQLite store keeps artifacts beside it; a server or a file store chooses its own artifact root.
     artifacts = (Path(out.dir) / "mlflow-artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
