@@ -113,7 +113,10 @@ def test_run_built_to_overfit(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert saved["numbers"]["best_val_step"] < saved["numbers"]["last_step"] == 24
     assert saved["numbers"]["train_loss_end"] < 0.5 * saved["numbers"]["train_loss_start"]
     assert (run_dir / "learning_curves.png").stat().st_size > 10_000
-    assert "fitting: overfitting (validation loss turned up" in console.export_text()
+    shown = console.export_text()
+    assert "fitting: overfitting (validation loss turned up" in shown
+    assert f"report: {run_dir / 'report.html'}" in shown
+    assert "<h2>Fitting diagnosis</h2><p class='verdict bad'>overfitting</p>" in (run_dir / "report.html").read_text()
 
 
 def test_run_built_to_underfit(tmp_path: Path, tiny_model_dir: Path) -> None:
