@@ -132,6 +132,11 @@ def test_command_writes_the_heat_map(tmp_path: Path, tiny_model_dir: Path, capsy
     numbers = json.loads(out.with_suffix(".json").read_text())
     assert numbers["method"] == "ig" and len(numbers["per_target"]) == len(numbers["target_tokens"])
     assert "convergence delta" in capsys.readouterr().out
+    # Summed only (no per-token rows) for the two-token answer, by attention rollout.
+    assert main(["explain", str(tiny_model_dir), "--prompt", PROMPT, "--target", ANSWER, "--method", "rollout",
+                 "--out", str(tmp_path / "rollout.html")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "rollout.json").read_text())["per_target"] == []
+    assert "most supporting:" in capsys.readouterr().out
     # The random model answers nothing: with no --target there is nothing to explain, said without a traceback.
     assert main(["explain", str(tiny_model_dir), "--prompt", PROMPT, "--out", str(out)]) == 2
     assert "give the answer to explain with --target" in capsys.readouterr().err

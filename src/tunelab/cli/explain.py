@@ -63,7 +63,7 @@ def show(result: Explanation) -> None:
     console.print(Text.assemble((f"{result.method} attributions of the {what} ", "bold"), repr(result.target)))
     console.print(heat_text(result.tokens, result.scores))
     own = [i for i, p in enumerate(result.parts) if p != "template"]  # one line per answer token: no template
-    for token, row in zip(result.target_tokens, result.per_target, strict=True):
+    for token, row in zip(result.target_tokens, result.per_target, strict=bool(result.per_target)):
         line = heat_text([result.tokens[i] for i in own], [row[i] for i in own], newline="↵")
         console.print(Text.assemble((f"{token!r:>12} ← ", "bold"), line))
     console.print(f"most supporting: {top_tokens(result)}")

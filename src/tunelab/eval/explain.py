@@ -379,7 +379,7 @@ def explanation_html(result: Explanation, prompt: str) -> str:
     """A self-contained HTML page: the summed heat map, one row per answer token when per-token, the numbers."""
     rows = "".join(
         f"<tr><th>{html.escape(t)}</th><td>{heat_spans(result.tokens, row, result.parts)}</td></tr>"
-        for t, row in zip(result.target_tokens, result.per_target, strict=True)
+        for t, row in zip(result.target_tokens, result.per_target, strict=bool(result.per_target))
     )
     per_token = f"<h2>Per answer token</h2><table>{rows}</table>" if rows else ""
     numbers = f"score {result.score:.4f}"
