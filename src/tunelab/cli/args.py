@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--json-schema", help="JSON Schema file that structured answers must validate against")
     p.add_argument("--similarity", nargs="?", const="minilm-l6", metavar="ENCODER",
-                   help="score each answer's embedding similarity to its reference (default encoder minilm-l6)")  # fmt: skip
+                   help="score each answer's embedding similarity to its reference (default minilm-l6)")  # fmt: skip
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.cli.eval_harness import evaluate_harness
+from tunelab.cli.eval_suites import evaluate_suites
 from tunelab.core.errors import ConfigError, TunelabError
 from tunelab.core.files import write_text
 from tunelab.data.load import load_examples
@@ -41,6 +42,8 @@ def evaluate(args: argparse.Namespace) -> None:
         return evaluate_harness(args)
     if not args.data:
         raise ConfigError("tunelab eval needs --data (a JSONL file with reference answers), or --harness TASKS.")
+    if args.suite:  # robustness / bias suites: their own module
+        return evaluate_suites(args)
     if not 0 < args.confidence < 1 or args.resamples < 1:
         raise ConfigError(
             f"--confidence must be between 0 and 1 (e.g. 0.95) and --resamples at least 1, got {args.confidence} "
