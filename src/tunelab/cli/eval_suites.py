@@ -1,5 +1,5 @@
 """`tunelab eval MODEL --data FILE --suite robustness --suite bias`: the suites of `tunelab.eval.suites`, their
-tables, and where their files went."""
+tables, the report with their sections, and where their files went."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab.core.errors import ConfigError
+from tunelab.eval.report import suite_report
 from tunelab.eval.suites.run import SuiteOptions, check_suites, run_suites
 from tunelab.eval.suites.tables import print_bias, print_robustness
 from tunelab.methods.trained import is_run
@@ -47,6 +48,8 @@ def evaluate_suites(args: argparse.Namespace) -> None:
     if "bias" in results:
         print_bias(console, results["bias"].to_dict())
     console.print(f"suite results: {out}/ ({', '.join(f'{n}.json' for n in results)})")
+    html_path, _ = suite_report(out, Path(spec) if is_run(spec) else None)
+    console.print(f"report: {html_path} (and report.md)")
 
 
 def _default_out(spec: str, predictions: str | None) -> Path:

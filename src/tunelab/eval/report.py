@@ -43,6 +43,9 @@ class ReportInput:
     stats: dict[str, Any]
     columns: dict[str, Rows]
     folder: Path
+    also: tuple[Path, ...] = ()
+    """Folders searched after `folder` for the run's own sections, the fitting diagnosis and learning curves (the
+    run folder beside a suite's output); suite results are read from `folder` only."""
 
 
 @dataclass
@@ -56,10 +59,27 @@ class Sections:
 
 def run_report(run_dir: Path) -> tuple[Path, Path]:
     """report.html and report.md of a finished run: before/after intervals, both prediction files, diagnosis."""
+    stats, columns = _run_columns(run_dir)
+    return write_report(ReportInput(f"Evaluation of {run_dir.name}", stats, columns, run_dir), run_dir)
+
+
+def suite_report(out: Path, run_dir: Path | None) -> tuple[Path, Path]:
+    """The report after `tunelab eval --suite`: with a run whose suites went to its own folder or its eval/, the
+    run's report.html/report.md again, now with the robustness and bias sections; otherwise a report in `out`, with
+    the run's metrics, answers and diagnosis beside the suites' sections when a run was scored."""
+    if run_dir is not None and out.resolve() in (run_dir.resolve(), (run_dir / "eval").resolve()):
+        return run_report(run_dir)
+    if run_dir is None:
+        return write_report(ReportInput(f"Suites on {out.name}", {}, {}, out), out)
+    stats, columns = _run_columns(run_dir)
+    return write_report(ReportInput(f"Suites on {run_dir.name}", stats, columns, out, (run_dir,)), out)
+
+
+def _run_columns(run_dir: Path) -> tuple[dict[str, Any], dict[str, Rows]]:
+    """A run's comparison document and its base and tuned prediction rows (those it has)."""
     stats = _load(run_dir, "eval_stats.json") or {}
     columns = {"base": read_rows(run_dir / "predictions_base.jsonl"), "tuned": read_rows(run_dir / "predictions.jsonl")}
-    columns = {name: rows for name, rows in columns.items() if rows}
-    return write_report(ReportInput(f"Evaluation of {run_dir.name}", stats, columns, run_dir), run_dir)
+    return stats, {name: rows for name, rows in columns.items() if rows}
 
 
 def write_report(data: ReportInput, out_dir: Path) -> tuple[Path, Path]:
@@ -72,12 +92,13 @@ def write_report(data: ReportInput, out_dir: Path) -> tuple[Path, Path]:
     return html_path, md_path
 
 
-def _find(folder: Path, name: str) -> Path | None:
-    return next((p for p in (folder / name, folder / "eval" / name) if p.is_file()), None)
+def _find(folder: Path, name: str, also: tuple[Path, ...] = ()) -> Path | None:
+    places = [p for f in (folder, *also) for p in (f / name, f / "eval" / name)]
+    return next((p for p in places if p.is_file()), None)
 
 
-def _load(folder: Path, name: str) -> dict[str, Any] | None:
-    path = _find(folder, name)
+def _load(folder: Path, name: str, also: tuple[Path, ...] = ()) -> dict[str, Any] | None:
+    path = _find(folder, name, also)
     return json.loads(path.read_text(encoding="utf-8")) if path is not None else None
 
 
@@ -86,12 +107,12 @@ def _sections(data: ReportInput) -> Sections:
     chart = metrics_chart(data.stats)
     if chart is not None:
         pictures.append(("Rate metrics with their confidence intervals", chart))
-    curves = _find(data.folder, CURVES_FILE)
+    curves = _find(data.folder, CURVES_FILE, data.also)
     if curves is not None:
         pictures.append(("Learning curves", curves.read_bytes()))
     for png in sorted(data.folder.glob("*reliability*.png")):
         pictures.append((f"Reliability diagram ({png.name})", png.read_bytes()))
-    return Sections(_load(data.folder, DIAGNOSIS_FILE), _load(data.folder, "robustness.json"),
+    return Sections(_load(data.folder, DIAGNOSIS_FILE, data.also), _load(data.folder, "robustness.json"),
                     _load(data.folder, "bias.json"), pictures)  # fmt: skip
 
 
