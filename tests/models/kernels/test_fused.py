@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaConfig, LlamaMLP, LlamaRMSNorm
 
-from tunelab.models.kernels.fused import FusedRMSNorm, FusedSwiGLU, fuse_modules_
+from tunelab.models.kernels.fused import FusedGatedMLP, FusedRMSNorm, fuse_modules_
 from tunelab.models.load import load_model
 
 
@@ -68,7 +68,7 @@ def test_swiglu_matches_the_reference_and_keeps_two_tensors() -> None:
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=32, intermediate_size=64, hidden_act="silu")
     ref = LlamaMLP(config)
-    fused = FusedSwiGLU(ref)
+    fused = FusedGatedMLP(ref, "silu")
     x = torch.randn(4, 7, 32)
     grad = torch.randn(4, 7, 32)
     results = []
@@ -92,5 +92,5 @@ def test_fuse_modules_swaps_every_norm_and_mlp_and_keeps_the_logits(tiny_model_d
     keys = set(model.state_dict())
     assert fuse_modules_(model) == 2 * 2 + 1 + 2  # two norms per block, the final norm, one MLP per block
     assert set(model.state_dict()) == keys
-    assert isinstance(model.model.layers[1].mlp, FusedSwiGLU)
+    assert isinstance(model.model.layers[1].mlp, FusedGatedMLP)
     torch.testing.assert_close(model(ids).logits, before, rtol=1e-5, atol=1e-5)

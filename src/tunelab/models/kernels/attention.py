@@ -10,9 +10,11 @@ keeping them: the same tensors are kept for the backward as the flash kernel kee
 kernel, which skips the masked half, is faster and this hands over to it.
 
 `use_short_attention_(model)` registers it as an attention implementation ("tunelab_sdpa") and selects it for
-Llama-family models that use SDPA. Anything it does not handle goes to transformers' own SDPA function
-unchanged: a mask (left padding, packed rows), a KV cache (queries shorter than keys), dropout, sliding windows,
-soft-capping, attention sinks, and non-causal attention.
+the causal decoder families whose attention classes are listed here, when they run on SDPA. A sliding window at
+least as long as the row changes nothing and is run here. Anything it does not handle goes to transformers' own
+SDPA function unchanged: a mask (left padding, packed rows), a KV cache (queries shorter than keys), dropout, a
+window shorter than the row, soft-capping, attention sinks, and non-causal attention. Models transformers runs
+without SDPA (Gemma 2, whose soft-capped scores SDPA cannot compute) and encoders are left as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +28,21 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 NAME = "tunelab_sdpa"
 MAX_TOKENS = 128
 """The longest rows this runs; longer ones go to the flash kernel (break-even measured near 160 tokens)."""
-ATTENTION_CLASSES = {"LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention"}
+ATTENTION_CLASSES = {
+    "LlamaAttention",
+    "MistralAttention",
+    "Qwen2Attention",
+    "Qwen3Attention",
+    "Gemma3Attention",
+    "Phi3Attention",
+    "Olmo2Attention",
+    "GPTNeoXAttention",
+    "MixtralAttention",
+    "Qwen2MoeAttention",
+    "Qwen3MoeAttention",
+    "OlmoeAttention",
+}
+"""Attention classes that call the attention function with plain causal queries, keys and values (grouped or not)."""
 
 
 def _probs(rows: torch.Tensor, key: torch.Tensor, scale: float, length: int) -> torch.Tensor:
@@ -82,12 +98,14 @@ def attention_forward(
     """transformers' attention-function signature; hands what it does not handle to the SDPA function."""
     length = query.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    unusual = any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "position_bias", "cache"))
+    unusual = any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "position_bias", "cache"))
+    window = kwargs.get("sliding_window")
     if (
         attention_mask is not None
         or not causal
         or dropout
         or unusual
+        or (window is not None and window < length)
         or not 1 < length <= MAX_TOKENS
         or key.shape[2] != length
         or query.shape[1] % key.shape[1]
@@ -100,7 +118,8 @@ def attention_forward(
 
 
 def use_short_attention_(model: nn.Module) -> bool:
-    """Select this attention for `model` when it is a Llama-family model on SDPA; returns whether it did."""
+    """Select this attention for `model` when its attention class is listed and it runs on SDPA; returns whether
+    it did."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
