@@ -33,8 +33,7 @@ from tunelab.eval.table import comparison_table
 from tunelab.methods.base import Method, StepHook, trainable_parameters
 from tunelab.methods.registry import METHODS
 from tunelab.methods.trained import CONFIG_FILE, artifact_dir
-from tunelab.models.kernels.attention import use_short_attention_
-from tunelab.models.kernels.fused import fuse_modules_
+from tunelab.models.kernels.fast_path import apply_fast_path_
 from tunelab.models.load import load_model, load_tokenizer, pad_id, resolve_source
 from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.registry import OBJECTIVES
@@ -131,9 +130,7 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
     # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
     data = apply_loss_difficulty(model, data, difficulty_scoring(cfg), run_dir, pad_id(tokenizer), bf16)
-    if cfg.training.fused_modules:
-        fuse_modules_(model)  # before the method wraps the linear layers; parameter names do not change
-        use_short_attention_(model)  # matrix-product attention for rows of up to 128 tokens
+    fast_path = apply_fast_path_(model, cfg.training.fused_modules)  # before the method wraps the linear layers
     model = method.apply_(model, cfg.method)
     hooks = method.step_hooks(model, cfg.method)
     # A reference model, a teacher, or a head around the model.
@@ -144,7 +141,8 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     if main:
         console.print(
             f"[bold]{cfg.method.name}[/]: {trainable:,} trainable of {total:,} parameters "
-            f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}"
+            f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}; "
+            f"{fast_path.describe()}"
         )
     return TrainingSetup(tokenizer, objective, data, built, hooks, method, device, bf16)
 
