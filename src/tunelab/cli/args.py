@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-queue", type=int, default=10_000, help="answers waiting to be written before new ones "
                    "are dropped (counted in /metrics)")  # fmt: skip
     p.add_argument("--log-server", help="this server's name in a shared log (default HOST:PORT)")
+    p.add_argument("--champion", metavar="FILE", help="a champion pointer (`tunelab retrain` writes it): serve the "
+                   "run it names, and swap in a newly promoted one on POST /v1/admin/reload")  # fmt: skip
 
     p = add("monitor", "monitor:monitor", "Drift and quality of served traffic (serve --log) against the run's "
             "training data, per time window: a report, alert lines, exit code 1 past a threshold.")  # fmt: skip
@@ -244,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", metavar="FILE", help="YAML of monitor settings and thresholds (embedding_p, ...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting, e.g. embedding_p=0.001")
     p.add_argument("--out", help="report folder (default RUN/monitor)")
+
+    p = add("retrain", "retrain:retrain", "The next dataset from the traffic log (corrections -> SFT, choices -> "
+            "DPO/KTO pairs, thumbs-down -> review queue) with replay of RUN's data, a challenger trained from RUN, "
+            "a paired gate on old and new cases, and promotion only if it passes.")  # fmt: skip
+    p.add_argument("run", help="the run folder of the served model (the champion)")
+    p.add_argument("--log", required=True, metavar="DB", help="the traffic log: SQLite file or SQLAlchemy URL")
+    p.add_argument("--gate", metavar="FILE", help="chat JSONL of new gate cases (default: hold out corrections)")
+    p.add_argument("--out", help="retrain folder (default ROOT-retrain-K beside the family's first run)")
+    p.add_argument("--min-feedback", type=int, default=8, help="least corrections + choices to train on")
+    p.add_argument("--gate-fraction", type=float, default=0.3, help="share of corrected prompts held out")
+    p.add_argument("--replay", type=float, default=0.5, help="share of the SFT mix replayed from RUN's data")
+    p.add_argument("--pairs", choices=["dpo", "kto", "off"], default="dpo", help="objective of the pairs stage")
+    p.add_argument("--max-old", type=int, help="most old gate cases (default RUN's eval.max_examples)")
+    p.add_argument("--alpha", type=float, default=0.05, help="McNemar p below which the new-case gain counts")
+    p.add_argument("--min-gain", type=float, default=0.0, help="least new-case gain in exact match (0.05 = 5 pp)")
+    p.add_argument("--old-margin", type=float, default=0.02, help="non-inferiority margin on old cases")
+    p.add_argument("--champion", metavar="FILE", help="champion pointer (default ROOT-champion.json)")
+    p.add_argument("--no-promote", action="store_true", help="gate only: never write the champion pointer")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="challenger config, e.g. training.max_steps=40")
+    p.add_argument("--seed", type=int, default=0)
 
     data = sub.add_parser(
         "data",

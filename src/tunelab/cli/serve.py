@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import torch
 
@@ -51,6 +52,7 @@ def serve(args: argparse.Namespace) -> None:
         args.model, config, adapters=dict(args.adapter or []), adapter_dir=args.adapter_dir,
         embedding_model=args.embedding_model, dtype=torch.float32 if args.int8 else dtype, int8=args.int8,
         trust_remote_code=args.trust_remote_code, name=args.name, device=args.device, log=log_settings(args),
+        champion=Path(args.champion) if args.champion else None,
     )  # fmt: skip
     print(f"serving {', '.join(state.model_names())} on http://{args.host}:{args.port}/v1", flush=True)
     if state.traffic is not None:

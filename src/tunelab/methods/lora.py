@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 from peft import LoraConfig as PeftLoraConfig
+from peft import set_peft_model_state_dict
 from pydantic import Field, model_validator
+from safetensors.torch import load_file
 from torch import nn
 
 from tunelab.core.errors import ConfigError, did_you_mean
@@ -48,6 +50,9 @@ class LoraConfig(Section):
     """Per-module alphas, matched like `rank_pattern`."""
     modules_to_save: list[str] = []
     """Modules trained in full next to the adapters and saved with them (e.g. a classification head)."""
+    start_from: str | None = None
+    """A saved LoRA adapter folder of the same shape (r, targets) whose weights training starts from instead of
+    B = 0: continued training of a served adapter (`tunelab retrain`), so the result still applies to the base."""
 
     @model_validator(mode="after")
     def _compatible(self) -> LoraConfig:
@@ -57,6 +62,8 @@ class LoraConfig(Section):
                 "a DoRA adapter normalises base+update, so it cannot be converted back to apply to the original "
                 "base. Use init=default with dora, or dora=false with this init"
             )
+        if self.start_from is not None and self.init != "default":
+            raise ValueError(f"start_from continues a saved adapter; init={self.init} would replace its weights")
         return self
 
 
@@ -101,7 +108,25 @@ def apply_(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     peft_model = wrap_(model, peft_config(cfg, task_type(model)))
     if cfg.init in ("pissa", "olora"):
         lora_init.remember_initial_(peft_model)
+    if cfg.start_from is not None:
+        load_start_(peft_model, Path(cfg.start_from))
     return peft_model
+
+
+def load_start_(peft_model: nn.Module, folder: Path) -> None:
+    """Copy a saved adapter's weights into the freshly wrapped model; every LoRA weight must be found in it with
+    its shape (a different r or other targets is a ConfigError, not a silent partial start)."""
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"method.start_from: '{folder}' holds no adapter_model.safetensors (a saved LoRA adapter).")
+    result = set_peft_model_state_dict(peft_model, load_file(str(weights)))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ConfigError(
+            f"method.start_from: the adapter in '{folder}' does not fit this method section "
+            f"({len(missing)} LoRA weights missing, {len(result.unexpected_keys)} unexpected, e.g. "
+            f"{(missing or result.unexpected_keys)[0]}). Use the r and target_modules it was trained with."
+        )
 
 
 def save(model: nn.Module, out: Path) -> None:

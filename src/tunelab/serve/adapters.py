@@ -40,6 +40,9 @@ class Adapters:
         self.base_name = base_name
         self.adapter_dir = adapter_dir.resolve() if adapter_dir else None
         self.loaded: dict[str, Path] = {}
+        self.routes: dict[str, str] = {}
+        """Public name -> the peft adapter that answers it, for names whose adapter was swapped (`replace`)."""
+        self._swaps = 0
         self._lock = asyncio.Lock()
 
     def add_now(self, name: str, path: Path) -> None:
@@ -62,7 +65,7 @@ class Adapters:
         if model == self.base_name:
             return None
         if model in self.loaded:
-            return model
+            return self.routes.get(model, model)
         path = self._in_folder(model)
         if path is None:
             raise APIError(
@@ -85,6 +88,28 @@ class Adapters:
                         param="model", code="adapter_load_failed",
                     ) from None  # fmt: skip
         return model
+
+    async def replace(self, name: str, path: Path) -> None:
+        """Answer `name` with the adapter in `path` from now on (a promoted champion). The new adapter is loaded
+        beside the old one on the engine thread and `name` is re-pointed once it is in: requests already decoding
+        finish on the old weights, later ones get the new, none waits or fails."""
+        if name not in self.loaded:
+            raise APIError(404, f"No loaded adapter is named '{name}'.", param="model", code="model_not_found")
+        try:
+            check_adapter_folder(path)
+        except ValueError as exc:
+            raise APIError(409, str(exc), code="adapter_load_failed") from None
+        async with self._lock:
+            self._swaps += 1
+            internal = f"{name}@{self._swaps}"
+            try:
+                await asyncio.wrap_future(self.engine.call(lambda: self._load(internal, path)))
+            except Exception as exc:  # a mismatch found before loading, or peft's refusal (the model is restored)
+                raise APIError(409, f"The adapter in '{path}' cannot replace '{name}': {exc}",
+                               code="adapter_load_failed") from None  # fmt: skip
+            del self.loaded[internal]
+            self.loaded[name] = path
+            self.routes[name] = internal
 
     def _in_folder(self, name: str) -> Path | None:
         if self.adapter_dir is None or not NAME.match(name) or ".." in name:

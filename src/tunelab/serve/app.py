@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -46,6 +47,7 @@ from tunelab.serve.generation import (
 from tunelab.serve.guard import Guard
 from tunelab.serve.metrics import ServerMetrics
 from tunelab.serve.openapi import openapi_document
+from tunelab.serve.promotion import reload_champion
 from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, GenerationFields
 from tunelab.serve.review import Reviews
 from tunelab.serve.traffic import TrafficLog, logged_request
@@ -66,6 +68,10 @@ class ServerState:
     embedding_name: str | None = None
     traffic: TrafficLog | None = None
     """The traffic log (`serve --log`): answers, feedback and review ratings go there."""
+    champion: Path | None = None
+    """The champion pointer (`serve --champion`) that POST /v1/admin/reload reads."""
+    champion_name: str | None = None
+    """The served adapter name a reload re-points to the champion's adapter."""
     created: int = field(default_factory=lambda: int(time.time()))
     _compiler: ConstraintCompiler | None = None
     _compiler_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -202,6 +208,11 @@ def create_app(state: ServerState) -> FastAPI:
         return {"object": "list", "data": data, "model": body.model, "usage": usage}
 
     _feedback_routes(app, state)
+
+    @app.post("/v1/admin/reload")
+    async def reload() -> dict:
+        return await reload_champion(state)
+
     return app
 
 

@@ -28,7 +28,7 @@ from tunelab.serve.metrics import ServerMetrics
 
 ROUTES = (
     "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/health", "/metrics", "/openapi.json",
-    "/v1/feedback", "/review",
+    "/v1/feedback", "/review", "/v1/admin/reload",
 )  # fmt: skip
 BROWSER_ROUTES = ("/review",)
 OPEN_ROUTES = ("/health", "/metrics")

@@ -21,6 +21,7 @@ from tunelab.serve.embeddings import Embedder
 from tunelab.serve.engine import Engine
 from tunelab.serve.loading import load_served
 from tunelab.serve.metrics import ServerMetrics
+from tunelab.serve.promotion import champion_adapter
 from tunelab.serve.traffic import LogSettings, TrafficLog
 
 
@@ -41,11 +42,14 @@ def build_state(
     name: str | None = None,
     device: str | None = None,
     log: LogSettings | None = None,
+    champion: Path | None = None,
 ) -> ServerState:
     """Load `spec` (and an optional embedding model) and start its engine; the result feeds `create_app`.
 
     `device`: "cpu", "cuda", ... (default: cuda when available and not `int8`, which is a CPU format).
     `log`: where and how answers and feedback are logged (None: not at all).
+    `champion`: a champion pointer (`tunelab retrain`): a LoRA run is served with the promoted adapter when one
+    is, and POST /v1/admin/reload swaps in a later one.
     """
     device = device or ("cuda" if torch.cuda.is_available() and not int8 else "cpu")
     config = config or ServeConfig()
@@ -66,6 +70,11 @@ def build_state(
     ).start()
     state.engine = engine
     state.adapters = Adapters(engine, served.name, adapter_dir)
+    if champion is not None and served.adapters:
+        state.champion, state.champion_name = champion, next(iter(served.adapters))
+        promoted = champion_adapter(champion)
+        if promoted is not None:
+            served.adapters[state.champion_name] = promoted
     for adapter_name, path in {**served.adapters, **(adapters or {})}.items():
         try:
             state.adapters.add_now(adapter_name, Path(path))
