@@ -17,7 +17,7 @@ from typing import Literal
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
-from tunelab.core.errors import ModelError
+from tunelab.core.errors import ConfigError, ModelError
 
 Cell = Literal["lora", "full", "fast_path", "chat_template", "merge", "peft_export", "gguf", "serve"]
 Part = Literal["norm", "mlp", "attention"]
@@ -121,12 +121,12 @@ def check_architecture(folder: Path, task: Literal["causal-lm", "encoder"]) -> N
     known = ", ".join(f.name for f in FAMILIES.values())
     if not model_type:
         raise ModelError(
-            f"model.source: '{folder}/config.json' has no model_type, so no architecture can be built from it. "
+            f"Model source '{folder}': its config.json has no model_type, so no architecture can be built from it. "
             f"Point model.source at a Hugging Face model folder (checked families: {known})."
         )
     if model_type not in CONFIG_MAPPING_NAMES:
         raise ModelError(
-            f"model.source: '{folder}' is a '{model_type}' model, an architecture this transformers does not know "
+            f"Model source '{folder}' is a '{model_type}' model, an architecture this transformers does not know "
             f"(and tunelab never runs a model's own code). Checked families: {known}; convert the model to one of "
             "them, or install a transformers release that has it."
         )
@@ -134,7 +134,21 @@ def check_architecture(folder: Path, task: Literal["causal-lm", "encoder"]) -> N
     if model_type not in classes:
         what = "a causal language model" if task == "causal-lm" else "an encoder"
         raise ModelError(
-            f"model.source: '{folder}' is a '{model_type}' model, which transformers cannot load as {what} "
+            f"Model source '{folder}' is a '{model_type}' model, which transformers cannot load as {what} "
             f"(its config.json names {config.get('architectures') or 'no architectures'}). tunelab trains causal "
             f"LMs and encoders; checked families: {known}."
         )
+
+
+def check_rows_fit(config: object, lengths: list[int], max_length: int) -> None:
+    """Refuse training rows longer than the model's context (`max_position_embeddings`): past it, learned
+    position embeddings have no entry and rotary positions were never trained, so such rows cannot be learned."""
+    context = getattr(config, "max_position_embeddings", None)
+    if not isinstance(context, int) or not lengths or max(lengths) <= context:
+        return
+    over = sum(n > context for n in lengths)
+    raise ConfigError(
+        f"data.max_length: {over} training example(s) are longer than the model's context of {context} tokens "
+        f"(config.json max_position_embeddings); the longest has {max(lengths)}. data.max_length is {max_length}, "
+        f"so no truncation brings them under the context. Set data.max_length to at most {context}."
+    )

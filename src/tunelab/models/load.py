@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from tunelab.core.errors import ModelError, did_you_mean
 from tunelab.core.paths import tunelab_home
+from tunelab.models.families import check_architecture
 from tunelab.models.registry import EMBEDDED
 
 # The embedded models are read from disk only; make sure no library tries the hub behind our back.
@@ -74,7 +75,9 @@ def resolve_source(spec: str) -> ModelSource:
                 f"Model folder '{spec}' has no config.json, so it is not a Hugging Face model folder. "
                 "Point model.source at the folder that holds config.json and the weights."
             )
-        return ModelSource(spec=spec, kind="hf", path=path.resolve(), task=folder_task(path))
+        task = folder_task(path)
+        check_architecture(path, task)
+        return ModelSource(spec=spec, kind="hf", path=path.resolve(), task=task)
     hint = did_you_mean(spec, EMBEDDED)
     raise ModelError(
         f"Model source '{spec}' is neither an embedded model nor an existing folder or .gguf file.{hint} "

@@ -33,6 +33,7 @@ from tunelab.eval.table import comparison_table
 from tunelab.methods.base import Method, StepHook, trainable_parameters
 from tunelab.methods.registry import METHODS
 from tunelab.methods.trained import CONFIG_FILE, artifact_dir
+from tunelab.models.families import check_rows_fit
 from tunelab.models.kernels.fast_path import apply_fast_path_
 from tunelab.models.load import load_model, load_tokenizer, pad_id, resolve_source
 from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
@@ -130,6 +131,9 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
     # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
     data = apply_loss_difficulty(model, data, difficulty_scoring(cfg), run_dir, pad_id(tokenizer), bf16)
+    if not cfg.data.packing:  # packed rows restart their positions per example
+        lengths = [objective.length(x) for x in data.train]
+        check_rows_fit(getattr(model, "config", None), lengths, cfg.data.max_length)
     fast_path = apply_fast_path_(model, cfg.training.fused_modules)  # before the method wraps the linear layers
     model = method.apply_(model, cfg.method)
     hooks = method.step_hooks(model, cfg.method)
