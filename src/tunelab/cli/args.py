@@ -267,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="challenger config, e.g. training.max_steps=40")
     p.add_argument("--seed", type=int, default=0)
 
+    p = add("ui", "ui:ui", "Web dashboard over a runs folder: runs, curves, evals, compare, start/stop/resume, chat.")
+    p.add_argument("--runs", default="runs", help="folder of run folders (default runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--token", help="access token (or TUNELAB_UI_TOKEN); open the dashboard once with ?token=T")
+    p.add_argument("--data-dir", action="append", metavar="DIR", help="folder (besides --runs) whose data and "
+                   "models runs started from the dashboard may read (repeatable)")  # fmt: skip
+
     data = sub.add_parser(
         "data",
         help="Inspect data files, or prepare a config's dataset.",

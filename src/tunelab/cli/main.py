@@ -1,6 +1,6 @@
 """The `tunelab` command: parse (`args.build_parser`), then run the command's handler, a function of one of the
-command modules here (`train`, `tune`, `eval`, `infer`, `export`, `serve`, `monitor`, `data`, `models`), each thin: it
-calls one recipe or service and prints.
+command modules here (`train`, `tune`, `eval`, `infer`, `export`, `serve`, `monitor`, `ui`, `data`, `models`), each
+thin: it calls one recipe or service and prints.
 
 The handler's module is imported only when its command runs: the modules import torch and transformers (5 s on
 a 2-core CPU), which `tunelab --help` or a mistyped flag should not wait for. User mistakes (`TunelabError`) print
