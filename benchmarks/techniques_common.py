@@ -159,5 +159,56 @@ def pct(x: float | None) -> str:
     return "" if x is None else f"{x:.1%}"
 
 
+def rate_interval(rate: float, n: int) -> dict[str, float]:
+    """95% bootstrap interval of a rate kept only as a share of n 0/1 results (older demo JSON): the bootstrap of a
+    mean of 0/1 values depends on the count of ones alone, so the rebuilt vector gives the interval the per-example
+    scores would have."""
+    from tunelab.eval.stats import bootstrap_ci
+
+    ones = round(rate * n)
+    return bootstrap_ci([1.0] * ones + [0.0] * (n - ones)).to_dict()
+
+
+def mean_interval(values: list[float], percent: bool = True) -> str:
+    """A mean of per-example scores with its 95% bootstrap interval, as text."""
+    from tunelab.eval.stats import bootstrap_ci
+
+    return interval_cell(bootstrap_ci(values).to_dict(), percent)
+
+
+def interval_cell(found: dict[str, float], percent: bool = True) -> str:
+    """An interval document as "x [low, high]" (in % when `percent`)."""
+    if percent:
+        return f"{found['estimate']:.1%} [{100 * found['low']:.1f}, {100 * found['high']:.1f}]"
+    return f"{found['estimate']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
+
+
+def paired_cell(first: list[float], second: list[float], percent: bool = True) -> tuple[str, bool]:
+    """The paired test of two arms' per-example scores on the same prompts (McNemar for 0/1, else paired
+    bootstrap; second - first), as text, and whether it is significant at 5%."""
+    from tunelab.eval.stats import compare
+
+    test = compare(first, second)
+    d, scale, unit = test.delta, 100 if percent else 1, " pp" if percent else ""
+    mark = "" if test.significant else ", n.s."
+    text = f"{scale * d.estimate:+.3g}{unit} [{scale * d.low:+.3g}, {scale * d.high:+.3g}], p {test.p_value:.2g}{mark}"
+    return text, test.significant
+
+
+def overlap_note(rates: dict[str, float], n: int, reference: str) -> str:
+    """For arms kept only as rates on n prompts: which differ from `reference` by more than their 95% intervals
+    allow (intervals disjoint) and which are within noise. Disjoint intervals are a conservative sign of a real
+    difference; overlapping ones do not rule one out, a paired test on the per-example results would be needed."""
+    ref = rate_interval(rates[reference], n)
+    apart, within = [], []
+    for name, rate in rates.items():
+        if name == reference:
+            continue
+        found = rate_interval(rate, n)
+        (apart if found["low"] > ref["high"] or found["high"] < ref["low"] else within).append(name)
+    return (f"Against {reference} on {n} prompts, intervals apart: {', '.join(apart) or 'none'}; overlapping "
+            f"(not shown to differ): {', '.join(within) or 'none'}.")  # fmt: skip
+
+
 def parameters(model: Any) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
