@@ -24,10 +24,10 @@ from fastapi.staticfiles import StaticFiles
 from tunelab.core.errors import TunelabError
 from tunelab.serve.errors import APIError
 from tunelab.ui import pages
-from tunelab.ui.curves import compare_charts, config_diff, run_charts
+from tunelab.ui.curves import CurveCache, compare_charts, config_diff, run_charts
 from tunelab.ui.jobs import JobError, log_path
 from tunelab.ui.paths import PathRefused, inside
-from tunelab.ui.runs_index import STATUSES, RunsIndex, read_metrics, read_run_config
+from tunelab.ui.runs_index import STATUSES, RunsIndex, read_run_config
 from tunelab.ui.start import new_form, start_from_form, start_from_yaml
 from tunelab.ui.state import Dashboard, Settings
 
@@ -58,6 +58,16 @@ def list_runs(index: RunsIndex, query: str = "", sort: str = "age", descending: 
     return rows
 
 
+def _log_tail(path: Path, size: int = 20_000) -> str:
+    """The end of a process's output log (empty when there is none)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - size))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def _authorised(request: Request, token: str | None) -> bool:
     if token is None:
         return (request.url.hostname or "") in LOOPBACK
@@ -79,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
     """The dashboard app over `settings.runs`; `app.state.dashboard` holds its state (close it when done)."""
     root = settings.runs.resolve()
     dash = Dashboard.open(settings)
+    curves = CurveCache()
     app = FastAPI(title="tunelab dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.dashboard = dash
     app.mount("/static", StaticFiles(packages=[("tunelab.ui", "static")]), name="static")
@@ -128,9 +139,8 @@ def create_app(settings: Settings) -> FastAPI:
     def run_live(name: str) -> dict:
         folder = run_dir(name)
         summary = dash.index.summary(folder)
-        lines = read_metrics(folder / "metrics.jsonl").lines
-        log = pages.read_text(log_path(root, name), 1 << 20) or ""
-        return {"run": summary.as_json(), "charts": run_charts(lines, settings.max_points), "log": log[-20_000:]}
+        charts = run_charts(curves.columns(folder / "metrics.jsonl"), settings.max_points)
+        return {"run": summary.as_json(), "charts": charts, "log": _log_tail(log_path(root, name))}
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare_view(runs: Annotated[list[str] | None, Query()] = None) -> HTMLResponse:
@@ -141,8 +151,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/compare")
     def compare_json(runs: Annotated[list[str] | None, Query()] = None) -> dict:
-        lines = {n: read_metrics(run_dir(n) / "metrics.jsonl").lines for n in (runs or []) if n}
-        return {"charts": compare_charts(lines, settings.max_points)}
+        cols = {n: curves.columns(run_dir(n) / "metrics.jsonl") for n in (runs or []) if n}
+        return {"charts": compare_charts(cols, settings.max_points)}
 
     @app.get("/new", response_class=HTMLResponse)
     def new_view(request: Request) -> HTMLResponse:

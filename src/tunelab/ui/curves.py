@@ -5,9 +5,12 @@ run's length: each of a chart's k series keeps at most MAX_POINTS / k points (`d
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from tunelab.ui.downsample import MAX_POINTS, downsample
+from tunelab.ui.runs_index import read_metrics
 
 RUN_CHARTS = (
     ("loss", ("loss", "val_loss")),
@@ -21,18 +24,25 @@ SKIPPED_VALIDATION = ("val_loss", "val_ppl")
 """Validation metrics drawn elsewhere (val_loss beside the loss) or not at all (perplexity: exp of val_loss)."""
 
 
-def series(lines: list[dict[str, Any]], key: str) -> tuple[list[float], list[float | None]]:
-    """(steps, values) of one metric over the lines that log it with a step."""
-    xs, ys = [], []
+Columns = dict[str, tuple[list[float], list[float | None]]]
+
+
+def columns(lines: list[dict[str, Any]]) -> Columns:
+    """Every numeric metric's (steps, values) over the lines that log it with a step, in one pass."""
+    out: Columns = {}
     for row in lines:
-        step, value = row.get("step"), row.get(key)
-        if isinstance(step, int | float) and isinstance(value, int | float) and not isinstance(value, bool):
-            xs.append(float(step))
-            ys.append(float(value) if math.isfinite(value) else None)
-    return xs, ys
+        step = row.get("step")
+        if not isinstance(step, int | float):
+            continue
+        for key, value in row.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("step", "epoch"):
+                xs, ys = out.setdefault(key, ([], []))
+                xs.append(float(step))
+                ys.append(float(value) if math.isfinite(value) else None)
+    return out
 
 
-def aligned(title: str, named: dict[str, tuple[list[float], list[float | None]]], max_points: int) -> dict:
+def aligned(title: str, named: Columns, max_points: int) -> dict:
     """One chart: its series downsampled (MAX/k each) and aligned on the union of their x values."""
     named = {k: v for k, v in named.items() if v[0]}
     budget = max(4, max_points // max(1, len(named)))
@@ -48,19 +58,19 @@ def aligned(title: str, named: dict[str, tuple[list[float], list[float | None]]]
     return {"title": title, "x": x, "series": out}
 
 
-def run_charts(lines: list[dict[str, Any]], max_points: int = MAX_POINTS) -> list[dict]:
+def run_charts(cols: Columns, max_points: int = MAX_POINTS) -> list[dict]:
     """The run page's charts: loss with validation loss, lr, tokens/s, memory, gradient norm, and the other
     validation metrics; charts without any point are left out."""
-    charts = [aligned(title, {k: series(lines, k) for k in keys}, max_points) for title, keys in RUN_CHARTS]
-    extra = sorted({k for row in lines for k in row if k.startswith("val_") and k not in SKIPPED_VALIDATION})
+    charts = [aligned(title, {k: cols[k] for k in keys if k in cols}, max_points) for title, keys in RUN_CHARTS]
+    extra = sorted(k for k in cols if k.startswith("val_") and k not in SKIPPED_VALIDATION)
     if extra:
-        charts.append(aligned("validation metrics", {k: series(lines, k) for k in extra}, max_points))
+        charts.append(aligned("validation metrics", {k: cols[k] for k in extra}, max_points))
     return [c for c in charts if c["x"]]
 
 
-def compare_charts(runs: dict[str, list[dict[str, Any]]], max_points: int = MAX_POINTS) -> list[dict]:
+def compare_charts(cols: dict[str, Columns], max_points: int = MAX_POINTS) -> list[dict]:
     """One chart per metric with one series per run."""
-    charts = [aligned(metric, {name: series(lines, metric) for name, lines in runs.items()}, max_points)
+    charts = [aligned(metric, {name: c[metric] for name, c in cols.items() if metric in c}, max_points)
               for metric in COMPARE_METRICS]  # fmt: skip
     return [c for c in charts if c["x"]]
 
@@ -86,3 +96,27 @@ def config_diff(configs: dict[str, dict[str, Any] | None]) -> list[dict[str, Any
         if any(v != values[0] for v in values[1:]):
             rows.append({"key": key, "values": ["—" if v is missing else v for v in values]})
     return rows
+
+
+class CurveCache:
+    """Each metrics file's parsed columns, kept while the file's size and modification time stay the same: a
+    page polling a finished 100k-step run every 2 s parses it once."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._cols: OrderedDict[Path, tuple[tuple[int, int], Columns]] = OrderedDict()
+
+    def columns(self, path: Path) -> Columns:
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            return {}
+        found = self._cols.get(path)
+        if found is None or found[0] != stamp:
+            found = (stamp, columns(read_metrics(path).lines))
+            self._cols[path] = found
+            while len(self._cols) > self.size:
+                self._cols.popitem(last=False)
+        self._cols.move_to_end(path)
+        return found[1]
