@@ -183,7 +183,7 @@ def run_lr_find(
     setup = setup_training(cfg, run_dir, accelerator, console)
     extra = Trainable(head=setup.built.output_layer(), learning_rates=setup.built.learning_rates)
     result = lr_find(
-        setup.model, setup.objective, setup.data.train, cfg.training, pad_id=setup.pad_id,
+        setup.model, setup.objective, setup.data.train, setup.training, pad_id=setup.pad_id,  # auto sizes chosen
         device=setup.device, bf16=setup.bf16, ctx=setup.ctx, extra=extra, start=start, end=end, steps=steps,
     )  # fmt: skip
     (run_dir / "lr_find.json").write_text(json.dumps(asdict(result), indent=2))

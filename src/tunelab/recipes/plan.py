@@ -65,10 +65,10 @@ def plan_run(cfg: TunelabConfig, *, probe_steps: int = PROBE_STEPS, console: Con
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     set_seed(cfg.training.seed)
-    t = cfg.training
     with tempfile.TemporaryDirectory(prefix="tunelab-plan-") as tmp:
         run_dir = Path(tmp)
         setup = setup_training(cfg, run_dir, accelerator, console)
+        t = setup.training  # with the `auto` settings chosen, as the run will choose them
         train = setup.data.train
         lengths = [setup.objective.length(x) for x in train]
         batches = len(epoch_batches(lengths, t.batch_size, t.seed, 0, rank=accelerator.process_index,

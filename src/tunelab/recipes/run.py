@@ -41,8 +41,10 @@ from tunelab.objectives.registry import OBJECTIVES
 from tunelab.recipes.resume import check_resume, run_identity, saved_batch_size
 from tunelab.recipes.runs import replacing, run_folder, run_path
 from tunelab.recipes.track import RunTracker, tracking
+from tunelab.train.auto import RunStats, adopt_saved, resolve_auto
 from tunelab.train.batch_size import resolve_batch_size
 from tunelab.train.checkpoint import find_checkpoint, read_identity
+from tunelab.train.config import TrainingSection
 from tunelab.train.hooks import ValidationHook
 from tunelab.train.loop import fit
 from tunelab.train.microbatch import token_budget
@@ -76,6 +78,10 @@ class TrainingSetup:
     method: Method
     device: torch.device
     bf16: bool
+    training: TrainingSection
+    """The run's `training:` section with its `auto` settings chosen for this data and model."""
+    auto_reasons: dict[str, str]
+    """Each chosen setting with the rule that chose it ("learning_rate 0.001 (auto: lora, batch 16)")."""
 
     @property
     def model(self) -> nn.Module:
@@ -148,7 +154,26 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
             f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}; "
             f"{fast_path.describe()}"
         )
-    return TrainingSetup(tokenizer, objective, data, built, hooks, method, device, bf16)
+    stats = run_stats(cfg, data, objective, trainable, total, accelerator.num_processes)
+    resolved = resolve_auto(cfg.training, stats)
+    if main:
+        for reason in resolved.reasons.values():
+            console.print(reason)
+    return TrainingSetup(tokenizer, objective, data, built, hooks, method, device, bf16, resolved.training,
+                         resolved.reasons)  # fmt: skip
+
+
+def run_stats(
+    cfg: TunelabConfig, data: PreparedData, objective: Objective, trainable: int, total: int, processes: int
+) -> RunStats:
+    """What the automatic settings are chosen from: the prepared training items and the model."""
+    lengths = [objective.length(x) for x in data.train]
+    answers = [x.target_tokens for x in data.train if isinstance(getattr(x, "target_tokens", None), int)]
+    return RunStats(
+        rows=len(data.train), mean_tokens=sum(lengths) / max(len(lengths), 1),
+        mean_answer_tokens=sum(answers) / len(answers) if answers else None, model_params=total,
+        trainable_params=trainable, method=cfg.method.name, objective=cfg.objective.name, processes=processes,
+    )  # fmt: skip
 
 
 def run_training(
@@ -189,6 +214,8 @@ def run_training(
         start_from, warnings = find_checkpoint(run_dir / "checkpoints")
         saved = read_identity(start_from) if start_from is not None else None
         cfg = saved_batch_size(cfg, saved, accelerator.num_processes)
+        if saved is not None:  # the settings the run chose for `auto`, not chosen again
+            cfg = cfg.model_copy(update={"training": adopt_saved(cfg.training, saved["config"].get("training", {}))})
     identity = run_identity(cfg)
     changes = check_resume(saved, identity, start_from, resume_changed)
     if main:
@@ -222,6 +249,10 @@ def _train(
     set_seed(cfg.training.seed)
 
     setup = setup_training(cfg, run_dir, accelerator, console)
+    if setup.auto_reasons:  # the chosen numbers replace `auto` in the run's config, so a resume reuses them
+        cfg = cfg.model_copy(update={"training": setup.training})
+        if main:
+            write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     tracker.log_data_report(setup.data.report)
     tokenizer, objective, data, model, ctx = setup.tokenizer, setup.objective, setup.data, setup.model, setup.ctx
     method, device, bf16, built = setup.method, setup.device, setup.bf16, setup.built

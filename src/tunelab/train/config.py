@@ -3,18 +3,23 @@ wrappers of `tunelab.regularizers` that the loop adds to the objective."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from tunelab.core.duration import Duration
 from tunelab.core.schema import Section
 from tunelab.regularizers.config import AdversarialSection
 
+AutoField = Literal["batch_size", "epochs", "learning_rate"]
+AUTO_FIELDS: tuple[AutoField, ...] = ("batch_size", "epochs", "learning_rate")
+"""The settings that may be written `auto` (chosen by the rules of `tunelab.train.auto` once the data is read)."""
+
 
 class TrainingSection(Section):
     epochs: int = Field(default=1, ge=1)
-    """Passes over the training data (ignored when `max_steps` is set)."""
+    """Passes over the training data (ignored when `max_steps` is set); `auto`: enough passes for about 120
+    optimizer steps (at most 8), see `tunelab.train.auto`."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps."""
     max_time: Duration | None = Field(default=None, gt=0)
@@ -22,7 +27,8 @@ class TrainingSection(Section):
     stops after the current step, evaluates, saves its result and a checkpoint, and `--resume` trains on (with
     a fresh budget)."""
     batch_size: int = Field(default=8, ge=1)
-    """Examples per micro-batch on each device."""
+    """Examples per micro-batch on each device; `auto`: 16, less for small data sets (at least 16 steps per pass)
+    and for long rows (about 4096 tokens per micro-batch)."""
     grad_accum: int = Field(default=1, ge=1)
     """Micro-batches per optimizer step; the loss is normalised over all target tokens of the step."""
     micro_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
@@ -30,7 +36,8 @@ class TrainingSection(Section):
     the objective's loss is a sum over rows (sft, pretrain): the same gradient with a bounded activation memory.
     `auto`: 512 on a CPU (but two rows a piece at least), no splitting on accelerators; null: never split."""
     learning_rate: float = Field(default=2e-4, gt=0)
-    """Peak learning rate."""
+    """Peak learning rate; `auto`: chosen from the method, model size, batch and objective (`tunelab.train.auto`;
+    1e-3 for LoRA at a batch of 16)."""
     optimizer: Literal["adamw", "adamw_8bit", "sgd", "adafactor", "lion"] = "adamw"
     """`adamw` (fused kernels where the device has them), `adamw_8bit` (bitsandbytes, CUDA only: 8-bit moments),
     `sgd` (with `momentum` / `nesterov`), `adafactor` (factored second moments: least optimizer memory), `lion`
@@ -145,6 +152,35 @@ class TrainingSection(Section):
     global_batch_size: int | None = Field(default=None, ge=1)
     """Examples per optimizer step over all processes, for `auto_batch_size` (default: batch_size x grad_accum x
     processes as configured)."""
+
+    auto: frozenset[AutoField] = frozenset()
+    """The settings written `auto` (`learning_rate: auto`) that the run chooses once its data is read; a
+    written-out config shows them as `auto` again, and a run folder's config.yaml holds the chosen numbers."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_values(cls, raw: Any) -> Any:
+        """`learning_rate: auto` (likewise epochs, batch_size) is noted in `auto`; the field keeps its default
+        until `tunelab.train.auto.resolve_auto` sets it. A number given for a field clears its `auto`."""
+        if not isinstance(raw, dict):
+            return raw
+        marked = {key for key in AUTO_FIELDS if raw.get(key) == "auto"}
+        given = {key for key in AUTO_FIELDS if key in raw and raw[key] != "auto"}
+        if not marked and not given:
+            return raw
+        earlier = raw.get("auto") or ()
+        auto = (set(earlier) if isinstance(earlier, list | set | frozenset | tuple) else set()) - given | marked
+        return {**{k: v for k, v in raw.items() if k not in marked}, "auto": frozenset(auto)}
+
+    @model_serializer(mode="wrap")
+    def _write_auto(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Written out, a setting still to be chosen reads `auto` in its own key (and `auto` itself is left out),
+        so the YAML reads back as it was written."""
+        data = handler(self)
+        data.pop("auto", None)
+        for key in sorted(self.auto):
+            data[key] = "auto"
+        return data
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainingSection:
