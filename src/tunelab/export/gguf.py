@@ -30,6 +30,9 @@ from tunelab.export.gguf_vocab import write_vocabulary
 from tunelab.methods.trained import save_merged
 
 Quant = Literal["f16", "q8_0", "f32"]
+LLAMA_ARCH_TYPES = ("llama", "mistral")
+"""model_types written as llama.cpp's llama architecture: Mistral is Llama's layout (llama.cpp's own converter
+writes it so too); its sliding window is not kept, which changes nothing for contexts within the window."""
 QUANTS: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
@@ -61,7 +64,7 @@ def write_gguf(hf_folder: str | Path, out: str | Path, quant: Quant = "f16") -> 
         raise ExportError(f"GGUF quantisation '{quant}' is not supported. Choose one of: {', '.join(QUANTS)}.")
     config = AutoConfig.from_pretrained(hf_folder)
     _check_supported(config, hf_folder)
-    config = cast(LlamaConfig, config)  # checked: model_type llama, which AutoConfig reads as a LlamaConfig
+    config = cast(LlamaConfig, config)  # checked: llama or mistral, whose configs have LlamaConfig's fields
     tokenizer = AutoTokenizer.from_pretrained(hf_folder)
     model = AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32, use_safetensors=True)
     qtype, file_type = QUANTS[quant]
@@ -107,7 +110,7 @@ def verify_gguf(path: str | Path) -> GGUFSummary:
 def _check_supported(config: object, folder: Path) -> None:
     model_type = getattr(config, "model_type", "?")
     problems = []
-    if model_type != "llama":
+    if model_type not in LLAMA_ARCH_TYPES:
         problems.append(f"model_type is '{model_type}'")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         problems.append("it has attention or MLP biases")
@@ -117,8 +120,8 @@ def _check_supported(config: object, folder: Path) -> None:
     if problems:
         raise ExportError(
             f"GGUF export of '{folder}' is not supported: {'; '.join(problems)}. tunelab writes plain Llama-"
-            "architecture models (Llama, SmolLM2, TinyLlama, ...). Export with --format hf and convert it with "
-            "llama.cpp's convert_hf_to_gguf.py instead."
+            "architecture models (Llama, SmolLM2, TinyLlama, Mistral, ...). Export with --format hf and convert it "
+            "with llama.cpp's convert_hf_to_gguf.py instead."
         )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+from transformers import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
 from tunelab.core.errors import ConfigError, ModelError
@@ -35,15 +35,17 @@ CELLS: dict[Cell, str] = {
 PARTS: dict[Part, str] = {"norm": "fused RMSNorm", "mlp": "fused gated MLP", "attention": "short-row attention"}
 
 _NO_GGUF = (
-    "tunelab's GGUF writer (export/gguf.py) maps the llama architecture only; export --format hf and convert "
-    "with llama.cpp's convert_hf_to_gguf.py"
+    "tunelab's GGUF writer (export/gguf.py) maps llama.cpp's llama architecture only (Llama, Mistral); export "
+    "--format hf and convert with llama.cpp's convert_hf_to_gguf.py"
 )
 _EXPERTS = "the experts are one module with 3-D weights, not a gated-MLP module"
 _ENCODER_FAST = "the fast path serves causal decoders; encoders attend both ways and use LayerNorm"
-_ENCODER = {
+_ENCODER: dict[Cell, str] = {
     "chat_template": "encoders read plain text or text pairs; there are no chat turns",
-    "gguf": "llama.cpp's format is for the decoders it generates with; encoders are not exported",
-    "serve": "the generation engine (serve/engine.py) runs causal LMs; encoders are served for embeddings",
+    "gguf": "tunelab's GGUF writer (export/gguf.py) maps llama.cpp's llama architecture only, not its bert one; "
+    "use the HF folder (or sentence-transformers) for an encoder",
+    "serve": "the generation engine (serve/engine.py) runs causal LMs; an encoder is served for embeddings "
+    "(serve/embeddings.py)",
 }
 
 
@@ -79,7 +81,7 @@ FAMILIES: dict[str, Family] = _register(
     Family("Llama", "llama", "decoder"),
     Family("Qwen2", "qwen2", "decoder", limits={"gguf": _NO_GGUF}),
     Family("Qwen3", "qwen3", "decoder", limits={"gguf": _NO_GGUF}),
-    Family("Mistral", "mistral", "decoder", limits={"gguf": _NO_GGUF}),
+    Family("Mistral", "mistral", "decoder"),
     Family(
         "Gemma 2",
         "gemma2",
@@ -124,7 +126,7 @@ def check_architecture(folder: Path, task: Literal["causal-lm", "encoder"]) -> N
             f"Model source '{folder}': its config.json has no model_type, so no architecture can be built from it. "
             f"Point model.source at a Hugging Face model folder (checked families: {known})."
         )
-    if model_type not in CONFIG_MAPPING_NAMES:
+    if model_type not in CONFIG_MAPPING:
         raise ModelError(
             f"Model source '{folder}' is a '{model_type}' model, an architecture this transformers does not know "
             f"(and tunelab never runs a model's own code). Checked families: {known}; convert the model to one of "

@@ -157,7 +157,7 @@ class FusedGatedMLP(nn.Module):
         self.gate_proj = mlp.get_submodule("gate_proj")
         self.up_proj = mlp.get_submodule("up_proj")
         self.down_proj = mlp.get_submodule("down_proj")
-        self.kind = kind
+        self.kind: Activation = kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(gated(self.gate_proj(x), self.up_proj(x), self.kind))
@@ -170,7 +170,7 @@ class FusedMergedGatedMLP(nn.Module):
         super().__init__()
         self.gate_up_proj = mlp.get_submodule("gate_up_proj")
         self.down_proj = mlp.get_submodule("down_proj")
-        self.kind = kind
+        self.kind: Activation = kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
