@@ -44,6 +44,8 @@ def _launch(dash: Dashboard, cfg: TunelabConfig, name: str) -> str:
     path = state_dir(root) / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, dump_config(cfg))
+    # Empty, so `tunelab train` takes it as a fresh run folder; the run's page opens before its first file.
+    (root / name).mkdir(exist_ok=True)
     dash.jobs.start(name, [str(path), "--set", f"output.dir={root}", "--set", f"output.name={name}"])
     return name
 
