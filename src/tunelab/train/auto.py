@@ -32,7 +32,7 @@ from tunelab.train.config import AUTO_FIELDS, TrainingSection
 
 TARGET_STEPS = 120
 """Optimizer steps a run with `epochs: auto` aims for."""
-MAX_EPOCHS = 8
+MAX_EPOCHS = 4
 """The most passes `epochs: auto` makes over a small data set."""
 ROWS_PER_STEP = 16
 """`batch_size: auto` for a data set of at least `ROWS_PER_STEP x MIN_STEPS_PER_EPOCH` rows; smaller data sets
@@ -90,7 +90,7 @@ def auto_batch_size(stats: RunStats) -> tuple[int, str]:
 
 def steps_per_epoch(rows: int, batch_size: int, grad_accum: int, processes: int = 1) -> int:
     """Optimizer steps of one pass over `rows` items."""
-    return max(math.ceil(rows / (batch_size * processes)) // grad_accum, 1)
+    return max(math.ceil(math.ceil(rows / (batch_size * processes)) / grad_accum), 1)
 
 
 def auto_epochs(stats: RunStats, batch_size: int, grad_accum: int) -> tuple[int, str]:
@@ -108,7 +108,8 @@ def auto_learning_rate(stats: RunStats, batch_size: int, grad_accum: int) -> tup
         lr *= math.sqrt(REFERENCE_PARAMS / stats.model_params)
         parts.append(f"{stats.model_params / 1e6:.0f}M parameters")
     global_batch = batch_size * grad_accum * stats.processes
-    lr *= math.sqrt(global_batch / REFERENCE_BATCH)
+    if global_batch > REFERENCE_BATCH:  # the base rate held for batches of 8 and 16 alike
+        lr *= math.sqrt(global_batch / REFERENCE_BATCH)
     parts.append(f"batch {global_batch}")
     if stats.objective in PREFERENCE_OBJECTIVES:
         lr *= PREFERENCE_FACTOR
