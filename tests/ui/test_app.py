@@ -258,3 +258,48 @@ def test_a_second_start_of_a_run_name_is_refused(runs: Path, tmp_path: Path, mon
     while jobs_module.read_record(runs.resolve(), "fresh").state == "running" and time.monotonic() < deadline:  # type: ignore[union-attr]
         time.sleep(0.05)
     assert jobs_module.read_record(runs.resolve(), "fresh").state == "stopped"  # type: ignore[union-attr]
+
+
+def test_an_uploaded_yaml_starts_with_data_paths_from_the_runs_folder(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[list[str]] = []
+
+    def sleeper(args: list[str]) -> list[str]:
+        started.append(args)
+        return [sys.executable, "-c", "pass"]
+
+    monkeypatch.setattr(jobs_module, "train_command", sleeper)
+    write_color_task(runs / "color.jsonl", 20)
+    model = tmp_path / "model"
+    model.mkdir()
+    text = f"model:\n  source: {model}\ndata:\n  train: color.jsonl\ntraining:\n  max_steps: 2\n"
+    c = TestClient(create_app(Settings(runs, data_dirs=[tmp_path])), base_url="http://127.0.0.1")
+    response = c.post("/new", data={"run_name": "up"}, files={"yaml_file": ("c.yaml", text.encode())},
+                      follow_redirects=False)  # fmt: skip
+    assert response.status_code == 303 and response.headers["location"] == "/run/up"
+    written = load_config(runs / ".tunelab-ui" / "configs" / "up.yaml")
+    assert written.data.train == [str((runs / "color.jsonl").resolve())] and written.training.max_steps == 2
+    assert started[0][1:] == ["--set", f"output.dir={runs.resolve()}", "--set", "output.name=up"]
+    assert not list(runs.glob(".upload-*"))  # the upload itself is not kept
+
+
+def test_study_and_monitor_pages(runs: Path) -> None:
+    study = runs / "sweep"
+    make_run(study, "trial-0", 5)
+    (study / "trials.csv").write_text("number,state,value,training.learning_rate\n0,COMPLETE,0.5,0.001\n")
+    (study / "history.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (study / "best.yaml").write_text("training:\n  learning_rate: 0.001\n")
+    monitor = runs / "alpha" / "monitor"
+    monitor.mkdir()
+    (monitor / "monitor.json").write_text(json.dumps({"log": "t.db", "windows": [{}, {}], "alerts": ["drift <x>"]}))
+    c = client(runs)
+    listing = c.get("/api/runs").json()
+    assert listing["studies"] == ["sweep"] and "sweep/trial-0" in {r["name"] for r in listing["runs"]}
+    page = c.get("/study/sweep").text
+    assert "COMPLETE" in page and "/file/sweep/history.png" in page and "learning_rate: 0.001" in page
+    assert c.get("/file/sweep/history.png").headers["content-type"] == "image/png"
+    assert c.get("/run/sweep/trial-0").status_code == 200
+    assert 'href="/monitor/alpha"' in c.get("/run/alpha").text
+    assert "drift &lt;x&gt;" in c.get("/monitor/alpha").text and "2 windows" in c.get("/monitor/alpha").text
+    assert c.get("/study/alpha").status_code == 403  # not a study
