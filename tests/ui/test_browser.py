@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import Select
 
 from tests.helpers import tiny_config
 from tunelab.recipes.run import run_training
@@ -52,7 +56,10 @@ def server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
 def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = check()
+        try:
+            found = check()
+        except (StaleElementReferenceException, NoSuchElementException):  # the page was reloading
+            found = None
         if found:
             return found
         time.sleep(0.25)
@@ -60,10 +67,6 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> o
 
 
 def test_dashboard_click_through(server: tuple[str, Path], tiny_model_dir: Path, tmp_path: Path) -> None:
-    from selenium import webdriver  # the test extra's browser driver; only this test needs it
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import Select
-
     assert CHROMIUM.is_file() and DRIVER.is_file(), "make install installs Debian's chromium and chromium-driver"
     url, root = server
     shots = Path(os.environ["TUNELAB_UI_SCREENSHOTS"]) if os.environ.get("TUNELAB_UI_SCREENSHOTS") else None
@@ -80,11 +83,17 @@ def test_dashboard_click_through(server: tuple[str, Path], tiny_model_dir: Path,
             shots.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(shots / f"ui_{name}.png"))
 
+    def read(element_id: str) -> str:
+        try:  # the page reloads itself when a run ends: an element may go stale between finding and reading
+            return driver.find_element("id", element_id).text
+        except (StaleElementReferenceException, NoSuchElementException):
+            return ""
+
     def status() -> str:
-        return driver.find_element("id", "status").text
+        return read("status")
 
     def step() -> int:
-        return int(driver.find_element("id", "step").text or 0)
+        return int(read("step") or 0)
 
     try:
         # The runs list, then the finished run's page with its curves drawn by uPlot.

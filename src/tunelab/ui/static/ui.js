@@ -67,6 +67,8 @@ window.tunelab = (function () {
     const params = new URLSearchParams(location.search);
     poll(async () => {
       const data = await getJSON("/api/runs?" + params.toString());
+      const shown = [...body.querySelectorAll("tr[data-name]")].map(row => row.dataset.name).sort().join("\n");
+      if (data.runs.map(r => r.name).sort().join("\n") !== shown) { location.reload(); return false; }
       for (const r of data.runs) {
         const row = body.querySelector('tr[data-name="' + CSS.escape(r.name) + '"]');
         if (!row) continue;
@@ -86,8 +88,12 @@ window.tunelab = (function () {
     const path = name.split("/").map(encodeURIComponent).join("/");
     const box = document.getElementById("charts");
     const message = document.getElementById("action-message");
+    let wasRunning = document.getElementById("status").textContent === "running";
     poll(async () => {
       const data = await getJSON("/api/run/" + path + "/live");
+      // A run that has just ended wrote its evaluation, diagnosis and checkpoints: show them.
+      if (wasRunning && data.run.status !== "running") { location.reload(); return false; }
+      wasRunning = data.run.status === "running";
       const status = document.getElementById("status");
       status.className = "badge " + data.run.status;
       text(status, data.run.status);
