@@ -113,8 +113,8 @@ def form_sections(method: str, objective: str) -> list[tuple[str, list[FormField
         if name in chosen:
             names = list(METHOD_CONFIGS if name == "method" else OBJECTIVE_CONFIGS)
             help_text = (TunelabConfig.model_fields[name].description or f"Which {name}.").strip()
-            fields.insert(0, FormField(f"{name}.name", "choice", names[0], help_text, names))
-            fields[0].default = method if name == "method" else objective
+            picked = method if name == "method" else objective
+            fields.insert(0, FormField(f"{name}.name", "choice", picked, help_text, names))
         out.append((name, fields))
     return out
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunelab.core.errors import TunelabError
@@ -44,7 +44,6 @@ class JobRecord:
     ended: float | None = None
     stop_requested: bool = False
     log: str = ""
-    extra: dict = field(default_factory=dict)
 
     def alive(self) -> bool:
         """Whether the process still runs (its record says running and the pid answers)."""
@@ -79,6 +78,11 @@ def log_path(root: Path, name: str) -> Path:
     return state_dir(root) / "logs" / (name.replace("/", "__") + ".log")
 
 
+def has_record(root: Path, name: str) -> bool:
+    """Whether the dashboard started a process for run `name`."""
+    return _record_path(root, name).is_file()
+
+
 def read_record(root: Path, name: str) -> JobRecord | None:
     """The run's job record, or None (never started from the dashboard, or the record is unreadable)."""
     try:
@@ -107,7 +111,6 @@ class Jobs:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self._lock = threading.Lock()
-        self._procs: dict[str, subprocess.Popen] = {}
 
     def running(self, name: str) -> bool:
         record = read_record(self.root, name)
@@ -127,7 +130,6 @@ class Jobs:
                                         cwd=self.root, start_new_session=True)  # fmt: skip
             record = JobRecord(name, proc.pid, command, time.time(), log=str(log))
             _write_record(self.root, record)
-            self._procs[name] = proc
         threading.Thread(target=self._wait, args=(name, proc), name=f"tunelab-ui-job-{name}", daemon=True).start()
         return record
 
@@ -154,10 +156,3 @@ class Jobs:
             record.returncode, record.ended = code, time.time()
             record.state = "finished" if code == 0 else "stopped" if record.stop_requested else "failed"
             _write_record(self.root, record)
-            self._procs.pop(name, None)
-
-    def close(self) -> None:
-        """Stop every process still running (the dashboard is shutting down)."""
-        for name in list(self._procs):
-            if self.running(name):
-                self.stop(name, timeout=10)

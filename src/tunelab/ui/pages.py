@@ -13,7 +13,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tunelab.eval.report_tables import example_diffs, metric_rows
-from tunelab.ui.runs_index import CONFIG, latest_checkpoint_state, read_json, read_metrics, read_run_config
+from tunelab.ui.runs_index import CONFIG, read_json, read_metrics, read_run_config
 
 MAX_EXAMPLES = 500
 """Prediction rows one page shows (the filters narrow them; the count says how many matched)."""
@@ -130,7 +130,6 @@ def run_page(run_dir: Path, status: str, query: str) -> dict[str, Any]:
         "data": data_report(run_dir),
         "predictions": predictions(run_dir, status, query),
         "checkpoints": checkpoints(run_dir),
-        "state": latest_checkpoint_state(run_dir),
         "has_report": (run_dir / "report.html").is_file(),
         "has_monitor": (run_dir / "monitor" / "monitor.json").is_file(),
     }

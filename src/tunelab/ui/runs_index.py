@@ -17,7 +17,7 @@ from typing import Any
 
 from tunelab.core import safe_yaml
 from tunelab.core.errors import ConfigError
-from tunelab.ui.jobs import JobRecord, read_record
+from tunelab.ui.jobs import JobRecord, has_record, read_record
 
 CONFIG = "config.yaml"
 RECENT_S = 60.0
@@ -139,7 +139,7 @@ def best_metrics(metrics: Metrics, evaluation: dict[str, Any] | None) -> dict[st
     return best
 
 
-def run_status(run_dir: Path, job: JobRecord | None, finished: bool, updated: float, trained: bool) -> str:
+def run_status(job: JobRecord | None, finished: bool, updated: float, trained: bool) -> str:
     """running / finished / failed / stopped: the dashboard's own job record first (it saw the process end),
     then what the folder shows (a final checkpoint, recent metrics, checkpoints to resume from)."""
     if job is not None and job.alive():
@@ -178,7 +178,7 @@ class RunsIndex:
         for child in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             if child.name.startswith(".") or not child.is_dir():
                 continue
-            if is_run_dir(child):
+            if is_run_dir(child) or has_record(self.root, child.name):  # started here, before its first file
                 found.append(child)
             elif is_study_dir(child):
                 found += [t for t in sorted(child.iterdir()) if t.is_dir() and is_run_dir(t)]
@@ -212,7 +212,7 @@ class RunsIndex:
         updated = max((f.stat().st_mtime for f in run_dir.iterdir()), default=run_dir.stat().st_mtime)
         finished = bool(state and state.get("finished")) or evaluation is not None
         trained = state is not None
-        summary = RunSummary(name, run_status(run_dir, job, finished, updated, trained), step=max(steps, default=0),
+        summary = RunSummary(name, run_status(job, finished, updated, trained), step=max(steps, default=0),
                              best=best_metrics(metrics, evaluation), updated=updated)  # fmt: skip
         if config is not None:
             summary.objective = _section_name(config, "objective", "sft")
