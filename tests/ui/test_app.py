@@ -303,3 +303,21 @@ def test_study_and_monitor_pages(runs: Path) -> None:
     assert 'href="/monitor/alpha"' in c.get("/run/alpha").text
     assert "drift &lt;x&gt;" in c.get("/monitor/alpha").text and "2 windows" in c.get("/monitor/alpha").text
     assert c.get("/study/alpha").status_code == 403  # not a study
+
+
+def test_a_run_whose_process_fails_shows_failed_with_its_output(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = [sys.executable, "-c", "import sys; print('error: the model folder has no weights'); sys.exit(2)"]
+    monkeypatch.setattr(jobs_module, "train_command", lambda args: failing)
+    model = tmp_path / "model"
+    model.mkdir()
+    c = TestClient(create_app(Settings(runs, data_dirs=[tmp_path])), base_url="http://127.0.0.1")
+    assert c.post("/new", data=form(tmp_path, model), follow_redirects=False).status_code == 303
+    deadline = time.monotonic() + 20
+    while c.get("/api/run/fresh/live").json()["run"]["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    live = c.get("/api/run/fresh/live").json()
+    assert live["run"]["status"] == "failed" and "the model folder has no weights" in live["log"]
+    assert {r["name"]: r["status"] for r in c.get("/api/runs").json()["runs"]}["fresh"] == "failed"
+    assert c.post("/api/run/fresh/resume").status_code == 409  # no checkpoint to resume from

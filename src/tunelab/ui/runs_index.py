@@ -219,7 +219,8 @@ class RunsIndex:
             summary.method = _section_name(config, "method", "lora")
             model = config.get("model")
             summary.model = str(model.get("source", "")) if isinstance(model, dict) else ""
-        if problem is not None and not (job is not None and job.alive()):
+        # A folder the dashboard made for a run whose process ended before writing anything is just failed.
+        if problem is not None and is_run_dir(run_dir) and not (job is not None and job.alive()):
             summary.problems.append(problem)
             summary.status = "corrupt"
         if metrics.bad_lines:
