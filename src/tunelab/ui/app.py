@@ -186,9 +186,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/api/run/{name:path}/resume")
     def resume_run(name: str) -> JSONResponse:
         folder = run_dir(name)
-        if not (folder / "checkpoints").is_dir():
-            return JSONResponse({"error": f"Run '{name}' has no checkpoint to resume from (training.save_every "
-                                 "sets how often one is written)."}, status_code=409)  # fmt: skip
+        # Without a checkpoint `tunelab train --resume` starts the run again in its folder, which needs its config.
+        if not (folder / "checkpoints").is_dir() and not (folder / "config.yaml").is_file():
+            problem = f"Run '{name}' has neither a checkpoint nor a config to resume from (training.save_every sets "
+            return JSONResponse({"error": problem + "how often a checkpoint is written)."}, status_code=409)
         try:
             record = dash.jobs.start(name, [str(folder), "--resume"])
         except JobError as exc:
