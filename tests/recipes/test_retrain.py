@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tunelab.cli.main import main
 from tunelab.core.errors import DataError
@@ -148,3 +149,26 @@ def test_too_little_feedback_missing_gate_and_a_corrupt_log_exit_2(
         locked.rollback()
         locked.close()
     assert not list(tmp_path.glob("*champion.json")) and not list((tmp_path / "runs").glob("*retrain*"))
+
+
+def test_lora_start_from_continues_a_saved_adapter_and_refuses_another_shape(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from tunelab.core.errors import ConfigError
+    from tunelab.methods.lora import LoraConfig, apply_, save
+    from tunelab.models.load import load_model
+
+    torch.manual_seed(0)
+    trained = apply_(load_model(str(tiny_model_dir)), LoraConfig(r=4))
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    save(trained, tmp_path / "adapter")
+    resumed = apply_(load_model(str(tiny_model_dir)), LoraConfig(r=4, start_from=str(tmp_path / "adapter")))
+    saved = {n: p for n, p in trained.named_parameters() if "lora_" in n}
+    loaded = {n: p for n, p in resumed.named_parameters() if "lora_" in n}
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[n], loaded[n]) for n in saved)
+    assert all(p.requires_grad for p in loaded.values())
+    with pytest.raises(ConfigError, match="does not fit"):
+        apply_(load_model(str(tiny_model_dir)), LoraConfig(r=8, start_from=str(tmp_path / "adapter")))

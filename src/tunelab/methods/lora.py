@@ -119,13 +119,18 @@ def load_start_(peft_model: nn.Module, folder: Path) -> None:
     weights = folder / "adapter_model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"method.start_from: '{folder}' holds no adapter_model.safetensors (a saved LoRA adapter).")
-    result = set_peft_model_state_dict(peft_model, load_file(str(weights)))
+    fix = "Use the r and target_modules it was trained with."
+    try:
+        result = set_peft_model_state_dict(peft_model, load_file(str(weights)))
+    except RuntimeError as exc:  # torch's size mismatch: another r, or other layers
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise ConfigError(f"method.start_from: the adapter in '{folder}' does not fit ({first}). {fix}") from None
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
         raise ConfigError(
             f"method.start_from: the adapter in '{folder}' does not fit this method section "
             f"({len(missing)} LoRA weights missing, {len(result.unexpected_keys)} unexpected, e.g. "
-            f"{(missing or result.unexpected_keys)[0]}). Use the r and target_modules it was trained with."
+            f"{(missing or result.unexpected_keys)[0]}). {fix}"
         )
 
 
