@@ -3,7 +3,8 @@
 The modules are taken from a tiny model built from the family's own config class: its RMSNorms (the q/k norms
 too, for Qwen3, Gemma 3 and OLMo 2) and its gated MLP (Gemma's GeGLU, Phi-3's merged gate_up). Norm weights are
 random around 1 (Gemma's around 0, as its `1 + w` stores them), so a wrong offset or cast shows. The short-row
-attention is checked against SDPA on each family's own attention call in the whole-model test of the matrix.
+attention runs in every layer of each family that takes it (logits and gradients against SDPA's are checked in
+the matrix's whole-model test), and a sliding window shorter than the row is left to SDPA.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.tiny_families import tiny_config
 from tunelab.models.families import FAMILIES
+from tunelab.models.kernels import attention
+from tunelab.models.kernels.attention import causal_attention, use_short_attention_
 from tunelab.models.kernels.fused import NORM_STYLES, FusedGatedMLP, FusedMergedGatedMLP, FusedRMSNorm, _fused
 
 FUSED = [t for t, f in FAMILIES.items() if f.fast_path and set(f.fast_path) != {"attention"}]
@@ -74,3 +77,32 @@ def test_each_family_swaps_the_mlp_it_declares() -> None:
         assert bool(mlps) == declared, model_type
         if declared:
             assert mlps == ({FusedMergedGatedMLP} if model_type == "phi3" else {FusedGatedMLP}), model_type
+
+
+ATTENTION = [t for t, f in FAMILIES.items() if "attention" in f.fast_path]
+
+
+@pytest.mark.parametrize("model_type", ATTENTION)
+def test_short_rows_run_the_matrix_attention_in_every_layer(model_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(attention, "causal_attention", lambda *a: calls.append(1) or causal_attention(*a))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, 300, {"pad_token_id": 0}))
+    assert use_short_attention_(model)
+    model(input_ids=torch.randint(3, 250, (2, 20)))
+    assert len(calls) == model.config.num_hidden_layers
+
+
+def test_a_window_shorter_than_the_row_goes_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(attention, "causal_attention", lambda *a: calls.append(1) or causal_attention(*a))
+    torch.manual_seed(0)
+    config = tiny_config("mistral", 300, {"pad_token_id": 0})
+    config.sliding_window = 8
+    reference = AutoModelForCausalLM.from_config(config).eval()
+    windowed = copy.deepcopy(reference)
+    assert use_short_attention_(windowed)
+    ids = torch.randint(3, 250, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(windowed(input_ids=ids).logits, reference(input_ids=ids).logits)
+    assert not calls, "a row of 20 tokens under a window of 8 is SDPA's (with its window mask)"
