@@ -102,7 +102,7 @@ def test_a_model_on_it_gives_sdpa_logits_gradients_and_generations(
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["model_type"] == "llama"
 
 
-def test_only_llama_family_models_on_sdpa_switch(tiny_model_dir: Path) -> None:
+def test_only_listed_decoders_on_sdpa_switch(tiny_model_dir: Path) -> None:
     eager = load_model(str(tiny_model_dir))
     eager.config._attn_implementation = "eager"
     assert not use_short_attention_(eager)
