@@ -31,6 +31,15 @@ class RunError(TunelabError):
     """A run folder is missing, incomplete, or cannot be resumed."""
 
 
+class RunStopped(TunelabError):
+    """The run was asked to stop (SIGTERM) and stopped at a step boundary with its checkpoint saved.
+
+    Exits 143 (128 + SIGTERM), as a process ended by that signal would, so a scheduler or the dashboard tells a
+    stopped run from a finished (0) or failed (2) one."""
+
+    exit_code = 143
+
+
 class DiskFullError(TunelabError):
     """A write ran out of disk space; the message names the file, the space free and needed, and what is intact."""
 

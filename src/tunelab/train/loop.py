@@ -54,6 +54,7 @@ from tunelab.train.module import TrainingModule
 from tunelab.train.optim import Trainable, build_optimizer, build_scheduler, optimizer_parameters
 from tunelab.train.progress import TrainProgress
 from tunelab.train.step import AccelerateSteps, train_step
+from tunelab.train.stop import stop_on_sigterm
 from tunelab.train.techniques import build_techniques
 from tunelab.train.validation import validation_metrics
 
@@ -69,6 +70,8 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     timed_out: bool = False
     """Stopped because `training.max_time` was spent (a resume trains on)."""
+    stopped_by: str = ""
+    """The signal (SIGTERM) that stopped the run at a step boundary, result and checkpoint saved; "" if none."""
 
 
 def fit(
@@ -204,8 +207,8 @@ def fit(
     # peft casts each adapter's input to the adapter's fp32 dtype; under autocast the matmul casts it straight
     # back to bf16, so the cast is two wasted copies of the activations per adapted layer.
     no_cast = disable_input_dtype_casting(model) if bf16 else contextlib.nullcontext()
-    timed_out = False
-    with progress, no_cast:
+    timed_out = signalled = False
+    with progress, no_cast, stop_on_sigterm() as stop:
         while step < total_steps and not stopped_early and not timed_out:
             batches = epoch_batches(
                 lengths, cfg.batch_size, cfg.seed, epoch, rank=rank, world_size=world, schedule=schedule
@@ -257,12 +260,19 @@ def fit(
                     hook.on_step_end(step)
                 # The budget is this process's training time, so a resumed run gets a fresh one. Every process
                 # stops at the same step: the first one out of time decides.
-                if cfg.max_time is not None and step < total_steps:
-                    late = torch.tensor(float(time.perf_counter() - train_start >= cfg.max_time), device=device)
-                    timed_out = bool((summed(accelerator, late) if world > 1 else late).item() > 0)
+                # A stop request (SIGTERM) is agreed on the same way, so it costs one tiny all-reduce a step.
+                if (cfg.max_time is not None or stop.requested or world > 1) and step < total_steps:
+                    spent = cfg.max_time is not None and time.perf_counter() - train_start >= cfg.max_time
+                    flags = torch.tensor([float(spent), float(stop.requested)], device=device)
+                    flags = summed(accelerator, flags) if world > 1 else flags
+                    timed_out, signalled = bool(flags.sum().item() > 0), bool(flags[1].item() > 0)
                 if timed_out:
-                    progress.note(f"training.max_time ({cfg.max_time:g} s) spent at step {step} of {total_steps}: "
-                                  "stopping; --resume trains on")  # fmt: skip
+                    why = (
+                        f"{stop.signal_name or 'SIGTERM'} received"
+                        if signalled
+                        else f"training.max_time ({cfg.max_time} s) spent"
+                    )
+                    progress.note(f"{why} at step {step} of {total_steps}: stopping; --resume trains on")
                 if step >= total_steps or stopped_early or timed_out:
                     break
             else:
@@ -270,7 +280,8 @@ def fit(
                 state["epoch"] = epoch
                 if val and step < total_steps and not (cfg.eval_every and step % cfg.eval_every == 0):
                     stopped_early = evaluate_and_maybe_stop()
-        if val and not (finished and step == start_step):  # its line is among those kept
+        stopped_by = (stop.signal_name or "SIGTERM") if signalled else ""
+        if val and not stopped_by and not (finished and step == start_step):  # its line is among those kept
             final = validation_metrics(module, val, cfg.batch_size, pad_id, device, bf16, budget)
             log.write({"step": step, "epoch": epoch, "final": True, **final})
 
@@ -280,7 +291,9 @@ def fit(
     if save_result is not None and main:
         save_result(trained)
     checkpoint(last=True)  # after the result: with the result saved, losing this one loses nothing
-    return FitResult(step, stopped_early, state["best_val"], trained, log.lines, timed_out)
+    return FitResult(
+        step, stopped_early, state["best_val"], trained, log.lines, timed_out and not stopped_by, stopped_by
+    )
 
 
 def _bad_steps_message(step: int, in_a_row: int, skipped: int) -> str:
