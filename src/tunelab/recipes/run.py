@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import TunelabConfig, dump_config
 from tunelab.core.device import use_bf16
-from tunelab.core.errors import ConfigError, DataError
+from tunelab.core.errors import ConfigError, DataError, RunStopped
 from tunelab.core.files import replacing_dir, sweep_temporaries, write_text
 from tunelab.data.pipeline import PreparedData
 from tunelab.data.scoring import DifficultyScoring, apply_loss_difficulty
@@ -301,6 +301,11 @@ def _train(
         identity={**identity, "config": cfg.model_dump(mode="json")},  # with the sizes auto_batch_size chose
         save_result=save_result, on_validation=on_validation, on_metrics=tracker.log_line,
     )  # fmt: skip
+    if result.stopped_by:  # asked to stop: the checkpoint is saved; evaluating now would keep the process alive
+        raise RunStopped(
+            f"Stopped at step {result.steps} ({result.stopped_by}); the checkpoint is in {run_dir / 'checkpoints'}. "
+            f"Train on with `tunelab train {run_dir} --resume`."
+        )
     model = result.model
     tuned_file = run_dir / "predictions.jsonl"
     final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main, ctx=ctx)
