@@ -233,7 +233,8 @@ def heldout_section(run: Path) -> list[str]:
     lines = [
         "## Base vs tuned on the held-out prompts",
         "",
-        f"All {stats['examples']} rows of examples/dates/test.jsonl (no test date appears in a training prompt), "
+        f"The first {stats['examples']} of the 200 rows of examples/dates/test.jsonl (no test date appears in a "
+        "training prompt), "
         "greedy, at most 24 new tokens; 95% bootstrap intervals, McNemar's test for 0/1 scores and a paired bootstrap "
         "otherwise (`eval_stats.json`).",
         "",
