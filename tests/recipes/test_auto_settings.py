@@ -54,13 +54,13 @@ def test_a_run_chooses_prints_and_writes_the_settings(tmp_path: Path, tiny_model
     written = yaml.safe_load((result.run_dir / "config.yaml").read_text())["training"]
     # The colour task: 144 training rows (16 held out), so batch 8 (the small-data batch) and 18 steps a pass.
     stats = RunStats(144, 10.0, 2.0, 1_000, 100, "lora", "sft")
-    epochs, lr = auto_epochs(stats, 8, 1)[0], auto_learning_rate(stats, 8, 1, 4)[0]  # 4 steps: max_steps
+    epochs, lr = auto_epochs(stats, 8, 1)[0], auto_learning_rate(stats, 8, 1)[0]
     assert (written["batch_size"], written["epochs"], written["learning_rate"]) == (8, epochs, lr)
     assert result.final["steps"] == 4
     out = console.export_text()
     assert "batch_size 8 (auto: 144 rows)" in out
     assert f"epochs {epochs} (auto: 144 rows, 18 steps per pass" in out
-    assert f"learning_rate {lr:g} (auto: lora, 4 steps, batch 8)" in out
+    assert f"learning_rate {lr:g} (auto: lora, batch 8)" in out
     # The written config trains as is: the chosen numbers, nothing left to choose.
     assert load_config(result.run_dir / "config.yaml").training.auto == frozenset()
 

@@ -61,26 +61,20 @@ def test_epochs_say_when_the_cap_cut_the_run_short() -> None:
 
 
 def test_learning_rate_by_method_model_batch_and_objective() -> None:
-    assert auto_learning_rate(stats(), 8, 1, 120) == (1e-3, "lora, batch 8")
-    assert auto_learning_rate(stats(), 16, 1, 200)[0] == 1e-3
-    assert auto_learning_rate(stats(), 16, 4, 200)[0] == 2e-3  # batch 64: 1e-3 * sqrt(4)
-    assert auto_learning_rate(stats(method="full"), 16, 1, 200)[0] == 5e-5
-    lr, why = auto_learning_rate(stats(method="full", params=1_350_000_000), 16, 1, 200)
+    assert auto_learning_rate(stats(), 8, 1) == (1e-3, "lora, batch 8")
+    assert auto_learning_rate(stats(), 16, 1)[0] == 1e-3
+    assert auto_learning_rate(stats(), 16, 4)[0] == 2e-3  # batch 64: 1e-3 * sqrt(4)
+    assert auto_learning_rate(stats(method="full"), 16, 1)[0] == 5e-5
+    lr, why = auto_learning_rate(stats(method="full", params=1_350_000_000), 16, 1)
     assert lr == 1.6e-5 and "1350M parameters" in why  # 5e-5 * sqrt(0.1) = 1.58e-5
-    assert auto_learning_rate(stats(objective="dpo"), 16, 1, 200) == (1e-4, "lora, batch 16, dpo: a tenth")
-
-
-def test_a_short_run_gets_a_larger_rate_up_to_three_times() -> None:
-    assert auto_learning_rate(stats(), 8, 1, 30) == (2e-3, "lora, 30 steps, batch 8")  # sqrt(120 / 30) = 2
-    assert auto_learning_rate(stats(), 8, 1, 16)[0] == 2.7e-3  # sqrt(7.5) = 2.74
-    assert auto_learning_rate(stats(), 8, 1, 4)[0] == 3e-3  # sqrt(30) = 5.5, capped at 3
+    assert auto_learning_rate(stats(objective="dpo"), 16, 1) == (1e-4, "lora, batch 16, dpo: a tenth")
 
 
 def test_resolve_sets_only_the_auto_fields_in_order() -> None:
     section = TrainingSection.model_validate({"learning_rate": "auto", "epochs": "auto", "batch_size": 4})
     done = resolve_auto(section, stats(400))
-    # batch 4 as given: 100 steps a pass -> 1 epoch; 100 steps: the rate 1e-3 * sqrt(120 / 100) = 1.1e-3.
-    assert (done.training.batch_size, done.training.epochs, done.training.learning_rate) == (4, 1, 1.1e-3)
+    # batch 4 as given: 100 steps a pass -> 1 epoch; the rate at batch 4.
+    assert (done.training.batch_size, done.training.epochs, done.training.learning_rate) == (4, 1, 1e-3)
     assert done.training.auto == frozenset() and list(done.reasons) == ["epochs", "learning_rate"]
     assert done.reasons["epochs"] == "epochs 1 (auto: 400 rows, 100 steps per pass: about 120 steps in all)"
     untouched = resolve_auto(TrainingSection(), stats(400))
