@@ -256,6 +256,7 @@ def report(p: dict) -> str:
             "McNemar p | passes |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     a = p["args"]
     total = sum(p["timings_s"].values())
+    served_2 = "round 1's challenger" if r1["promoted"] else "the same champion: round 1 was refused"
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in a.items() if v not in (None, False))
 
     def num(name: str) -> float:
@@ -299,7 +300,8 @@ def report(p: dict) -> str:
                   "set).", ""]  # fmt: skip
     lines += [
         "## Round 2: corrupted feedback", "",
-        f"{a['roman_2']} more Roman-style questions to the promoted model; every correction has the year off by one "
+        f"{a['roman_2']} more Roman-style questions to the served champion ({served_2}); every correction has the "
+        "year off by one "
         f"({r2['rows']['corrections']} corrections, all trained on). Gate new cases: round 1's held-out corrections "
         "(correct, as a gate file).", "", *head, row("new (round 1 held-out, correct)", r2["new"]),
         row("old (dates test split)", r2["old"]), "",
