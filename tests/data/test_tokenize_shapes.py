@@ -93,3 +93,20 @@ def test_system_prompt_truncation_and_rejects_match(tiny_model_dir: Path) -> Non
                 continue
             assert not isinstance(got, ValueError)
             assert (got[0].input_ids, got[0].labels, got[0].truncated) == (slow.input_ids, slow.labels, slow.truncated)
+
+
+def test_an_earlier_padded_truncated_call_changes_nothing(tiny_model_dir: Path) -> None:
+    # A fast tokenizer's backend keeps the padding and truncation of its last call (an evaluation batch padded to
+    # the longest row, say): the batched path must not pad or cut its rows to what that call left behind.
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = _rows(30, seed=2)
+    clean = tokenize_records(rows, tok, 4096)
+    tok(["a", "a much longer text than the first one " * 8], padding="max_length", truncation=True, max_length=7)
+    after = tokenize_records(rows, tok, 4096)
+    assert sum(not isinstance(r, ValueError) for r in clean) >= 20
+    for want, got in zip(clean, after, strict=True):
+        if isinstance(want, ValueError):  # a row without a trained answer is rejected both times
+            assert isinstance(got, ValueError) and str(got) == str(want)
+            continue
+        assert not isinstance(got, ValueError), got
+        assert (got[0].input_ids, got[0].labels) == (want[0].input_ids, want[0].labels)

@@ -205,7 +205,7 @@ def tokenize_records(
     labels as one by one, several times faster on short rows); other records, and every record of a slow
     tokenizer, go one by one."""
     out: list[list[Tokenized] | ValueError] = [ValueError("not tokenized")] * len(examples)
-    chats = [i for i, ex in enumerate(examples) if ex.kind == "chat"] if tokenizer.is_fast else []
+    chats = [i for i, ex in enumerate(examples) if ex.kind == "chat"] if getattr(tokenizer, "is_fast", False) else []
     renderer, texts, spans, placed = ShapeRenderer(tokenizer), [], [], []
     for i in chats:
         try:
@@ -217,7 +217,12 @@ def tokenize_records(
         spans.append(span)
         placed.append(i)
     # The backend's own batch call: what tokenizer(texts) runs, without building a BatchEncoding around it.
+    # The backend keeps the padding and truncation of the tokenizer's last call (transformers sets them per call and
+    # leaves them); an earlier padded call would pad these rows to the batch's longest, so both are switched off.
     backend = cast(PreTrainedTokenizerFast, tokenizer).backend_tokenizer
+    if texts:
+        backend.no_padding()
+        backend.no_truncation()
     encodings = backend.encode_batch(texts, add_special_tokens=False) if texts else []
     for j, i in enumerate(placed):
         ids = encodings[j].ids

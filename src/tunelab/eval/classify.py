@@ -74,8 +74,11 @@ def classifier_rows(
 ) -> list[dict[str, Any]] | None:
     """One scored row per item of a single-head sequence model: origin, label, prediction, and `accuracy` (0/1)
     with `confidence` (the top class's probability) for a classifier, `squared_error` and `abs_error` for
-    regression. None for any other model (token tags, task heads, a language model), which has no such rows."""
+    regression. None for any other model (token tags, task heads, a language model) or items that are not labelled
+    rows (a reward model's preference pairs), which have no such rows."""
     if not isinstance(model, TaskModel) or model.cfg.task != "sequence":
+        return None
+    if not all(isinstance(item, ClassItem) for item in items):  # a reward model's items are preference pairs
         return None
     task, names = task_of(model.cfg), model.cfg.labels
     rows = []
