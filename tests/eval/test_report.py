@@ -8,13 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.support.ui import Select
 
+from tests.browser import headless_chromium
 from tunelab.eval.compare import summarize
 from tunelab.eval.diagnose import diagnose_run
 from tunelab.eval.metrics import exact_match, token_f1
 from tunelab.eval.report import run_report
 
-CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 COLOURS = {"cat": "red", "dog": "blue", "sky": "blue", "mat": "red", "one": "red", "two": "blue"}
 
 
@@ -86,18 +87,8 @@ def test_report_without_optional_files(tmp_path: Path) -> None:
 
 
 def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    from selenium import webdriver  # the test extra's browser driver; only this test needs it
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import Select
-
-    assert CHROMIUM.is_file() and DRIVER.is_file(), "make install installs Debian's chromium and chromium-driver"
     html_path, _ = run_report(run_dir)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1100,1400", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver = headless_chromium(tmp_path / "profile", 1100, 1400)
     try:
         driver.get(html_path.as_uri())
         assert driver.title == "Evaluation of run"

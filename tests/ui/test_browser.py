@@ -6,8 +6,11 @@ With TUNELAB_UI_SCREENSHOTS=DIR the main pages are saved there as ui_*.png (the 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,18 +18,17 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import Select
 
+from tests.browser import headless_chromium
 from tests.helpers import tiny_config
 from tunelab.recipes.run import run_training
 from tunelab.serve.server import free_port
 from tunelab.ui.app import create_app
+from tunelab.ui.jobs import read_record
 from tunelab.ui.state import Settings
 
-CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 FIRST = ["training.max_steps=20", "training.log_every=1", "training.eval_every=10", "eval.baseline=false",
          "eval.generate=false", "training.num_threads=1"]  # fmt: skip
 
@@ -53,7 +55,7 @@ def server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
         dash.close()
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
+def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0, every: float = 0.25) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -62,20 +64,30 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> o
             found = None
         if found:
             return found
-        time.sleep(0.25)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def logged_step(run_dir: Path) -> int:
+    """The last step the run's metrics.jsonl names (a line being written is skipped)."""
+    steps = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                steps.append(int(json.loads(line).get("step", 0)))
+    return max(steps, default=0)
+
+
+def freeze(pid: int, frozen: bool) -> None:
+    """Pause (SIGSTOP) or continue (SIGCONT) the training's process group: on a fast machine a 100-step run of
+    the tiny model ends before a page's 2 s poll could show it, so the test holds it still to look."""
+    os.killpg(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
 def test_dashboard_click_through(server: tuple[str, Path], tiny_model_dir: Path, tmp_path: Path) -> None:
-    assert CHROMIUM.is_file() and DRIVER.is_file(), "make install installs Debian's chromium and chromium-driver"
     url, root = server
     shots = Path(os.environ["TUNELAB_UI_SCREENSHOTS"]) if os.environ.get("TUNELAB_UI_SCREENSHOTS") else None
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver = headless_chromium(tmp_path / "profile", 1200, 900)
     by_css = "css selector"
 
     def shot(name: str) -> None:
@@ -120,10 +132,23 @@ def test_dashboard_click_through(server: tuple[str, Path], tiny_model_dir: Path,
             Select(driver.find_element("name", name)).select_by_value(value)
         driver.find_element("id", "start").click()
         wait_for("the new run's page", lambda: driver.current_url.endswith("/run/second"), 15)
-        first_seen = wait_for("training to log a step", lambda: step() > 0 and step(), 60)
-        wait_for("the step count to rise", lambda: step() > int(first_seen) and step() >= 20, 60)  # type: ignore[arg-type]
-        assert status() == "running"
-        driver.find_element("id", "stop").click()
+        run_dir = root / "runs" / "second"
+        job = read_record(root / "runs", "second")
+        assert job is not None
+        seen = []
+        for at_least in (2, 10):  # the page shows the step the run is held at, then a higher one
+            wait_for(f"training to log step {at_least}", lambda n=at_least: logged_step(run_dir) >= n, 60, every=0.005)
+            freeze(job.pid, True)
+            held = logged_step(run_dir)
+            wait_for(f"the page to show step {held}", lambda: step() == held, 15)  # noqa: B023
+            assert status() == "running"
+            seen.append(held)
+            if at_least == 2:
+                freeze(job.pid, False)
+        assert 2 <= seen[0] < seen[1] < 100
+        driver.find_element("id", "stop").click()  # SIGTERM waits while the process is held
+        wait_for("the stop to be recorded", lambda: (read_record(root / "runs", "second") or job).stop_requested, 10)
+        freeze(job.pid, False)
         wait_for("the run to stop", lambda: status() == "stopped", 30)
         stopped_at = step()
         assert 0 < stopped_at < 100
