@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # a figure without pyplot: no global state
 
 from tunelab.core.errors import RunError
 from tunelab.core.files import write_text
+from tunelab.train.metrics import parse_metric_lines
 
 Verdict = Literal["underfitting", "good fit", "overfitting", "unstable", "unknown"]
 
@@ -96,17 +97,13 @@ def read_curves(run_dir: Path) -> Curves:
             f"'{run_dir}' has no metrics.jsonl, so there is nothing to diagnose. Give the folder `tunelab train` "
             "wrote (it writes metrics.jsonl as training goes)."
         )
-    lines = []
-    for number, text in enumerate((run_dir / "metrics.jsonl").read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise RunError(
-                f"{run_dir / 'metrics.jsonl'}:{number} is not JSON ({exc.msg}). The file is the one training "
-                "appends to; a line cut short by a crash can be deleted."
-            ) from None
+    lines, bad = parse_metric_lines(run_dir / "metrics.jsonl")
+    if bad:
+        number, why = bad[0]
+        raise RunError(
+            f"{run_dir / 'metrics.jsonl'}:{number} is not JSON ({why}). The file is the one training "
+            "appends to; a line cut short by a crash can be deleted."
+        )
     baseline = None
     base_file = run_dir / "eval_baseline.json"
     if base_file.is_file():

@@ -52,7 +52,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def parse_metric_lines(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """Every line of a metrics.jsonl that is a JSON object, and (line number, why) for each other non-blank line
+    (a line cut short by a crash, say); a missing file has none of either."""
+    lines: list[dict[str, Any]] = []
+    bad: list[tuple[int, str]] = []
+    if not path.is_file():
+        return lines, bad
+    for number, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            bad.append((number, exc.msg))
+            continue
+        if isinstance(row, dict):
+            lines.append(row)
+        else:
+            bad.append((number, "not a JSON object"))
+    return lines, bad
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All lines of a run's metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """The lines of a run's metrics.jsonl that parse (those a crash cut short are left out)."""
+    return parse_metric_lines(run_dir / "metrics.jsonl")[0]

@@ -17,6 +17,7 @@ from typing import Any
 
 from tunelab.core import safe_yaml
 from tunelab.core.errors import ConfigError
+from tunelab.train.metrics import parse_metric_lines
 from tunelab.ui.jobs import JobRecord, has_record, read_record
 
 CONFIG = "config.yaml"
@@ -57,23 +58,8 @@ class RunSummary:
 
 def read_metrics(path: Path) -> Metrics:
     """Every line of a metrics.jsonl that parses as a JSON object; the others' line numbers in `bad_lines`."""
-    found = Metrics()
-    if not path.is_file():
-        return found
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                found.bad_lines.append(number)
-                continue
-            if isinstance(row, dict):
-                found.lines.append(row)
-            else:
-                found.bad_lines.append(number)
-    return found
+    lines, bad = parse_metric_lines(path)
+    return Metrics(lines=lines, bad_lines=[number for number, _ in bad])
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
