@@ -25,6 +25,7 @@ import random
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from techniques_common import MODEL, RESULTS, device_note, interval_cell, prompt_and_reference, rows, shared_note, train
@@ -61,7 +62,6 @@ def post(url: str, path: str, body: dict | None, key: str) -> dict:
 
 def traffic(url: str, key: str, cases: list[tuple[str, str, str]], corrupted: bool) -> dict[str, int]:
     """Send `cases` (kind, prompt, answer) in parallel batches and give each answer its feedback."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(case: tuple[str, str, str]) -> str:
         kind, prompt, reference = case
@@ -108,13 +108,15 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--champion", help="a finished run of the champion's settings to start from (else trained)")
     parser.add_argument("--train-rows", type=int, default=600, help="the champion's training rows (examples/dates)")
-    parser.add_argument("--retrain-steps", type=int, default=12)
-    parser.add_argument("--retrain-batch", type=int, default=4)
-    parser.add_argument("--roman", type=int, default=48, help="new-style requests in round 1")
-    parser.add_argument("--normal", type=int, default=16, help="normal dates requests in round 1")
-    parser.add_argument("--roman-2", type=int, default=24, help="new-style requests with corrupted corrections")
-    parser.add_argument("--probe", type=int, default=12, help="fresh new-style questions after the reload")
-    parser.add_argument("--old", type=int, default=60, help="the champion's validation rows = old gate cases")
+    parser.add_argument("--retrain-steps", type=int, default=40)
+    parser.add_argument("--retrain-batch", type=int, default=8)
+    parser.add_argument("--retrain-lr", type=float, help="the challenger's learning rate (default: the champion's)")
+    parser.add_argument("--roman", type=int, default=160, help="new-style requests in round 1")
+    parser.add_argument("--normal", type=int, default=40, help="normal dates requests in round 1")
+    parser.add_argument("--roman-2", type=int, default=60, help="new-style requests with corrupted corrections")
+    parser.add_argument("--probe", type=int, default=24, help="fresh new-style questions after the reload")
+    parser.add_argument("--old", type=int, default=120, help="the champion's validation rows = old gate cases")
+    parser.add_argument("--old-margin", type=float, default=0.05, help="the gate's non-inferiority margin")
     args = parser.parse_args()
     if args.smoke:
         args.train_rows, args.retrain_steps, args.roman, args.normal, args.roman_2, args.old = 32, 2, 12, 4, 10, 8
@@ -127,6 +129,7 @@ def main() -> None:
     from rich.console import Console
 
     from tunelab.recipes.monitor.monitor import monitor, monitor_settings
+    from tunelab.recipes.retrain.gate import GateRule
     from tunelab.recipes.retrain.run import RetrainOptions, retrain
     from tunelab.serve.config import ServeConfig
     from tunelab.serve.server import build_state, serve_in_thread
@@ -186,8 +189,10 @@ def main() -> None:
 
     console = Console(quiet=not args.smoke)
     steps = [f"training.max_steps={args.retrain_steps}", f"training.batch_size={args.retrain_batch}"]
+    steps += [f"training.learning_rate={args.retrain_lr}"] if args.retrain_lr else []
+    rule = GateRule(old_margin=args.old_margin)
     first = retrain(champion_dir, RetrainOptions(db=str(db), out=work / "runs" / "retrain-1", max_old=args.old,
-                                                 overrides=steps, champion=pointer), console)  # fmt: skip
+                                                 overrides=steps, champion=pointer, rule=rule), console)  # fmt: skip
     mark("round 1 retrain + gate")
     print(json.dumps({"round_1": first.gate.to_json(), "rows": first.lineage["rows"]}), flush=True)
     reloaded = None
@@ -195,11 +200,15 @@ def main() -> None:
         reloaded = post(server.url, "/v1/admin/reload", None, key)
     probe_rng = random.Random(99)
     probe = [("roman", *roman_case(probe_rng)) for _ in range(args.probe)]
-    probe_right = sum(
-        post(server.url, "/v1/chat/completions", {"model": "champion", "max_tokens": 16, "temperature": 0,
-             "messages": [{"role": "user", "content": p}]}, key)["choices"][0]["message"]["content"].strip() == ref
-        for _, p, ref in probe
-    )  # fmt: skip
+
+    def ask(case: tuple[str, str, str]) -> bool:
+        body = {"model": "champion", "max_tokens": 16, "temperature": 0,
+                "messages": [{"role": "user", "content": case[1]}]}  # fmt: skip
+        reply = post(server.url, "/v1/chat/completions", body, key)
+        return reply["choices"][0]["message"]["content"].strip() == case[2]
+
+    with ThreadPoolExecutor(8) as pool:
+        probe_right = sum(pool.map(ask, probe))
     mark("reload + probe")
     print(json.dumps({"reload": reloaded, "probe_right": probe_right, "probe": len(probe)}), flush=True)
 
@@ -218,7 +227,7 @@ def main() -> None:
     parent_2 = first.challenger if first.gate.promoted else champion_dir
     second = retrain(parent_2, RetrainOptions(db=str(db2), out=work / "runs" / "retrain-2", max_old=args.old,
                                               gate_file=first.folder / "data" / "gate_new.jsonl", overrides=steps,
-                                              champion=pointer), console)  # fmt: skip
+                                              champion=pointer, rule=rule), console)  # fmt: skip
     mark("round 2 retrain + gate")
     print(json.dumps({"round_2": second.gate.to_json(), "rows": second.lineage["rows"]}), flush=True)
     pointer_after = pointer.read_text() if pointer.is_file() else None
@@ -257,6 +266,8 @@ def report(p: dict) -> str:
     a = p["args"]
     total = sum(p["timings_s"].values())
     served_2 = "round 1's challenger" if r1["promoted"] else "the same champion: round 1 was refused"
+    copied = "; here a copy of such a run, `--champion`" if a["champion"] else ""
+    lr = f" at learning rate {a['retrain_lr']:g}" if a["retrain_lr"] else ""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in a.items() if v not in (None, False))
 
     def num(name: str) -> float:
@@ -268,8 +279,8 @@ def report(p: dict) -> str:
         f"Command: `nice -n 10 .venv/bin/python benchmarks/retrain_loop.py {flags}` (whole run {total:.0f} s; phases: "
         f"{', '.join(f'{k} {v:.0f} s' for k, v in p['timings_s'].items())}).", "",
         "Champion: SmolLM2-135M-Instruct (embedded), LoRA r16/α32, examples/dates/config.yaml's settings on the "
-        f"first {a['train_rows']} training rows and the first 60 test rows as validation (1 epoch of batch "
-        "16, 38 steps; here a copy of such a run, `--champion`). Served with `build_state` + uvicorn, a SQLite "
+        f"first {a['train_rows']} training rows and the first {a['old']} test rows as validation (1 epoch of batch "
+        f"16, {-(-a['train_rows'] // 16)} steps{copied}). Served with `build_state` + uvicorn, a SQLite "
         "traffic log and a champion pointer. "
         f"Round 1 traffic: {a['roman']} questions with Roman-numeral months (\"14.VII.1987\", a style absent from "
         f"the training data) and {a['normal']} normal dates questions, greedy, 16 tokens at most. Simulated users: a "
@@ -286,7 +297,7 @@ def report(p: dict) -> str:
         f"Next dataset: {r1['rows']['corrections']} corrections -> {r1['rows']['sft_rows']} SFT rows + "
         f"{r1['rows']['replay']} replayed rows of the champion's training data; {r1['rows']['gate_new_rows']} "
         f"corrections held out as new gate cases; {r1['rows']['review_queue']} thumbs-down in the review queue. "
-        f"Challenger: {a['retrain_steps']} steps of batch {a['retrain_batch']} from the champion's adapter. Old "
+        f"Challenger: {a['retrain_steps']} steps of batch {a['retrain_batch']}{lr} from the champion's adapter. Old "
         f"gate cases: the first {a['old']} rows of the dates test split (the champion's validation rows).", "",
         *head,
         row("new (held-out Roman-style)", r1["new"]),
@@ -308,7 +319,8 @@ def report(p: dict) -> str:
         f"Decision: **{'PROMOTED' if r2['promoted'] else 'REFUSED'}**: {r2['reason']}. Champion pointer "
         f"{'unchanged' if r2['pointer_unchanged'] else 'CHANGED'}.", "",
         "Gate rule: new cases must improve with McNemar p < 0.05; old cases are non-inferior when the lower 95% "
-        "bound of the difference (Wald, paired) is above -2 pp.", "",
+        f"bound of the difference (Wald, paired) is above {-100 * a['old_margin']:+g} pp (`--old-margin "
+        f"{a['old_margin']:g}`).", "",
         f"Device: {p['device']}. {shared_note()}", "",
     ]  # fmt: skip
     return "\n".join(lines)
