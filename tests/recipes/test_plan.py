@@ -11,8 +11,10 @@ import pytest
 from tests.helpers import tiny_config
 from tests.recipes.tune.common import LR, study_config
 from tunelab.cli.main import main
+from tunelab.config import load_config
 from tunelab.recipes.plan import plan_run
 from tunelab.recipes.run import run_training
+from tunelab.recipes.tune.run import trial_epochs_factor
 
 RUN = ["training.epochs=3", "eval.generate=false", "eval.baseline=false"]
 
@@ -44,3 +46,13 @@ def test_tune_dry_run_prints_space_and_cost_and_runs_nothing(
     assert not (tmp_path / "runs" / "d").exists()  # no study, no database
     assert main(["plan", str(path)]) == 0
     assert "rows: 144 train / 16 validation" in capsys.readouterr().out
+
+
+def test_study_estimate_scales_by_the_resolved_epochs_when_they_are_auto(tmp_path: Path, tiny_model_dir: Path) -> None:
+    tune = {"study": "a", "trials": 2, "params": {"training.epochs": {"type": "int", "low": 1, "high": 3}}}
+    cfg = load_config(study_config(tmp_path, tiny_model_dir, tune), ["training.epochs=auto"])
+    # epochs: auto resolves from the data (here 144 rows -> more than one epoch): a trial's 2 epochs on average
+    # is measured against that number, not against the placeholder the unresolved config holds.
+    plan = plan_run(cfg)
+    assert plan.epochs > 1
+    assert trial_epochs_factor(cfg, plan.epochs) == pytest.approx(2 / plan.epochs)

@@ -36,7 +36,8 @@ def tune(args: argparse.Namespace) -> None:
     if args.dry_run:
         describe_study(cfg, config_path=config_path, console=console)
         trials = cfg.tune.trials if cfg.tune is not None else None
-        print_plan(console, plan_run(cfg), trials=trials, epochs_factor=trial_epochs_factor(cfg))
+        plan = plan_run(cfg)
+        print_plan(console, plan, trials=trials, epochs_factor=trial_epochs_factor(cfg, plan.epochs))
         return
     with disk_full_as_error(Path(cfg.output.dir), f"into {cfg.output.dir}"):
         plan = prepare_study(cfg, config_path=config_path)  # created once, before any worker asks for a trial

@@ -118,12 +118,13 @@ def describe_study(cfg: TunelabConfig, *, config_path: Path | None = None, conso
     return plan
 
 
-def trial_epochs_factor(cfg: TunelabConfig) -> float:
-    """How many times the base run's epochs a trial trains on average (the middle of a tuned epoch range)."""
+def trial_epochs_factor(cfg: TunelabConfig, base_epochs: float) -> float:
+    """How many times the base run's epochs (`base_epochs`, as the run resolves them: `epochs: auto` chooses a
+    number from the data) a trial trains on average (the middle of a tuned epoch range)."""
     dist = search_space(cfg).get("training.epochs")
-    if dist is None or cfg.training.max_steps is not None or dist.type == "categorical":
+    if dist is None or cfg.training.max_steps is not None or dist.type == "categorical" or base_epochs <= 0:
         return 1.0
-    return (float(dist.low or 1) + float(dist.high or 1)) / 2 / cfg.training.epochs
+    return (float(dist.low or 1) + float(dist.high or 1)) / 2 / base_epochs
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
