@@ -4,8 +4,11 @@ The per-example scores are the prediction rows' own fields (exact_match, token_f
 is the mean of a field gets a bootstrap interval of that mean, and two models' fields are compared with McNemar's
 test when they are 0/1 and a paired bootstrap otherwise (`tunelab.eval.stats.compare`). Corpus-level metrics
 (BLEU, chrF, macro-F1, calibration error) are not means: they are recomputed on resampled rows
-(`CORPUS_METRICS`), and compared with a paired bootstrap of the same recomputation. Metrics with no per-example
-source (validation loss, perplexity) keep their value and get no interval.
+(`CORPUS_METRICS`), and compared with a paired bootstrap of the same recomputation. Validation loss, perplexity and
+token (or pair) accuracy are ratios over the validation rows: given each row's sums (`validation_rows.jsonl`:
+loss, count, correct), they are recomputed on resampled rows the same way (a ratio bootstrap: sum of losses over sum
+of counts), once the full rows are checked to give the reported value. A metric with no per-example source keeps its
+value and gets no interval.
 
 `Comparison.to_dict()` is the plain form written to eval_stats.json and comparison.json:
 
@@ -120,11 +123,41 @@ class Comparison:
 @dataclass(frozen=True)
 class Evidence:
     """A metric's per-example evidence in one set of rows: the field (or corpus metric) it comes from, and either
-    the per-example scores or the statistic that recomputes it on row indices."""
+    the per-example scores or the statistic that recomputes it on row indices, over `n` rows."""
 
     source: str
     scores: np.ndarray | None = None
     statistic: Statistic | None = None
+    n: int = 0
+
+
+VALIDATION_RATIOS: dict[str, Callable[[np.ndarray], float]] = {
+    "loss": lambda s: float(s[0] / max(s[1], 1.0)),
+    "ppl": lambda s: float(np.exp(min(s[0] / max(s[1], 1.0), 50.0))),
+    "accuracy": lambda s: float(s[2] / max(s[1], 1.0)),
+}
+"""A validation metric as a function of the summed (loss, count, correct) of the rows drawn."""
+RATIO_TOLERANCE = 1e-6
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def validation_evidence(metric: str, value: float, rows: Rows) -> Evidence | None:
+    """The ratio evidence of a validation metric (val_loss, val_ppl, val_token_acc, ...) from per-row sums, when
+    the sums over every row give `value` back (so a metric that is not such a ratio never gets one)."""
+    if not metric.startswith("val_") or "/" in metric or not rows:
+        return None
+    if not all(_finite(r.get(k)) for r in rows for k in ("loss", "count", "correct")):
+        return None
+    sums = np.array([[float(r["loss"]), float(r["count"]), float(r["correct"])] for r in rows], dtype=np.float64).T
+    kind = {"val_loss": "loss", "val_ppl": "ppl"}.get(metric, "accuracy")
+    ratio = VALIDATION_RATIOS[kind]
+    if not np.isclose(ratio(sums.sum(axis=1)), value, rtol=RATIO_TOLERANCE, atol=RATIO_TOLERANCE):
+        return None
+    return Evidence(f"validation {kind}", statistic=lambda idx: ratio(sums @ np.bincount(idx, minlength=len(rows))),
+                    n=len(rows))  # fmt: skip
 
 
 def evidence(metric: str, rows: Rows) -> Evidence | None:
@@ -135,9 +168,9 @@ def evidence(metric: str, rows: Rows) -> Evidence | None:
         if name is None or not rows:
             continue
         if all(is_score(r.get(name)) for r in rows):
-            return Evidence(name, scores=np.array([float(r[name]) for r in rows], dtype=np.float64))
+            return Evidence(name, scores=np.array([float(r[name]) for r in rows], dtype=np.float64), n=len(rows))
         if name in CORPUS_METRICS and (statistic := CORPUS_METRICS[name](rows)) is not None:
-            return Evidence(name, statistic=statistic)
+            return Evidence(name, statistic=statistic, n=len(rows))
     return None
 
 
@@ -148,13 +181,13 @@ def source_of(metric: str, rows: Rows) -> str | None:
 
 
 def interval_of(
-    found: Evidence, n: int, *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+    found: Evidence, *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> Interval:
-    """The bootstrap interval of a mean of scores, or of a corpus statistic over `n` resampled rows."""
+    """The bootstrap interval of a mean of scores, or of a corpus statistic over its resampled rows."""
     if found.scores is not None:
         return bootstrap_ci(found.scores, confidence=confidence, resamples=resamples, seed=seed)
     assert found.statistic is not None  # one of the two is always set
-    return bootstrap_statistic(n, found.statistic, confidence=confidence, resamples=resamples, seed=seed)
+    return bootstrap_statistic(found.n, found.statistic, confidence=confidence, resamples=resamples, seed=seed)
 
 
 def metric_interval(
@@ -162,23 +195,22 @@ def metric_interval(
 ) -> Interval | None:
     """The bootstrap interval of one metric from the prediction rows, or None when they hold no evidence of it."""
     found = evidence(metric, rows)
-    return None if found is None else interval_of(found, len(rows), confidence=confidence, resamples=resamples,
-                                                    seed=seed)  # fmt: skip
+    return None if found is None else interval_of(found, confidence=confidence, resamples=resamples, seed=seed)
 
 
 def test_of(
-    a: Evidence, b: Evidence, n: int, *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+    a: Evidence, b: Evidence, *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> PairedTest | None:
     """The paired test of b against a (McNemar for 0/1 scores, else a paired bootstrap, recomputing corpus
-    statistics on the same resampled rows); None when the two sides' evidence is not of the same kind."""
-    if a.source != b.source:
+    statistics on the same resampled rows); None when the two sides' evidence is not of the same kind or size."""
+    if a.source != b.source or a.n != b.n:
         return None
     if a.scores is not None and b.scores is not None:
         return paired_compare(a.scores, b.scores, confidence=confidence, resamples=resamples, seed=seed)
     stat_a, stat_b = a.statistic, b.statistic
     if stat_a is None or stat_b is None:
         return None
-    index = np.arange(n)
+    index = np.arange(a.n)
     return paired_bootstrap(index, index, confidence=confidence, resamples=resamples, seed=seed,
                             statistic=lambda i, _: stat_b(i.astype(np.int64)) - stat_a(i.astype(np.int64)))  # fmt: skip
 
@@ -191,7 +223,7 @@ def paired_test(
     a, b = evidence(metric, rows_a), evidence(metric, rows_b)
     if a is None or b is None:
         return None
-    return test_of(a, b, len(rows_a), confidence=confidence, resamples=resamples, seed=seed)
+    return test_of(a, b, confidence=confidence, resamples=resamples, seed=seed)
 
 
 def same_rows(rows_a: Rows, rows_b: Rows) -> bool:
@@ -202,26 +234,39 @@ def same_rows(rows_a: Rows, rows_b: Rows) -> bool:
     )
 
 
+def same_validation_rows(rows_a: Rows, rows_b: Rows) -> bool:
+    """Whether two validation-row lists are of the same rows (the same count of targets, row by row)."""
+    return len(rows_a) == len(rows_b) > 0 and all(
+        a.get("count") == b.get("count") for a, b in zip(rows_a, rows_b, strict=True)
+    )
+
+
 def summarize(
     columns: dict[str, tuple[dict[str, float], Rows]], *, confidence: float = 0.95,
-    resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+    resamples: int = DEFAULT_RESAMPLES, seed: int = 0, validation: dict[str, Rows] | None = None,
 ) -> Comparison:  # fmt: skip
     """Intervals for each column's metrics from its rows and, for two columns scored on the same rows, the paired
-    test of the second against the first on every metric both can test."""
+    test of the second against the first on every metric both can test. `validation`: each column's validation
+    rows (per-row sums, `validation_evidence`), for the validation metrics the prediction rows cannot give."""
     kw = {"confidence": confidence, "resamples": resamples, "seed": seed}
     values = {name: dict(metrics) for name, (metrics, _) in columns.items()}
-    found = {name: {m: e for m in metrics if (e := evidence(m, rows)) is not None}
+    val_rows = validation or {}
+
+    def evidence_of(name: str, metric: str, value: float, rows: Rows) -> Evidence | None:
+        return evidence(metric, rows) or validation_evidence(metric, value, val_rows.get(name, []))
+
+    found = {name: {m: e for m, v in metrics.items() if (e := evidence_of(name, m, v, rows)) is not None}
              for name, (metrics, rows) in columns.items()}  # fmt: skip
-    intervals = {name: {m: interval_of(e, len(columns[name][1]), **kw) for m, e in found[name].items()}
-                 for name in columns}  # fmt: skip
+    intervals = {name: {m: interval_of(e, **kw) for m, e in found[name].items()} for name in columns}
     names = list(columns)
     paired = len(names) == 2 and same_rows(columns[names[0]][1], columns[names[1]][1])
+    paired_val = len(names) == 2 and same_validation_rows(val_rows.get(names[0], []), val_rows.get(names[1], []))
     tests: dict[str, PairedTest] = {}
-    if paired:
+    if paired or paired_val:
         first, second = found[names[0]], found[names[1]]
-        n = len(columns[names[0]][1])
         for metric in [m for m in first if m in second]:
-            if (test := test_of(first[metric], second[metric], n, **kw)) is not None:
+            from_validation = first[metric].source.startswith("validation ")
+            if (paired_val if from_validation else paired) and (test := test_of(first[metric], second[metric], **kw)):
                 tests[metric] = test
     examples = max((len(rows) for _, rows in columns.values()), default=0)
     return Comparison(names, values, intervals, tests, examples, confidence, paired)

@@ -264,7 +264,8 @@ def _train(
             baseline = json.loads(baseline_file.read_text())
         else:
             base_file = run_dir / "predictions_base.jsonl"
-            baseline = evaluate(model, objective, tokenizer, data, cfg, device, bf16, base_file, generate=main, ctx=ctx)
+            baseline = evaluate(model, objective, tokenizer, data, cfg, device, bf16, base_file, generate=main, ctx=ctx,
+                                rows_file=run_dir / VALIDATION_ROWS["base"])  # fmt: skip
             if main:
                 write_text(baseline_file, json.dumps(baseline, indent=2))
                 tracker.log_eval("eval_base", baseline, 0)
@@ -308,7 +309,8 @@ def _train(
         )
     model = result.model
     tuned_file = run_dir / "predictions.jsonl"
-    final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main, ctx=ctx)
+    final = evaluate(model, objective, tokenizer, data, cfg, device, bf16, tuned_file, generate=main, ctx=ctx,
+                     rows_file=run_dir / VALIDATION_ROWS["tuned"])  # fmt: skip
     final["steps"] = result.steps
     if main:
         write_text(run_dir / "eval.json", json.dumps(final, indent=2))
@@ -320,6 +322,11 @@ def _train(
         tracker.log_outputs(artifact_dir(run_dir, cfg.method.name), cfg.output.mlflow_log_model)
     accelerator.wait_for_everyone()
     return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model.eval())
+
+
+VALIDATION_ROWS = {"base": "validation_rows_base.jsonl", "tuned": "validation_rows.jsonl"}
+"""Each validation row's sums (loss, count, correct) before and after training: the evidence of the validation
+metrics' intervals and of their paired test."""
 
 
 def evaluate(
@@ -334,15 +341,21 @@ def evaluate(
     *,
     generate: bool = True,
     ctx: Any = None,
+    rows_file: Path | None = None,
 ) -> dict[str, float]:
     """Validation loss/perplexity/token accuracy, plus generation metrics when `eval.generate` is on (only on
-    the main process under data parallelism: every rank would produce the same answers)."""
+    the main process under data parallelism: every rank would produce the same answers). With `rows_file` (and
+    an objective whose loss is a sum over rows) each validation row's sums are written there, the evidence of
+    those metrics' intervals."""
     if not data.val:
         return {}
     module = TrainingModule(model, objective, ctx)
     budget = token_budget(cfg.training.micro_batch_tokens, device)  # pieces as in training: the same sums
     pad = pad_id(tokenizer)
-    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, pad, device, bf16, budget)
+    rows: list[dict[str, float]] | None = [] if rows_file is not None else None
+    metrics = validation_metrics(module, data.val, cfg.eval.batch_size, pad, device, bf16, budget, rows)
+    if rows and rows_file is not None and generate:
+        write_predictions(rows, rows_file)
     if objective.scores is not None:
         metrics.update(objective.scores(model, data.val, cfg.eval.batch_size, pad, device, bf16))
     scored = classifier_rows(model, data.val, cfg.eval.batch_size, pad, device, bf16) if generate else None
@@ -391,7 +404,7 @@ def _report(console: Console, run_dir: Path, baseline: dict | None, final: dict,
     columns = {"base": (baseline, "predictions_base.jsonl"), "tuned": (final, "predictions.jsonl")}
     shown = {name: ({k: v for k, v in m.items() if k != "steps"}, read_predictions(run_dir / file))
              for name, (m, file) in columns.items() if name == "tuned" or baseline}  # fmt: skip
-    summary = summarize(shown)
+    summary = summarize(shown, validation={name: read_predictions(run_dir / VALIDATION_ROWS[name]) for name in shown})
     write_text(run_dir / "eval_stats.json", json.dumps(summary.to_dict(), indent=2))
     title = "Validation before and after training" if baseline else "Validation"
     console.print(comparison_table(summary, title=f"{title} ({summary.examples} examples)"))

@@ -13,6 +13,9 @@ from tunelab.core.device import autocast, eval_mode
 from tunelab.train.microbatch import Pieces, split_rows
 from tunelab.train.module import training_module
 
+VALIDATION_ROW_KEYS = ("loss", "count", "correct")
+"""One validation row's sums: its loss summed over what the objective counts, that count, and the right ones."""
+
 
 @torch.no_grad()
 def validation_metrics(
@@ -23,22 +26,36 @@ def validation_metrics(
     device: torch.device,
     bf16: bool,
     pieces: Pieces | None = None,
+    rows: list[dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Validation loss averaged as the objective counts (tokens, pairs), its accuracy (`val_token_acc`,
     `val_pair_acc`, ...) and, for language modelling, perplexity. With `pieces` (the training's) a batch of a
     row-sum objective runs in row pieces, as training does: the same sums, and no larger working set than a
-    training step."""
+    training step.
+
+    With `rows` (a list to fill) and an objective whose loss is a sum over rows, every row runs alone and `rows`
+    gets each one's sums in data order, `{"loss", "count", "correct"}` (`VALIDATION_ROW_KEYS`): the per-example
+    evidence from which the metrics' intervals and paired tests are computed (`tunelab.eval.compare`)."""
     objective = training_module(module).objective  # under DDP the TrainingModule is wrapped
     budget = pieces if objective.row_independent else None
+    per_row = rows is not None and objective.row_independent
+    found: dict[int, dict[str, float]] = {}
     loss_sum = count = correct = 0.0
     order = sorted(range(len(data)), key=lambda i: objective.length(data[i]))
     with eval_mode(module):
         for start in range(0, len(order), batch_size):
-            batch = objective.collate([data[i] for i in order[start : start + batch_size]], pad_id)
-            for piece in split_rows(batch, budget):
-                with autocast(device, bf16):
-                    loss, n, right = module({k: v.to(device) for k, v in piece.items()})
-                loss_sum, count, correct = loss_sum + float(loss), count + float(n), correct + float(right)
+            chosen = order[start : start + batch_size]
+            for group in [[i] for i in chosen] if per_row else [chosen]:
+                sums = [0.0, 0.0, 0.0]
+                for piece in split_rows(objective.collate([data[i] for i in group], pad_id), budget):
+                    with autocast(device, bf16):
+                        loss, n, right = module({k: v.to(device) for k, v in piece.items()})
+                    sums = [sums[0] + float(loss), sums[1] + float(n), sums[2] + float(right)]
+                if per_row:
+                    found[group[0]] = dict(zip(VALIDATION_ROW_KEYS, sums, strict=True))
+                loss_sum, count, correct = loss_sum + sums[0], count + sums[1], correct + sums[2]
+    if rows is not None:
+        rows.extend(found[i] for i in range(len(data)) if i in found)
     mean = loss_sum / max(count, 1.0)
     metrics = {"val_loss": mean, f"val_{objective.metric}": correct / max(count, 1.0)}
     tasks = sorted({str(getattr(item, "task", "")) for item in data})
