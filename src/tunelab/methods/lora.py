@@ -48,6 +48,11 @@ class LoraConfig(Section):
     {'down_proj': 4, 'layers\\.0\\..*': 32} (peft's rule)."""
     alpha_pattern: dict[str, float] = {}
     """Per-module alphas, matched like `rank_pattern`."""
+    target_experts: bool = False
+    """Mixture-of-experts models: also put LoRA on every expert's weights (the 3-D expert tensors such as
+    `experts.gate_up_proj`, `experts.down_proj`; peft's `target_parameters`), besides `target_modules` (attention
+    and other linear layers). The routers stay frozen (method `full` trains them); the load-balancing loss still
+    shapes what reaches them through the adapters."""
     modules_to_save: list[str] = []
     """Modules trained in full next to the adapters and saved with them (e.g. a classification head)."""
     start_from: str | None = None
@@ -64,6 +69,11 @@ class LoraConfig(Section):
             )
         if self.start_from is not None and self.init != "default":
             raise ValueError(f"start_from continues a saved adapter; init={self.init} would replace its weights")
+        if self.target_experts and (self.dora or self.init in ("pissa", "olora")):
+            raise ValueError(
+                "target_experts puts plain LoRA on the expert tensors (peft's target_parameters), which takes "
+                f"neither dora nor init={self.init}. Use dora=false and init=default with target_experts"
+            )
         return self
 
 
@@ -103,9 +113,29 @@ def check_targets(model: nn.Module, cfg: LoraConfig) -> None:
             )
 
 
+def expert_parameters(model: nn.Module) -> list[str]:
+    """The expert tensors of a mixture-of-experts model as peft's `target_parameters` names
+    (`experts.gate_up_proj`, ...): the 3-D parameters of every `*Experts` module."""
+    found = set()
+    for name, module in model.named_modules():
+        if type(module).__name__.endswith("Experts"):
+            leaf = name.rsplit(".", 1)[-1]
+            found |= {f"{leaf}.{p}" for p, w in module.named_parameters(recurse=False) if w.dim() == 3}
+    return sorted(found)
+
+
 def apply_(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     check_targets(model, cfg)
-    peft_model = wrap_(model, peft_config(cfg, task_type(model)))
+    config = peft_config(cfg, task_type(model))
+    if cfg.target_experts:
+        experts = expert_parameters(model)
+        if not experts:
+            raise ConfigError(
+                f"method.target_experts: {type(model).__name__} has no experts (it is not a mixture-of-experts "
+                "model). Remove target_experts, or use an MoE model (Mixtral, Qwen-MoE, OLMoE)."
+            )
+        config.target_parameters = experts
+    peft_model = wrap_(model, config)
     if cfg.init in ("pissa", "olora"):
         lora_init.remember_initial_(peft_model)
     if cfg.start_from is not None:

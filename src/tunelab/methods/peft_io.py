@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -18,9 +21,20 @@ def save_adapter(model: nn.Module, out: Path) -> None:
     cast(PeftModel, model).save_pretrained(str(out), safe_serialization=True)
 
 
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Around peft's wrapping: LoRA on expert tensors (target_parameters) makes peft match its own internal
+    per-tensor patterns against the rank/alpha patterns and warn that they "did not match any targeted module";
+    nothing the user set, so not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The following (rank|alpha)_pattern keys did not match")
+        yield
+
+
 def load_adapter_(model: nn.Module, folder: Path) -> nn.Module:
     """Wrap a freshly loaded base with the saved adapter (frozen, for inference)."""
-    return PeftModel.from_pretrained(model, folder)
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, folder)
 
 
 def task_type(model: nn.Module) -> str:
@@ -32,7 +46,8 @@ def wrap_(model: nn.Module, peft_config: PeftConfig) -> nn.Module:
     """Wrap `model` with peft (which freezes the base in place); adapter weights stay fp32."""
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, peft_config)
+    with quiet_peft():
+        peft_model = get_peft_model(model, peft_config)
     trainable_to_fp32_(peft_model)
     return peft_model
 

@@ -31,6 +31,12 @@ class LossWrapper(Protocol):
         ...
 
 
+class Reporting(Protocol):
+    """A regularizer with numbers of its own for the metrics line (a MoE run's routing terms and expert load)."""
+
+    def metrics(self) -> dict[str, float]: ...
+
+
 class TrainedTechnique(nn.Module):
     """A loss wrapper with parameters that train with the model (the learned task uncertainties)."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from tunelab.methods.peft_io import quiet_peft
 from tunelab.serve.adapter_checks import AdapterMismatchError, ModuleSnapshot, check_adapter_fits
 from tunelab.serve.engine import Engine
 from tunelab.serve.errors import APIError
@@ -128,10 +129,11 @@ class Adapters:
         check_adapter_fits(model, path, name)
         snapshot = ModuleSnapshot(model)
         try:
-            if isinstance(model, PeftModel):
-                model.load_adapter(str(path), adapter_name=name)
-            else:
-                wrapped = PeftModel.from_pretrained(model, str(path), adapter_name=name).eval()
+            with quiet_peft():
+                if isinstance(model, PeftModel):
+                    model.load_adapter(str(path), adapter_name=name)
+                else:
+                    wrapped = PeftModel.from_pretrained(model, str(path), adapter_name=name).eval()
         except Exception:
             if isinstance(model, PeftModel) and name in model.peft_config:
                 with contextlib.suppress(Exception):  # peft's own bookkeeping first; the snapshot does the rest

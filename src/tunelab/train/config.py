@@ -97,6 +97,12 @@ class TrainingSection(Section):
     dropout: float | None = Field(default=None, ge=0, lt=1)
     """Override every dropout probability of the model (attention, hidden, embedding) for training; null keeps
     the model's own."""
+    router_aux_loss_coef: float | None = Field(default=None, ge=0)
+    """Mixture-of-experts models: weight of the router's load-balancing loss (Switch Transformer) added to the
+    training loss; null: the model config's `router_aux_loss_coef`, 0: off (utilisation is still logged)."""
+    router_z_loss_coef: float = Field(default=0.0, ge=0)
+    """Mixture-of-experts models: weight of the router z-loss (ST-MoE: mean squared logsumexp of the router
+    logits, which keeps them small; 0.001 in the paper); 0: off."""
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     """Clip the global gradient norm to this value; null disables clipping."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"

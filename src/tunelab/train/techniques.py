@@ -4,6 +4,8 @@
   (`task_weights`, `task_weighting`; a trained technique when its weights are learned);
 - penalties, added once per optimizer step: L1/L2 on the weights or on ΔW (`l1_penalty`, `l2_penalty`), EWC
   (`ewc_state`, `ewc_lambda`);
+- mixture-of-experts routing terms (`router_aux_loss_coef`, `router_z_loss_coef`), a wrapper put on every MoE
+  model, which also logs expert utilisation (`tunelab.regularizers.moe`);
 - and `dropout`, set on the model once (see `tunelab.regularizers.dropout` for why it is not a wrapper).
 """
 
@@ -18,10 +20,11 @@ from torch import nn
 
 from tunelab.objectives.base import Objective
 from tunelab.regularizers.adversarial import Adversarial
-from tunelab.regularizers.base import LossWrapper, Penalty, TrainedTechnique
+from tunelab.regularizers.base import LossWrapper, Penalty, Reporting, TrainedTechnique
 from tunelab.regularizers.dropout import set_dropout_
 from tunelab.regularizers.ewc import EWCPenalty
 from tunelab.regularizers.l1l2 import DeltaPenalty
+from tunelab.regularizers.moe import router_losses
 from tunelab.regularizers.neftune import NEFTune
 from tunelab.regularizers.task_weighting import TaskWeighting
 from tunelab.train.config import TrainingSection
@@ -36,6 +39,8 @@ class Techniques:
     wrappers: list[LossWrapper] = field(default_factory=list)
     penalties: list[Penalty] = field(default_factory=list)
     trained: dict[str, TrainedTechnique] = field(default_factory=dict)
+    reporting: list[Reporting] = field(default_factory=list)
+    """Wrappers that also log numbers of their own (in `wrappers` too)."""
 
     def wrap(self, objective: Objective[Any, Any]) -> Objective[Any, Any]:
         """`objective` under every wrapper, the first innermost (a trained technique wraps outermost)."""
@@ -51,7 +56,9 @@ class Techniques:
         return total
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for technique in self.trained.values() for k, v in technique.metrics().items()}
+        """What the metrics line logs of the techniques: learned weights, routing terms and expert load."""
+        reporters: list[Reporting] = [*self.trained.values(), *self.reporting]
+        return {k: v for technique in reporters for k, v in technique.metrics().items()}
 
     def state(self) -> dict[str, Any]:
         return {k: v for technique in self.trained.values() for k, v in technique.state().items()}
@@ -81,6 +88,9 @@ def build_techniques(
         out.wrappers.append(NEFTune(cfg.neftune_alpha))
     if cfg.adversarial is not None:
         out.wrappers.append(Adversarial(cfg.adversarial, head))
+    if (routing := router_losses(model, cfg.router_aux_loss_coef, cfg.router_z_loss_coef)) is not None:
+        out.wrappers.append(routing)
+        out.reporting.append(routing)
     if cfg.task_weights or cfg.task_weighting != "fixed":
         out.trained["task_weighting"] = TaskWeighting(cfg.task_weights, cfg.task_weighting, list(train), device)
     if cfg.l1_penalty or cfg.l2_penalty:
