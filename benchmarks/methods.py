@@ -11,8 +11,16 @@ benchmarks/results/methods.json, so `--only NAME` measures one method and keeps 
 Each method runs in its own process, so peak memory is its own and a failure (e.g. qlora without a GPU) becomes
 a row, not a crash.
 
+With `--classify` it measures the second section of the same file instead: the same model on a classification
+task (examples/classify, 4 topics) adapted three ways under one budget: LoRA SFT that generates the label as text,
+the `classify` objective's head on a LoRA body, and that head alone on a frozen body. Accuracy and macro-F1 are
+the runs' own final metrics, and each held-out row's result is read from the run's predictions.jsonl for the
+accuracy interval and the McNemar test against the head on LoRA. Its rows live in
+benchmarks/results/methods_classify.json; the generation table above it is kept as written.
+
     .venv/bin/python benchmarks/methods.py                                   # every method, 60 steps
     .venv/bin/python benchmarks/methods.py --steps 4 --eval-examples 8 --only lora ia3   # smoke run
+    .venv/bin/python benchmarks/methods.py --classify --steps 40             # the classification section
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from techniques_common import interval_cell, mean_interval, overlap_note, paired_cell, rate_interval
@@ -67,6 +76,24 @@ METHODS: dict[str, tuple[str, list[str]]] = {
 }  # fmt: skip
 REFERENCE = "lora"
 """The row every other's per-example exact matches are tested against (McNemar)."""
+
+CLASSIFY = ROOT / "examples" / "classify"
+CLASS_ROWS = OUT.with_name("methods_classify.json")
+SECTION = "## A classification head"
+"""The heading of the classification section; what comes before it in methods.md is the generation table."""
+SFT_ARM = "label-sft"
+LORA_BODY = ["method=lora", "method.r=8", "method.alpha=16"]  # the adapter of examples/classify/config.yaml
+
+# name -> (what it is, config overrides). The two head arms train the head at the example's head_lr (1e-2); LoRA
+# matrices train at its learning_rate (1e-3), the rate label-sft uses too.
+ARMS: dict[str, tuple[str, list[str]]] = {
+    SFT_ARM: ("LoRA r 8, SFT: the label generated as text", [*LORA_BODY, "training.learning_rate=1e-3"]),
+    "head+lora": ("objective classify: linear head on a LoRA r 8 body", LORA_BODY),
+    "head-only": ("objective classify: the head alone, body frozen (method freeze, no layers)",
+                  ["method=freeze", "method.top_k_layers=0"]),
+}  # fmt: skip
+CLASS_REFERENCE = "head+lora"
+"""The arm every other's per-row results are tested against (McNemar)."""
 
 
 def _config(name: str, steps: int, eval_examples: int, out_dir: Path):
@@ -132,23 +159,93 @@ def run_one(name: str, steps: int, eval_examples: int, out_dir: Path) -> dict:
     result = run_training(cfg, console=Console(quiet=True))
     wall = time.perf_counter() - start
     trainable, total = trainable_parameters(result.model)
-    metrics = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    speeds = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
     return {
         "final": result.final, "trainable": trainable, "total": total, "wall_s": wall,
-        "tokens_per_s": sum(speeds) / len(speeds) if speeds else None, "peak_mb": _peak_mb(),
-        "exact": _exact(result.run_dir),
+        "tokens_per_s": _mean_speed(result.run_dir), "peak_mb": _peak_mb(), "exact": _exact(result.run_dir),
+    }  # fmt: skip
+
+
+def _mean_speed(run_dir: Path) -> float | None:
+    """Mean training tokens/s over the run's logged steps (metrics.jsonl)."""
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    speeds = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
+    return sum(speeds) / len(speeds) if speeds else None
+
+
+def _label_chats(work: Path) -> tuple[Path, Path]:
+    """The classify task's train and test rows as chat rows whose answer is the label (for label-sft); line k of
+    each file is line k of the classify file, so the runs' origins pair the same held-out rows."""
+    splits = {s: [json.loads(x) for x in (CLASSIFY / f"{s}.jsonl").read_text().splitlines() if x.strip()]
+              for s in ("train", "test")}  # fmt: skip
+    names = sorted({r["label"] for r in splits["train"]})
+    question = f"Which topic is this sentence about ({', '.join(names)})? Answer with the topic only.\n\n"
+    paths = []
+    for split, rows in splits.items():
+        chats = [{"messages": [{"role": "user", "content": question + r["text"]},
+                               {"role": "assistant", "content": r["label"]}]} for r in rows]  # fmt: skip
+        paths.append(work / f"topics_{split}.jsonl")
+        paths[-1].write_text("".join(json.dumps(c) + "\n" for c in chats))
+    return paths[0], paths[1]
+
+
+def _arm_config(name: str, steps: int, work: Path):
+    from tunelab.config import load_config
+
+    common = [f"training.max_steps={steps}", "training.batch_size=16", "training.log_every=5", "eval.baseline=false",
+              f"output.dir={work}", f"output.name={name}", "output.overwrite=true"]  # fmt: skip
+    if name == SFT_ARM:
+        train, test = _label_chats(work)
+        return load_config(None, [
+            "model.source=smollm2-135m", f"data.train={train}", f"data.validation={test}", "data.max_length=128",
+            *ARMS[name][1], "eval.generate=true", "eval.max_examples=1000", "eval.max_new_tokens=8", *common,
+        ])  # fmt: skip
+    # pooling last: a decoder's last real token is the only one that has seen the whole sentence (the example's
+    # `mean` is for its MiniLM encoder).
+    return load_config(CLASSIFY / "config.yaml", ["model.source=smollm2-135m", "objective.pooling=last",
+                                                   *ARMS[name][1], *common])  # fmt: skip
+
+
+def _line(origin: str) -> str:
+    """The held-out row an origin names ('…/test.jsonl:12' -> '12'), the same for the chat copy of the file."""
+    return origin.rsplit(":", 1)[1]
+
+
+def run_arm(name: str, steps: int, work: Path) -> dict:
+    """Train and evaluate one classification arm in this process; returns its row."""
+    from rich.console import Console
+
+    from tunelab.methods.base import trainable_parameters
+    from tunelab.recipes.run import run_training
+
+    cfg = _arm_config(name, steps, work)
+    start = time.perf_counter()
+    result = run_training(cfg, console=Console(quiet=True))
+    wall = time.perf_counter() - start
+    trainable, total = trainable_parameters(result.model)
+    f = result.final
+    # Generation scores each answer as exact_match, a classifier each row as accuracy; both are 0/1 per row.
+    score, acc, f1 = (
+        ("exact_match", "exact_match", "macro_f1") if name == SFT_ARM else ("accuracy", "val_acc", "val_macro_f1")
+    )
+    scored = [json.loads(x) for x in (result.run_dir / "predictions.jsonl").read_text().splitlines() if x.strip()]
+    return {
+        "accuracy": f[acc], "macro_f1": f[f1], "val_loss": f.get("val_loss"),
+        "correct": {_line(r["origin"]): float(r[score]) for r in scored},
+        "wrong": {_line(r["origin"]): r["prediction"] for r in scored if not r[score]},
+        "trainable": trainable, "total": total, "wall_s": wall, "tokens_per_s": _mean_speed(result.run_dir),
+        "steps": steps, "batch_size": cfg.training.batch_size, "peak_mb": _peak_mb(),
     }  # fmt: skip
 
 
 def child(args: argparse.Namespace) -> None:
     try:
         work = Path(args.work)
-        row = (
-            run_base(args.eval_examples, work)
-            if args.child == BASE
-            else run_one(args.child, args.steps, args.eval_examples, work)
-        )
+        if args.classify:
+            row = run_arm(args.child, args.steps, work)
+        elif args.child == BASE:
+            row = run_base(args.eval_examples, work)
+        else:
+            row = run_one(args.child, args.steps, args.eval_examples, work)
     except Exception as exc:  # any failure becomes the method's row
         row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
     Path(args.result).write_text(json.dumps(row))
@@ -167,10 +264,16 @@ def exact_cells(row: dict, reference: dict | None) -> tuple[str, str]:
     return cell, paired_cell(reference["exact"], row["exact"])[0]
 
 
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+
+
 def table(rows: dict[str, dict], args: argparse.Namespace) -> str:
     import torch
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+    device = _device()
     reference = rows.get(REFERENCE)
     lines = [
         "# Adaptation methods on one task",
@@ -222,44 +325,166 @@ def noise(rows: dict[str, dict]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per method")
-    parser.add_argument("--eval-examples", type=int, default=100, help="held-out prompts answered per method")
-    parser.add_argument("--only", nargs="*", choices=list(METHODS), help="run only these methods")
-    parser.add_argument("--out", type=Path, default=OUT, help="markdown table to write")
-    parser.add_argument("--rows", type=Path, help="keep each method's row here; rows already there are reused")
-    parser.add_argument("--table", action="store_true", help="only rewrite the table from methods.json")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
-        return
-    rows: dict[str, dict] = json.loads(ROWS.read_text()) if ROWS.is_file() and args.out == OUT else {}
-    if args.table:
-        args.out.write_text(table(rows, args))
-        return
+def classify_section(arms: dict[str, dict]) -> str:
+    """The classification section of methods.md, from the arms' kept rows (each carries its own budget)."""
+    measured = {name: arms[name] for name in ARMS if name in arms and "error" not in arms[name]}
+    if not measured:
+        return ""
+    budgets = sorted({(r["steps"], r["batch_size"]) for r in measured.values()})
+    steps, batch = budgets[0]
+    n = len(next(iter(measured.values()))["correct"])
+    lines = [
+        SECTION,
+        "",
+        f"The same embedded SmolLM2-135M-Instruct on examples/classify (4 topics; 200 training rows, {n} held-out "
+        "rows whose things never occur in training), adapted three ways under one budget: "
+        f"{steps} optimizer steps of {batch} examples each. `{SFT_ARM}` answers each held-out row greedily (at most "
+        "8 new tokens) and is scored by tunelab's exact match against the label; the two head arms take the argmax "
+        "of a linear head on the last real token's state (objective `classify`, pooling last). Accuracy, macro-F1 "
+        "and each row's result are the runs' own (final metrics, predictions.jsonl). Accuracy: 95% bootstrap "
+        f"interval; `vs {CLASS_REFERENCE}`: McNemar's test on the same held-out rows (exact binomial under 25 "
+        f"disagreements), the difference in points with its interval. Device: {_device()}.",
+        "",
+        f"| arm | setup | accuracy | vs {CLASS_REFERENCE} (paired) | macro-F1 | val loss | trainable params | "
+        "% of model | wall s | train tok/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    reference = measured.get(CLASS_REFERENCE)
+    for name in ARMS:
+        row = arms.get(name)
+        if row is None:
+            continue
+        if "error" in row:
+            lines.append(f"| {name} | {ARMS[name][0]} | not run: {row['error']} | | | | | | | |")
+            continue
+        paired = "" if reference is None or row is reference else paired_cell(*_paired(reference, row))[0]
+        loss = f"{row['val_loss']:.3f}" if row.get("val_loss") is not None else ""
+        speed = f"{row['tokens_per_s']:,.0f}" if row["tokens_per_s"] else ""
+        lines.append(
+            f"| {name} | {ARMS[name][0]} | {mean_interval(_results(row))} | {paired} | {row['macro_f1']:.1%} | "
+            f"{loss} | {row['trainable']:,} | {row['trainable'] / row['total']:.2%} | {row['wall_s']:.0f} | {speed} |"
+        )
+    if len(budgets) > 1:
+        lines += ["", f"Rows measured with different budgets (steps, batch): {budgets}; not comparable."]
+    command = (
+        f"Command: `OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python benchmarks/methods.py --classify --steps {steps}` "
+        "(rows kept in methods_classify.json; `--only ARM` measures one). One thread on a 2-core CPU shared with "
+        "other jobs, so wall times and tokens/s are upper and lower bounds; wall s is training plus evaluation. "
+        "Tokens/s counts each arm's own training tokens: label-sft's rows carry the chat template and the question, "
+        "so it reads more tokens per step than the head arms."
+    )
+    return "\n".join([*lines, "", reading(measured), "", command]) + "\n"
+
+
+def _results(row: dict) -> list[float]:
+    """An arm's 0/1 result per held-out row, in file order."""
+    return [row["correct"][k] for k in sorted(row["correct"], key=int)]
+
+
+def _paired(first: dict, second: dict) -> tuple[list[float], list[float]]:
+    """Two arms' results on the held-out rows both scored, in file order."""
+    shared = sorted(first["correct"].keys() & second["correct"].keys(), key=int)
+    return [first["correct"][k] for k in shared], [second["correct"][k] for k in shared]
+
+
+def reading(measured: dict[str, dict]) -> str:
+    """Whether the arms' accuracy intervals separate, pair by pair, and what the paired tests say."""
+    from tunelab.eval.stats import bootstrap_ci, compare
+
+    found = {name: bootstrap_ci(_results(row)) for name, row in measured.items()}
+    n = len(next(iter(measured.values()))["correct"])
+    names = list(found)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            apart = found[a].low > found[b].high or found[b].low > found[a].high
+            pairs.append(f"{a} and {b}: intervals {'apart' if apart else 'overlap'}")
+    tests = []
+    reference = measured.get(CLASS_REFERENCE)
+    for name, row in measured.items():
+        if reference is not None and row is not reference:
+            test = compare(*_paired(reference, row))
+            verdict = "differs at 5%" if test.significant else "not shown to differ"
+            tests.append(f"{name} vs {CLASS_REFERENCE}: McNemar p {test.p_value:.2g}, {verdict}")
+    said = [f"on {n} held-out rows one row is {100 / n:.2g} points", "; ".join(pairs)]
+    said += ["; ".join(tests)] if tests else []
+    perfect = [name for name, ci in found.items() if ci.low == 1.0]
+    if len(perfect) > 1:
+        said.append(f"{' and '.join(perfect)} get every held-out row right: at the ceiling, this task cannot rank them")
+    gold = [json.loads(x)["label"] for x in (CLASSIFY / "test.jsonl").read_text().splitlines() if x.strip()]
+    for name, row in measured.items():
+        if row["wrong"]:  # origins number the file's lines from 1
+            missed = Counter(gold[int(k) - 1] for k in row["wrong"]).most_common()
+            shown = ", ".join(f"{label} ({count})" for label, count in missed)
+            said.append(f"{name}'s {len(row['wrong'])} errors are rows of {shown}")
+    return "Reading: " + ". ".join(said) + "."
+
+
+def _generation_part(out: Path) -> str:
+    """What methods.md holds before the classification section (the generation table), kept as written."""
+    text = out.read_text() if out.is_file() else ""
+    return text.split(SECTION, 1)[0].rstrip("\n") + "\n" if text.strip() else ""
+
+
+def measure(names: list[str], rows: dict[str, dict], args: argparse.Namespace) -> None:
+    """Measure each of `names` in its own process into `rows` (a row already in `--rows` is reused)."""
     with tempfile.TemporaryDirectory(prefix="tunelab-methods-") as work:
         keep = args.rows or Path(work)
         keep.mkdir(parents=True, exist_ok=True)
-        for name in [BASE, *(args.only or METHODS)]:
+        for name in names:
             result = keep / f"{name}.json"
             if result.is_file() or (args.only and name not in args.only and name in rows):
                 rows[name] = json.loads(result.read_text()) if result.is_file() else rows[name]
                 continue  # measured by an earlier run of this benchmark
             cmd = [sys.executable, __file__, "--child", name, "--result", str(result), "--work", work,
-                   "--steps", str(args.steps), "--eval-examples", str(args.eval_examples)]  # fmt: skip
+                   "--steps", str(args.steps), "--eval-examples", str(args.eval_examples),
+                   *(["--classify"] if args.classify else [])]  # fmt: skip
             subprocess.run(cmd, check=False)
             rows[name] = json.loads(result.read_text()) if result.is_file() else {"error": "the process died"}
-            rows[name]["n"] = args.eval_examples
-            print(f"{name}: {rows[name].get('error') or rows[name]['final']}", flush=True)
+            if not args.classify:
+                rows[name]["n"] = args.eval_examples
+            shown = rows[name].get("error") or rows[name].get("final") or rows[name]["accuracy"]
+            print(f"{name}: {shown}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per method")
+    parser.add_argument("--eval-examples", type=int, default=100, help="held-out prompts answered per method")
+    parser.add_argument("--only", nargs="*", choices=[*METHODS, *ARMS], help="run only these methods (or arms)")
+    parser.add_argument("--classify", action="store_true", help="measure the classification arms instead")
+    parser.add_argument("--out", type=Path, default=OUT, help="markdown table to write")
+    parser.add_argument("--rows", type=Path, help="keep each method's row here; rows already there are reused")
+    parser.add_argument("--table", action="store_true", help="only rewrite the tables from the kept rows")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    wrong = sorted(set(args.only or []) - set(ARMS if args.classify else METHODS))
+    if wrong:
+        parser.error(f"--only {' '.join(wrong)}: not {'an arm' if args.classify else 'a method'} of this mode")
+    if args.child:
+        child(args)
+        return
+    kept = args.out == OUT  # a table written elsewhere (a smoke run) neither reads nor changes the kept rows
+    rows: dict[str, dict] = json.loads(ROWS.read_text()) if ROWS.is_file() and kept else {}
+    arms: dict[str, dict] = json.loads(CLASS_ROWS.read_text()) if CLASS_ROWS.is_file() and kept else {}
+    if args.classify:
+        if not args.table:
+            measure(list(args.only or ARMS), arms, args)
+        generation = _generation_part(args.out)
+    else:
+        if not args.table:
+            measure([BASE, *(args.only or METHODS)], rows, args)
+        generation = table(rows, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out == OUT:
-        ROWS.write_text(json.dumps(rows, indent=1) + "\n")
-    args.out.write_text(table(rows, args))
-    print(table(rows, args))
+    if kept and not args.table:
+        path, measured = (CLASS_ROWS, arms) if args.classify else (ROWS, rows)
+        path.write_text(json.dumps(measured, indent=1) + "\n")
+    section = classify_section(arms)
+    text = generation + ("\n" + section if generation and section else section)
+    args.out.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
