@@ -36,11 +36,11 @@ def prefill(
         input_ids=ids,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=DynamicCache(),
+        cache=DynamicCache(),
         use_cache=True,
         **extra,
     )
-    return out.logits[:, -1, :].float(), out.past_key_values, mask
+    return out.logits[:, -1, :].float(), out.cache, mask
 
 
 class Batch:
@@ -98,11 +98,11 @@ class Batch:
             input_ids=ids,
             attention_mask=mask,
             position_ids=self.positions[:, None],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             **extra,
         )
-        self.layers = _layers(out.past_key_values)
+        self.layers = _layers(out.cache)
         self.mask = mask
         self.positions = self.positions + 1
         return out.logits[:, -1, :].float()

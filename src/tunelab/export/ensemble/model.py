@@ -109,9 +109,9 @@ class EnsembleModel(nn.Module):
             for k in range(self.size):
                 o = self.run_member(
                     k, input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=caches[k], use_cache=True,
+                    cache=caches[k], use_cache=True,
                 )  # fmt: skip
-                caches[k] = o.past_key_values
+                caches[k] = o.cache
                 logits.append(o.logits[:, -1])
             next_ids = combine_logits(logits, self.weights, self.combine).argmax(-1)
             next_ids = torch.where(done, torch.full_like(next_ids, pad), next_ids)
