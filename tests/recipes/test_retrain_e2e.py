@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from tests.helpers import tiny_config
 from tunelab.recipes.monitor.store import count_requests, open_database
-from tunelab.recipes.retrain.run import RetrainOptions, retrain
+from tunelab.recipes.retrain.run import RetrainOptions, earlier_gate, retrain
 from tunelab.recipes.run import run_training
 from tunelab.recipes.runs import run_config
 from tunelab.serve.config import ServeConfig
@@ -78,6 +78,12 @@ def test_serve_feedback_retrain_promote_reload(tmp_path: Path, tiny_model_dir: P
         assert lineage["parent"] == str(champion_run.resolve()) and rows["sft_rows"] == 17
         assert rows["review_queue"] == 2 and rows["replay"] == 17 and rows["gate_old"] == 8
         assert json.loads(pointer.read_text())["run"] == str(result.challenger.resolve())
+        # A round after this one gates on everything this challenger passed: its new cases first, then the old.
+        next_old = earlier_gate(result.challenger)
+        assert next_old is not None and len(next_old) == 7 + 8
+        gate_new = [json.loads(x) for x in (out / "data" / "gate_new.jsonl").read_text().splitlines()]
+        assert [e.messages[0].content for e in next_old[:7]] == [r["messages"][0]["content"] for r in gate_new]
+        assert earlier_gate(champion_run) is None  # a run no retrain produced: its validation split
         # The challenger started from the champion's adapter, not from zero.
         assert run_config(result.challenger).method.start_from == str((champion_run / "adapter").resolve())
         held_out = json.loads((out / "data" / "gate_new.jsonl").read_text().splitlines()[0])

@@ -95,17 +95,19 @@ def retrain(run_dir: Path, options: RetrainOptions, console: Console | None = No
     prepared = prepare_dataset(cfg.data, load_tokenizer(resolve_source(cfg.model.source)), cfg.training.seed,
                                data_dir / "parent_report")  # fmt: skip
     train_rows = _records(prepared.table("train_records").to_pylist())
-    old_rows = _records(prepared.table("validation_records").to_pylist())
+    old_rows = earlier_gate(run_dir) or _records(prepared.table("validation_records").to_pylist())
+    old_rows = old_rows[: options.max_old or cfg.eval.max_examples or None]  # the old cases the gate scores
     replay = ReservoirBuffer[Row](options.replay_capacity, options.seed)
     replay.extend(_chat_row(e) for e in train_rows)
     mix = mix_replay(next_data.sft, replay.items, options.replay_fraction, options.seed)
     files = _write_data(data_dir, next_data, mix, new_cases, old_rows)
     challenger = _train_challenger(cfg, run_dir, parent.method, folder, files, next_data, options, console)
-    old_cases = [_case(e, "old") for e in old_rows][: options.max_old or cfg.eval.max_examples or None]
+    old_cases = [_case(e, "old") for e in old_rows]
     cases = [*(_case(e, "new") for e in new_cases), *old_cases]
     result = gate(run_dir, challenger, cases, options.rule, cfg, console)
     lineage = {
         "parent": str(run_dir.resolve()), "root": str(root_of(run_dir).resolve()), "challenger": str(challenger),
+        "folder": str(folder.resolve()),
         "log": safe_url(options.db if "://" in options.db else str(Path(options.db).resolve())),
         "created": time.time(), "rows": {**next_data.counts, "replay": len(mix) - len(next_data.sft),
         "sft_mix": len(mix), "gate_new": len(new_cases), "gate_old": len(old_cases)},
@@ -117,6 +119,22 @@ def retrain(run_dir: Path, options: RetrainOptions, console: Console | None = No
         lineage["champion_file"] = str(pointer)
     _write_results(folder, challenger, result, lineage, run_dir)
     return RetrainResult(folder, challenger, result, lineage, pointer)
+
+
+def earlier_gate(run_dir: Path) -> list[Example] | None:
+    """For a challenger promoted by an earlier round, that round's whole gate set (its new cases first, then its
+    old ones), which is what the next challenger must not lose: its own validation split holds only the new cases
+    it trained beside. None for a run no retrain produced (its validation split is the old cases)."""
+    lineage = run_dir / LINEAGE
+    if not lineage.is_file():
+        return None
+    made = json.loads(lineage.read_text())
+    data = Path(made.get("folder") or Path(made["challenger"]).parent) / "data"
+    files = [data / "gate_new.jsonl", data / "gate_old.jsonl"]
+    if not all(f.is_file() for f in files):
+        return None
+    rows = [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _records(rows, f"the gate set of {data.parent}")
 
 
 def next_folder(root: Path) -> Path:
