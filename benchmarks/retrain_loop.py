@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=24, help="fresh new-style questions after the reload")
     parser.add_argument("--old", type=int, default=120, help="the champion's validation rows = old gate cases")
     parser.add_argument("--old-margin", type=float, default=0.05, help="the gate's non-inferiority margin")
+    parser.add_argument("--round-2-only", action="store_true",
+                        help="run round 2's retrain and gate again on the folder and log a full run left")  # fmt: skip
     args = parser.parse_args()
     if args.smoke:
         args.train_rows, args.retrain_steps, args.roman, args.normal, args.roman_2, args.old = 32, 2, 12, 4, 10, 8
@@ -129,12 +131,15 @@ def main() -> None:
     from rich.console import Console
 
     from tunelab.recipes.monitor.monitor import monitor, monitor_settings
-    from tunelab.recipes.retrain.gate import GateRule
     from tunelab.recipes.retrain.run import RetrainOptions, retrain
     from tunelab.serve.config import ServeConfig
     from tunelab.serve.server import build_state, serve_in_thread
     from tunelab.serve.traffic import LogSettings
 
+    console = Console(quiet=not args.smoke)
+    if args.round_2_only:
+        rerun_round_two(work, out_dir, console)
+        return
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     timings: dict[str, float] = {}
@@ -187,10 +192,7 @@ def main() -> None:
     mark("monitor")
     print(json.dumps({"feedback": feedback_1, "alerts": drift.alerts}), flush=True)
 
-    console = Console(quiet=not args.smoke)
-    steps = [f"training.max_steps={args.retrain_steps}", f"training.batch_size={args.retrain_batch}"]
-    steps += [f"training.learning_rate={args.retrain_lr}"] if args.retrain_lr else []
-    rule = GateRule(old_margin=args.old_margin)
+    steps, rule = challenger_settings(args)
     first = retrain(champion_dir, RetrainOptions(db=str(db), out=work / "runs" / "retrain-1", max_old=args.old,
                                                  overrides=steps, champion=pointer, rule=rule), console)  # fmt: skip
     mark("round 1 retrain + gate")
@@ -223,14 +225,9 @@ def main() -> None:
     wait_logged(db2, len(bad_cases))
     server.stop()
     mark("round 2 traffic served")
-    pointer_before = pointer.read_text() if pointer.is_file() else None
     parent_2 = first.challenger if first.gate.promoted else champion_dir
-    second = retrain(parent_2, RetrainOptions(db=str(db2), out=work / "runs" / "retrain-2", max_old=args.old,
-                                              gate_file=first.folder / "data" / "gate_new.jsonl", overrides=steps,
-                                              champion=pointer, rule=rule), console)  # fmt: skip
+    second = round_two(work, args, parent_2, first.folder, console)
     mark("round 2 retrain + gate")
-    print(json.dumps({"round_2": second.gate.to_json(), "rows": second.lineage["rows"]}), flush=True)
-    pointer_after = pointer.read_text() if pointer.is_file() else None
 
     window = drift.windows[0]
     payload = {
@@ -241,11 +238,52 @@ def main() -> None:
         "round_1": {"promoted": first.gate.promoted, "reason": first.gate.reason, "rows": first.lineage["rows"],
                     "new": part_summary(first.gate.parts["new"]), "old": part_summary(first.gate.parts["old"]),
                     "reload": reloaded, "probe_after_reload": {"n": len(probe), "right": probe_right}},
-        "round_2": {"promoted": second.gate.promoted, "reason": second.gate.reason, "rows": second.lineage["rows"],
-                    "new": part_summary(second.gate.parts["new"]), "old": part_summary(second.gate.parts["old"]),
-                    "pointer_unchanged": pointer_before == pointer_after},
+        "round_2": second,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "retrain_loop.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out_dir / "retrain_loop.md").write_text(report(payload))
+    print((out_dir / "retrain_loop.md").read_text(), flush=True)
+
+
+def challenger_settings(args: argparse.Namespace):
+    """The challenger's run settings (steps, batch, learning rate) and the gate's rule."""
+    from tunelab.recipes.retrain.gate import GateRule
+
+    steps = [f"training.max_steps={args.retrain_steps}", f"training.batch_size={args.retrain_batch}"]
+    steps += [f"training.learning_rate={args.retrain_lr}"] if args.retrain_lr else []
+    return steps, GateRule(old_margin=args.old_margin)
+
+
+def round_two(work: Path, args: argparse.Namespace, parent: Path, first_folder: Path, console) -> dict:
+    """Retrain on the corrupted log (log2.db) from `parent`, gated on round 1's held-out corrections."""
+    from tunelab.recipes.retrain.run import RetrainOptions, retrain
+
+    steps, rule = challenger_settings(args)
+    pointer = work / "runs" / "champion-champion.json"
+    before = pointer.read_text() if pointer.is_file() else None
+    second = retrain(parent, RetrainOptions(db=str(work / "log2.db"), out=work / "runs" / "retrain-2",
+                                            max_old=args.old, gate_file=first_folder / "data" / "gate_new.jsonl",
+                                            overrides=steps, champion=pointer, rule=rule), console)  # fmt: skip
+    print(json.dumps({"round_2": second.gate.to_json(), "rows": second.lineage["rows"]}), flush=True)
+    return {"promoted": second.gate.promoted, "reason": second.gate.reason, "rows": second.lineage["rows"],
+            "new": part_summary(second.gate.parts["new"]), "old": part_summary(second.gate.parts["old"]),
+            "pointer_unchanged": before == (pointer.read_text() if pointer.is_file() else None)}  # fmt: skip
+
+
+def rerun_round_two(work: Path, out_dir: Path, console) -> None:
+    """Round 2 again on the champion, round 1 and corrupted log a full run left in `work` (results read back)."""
+    import shutil
+
+    payload = json.loads((out_dir / "retrain_loop.json").read_text())
+    args = argparse.Namespace(**payload["args"])
+    first = work / "runs" / "retrain-1"
+    parent = first / "challenger" if payload["round_1"]["promoted"] else work / "runs" / "champion"
+    shutil.rmtree(work / "runs" / "retrain-2", ignore_errors=True)
+    started = time.perf_counter()
+    payload["round_2"] = round_two(work, args, parent, first, console)
+    payload["timings_s"]["round 2 retrain + gate"] = round(time.perf_counter() - started, 1)
+    payload["round_2_rerun"] = True
     (out_dir / "retrain_loop.json").write_text(json.dumps(payload, indent=2, default=str))
     (out_dir / "retrain_loop.md").write_text(report(payload))
     print((out_dir / "retrain_loop.md").read_text(), flush=True)
@@ -318,6 +356,10 @@ def report(p: dict) -> str:
         row("old (dates test split)", r2["old"]), "",
         f"Decision: **{'PROMOTED' if r2['promoted'] else 'REFUSED'}**: {r2['reason']}. Champion pointer "
         f"{'unchanged' if r2['pointer_unchanged'] else 'CHANGED'}.", "",
+        *(["Round 2's retrain and gate were run again (`--round-2-only`, same folder, same logged traffic) after a "
+           "fix: a challenger's old gate cases are the whole gate set it passed (round 1's new cases, then its old "
+           "ones), where the first pass had used its validation split (round 1's new cases only).", ""]
+          if p.get("round_2_rerun") else []),
         "Gate rule: new cases must improve with McNemar p < 0.05; old cases are non-inferior when the lower 95% "
         f"bound of the difference (Wald, paired) is above {-100 * a['old_margin']:+g} pp (`--old-margin "
         f"{a['old_margin']:g}`).", "",
