@@ -1,5 +1,6 @@
 """What a user sees from the real command: a plain run prints tunelab's own lines and no warning from a library
-it does not use (DeepSpeed is installed in the test environment; a LoRA run must not wake it), and
+it does not use (DeepSpeed is installed in the test environment; neither a LoRA run nor a full one, whose result
+transformers saves through accelerate's unwrapping, must wake it), and
 `tunelab --help` answers without importing the model code."""
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.cli.test_errors import tunelab
 from tests.tiny import write_color_task
 
 
-def test_a_plain_run_prints_no_library_warning(tmp_path: Path, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_plain_run_prints_no_library_warning(method: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     data = write_color_task(tmp_path / "color.jsonl", 24)
-    done = tunelab("train", "--data", str(data), "--set", f"model.source={tiny_model_dir}", "--set",
-                   f"output.dir={tmp_path / 'runs'}", "--set", "training.max_steps=2", "--set", "eval.baseline=false",
-                   "--set", "eval.generate=false")  # fmt: skip
+    done = tunelab("train", "--data", str(data), "--set", f"method={method}", "--set", f"model.source={tiny_model_dir}",
+                   "--set", f"output.dir={tmp_path / 'runs'}", "--set", "training.max_steps=2", "--set",
+                   "eval.baseline=false", "--set", "eval.generate=false")  # fmt: skip
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
     assert "run folder:" in output

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+
+def name_cpu_for_deepspeed() -> None:
+    """transformers' `save_pretrained` unwraps the model through accelerate, which imports DeepSpeed whenever it is
+    installed; on a machine without a GPU DeepSpeed then warns that it "was unable to detect" one and falls back to
+    the CPU. Naming the CPU for it (`DS_ACCELERATOR=cpu`, the same choice without the warning) keeps that line out
+    of runs that never use DeepSpeed. A value the user set, or any GPU, leaves DeepSpeed's own detection alone."""
+    if "DS_ACCELERATOR" in os.environ or torch.cuda.is_available() or torch.backends.mps.is_available():
+        return
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return
+    os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+name_cpu_for_deepspeed()
 
 
 def default_device() -> torch.device:

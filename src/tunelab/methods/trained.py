@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.core import safe_yaml
+from tunelab.core.device import name_cpu_for_deepspeed
 from tunelab.core.errors import ConfigError, RunError
 from tunelab.core.files import replacing_dir
 from tunelab.methods.registry import METHODS
@@ -109,6 +110,7 @@ def save_merged(spec: str, out: str | Path, dtype: Dtype = "fp32", max_shard_siz
         model = cast("PeftModel", model).merge_and_unload()
     merged = cast("PreTrainedModel", model.to(DTYPES[dtype]))  # the transformers model, adapters merged or none
     with replacing_dir(out, f"the merged model ({out})", f"run the command again ('{out}' was left as it was).") as tmp:
+        name_cpu_for_deepspeed()
         merged.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
     return out

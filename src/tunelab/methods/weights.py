@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, cast
 from safetensors.torch import load_file
 from torch import nn
 
+from tunelab.core.device import name_cpu_for_deepspeed
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
 def save_model_folder(model: nn.Module, out: Path) -> None:
     """A standalone HF folder (config + safetensors) that `from_pretrained` loads without tunelab."""
+    name_cpu_for_deepspeed()
     cast("PreTrainedModel", model).save_pretrained(out, safe_serialization=True)  # not wrapped: full, freeze
 
 
