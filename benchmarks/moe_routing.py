@@ -157,7 +157,9 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]], payload: di
         f"included) on examples/dates for {args.steps} steps of batch {args.batch} at lr {args.lr:g}, "
         f"{args.seeds} seed(s) per arm (initialisation is the same saved model; the seed sets batch order and "
         "dropout). Expert load: the busiest expert's share of the top-k assignments times the number of experts "
-        f"(1.0 = even, {args.experts} = every token to one expert), averaged over the last {TAIL} logged steps; "
+        f"(1.0 = even; a token's top-{args.top_k} experts are distinct, so one expert holds at most 1/{args.top_k} of "
+        f"the assignments and the load is at most {args.experts / args.top_k:g}: that expert then serves every token), "
+        f"averaged over the last {TAIL} logged steps; "
         f"mean over seeds with their range in brackets. Validation loss: the first {args.val_rows} held-out rows at "
         "the end.", "",
         head, "|---|---|---|---|---|---|",

@@ -14,7 +14,8 @@ plain model. From them:
 - the router z-loss of ST-MoE (Zoph et al., 2022), the mean over tokens and layers of logsumexp(logits)², which
   keeps router logits small (`training.router_z_loss_coef`, off by default);
 - expert utilisation: per layer, the share of assignments its busiest expert received times the number of experts
-  (`moe_load/L<i>`: 1.0 is perfectly even, E means every token went to one expert), over the steps since the last
+  (`moe_load/L<i>`: 1.0 is perfectly even; with top-k routing it is at most E/k, one expert in every token's
+  choice), over the steps since the last
   metrics line, with the worst layer as `moe_load_max`.
 
 The terms are means per token; they are added to the objective's summed loss scaled by its count, so the loop's
