@@ -353,19 +353,39 @@ def report(p: dict) -> str:
         "year off by one "
         f"({r2['rows']['corrections']} corrections, all trained on). Gate new cases: round 1's held-out corrections "
         "(correct, as a gate file).", "", *head, row("new (round 1 held-out, correct)", r2["new"]),
-        row("old (dates test split)", r2["old"]), "",
+        row("old (the gate set round 1 passed)" if r1["promoted"] else "old (dates test split)", r2["old"]), "",
         f"Decision: **{'PROMOTED' if r2['promoted'] else 'REFUSED'}**: {r2['reason']}. Champion pointer "
         f"{'unchanged' if r2['pointer_unchanged'] else 'CHANGED'}.", "",
         *(["Round 2's retrain and gate were run again (`--round-2-only`, same folder, same logged traffic) after a "
            "fix: a challenger's old gate cases are the whole gate set it passed (round 1's new cases, then its old "
            "ones), where the first pass had used its validation split (round 1's new cases only).", ""]
           if p.get("round_2_rerun") else []),
+        reading(r1, r2), "",
         "Gate rule: new cases must improve with McNemar p < 0.05; old cases are non-inferior when the lower 95% "
         f"bound of the difference (Wald, paired) is above {-100 * a['old_margin']:+g} pp (`--old-margin "
         f"{a['old_margin']:g}`).", "",
         f"Device: {p['device']}. {shared_note()}", "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def reading(r1: dict, r2: dict) -> str:
+    """One paragraph on what the two rounds show."""
+
+    def moved(part: dict) -> str:
+        t = part["test"]
+        return (
+            f"{100 * part['champion']['estimate']:.1f}% -> {100 * part['challenger']['estimate']:.1f}% "
+            f"({100 * t['difference']:+.1f} pp [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}])"
+        )
+
+    first = "promoted" if r1["promoted"] else "refused"
+    second = "refused" if not r2["promoted"] else "promoted (the gate failed to stop it)"
+    return (
+        f"Reading: with correct feedback the challenger was {first}: held-out new-style cases {moved(r1['new'])}, "
+        f"old cases {moved(r1['old'])}. Trained on corrupted corrections, the next challenger was {second}: "
+        f"round 1's held-out cases {moved(r2['new'])}, old cases {moved(r2['old'])}."
+    )
 
 
 def r1_feedback(p: dict) -> str:
