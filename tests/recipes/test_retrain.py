@@ -172,3 +172,35 @@ def test_lora_start_from_continues_a_saved_adapter_and_refuses_another_shape(
     assert all(p.requires_grad for p in loaded.values())
     with pytest.raises(ConfigError, match="does not fit"):
         apply_(load_model(str(tiny_model_dir)), LoraConfig(r=8, start_from=str(tmp_path / "adapter")))
+
+
+@pytest.mark.parametrize("pairs", ["dpo", "kto"])
+def test_choices_train_a_preference_stage_after_the_sft_challenger(
+    pairs: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from tests.helpers import tiny_config
+    from tunelab.recipes.run import run_training
+    from tunelab.recipes.runs import run_config
+
+    cfg = tiny_config(tmp_path, tiny_model_dir, "method.name=lora", "method.r=4", "training.max_steps=4",
+                      "eval.generate=false", "eval.baseline=false", name="pref")  # fmt: skip
+    champion = run_training(cfg).run_dir
+    log = seeded_log()
+    log.preferences.extend(
+        Preference(306.0 + i, "review", chat(f"what is color of {w}"), "red", "a long answer about colours", "b", "a")
+        for i, w in enumerate(["cat", "dog", "sky", "one"])
+    )
+    db = tmp_path / "log.db"
+    write_log(db, log)
+    options = RetrainOptions(db=str(db), out=tmp_path / "runs" / f"pref-{pairs}", pairs=pairs, promote=False,
+                             overrides=["training.max_steps=2"])  # fmt: skip
+    result = retrain(champion, options)
+    assert result.challenger.name == f"challenger-{pairs}" and result.lineage["rows"]["pairs"] == 5
+    stage = run_config(result.challenger)
+    assert stage.objective.name == pairs and stage.objective.reference == "copy"  # type: ignore[union-attr]
+    # The preference stage continued the SFT challenger's adapter, and wrote its own.
+    sft = result.challenger.parent / "challenger"
+    assert stage.method.start_from == str((sft / "adapter").resolve())  # type: ignore[union-attr]
+    assert (result.challenger / "adapter" / "adapter_model.safetensors").is_file()
+    pairs_file = (result.folder / "data" / "pairs.jsonl").read_text().splitlines()
+    assert len(pairs_file) == 5 and result.champion_file is None  # --no-promote: no pointer, whatever the gate said
