@@ -81,8 +81,8 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    for (arm, runs), color in zip(results.items(), ["#c0392b", "#2471a3", "#1e8449"], strict=False):
-        for k, run in enumerate(runs):
+    for (arm, runs), color in zip(results.items(), ["#c0392b", "#2471a3", "#1e8449", "#7d3c98"], strict=False):
+        for k, run in enumerate(r for r in runs if r.get("curve")):
             steps, load = zip(*run["curve"], strict=True)
             ax.plot(steps, load, color=color, alpha=0.8, lw=1.2, label=arm if k == 0 else None)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--z", type=float, default=0.001, help="router z-loss weight of the third arm")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--val-rows", type=int, default=100, help="held-out rows of the final validation loss")
+    parser.add_argument("--extra-coefs", type=float, nargs="*", default=[], help="more balancing-loss weights")
+    parser.add_argument("--only", nargs="*", help="run these arms; keep the others' results from the JSON")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.seeds, args.layers, args.hidden, args.val_rows = 6, 1, 2, 64, 16
@@ -121,15 +123,20 @@ def main() -> None:
         "aux 0": ["training.router_aux_loss_coef=0"],
         f"aux {args.coef:g}": [],
         f"aux {args.coef:g} + z {args.z:g}": [f"training.router_z_loss_coef={args.z}"],
+        **{f"aux {c:g}": [f"training.router_aux_loss_coef={c}"] for c in args.extra_coefs},
     }
+    if args.only:
+        arms = {name: extra for name, extra in arms.items() if name in args.only}
     common = [
         f"data.train={DATES / 'train.jsonl'}", f"data.validation={validation}", "method=full",
         f"training.max_steps={args.steps}", f"training.batch_size={args.batch}", f"training.learning_rate={args.lr}",
         "training.warmup_ratio=0.05", "training.eval_every=null", "training.log_every=1",
         "data.max_length=128",
     ]  # fmt: skip
-    results: dict[str, list[dict]] = {}
-    seconds: dict[str, float] = {}
+    saved = out_dir / "moe_routing.json"
+    earlier = json.loads(saved.read_text()) if args.only and saved.is_file() else {}
+    results: dict[str, list[dict]] = dict(earlier.get("results", {}))
+    seconds: dict[str, float] = dict(earlier.get("seconds", {}))
     for arm, extra in arms.items():
         results[arm] = []
         for seed in range(args.seeds):
@@ -140,9 +147,9 @@ def main() -> None:
             print(f"{name}: load {results[arm][-1]['load_max']:.3f}, val {results[arm][-1]['val_loss']}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(results, out_dir / "moe_routing.png")
-    kept = {a: [{k: v for k, v in r.items() if k != "curve"} for r in rs] for a, rs in results.items()}
-    payload = {"args": vars(args), "device": device_note(), "seconds": seconds,
-               "wall_s": time.perf_counter() - started, "results": kept}  # fmt: skip
+    wall = earlier.get("wall_s", 0.0) + time.perf_counter() - started
+    payload = {"args": {**earlier.get("args", {}), **vars(args)}, "device": device_note(), "seconds": seconds,
+               "wall_s": wall, "results": results}  # fmt: skip
     (out_dir / "moe_routing.json").write_text(json.dumps(payload, indent=1))
     (out_dir / "moe_routing.md").write_text(report(args, results, payload))
     print((out_dir / "moe_routing.md").read_text())
@@ -171,15 +178,18 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]], payload: di
             f"| {arm} | {spread([r['load_max'] for r in runs])} | {layers} | {spread([r['aux_loss'] for r in runs])} "
             f"| {spread(z) if z else '–'} | {spread([r['val_loss'] for r in runs if r['val_loss'] is not None])} |"
         )
-    first, second = list(results)[:2]
-    a = [r["load_max"] for r in results[first]]
-    b = [r["load_max"] for r in results[second]]
-    apart = min(a) > max(b) or min(b) > max(a)
+    base = [r["load_max"] for r in results.get("aux 0", [])]
+    notes = []
+    for arm, runs in results.items():
+        if arm == "aux 0" or not base:
+            continue
+        other = [r["load_max"] for r in runs]
+        apart = min(base) > max(other) or min(other) > max(base)
+        notes.append(f"{arm}: {statistics.mean(other):.2f} (seed ranges {'apart' if apart else 'overlap'})")
     lines += [
-        "", f"Reading: the worst layer's load is {statistics.mean(a):.2f} without the balancing loss and "
-        f"{statistics.mean(b):.2f} with it; the seed ranges {'do not overlap' if apart else 'overlap'}"
-        f"{'' if apart else ', so this run does not separate the arms'}. The balancing loss itself "
-        "(E · Σ f·P, 1.0 when even) is logged whether or not it is trained on.", "",
+        "", f"Reading: the worst layer's load is {statistics.mean(base):.2f} without the balancing loss; "
+        f"{'; '.join(notes)}. The balancing loss (E · Σ f·P, 1.0 when even) is logged whether or not it is "
+        "trained on.", "",
         "![worst layer's expert load against the step](moe_routing.png)", "",
         f"Whole demo {payload['wall_s']:.0f} s. Device: {payload['device']}. {shared_note()}", "",
     ]  # fmt: skip
