@@ -188,7 +188,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]], payload: di
         notes.append(f"{arm}: {statistics.mean(other):.2f} (seed ranges {'apart' if apart else 'overlap'})")
     lines += [
         "", f"Reading: the worst layer's load is {statistics.mean(base):.2f} without the balancing loss; "
-        f"{'; '.join(notes)}. The balancing loss (E · Σ f·P, 1.0 when even) is logged whether or not it is "
+        f"{'; '.join(notes)}. The balancing loss (E · Σ f·P pooled over layers: {args.top_k} when even, up to "
+        f"{args.experts} when every token goes to the same {args.top_k} experts) is logged whether or not it is "
         "trained on.", "",
         "![worst layer's expert load against the step](moe_routing.png)", "",
         f"Whole demo {payload['wall_s']:.0f} s. Device: {payload['device']}. {shared_note()}", "",

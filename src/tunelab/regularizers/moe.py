@@ -6,8 +6,9 @@ the chosen experts' indices). A forward hook on each router keeps its logits and
 training-loss call (registered and removed around it, as NEFTune's noise is), so evaluation and generation run the
 plain model. From them:
 
-- the load-balancing loss of the Switch Transformer (Fedus et al., 2022), E · Σ_e f_e · P_e over the layers, where
-  f_e is the share of the top-k assignments expert e received and P_e its mean router probability; computed by
+- the load-balancing loss of the Switch Transformer (Fedus et al., 2022), E · Σ_e f_e · P_e, where f_e is the
+  number of times expert e was among a token's top k per token and P_e its mean router probability, both pooled
+  over the layers (k when perfectly even, up to E when every token goes to the same k experts); computed by
   transformers' own `load_balancing_loss_func` (the one the models add to their loss with `output_router_logits`),
   padding excluded. Its weight is `training.router_aux_loss_coef`, by default the model config's
   `router_aux_loss_coef`;
