@@ -5,8 +5,10 @@ SmolLM2's tokenizer, and trained in full (routers included) on the dates task (e
 for the same steps, batch and seeds in each arm:
 
 - `aux 0`: `training.router_aux_loss_coef=0`: the routers learn from the language-modelling loss alone;
-- `aux <c>`: the model config's coefficient (`router_aux_loss_coef`, what a run uses unless told otherwise);
-- `aux <c> + z`: the same plus the router z-loss (`training.router_z_loss_coef`).
+- `aux <c>`: the balancing loss of each layer, averaged (the default scope), at weight c;
+- `pooled aux <c>`: transformers' own form (`training.router_aux_loss_scope=pooled`): one loss of the counts and
+  probabilities pooled over the layers;
+- `... + z`: the same plus the router z-loss (`training.router_z_loss_coef`).
 
 Read from each run's metrics.jsonl: the expert load per layer (`moe_load/L<i>`: the busiest expert's share of the
 top-k assignments times the number of experts, 1.0 = perfectly even) over the last logged steps, the balancing
@@ -119,12 +121,13 @@ def main() -> None:
     source = build_moe(work / "model", args.layers, args.hidden, args.experts, args.top_k, args.coef)
     validation = work / "validation.jsonl"
     validation.write_text("".join(x + "\n" for x in (DATES / "test.jsonl").read_text().splitlines()[: args.val_rows]))
-    arms = {
-        "aux 0": ["training.router_aux_loss_coef=0"],
-        f"aux {args.coef:g}": [],
-        f"aux {args.coef:g} + z {args.z:g}": [f"training.router_z_loss_coef={args.z}"],
-        **{f"aux {c:g}": [f"training.router_aux_loss_coef={c}"] for c in args.extra_coefs},
-    }
+    arms: dict[str, list[str]] = {"aux 0": ["training.router_aux_loss_coef=0"]}
+    for c in [args.coef, *args.extra_coefs]:  # per layer (the default) and transformers' pooled form
+        arms[f"aux {c:g}"] = [f"training.router_aux_loss_coef={c}"]
+        arms[f"pooled aux {c:g}"] = [f"training.router_aux_loss_coef={c}", "training.router_aux_loss_scope=pooled"]
+    z = [f"training.router_aux_loss_coef={args.coef}", f"training.router_z_loss_coef={args.z}"]
+    arms[f"aux {args.coef:g} + z {args.z:g}"] = z
+    arms[f"pooled aux {args.coef:g} + z {args.z:g}"] = [*z, "training.router_aux_loss_scope=pooled"]
     if args.only:
         arms = {name: extra for name, extra in arms.items() if name in args.only}
     common = [

@@ -13,6 +13,7 @@ import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from tests.helpers import tiny_config
 from tests.tiny_families import build_family
@@ -54,16 +55,21 @@ def test_aux_loss_is_transformers_own_and_z_loss_is_the_mean_squared_logsumexp(m
     plain = objective.loss(model, {"input_ids": ids}, None)
     parts = wrapper.wrap(objective).loss(model, {"input_ids": ids}, None)
     z = torch.stack([torch.logsumexp(r.float(), -1).square().mean() for r in reference.router_logits]).mean()
-    extra = 0.5 * reference.aux_loss + 0.25 * z
+    experts, k = wrapper.num_experts, wrapper.top_k
+    per_layer = torch.stack([load_balancing_loss_func((r,), experts, k) for r in reference.router_logits]).mean()
+    extra = 0.5 * per_layer + 0.25 * z
     assert len(reference.router_logits) == len(routers(model)) == 2
     assert parts.loss_sum.item() == pytest.approx((plain.loss_sum + extra * plain.count).item(), rel=1e-5)
-    assert wrapper.last["moe_aux_loss"] == pytest.approx(reference.aux_loss.item(), rel=1e-5)
+    assert wrapper.last["moe_aux_loss"] == pytest.approx(per_layer.item(), rel=1e-5)
+    # `pooled` is the loss the model itself adds with output_router_logits.
+    pooled = RouterLosses(model, aux_coef=0.5, z_coef=0.0, scope="pooled")
+    pooled.wrap(objective).loss(model, {"input_ids": ids}, None)
+    assert pooled.last["moe_aux_loss"] == pytest.approx(reference.aux_loss.item(), rel=1e-5)
     # The gradient reaches the routers through the balancing term.
     parts.loss_sum.backward()
     assert all(r.weight.grad is not None and r.weight.grad.abs().sum() > 0 for r in routers(model))
     metrics = wrapper.metrics()
     assert set(metrics) >= {"moe_aux_loss", "moe_z_loss", "moe_load/L0", "moe_load/L1", "moe_load_max"}
-    experts = wrapper.num_experts
     assert all(1.0 <= metrics[f"moe_load/L{i}"] <= experts for i in range(2))
     assert "moe_load/L0" not in wrapper.metrics()  # counts restart after each metrics line
 

@@ -7,11 +7,14 @@ training-loss call (registered and removed around it, as NEFTune's noise is), so
 plain model. From them:
 
 - the load-balancing loss of the Switch Transformer (Fedus et al., 2022), E · Σ_e f_e · P_e, where f_e is the
-  number of times expert e was among a token's top k per token and P_e its mean router probability, both pooled
-  over the layers (k when perfectly even, up to E when every token goes to the same k experts); computed by
-  transformers' own `load_balancing_loss_func` (the one the models add to their loss with `output_router_logits`),
-  padding excluded. Its weight is `training.router_aux_loss_coef`, by default the model config's
-  `router_aux_loss_coef`;
+  number of times expert e was among a token's top k per token and P_e its mean router probability (k when
+  perfectly even, up to E when every token goes to the same k experts), computed by transformers' own
+  `load_balancing_loss_func` with padding excluded. By default it is taken per layer and averaged, as the Switch
+  Transformer applies it to every MoE layer (`training.router_aux_loss_scope: layer`); `pooled` is what the
+  models add to their own loss with `output_router_logits`: f and P pooled over the layers before the product,
+  which an even pooled distribution satisfies even when every layer has collapsed onto different experts
+  (benchmarks/results/moe_routing.md measures both). Its weight is `training.router_aux_loss_coef`, by default the
+  model config's `router_aux_loss_coef`;
 - the router z-loss of ST-MoE (Zoph et al., 2022), the mean over tokens and layers of logsumexp(logits)², which
   keeps router logits small (`training.router_z_loss_coef`, off by default);
 - expert utilisation: per layer, the share of assignments its busiest expert received times the number of experts
@@ -62,9 +65,9 @@ class Routing:
 class RouterLosses:
     """The loss wrapper that adds the routing terms and keeps the utilisation counts."""
 
-    def __init__(self, model: nn.Module, aux_coef: float, z_coef: float) -> None:
+    def __init__(self, model: nn.Module, aux_coef: float, z_coef: float, scope: str = "layer") -> None:
         self.routers = routers(model)
-        self.aux_coef, self.z_coef = aux_coef, z_coef
+        self.aux_coef, self.z_coef, self.scope = aux_coef, z_coef, scope
         self.top_k = int(getattr(self.routers[0], "top_k", 1))
         self.num_experts = int(getattr(self.routers[0], "num_experts", 0))
         self.counts = torch.zeros(len(self.routers), self.num_experts, dtype=torch.float64)
@@ -81,9 +84,13 @@ class RouterLosses:
         """(load-balancing loss, z-loss) of one forward; `mask` (batch x sequence) leaves padding out."""
         tokens = routing.logits[0].shape[0]
         flat = mask.reshape(-1) if mask is not None and mask.numel() == tokens else None
-        layers = typing.cast(tuple[torch.Tensor], tuple(routing.logits))  # the function takes any number of layers
-        aux = load_balancing_loss_func(layers, self.num_experts, self.top_k, flat)
-        aux = aux if isinstance(aux, torch.Tensor) else torch.zeros((), device=routing.logits[0].device)
+        groups = [routing.logits] if self.scope == "pooled" else [[logits] for logits in routing.logits]
+        terms = []
+        for group in groups:
+            layers = typing.cast(tuple[torch.Tensor], tuple(group))  # the function takes any number of layers
+            term = load_balancing_loss_func(layers, self.num_experts, self.top_k, flat)
+            terms.append(term if isinstance(term, torch.Tensor) else torch.zeros((), device=group[0].device))
+        aux = torch.stack(terms).mean()
         keep = flat.bool() if flat is not None else None
         z_terms = []
         for logits in routing.logits:
@@ -131,7 +138,7 @@ class RouterLosses:
         return out
 
 
-def router_losses(model: nn.Module, aux_coef: float | None, z_coef: float) -> RouterLosses | None:
+def router_losses(model: nn.Module, aux_coef: float | None, z_coef: float, scope: str = "layer") -> RouterLosses | None:
     """The routing wrapper for a mixture-of-experts model (None for a dense one); asking a dense model for router
     losses is a `ConfigError`."""
     if not routers(model):
@@ -141,4 +148,4 @@ def router_losses(model: nn.Module, aux_coef: float | None, z_coef: float) -> Ro
                 f"Qwen-MoE, OLMoE); {type(model).__name__} has no router. Remove them from the config."
             )
         return None
-    return RouterLosses(model, model_aux_coef(model) if aux_coef is None else aux_coef, z_coef)
+    return RouterLosses(model, model_aux_coef(model) if aux_coef is None else aux_coef, z_coef, scope)

@@ -100,6 +100,10 @@ class TrainingSection(Section):
     router_aux_loss_coef: float | None = Field(default=None, ge=0)
     """Mixture-of-experts models: weight of the router's load-balancing loss (Switch Transformer) added to the
     training loss; null: the model config's `router_aux_loss_coef`, 0: off (utilisation is still logged)."""
+    router_aux_loss_scope: Literal["layer", "pooled"] = "layer"
+    """`layer`: the balancing loss of each MoE layer, averaged (Switch Transformer); `pooled`: transformers' own
+    form, one loss of the expert counts and probabilities pooled over the layers (balanced overall can still mean
+    collapsed in every layer)."""
     router_z_loss_coef: float = Field(default=0.0, ge=0)
     """Mixture-of-experts models: weight of the router z-loss (ST-MoE: mean squared logsumexp of the router
     logits, which keeps them small; 0.001 in the paper); 0: off."""

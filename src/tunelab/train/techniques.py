@@ -88,7 +88,8 @@ def build_techniques(
         out.wrappers.append(NEFTune(cfg.neftune_alpha))
     if cfg.adversarial is not None:
         out.wrappers.append(Adversarial(cfg.adversarial, head))
-    if (routing := router_losses(model, cfg.router_aux_loss_coef, cfg.router_z_loss_coef)) is not None:
+    routing = router_losses(model, cfg.router_aux_loss_coef, cfg.router_z_loss_coef, cfg.router_aux_loss_scope)
+    if routing is not None:
         out.wrappers.append(routing)
         out.reporting.append(routing)
     if cfg.task_weights or cfg.task_weighting != "fixed":
