@@ -83,8 +83,10 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    for (arm, runs), color in zip(results.items(), ["#c0392b", "#2471a3", "#1e8449", "#7d3c98"], strict=False):
-        for k, run in enumerate(r for r in runs if r.get("curve")):
+    colors = plt.get_cmap("tab10")
+    for index, (arm, runs) in enumerate(results.items()):
+        color = colors(index % 10)
+        for k, run in enumerate(r for r in runs if r.get("curve")):  # arms measured before curves were kept: none
             steps, load = zip(*run["curve"], strict=True)
             ax.plot(steps, load, color=color, alpha=0.8, lw=1.2, label=arm if k == 0 else None)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
@@ -191,10 +193,14 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]], payload: di
         notes.append(f"{arm}: {statistics.mean(other):.2f} (seed ranges {'apart' if apart else 'overlap'})")
     lines += [
         "", f"Reading: the worst layer's load is {statistics.mean(base):.2f} without the balancing loss; "
-        f"{'; '.join(notes)}. The balancing loss (E · Σ f·P pooled over layers: {args.top_k} when even, up to "
-        f"{args.experts} when every token goes to the same {args.top_k} experts) is logged whether or not it is "
-        "trained on.", "",
+        f"{'; '.join(notes)}. The balancing-loss column is E · Σ f·P in the form the arm used ({args.top_k} when "
+        f"even, up to {args.experts} when every token goes to the same {args.top_k} experts; `aux 0` logged the "
+        "pooled form): the pooled arms drive it to its even value while their layers stay near collapse, because "
+        "layers collapsed onto different experts add up to an even pooled count; the per-layer loss balances each "
+        "layer at no cost in validation loss.", "",
         "![worst layer's expert load against the step](moe_routing.png)", "",
+        "The plot draws the arms whose per-step curves the JSON keeps (the first arms were measured before it kept "
+        "them; their end values are in the table).", "",
         f"Whole demo {payload['wall_s']:.0f} s. Device: {payload['device']}. {shared_note()}", "",
     ]  # fmt: skip
     return "\n".join(lines)
