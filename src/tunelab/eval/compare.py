@@ -41,6 +41,7 @@ from tunelab.eval.stats import (
     paired_bootstrap,
 )
 from tunelab.eval.stats import compare as paired_compare
+from tunelab.train.validation import VALIDATION_ROW_KEYS
 
 Rows = list[dict[str, Any]]
 Statistic = Callable[[np.ndarray], float]
@@ -140,18 +141,14 @@ VALIDATION_RATIOS: dict[str, Callable[[np.ndarray], float]] = {
 RATIO_TOLERANCE = 1e-6
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
-
-
 def validation_evidence(metric: str, value: float, rows: Rows) -> Evidence | None:
     """The ratio evidence of a validation metric (val_loss, val_ppl, val_token_acc, ...) from per-row sums, when
     the sums over every row give `value` back (so a metric that is not such a ratio never gets one)."""
     if not metric.startswith("val_") or "/" in metric or not rows:
         return None
-    if not all(_finite(r.get(k)) for r in rows for k in ("loss", "count", "correct")):
+    if not all(is_score(r.get(k)) and np.isfinite(float(r[k])) for r in rows for k in VALIDATION_ROW_KEYS):
         return None
-    sums = np.array([[float(r["loss"]), float(r["count"]), float(r["correct"])] for r in rows], dtype=np.float64).T
+    sums = np.array([[float(r[k]) for k in VALIDATION_ROW_KEYS] for r in rows], dtype=np.float64).T
     kind = {"val_loss": "loss", "val_ppl": "ppl"}.get(metric, "accuracy")
     ratio = VALIDATION_RATIOS[kind]
     if not np.isclose(ratio(sums.sum(axis=1)), value, rtol=RATIO_TOLERANCE, atol=RATIO_TOLERANCE):

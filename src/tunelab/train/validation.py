@@ -55,7 +55,7 @@ def validation_metrics(
                     found[group[0]] = dict(zip(VALIDATION_ROW_KEYS, sums, strict=True))
                 loss_sum, count, correct = loss_sum + sums[0], count + sums[1], correct + sums[2]
     if rows is not None:
-        rows.extend(found[i] for i in range(len(data)) if i in found)
+        rows.extend(found[i] for i in sorted(found))  # data order (batches ran sorted by length)
     mean = loss_sum / max(count, 1.0)
     metrics = {"val_loss": mean, f"val_{objective.metric}": correct / max(count, 1.0)}
     tasks = sorted({str(getattr(item, "task", "")) for item in data})
