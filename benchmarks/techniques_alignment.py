@@ -210,7 +210,7 @@ def train_arms(args: argparse.Namespace, base_model, tokenizer, test: list[tuple
             else:
                 run, seconds = train(arm, work, [*rl, f"training.batch_size={args.grpo_prompts * args.generations}",
                                                  "objective=ppo", f"objective.reward_model={reward_run}"])  # fmt: skip
-            results[arm] = {**evaluate(run.model, tokenizer, prompts, references, base_answers), "train_s": seconds}
+            results[arm] = {**evaluate(run.body, tokenizer, prompts, references, base_answers), "train_s": seconds}
             print(arm, {k: v for k, v in results[arm].items() if k != "per_example"}, flush=True)
             del run
             done(results)

@@ -23,6 +23,7 @@ from tunelab.core.errors import ConfigError, RunError
 from tunelab.core.files import replacing_dir
 from tunelab.methods.registry import METHODS
 from tunelab.models.load import load_model, load_tokenizer, tokenizer_from_folder
+from tunelab.models.rope import RopeScaling, scale_rope_
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -43,6 +44,12 @@ class TrainedRun:
     """The base model's source (`model.source`)."""
     method: str
     objective: str
+    rope_scaling: RopeScaling | None = None
+    """The run's `model.rope_scaling`: the base model is loaded with it again."""
+
+    def load_base(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The run's base model as the run trained it (its RoPE scaling applied), in eval mode."""
+        return scale_rope_(load_model(self.source, dtype=dtype), self.rope_scaling)
 
     @property
     def artifact(self) -> Path:
@@ -73,14 +80,16 @@ def read_run(path: str | Path) -> TrainedRun:
         )
         source, method = str(raw["model"]["source"]), str(raw["method"]["name"])
         objective = str((raw.get("objective") or {}).get("name", "sft"))
-    except (ConfigError, KeyError, TypeError) as exc:
+        scaling = raw["model"].get("rope_scaling")
+        rope = RopeScaling.model_validate(scaling) if scaling else None
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise RunError(
             f"{folder / CONFIG_FILE} does not say which model and method the run trained ({exc!s}). The file must be "
             "the one `tunelab train` wrote; restore it from the run's original folder."
         ) from None
     if method not in METHODS:
         raise RunError(f"{folder / CONFIG_FILE}: method '{method}' is not one tunelab knows ({', '.join(METHODS)}).")
-    return TrainedRun(folder, source, method, objective)
+    return TrainedRun(folder, source, method, objective, rope)
 
 
 def load_trained(spec: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -90,7 +99,7 @@ def load_trained(spec: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Modu
     run = read_run(spec)
     if not run.artifact.is_dir():
         raise RunError(f"Run '{spec}' has no trained result in '{run.artifact}': it did not finish. Resume it first.")
-    model = METHODS[run.method].load_(load_model(run.source, dtype=dtype), run.artifact)
+    model = METHODS[run.method].load_(run.load_base(dtype), run.artifact)
     return model.eval(), tokenizer_from_folder(run.artifact)
 
 

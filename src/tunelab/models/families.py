@@ -18,6 +18,7 @@ from transformers import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
 from tunelab.core.errors import ConfigError, ModelError
+from tunelab.models.rope import context_length
 
 Cell = Literal["lora", "full", "fast_path", "chat_template", "merge", "peft_export", "gguf", "serve"]
 Part = Literal["norm", "mlp", "attention"]
@@ -145,12 +146,13 @@ def check_architecture(folder: Path, task: Literal["causal-lm", "encoder"]) -> N
 def check_rows_fit(config: object, lengths: list[int], max_length: int) -> None:
     """Refuse training rows longer than the model's context (`max_position_embeddings`): past it, learned
     position embeddings have no entry and rotary positions were never trained, so such rows cannot be learned."""
-    context = getattr(config, "max_position_embeddings", None)
-    if not isinstance(context, int) or not lengths or max(lengths) <= context:
+    context = context_length(config)
+    if context is None or not lengths or max(lengths) <= context:
         return
     over = sum(n > context for n in lengths)
     raise ConfigError(
         f"data.max_length: {over} training example(s) are longer than the model's context of {context} tokens "
         f"(config.json max_position_embeddings); the longest has {max(lengths)}. data.max_length is {max_length}, "
-        f"so no truncation brings them under the context. Set data.max_length to at most {context}."
+        f"so no truncation brings them under the context. Set data.max_length to at most {context}, or extend a "
+        "rotary-position model's context with model.rope_scaling (e.g. {type: yarn, factor: 2})."
     )

@@ -73,6 +73,8 @@ class SetupArgs:
     """The method's name (`lora`, `full`, ...): whether disabling an adapter gives back the starting model."""
     label_smoothing: float = 0.0
     """`training.label_smoothing`: the share of each target's probability spread over all classes (or tokens)."""
+    loss_chunk_tokens: int = 0
+    """`training.loss_chunk_tokens`: the next-token loss runs in chunks of this many targets (0: in one piece)."""
 
 
 @dataclass
@@ -130,7 +132,7 @@ def prepare_lm(args: PrepareArgs[Any]) -> PreparedData:
 
 def lm_setup(cfg: Section, args: SetupArgs) -> Setup[LMContext]:
     """The default setup: the model as it is, and the training settings the causal-LM loss reads."""
-    return Setup(args.model, LMContext(args.label_smoothing))
+    return Setup(args.model, LMContext(args.label_smoothing, args.loss_chunk_tokens))
 
 
 def identity(model: nn.Module) -> nn.Module:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tunelab.core.types import Batch, LossParts
 from tunelab.data.tokenize import IGNORE, Tokenized, model_inputs
@@ -20,6 +21,8 @@ class LMContext:
     """What next-token objectives without a setup of their own need while training."""
 
     label_smoothing: float = 0.0
+    loss_chunk_tokens: int = 0
+    """`training.loss_chunk_tokens`: above this many targets in a micro-batch the loss runs in chunks (0: never)."""
 
 
 def target_tokens(batch: Batch) -> int:
@@ -71,16 +74,53 @@ def causal_lm_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts
     """Summed next-token cross-entropy over positions whose label is not IGNORE.
 
     With `ctx.label_smoothing` (an `LMContext`) the targets are smoothed while the model trains; in eval mode the
-    loss stays the plain negative log-likelihood, so validation loss and perplexity keep their meaning.
+    loss stays the plain negative log-likelihood, so validation loss and perplexity keep their meaning. With more
+    targets than `ctx.loss_chunk_tokens`, the output head and the loss run chunk by chunk (`chunked_head_loss`).
     """
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    logits = selected_logits(model, batch, keep)
     targets = labels[keep]
     smoothing = getattr(ctx, "label_smoothing", 0.0) if model.training else 0.0
-    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=smoothing)
-    correct = (logits.argmax(-1) == targets).sum()
+    chunk = getattr(ctx, "loss_chunk_tokens", 0)
+    parts = decoder_and_head(model) if chunk and targets.numel() > chunk else None
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(**causal_inputs(batch)).last_hidden_state[:, :-1][keep]
+        loss_sum, correct = chunked_head_loss(head, hidden, targets, chunk, smoothing)
+        return LossParts(loss_sum=loss_sum, count=keep.sum(), correct=correct)
+    logits = selected_logits(model, batch, keep)
+    loss_sum, correct = _head_loss(logits, targets, smoothing)
     return LossParts(loss_sum=loss_sum, count=keep.sum(), correct=correct)
+
+
+def _head_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed cross-entropy of `logits` (N x V) against `targets` (N), and how many are argmax-correct."""
+    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=smoothing)
+    return loss_sum, (logits.argmax(-1) == targets).sum()
+
+
+def chunked_head_loss(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int, smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_head_loss(head(hidden), targets)` computed `chunk` rows at a time, each chunk's logits recomputed in the
+    backward pass (activation checkpointing) instead of kept: peak memory holds one chunk's logits (chunk x V) rather
+    than all of them. A 32k-token row of a 49k-vocabulary model would otherwise hold 6 GiB of fp32 logits, and as
+    much again for their gradient. Same sums and gradients as the one-piece loss, for one more head matmul."""
+    loss_sum = hidden.new_zeros((), dtype=torch.float32)
+    correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    for start in range(0, targets.numel(), chunk):
+        piece, wanted = hidden[start : start + chunk], targets[start : start + chunk]
+        if grad:
+            part, hits = checkpoint(_chunk, head, piece, wanted, smoothing, use_reentrant=False)
+        else:
+            part, hits = _chunk(head, piece, wanted, smoothing)
+        loss_sum, correct = loss_sum + part, correct + hits
+    return loss_sum, correct
+
+
+def _chunk(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, smoothing: float):
+    return _head_loss(head(hidden), targets, smoothing)
 
 
 def token_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

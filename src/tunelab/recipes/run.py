@@ -36,6 +36,7 @@ from tunelab.methods.trained import CONFIG_FILE, artifact_dir
 from tunelab.models.families import check_rows_fit
 from tunelab.models.kernels.fast_path import apply_fast_path_
 from tunelab.models.load import load_model, load_tokenizer, pad_id, resolve_source
+from tunelab.models.rope import scale_rope_
 from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
 from tunelab.objectives.registry import OBJECTIVES
 from tunelab.recipes.resume import check_resume, run_identity, saved_batch_size
@@ -60,6 +61,10 @@ class RunResult:
     final: dict[str, float]
     model: nn.Module
     """The trained model in memory (adapter still attached), in eval mode."""
+    body: nn.Module
+    """The language model inside `model` (`objective.body`), the part `method.save` saved: without the objective's
+    parts around it (PPO's value head, a classifier's head, a distillation teacher, a RAG retriever); the module to
+    generate with. For a plain causal LM the same module as `model`."""
 
 
 @dataclass
@@ -134,7 +139,8 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
         )
     method = METHODS[cfg.method.name]
     storage_bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and bf16 and method.freezes_base)
-    model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32).to(device)
+    model = load_model(source, dtype=torch.bfloat16 if storage_bf16 else torch.float32)
+    model = scale_rope_(model, cfg.model.rope_scaling).to(device)
     # A curriculum by the base model's per-example loss is scored here, before the method changes the model.
     data = apply_loss_difficulty(model, data, difficulty_scoring(cfg), run_dir, pad_id(tokenizer), bf16)
     if not cfg.data.packing:  # packed rows restart their positions per example
@@ -144,7 +150,17 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
     model = method.apply_(model, cfg.method)
     hooks = method.step_hooks(model, cfg.method)
     # A reference model, a teacher, or a head around the model.
-    args = SetupArgs(model, tokenizer, device, bf16, run_dir, data, cfg.method.name, cfg.training.label_smoothing)
+    args = SetupArgs(
+        model,
+        tokenizer,
+        device,
+        bf16,
+        run_dir,
+        data,
+        cfg.method.name,
+        cfg.training.label_smoothing,
+        cfg.training.loss_chunk_tokens,
+    )
     built = objective.setup(cfg.objective, args)
     data = built.data if built.data is not None else data
     trainable, total = trainable_parameters(built.module)
@@ -321,7 +337,8 @@ def _train(
         tracker.log_eval("eval", final, result.steps)
         tracker.log_outputs(artifact_dir(run_dir, cfg.method.name), cfg.output.mlflow_log_model)
     accelerator.wait_for_everyone()
-    return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model.eval())
+    model.eval()
+    return RunResult(run_dir=run_dir, baseline=baseline, final=final, model=model, body=objective.body(model))
 
 
 VALIDATION_ROWS = {"base": "validation_rows_base.jsonl", "tuned": "validation_rows.jsonl"}

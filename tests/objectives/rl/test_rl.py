@@ -111,6 +111,9 @@ def test_ppo_raises_the_reward_and_saves_the_policy_only(tmp_path: Path, tiny_mo
     assert result.final["val_reward"] > result.baseline["val_reward"] + 0.3
     saved = (result.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     assert b"value_head" not in saved
+    # The result's body is the policy a user generates with; the model around it also holds the value head.
+    assert result.body is not result.model and hasattr(result.body, "generate")
+    assert not any("value_head" in name for name, _ in result.body.named_parameters())
 
 
 def test_grpo_on_a_trained_reward_model(tmp_path: Path, tiny_model_dir: Path) -> None:

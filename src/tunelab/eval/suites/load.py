@@ -15,7 +15,7 @@ from tunelab.core.errors import DataError
 from tunelab.eval.suites.subjects import Classifier, Generator
 from tunelab.methods.trained import is_run, load_trained, read_run
 from tunelab.models.generate import Precision
-from tunelab.models.load import load_model, load_tokenizer
+from tunelab.models.load import load_tokenizer
 from tunelab.objectives.classify.heads import TaskModel, load_head_
 from tunelab.objectives.classify.multi import MultiHeadModel
 from tunelab.objectives.classify.predict import load_classifier
@@ -45,13 +45,13 @@ def load_subjects(
         tuned, tokenizer = load_classifier(spec)
         if isinstance(tuned, MultiHeadModel):
             raise DataError(f"'{spec}' trained a head per task; the suites score runs with one classification head.")
-        base = load_head_(load_model(run.source), run.artifact)
+        base = load_head_(run.load_base(), run.artifact)
         return [
             Classifier("base", _on(base, device), load_tokenizer(run.source), batch_size),
             Classifier("tuned", _on(tuned, device), tokenizer, batch_size),
         ]
     tuned, tokenizer = load_trained(spec, dtype=torch.float32)
-    base = load_model(run.source).eval()
+    base = run.load_base()
     return [
         Generator("base", base.to(device), load_tokenizer(run.source), **gen),
         Generator("tuned", tuned.to(device), tokenizer, **gen),

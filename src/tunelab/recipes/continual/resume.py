@@ -119,4 +119,5 @@ def reload_trained(plan: TunelabConfig, stage_dir: Path, console: Console):
     baseline_file = stage_dir / "eval_baseline.json"
     baseline = json.loads(baseline_file.read_text()) if baseline_file.is_file() else None
     final = json.loads((stage_dir / "eval.json").read_text())
-    return RunResult(run_dir=stage_dir, baseline=baseline, final=final, model=setup.model.eval())
+    model = setup.model.eval()
+    return RunResult(run_dir=stage_dir, baseline=baseline, final=final, model=model, body=setup.objective.body(model))
