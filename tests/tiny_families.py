@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import trl
 from transformers import (
     AutoModelForCausalLM,
     BertConfig,
@@ -26,6 +27,7 @@ from transformers import (
     OlmoeConfig,
     Phi3Config,
     PretrainedConfig,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
     Qwen3MoeConfig,
@@ -54,6 +56,35 @@ CONFIGS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
 }
 """model_type -> (config class, the family's own settings beside the shared tiny sizes)."""
 ENCODERS: dict[str, Callable[[Any], torch.nn.Module]] = {"bert": BertModel, "modernbert": ModernBertModel}
+CHAT_TEMPLATES: dict[str, tuple[str, str, list[str]]] = {
+    "llama": (
+        "llama3_1",
+        "<|eot_id|>",
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    ),
+    "qwen2": ("qwen2_5", "<|im_end|>", []),
+    "qwen3": ("qwen3", "<|im_end|>", ["<think>", "</think>"]),
+    "qwen3_moe": ("qwen3", "<|im_end|>", ["<think>", "</think>"]),
+    "gemma2": ("gemma", "<end_of_turn>", ["<bos>", "<start_of_turn>", "<end_of_turn>"]),
+    "gemma3_text": ("gemma3", "<end_of_turn>", ["<bos>", "<start_of_turn>", "<end_of_turn>"]),
+    "phi3": ("phi3", "<|end|>", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]),
+}
+"""model_type -> (the family's own chat template as its models ship it, stored by TRL in trl/chat_templates, its
+end-of-turn text, the special tokens it uses). Families missing here ship no chat template of their own in a
+package on this machine (Mistral's and Mixtral's [INST] templates, OLMo's, Pythia's): their cell uses ChatML."""
+
+
+def with_family_template(tokenizer: PreTrainedTokenizerFast, model_type: str) -> str:
+    """Put the family's own chat template (and its special tokens) on `tokenizer`; its end-of-turn text (ChatML's
+    `<|im_end|>` for a family without one here)."""
+    if model_type not in CHAT_TEMPLATES:
+        return "<|im_end|>"
+    name, end, special = CHAT_TEMPLATES[model_type]
+    tokenizer.add_special_tokens({"additional_special_tokens": special})  # type: ignore[arg-type]
+    tokenizer.chat_template = (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
+    if special and special[0] in ("<|begin_of_text|>", "<bos>"):  # the template writes {{ bos_token }} first
+        tokenizer.bos_token = special[0]
+    return end
 
 
 def tiny_config(model_type: str, vocab_size: int, special: dict[str, int]) -> PretrainedConfig:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from tunelab.core.types import Message
 from tunelab.data.records import Example
 from tunelab.data.schedule import epoch_batches
-from tunelab.data.tokenize import IGNORE, collate, tokenize_example
+from tunelab.data.tokenize import IGNORE, collate, tokenize_all, tokenize_example
 from tunelab.models.load import load_tokenizer
 
 CONV = Example(
@@ -72,3 +73,31 @@ def test_epoch_batches_deterministic_complete_and_sharded() -> None:
     shards = [epoch_batches(lengths, 2, seed=1, epoch=0, rank=r, world_size=2) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 2
     assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
+
+
+# A turn rendered one way when it is last and another once more follows: a reasoning block only on the last
+# assistant turn (as Qwen3's template does), and an end-of-text token only after a finished conversation (Phi-3).
+LAST_TURN_DIFFERS = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' and loop.last %}<think></think>{% endif %}{{ m.content }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% else %}<|endoftext|>{% endif %}"
+)
+UNSTABLE = (  # an earlier turn's content itself changes once more follows: nothing to locate it by
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if loop.last %}{{ m.content }}{% else %}"
+    "{{ m.content | upper }}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
+)
+
+
+def test_a_turn_rendered_differently_when_last_is_located_by_its_content(tokenizer) -> None:
+    templated = copy.deepcopy(tokenizer)
+    templated.chat_template = LAST_TURN_DIFFERS
+    assert trained_text(templated, CONV) == "red<|im_end|><think></think>blue<|im_end|>\n<|endoftext|>"
+    assert trained_text(templated, CONV, loss_on="last") == "<think></think>blue<|im_end|>\n<|endoftext|>"
+
+
+def test_a_template_whose_earlier_turns_change_rejects_the_row(tokenizer) -> None:
+    templated = copy.deepcopy(tokenizer)
+    templated.chat_template = UNSTABLE
+    items, rejects = tokenize_all([CONV], templated, 512)
+    assert not items and len(rejects) == 1 and "not prefix-stable" in rejects[0].reason

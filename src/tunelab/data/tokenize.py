@@ -2,13 +2,15 @@
 
 Which chat tokens carry loss is decided on the rendered text: each assistant turn's character span is found by
 rendering the conversation up to that turn (with and without the turn), then the fast tokenizer's offsets map
-spans to tokens. This works for any prefix-stable template without special `{% generation %}` markers.
+spans to tokens. This works for any prefix-stable template without special `{% generation %}` markers; a template
+that renders a turn differently once more follows it (Qwen3, Phi-3) has the turn located by its content instead.
 Plain text (continued pretraining) carries loss on every token and is cut into `max_length` windows, so no
 text is lost to truncation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -54,15 +56,45 @@ def loss_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], loss
     full = render(tokenizer, messages)
     if loss_on == "all":
         return full, [(0, len(full))]
-    spans = []
+    spans: list[tuple[int, int]] = []
     for k in loss_turns(messages, loss_on):
         before = render(tokenizer, messages[:k], add_generation_prompt=True)
         upto = full if k == len(messages) - 1 else render(tokenizer, messages[: k + 1])
-        if not (full.startswith(upto) and upto.startswith(before)):
-            raise TemplateError("the chat template is not prefix-stable")
-        # The turn's text includes its end-of-turn token (so the model learns to stop), not the newline after.
-        spans.append((len(before), len(upto.rstrip())))
+        if full.startswith(upto) and upto.startswith(before):
+            # The turn's text includes its end-of-turn token (so the model learns to stop), not the newline after.
+            spans.append((len(before), len(upto.rstrip())))
+        else:
+            at = spans[-1][1] if spans else 0
+            spans.append(_located_span(tokenizer, full, before, upto, messages[k].content, at))
     return full, spans
+
+
+def _located_span(
+    tokenizer: PreTrainedTokenizerBase, full: str, before: str, upto: str, content: str, after: int
+) -> tuple[int, int]:
+    """An assistant turn's span in a template that renders a turn differently once more follows it: Qwen3 drops
+    the empty reasoning block of every turn but the last, Phi-3 ends only a finished conversation with its
+    end-of-text token. The span starts where the generation prompt ends (what the model is asked to continue at
+    inference) and ends after the turn's end-of-turn text: the tokens that follow its content both when the turn
+    is last and inside the whole conversation (whole tokens: `<|end|>` then `<|user|>` or `<|endoftext|>` share
+    `<|` as text, not as a token), without trailing whitespace. Raises TemplateError when the generation prompt
+    does not begin the whole conversation or the content is not found in it."""
+    start = len(before)
+    at = full.find(content, start) if full.startswith(before) and start >= after else -1
+    alone = upto.find(content, _shared(before, upto))
+    if at < 0 or alone < 0:
+        raise TemplateError("the chat template is not prefix-stable")
+    end = at + len(content)
+    follows = [tokenizer(text[:256], add_special_tokens=False, return_offsets_mapping=True)
+               for text in (full[end:], upto[alone + len(content) :])]  # fmt: skip
+    same = _shared(follows[0]["input_ids"], follows[1]["input_ids"])
+    marker = full[end : end + follows[0]["offset_mapping"][same - 1][1]] if same else ""
+    return start, end + len(marker.rstrip())
+
+
+def _shared(a: Sequence, b: Sequence) -> int:
+    """How long the common prefix of two sequences is."""
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def loss_turns(messages: list[Message], loss_on: LossOn) -> list[int]:
