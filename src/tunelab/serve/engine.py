@@ -29,6 +29,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.models.generate import stop_token_ids
+from tunelab.models.rope import context_length
 from tunelab.serve.batch import Batch, prefill
 from tunelab.serve.errors import error_id
 from tunelab.serve.metrics import ServerMetrics
@@ -121,7 +122,7 @@ class Engine:
         self.stops = set(stop_token_ids(model, tokenizer))
         pad = cast(int | None, tokenizer.pad_token_id)  # one token's id (transformers types it for lists too)
         self.pad_id = pad if pad is not None else min(self.stops)
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self.context_length = context_length(model.config) or 2048  # a dynamic RoPE scaling's reach included
         self._waiting: deque[_Sequence] = deque()
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._wake = threading.Condition()

@@ -56,6 +56,21 @@ def test_causal_attention_in_bf16_stays_within_bf16_error_of_fp32() -> None:
         assert F.cosine_similarity(a.float().flatten(), b.flatten(), dim=0) > 0.999
 
 
+def test_fp32_queries_beside_bf16_values_under_autocast_run_both_passes() -> None:
+    """A fully trained model under bf16 autocast: the rotary embedding hands over fp32 queries and keys beside
+    bf16 values. Both passes run in bf16 (as SDPA under autocast) and each gradient has its input's dtype."""
+    q, k, _ = _qkv(2, 40, torch.float32)
+    v = _qkv(2, 40, torch.bfloat16)[2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, ours_grads = _run(lambda *t: causal_attention(*t, 0.25), q, k, v)
+    ref, ref_grads = _run(_sdpa, *(t.detach().float().requires_grad_() for t in (q, k, v)))
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref, rtol=0.03, atol=0.03)
+    for grad, tensor, want in zip(ours_grads, (q, k, v), ref_grads, strict=True):
+        assert grad.dtype == tensor.dtype
+        assert F.cosine_similarity(grad.float().flatten(), want.flatten(), dim=0) > 0.999
+
+
 def test_keeps_no_more_for_the_backward_than_the_flash_kernel() -> None:
     q, k, v = _qkv(8, 90, torch.bfloat16, size=64)
     ours = _saved_bytes(lambda: causal_attention(q, k, v, 0.125))

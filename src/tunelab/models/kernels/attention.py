@@ -53,12 +53,27 @@ def _probs(rows: torch.Tensor, key: torch.Tensor, scale: float, length: int) -> 
     return torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
 
 
+def _compute_dtype(query: torch.Tensor, value: torch.Tensor) -> torch.dtype:
+    """One dtype for the products of both passes. Queries and keys may come out of the rotary embedding in fp32
+    beside bf16 values (a fully trained model keeps fp32 hidden states under bf16 autocast): under autocast its
+    dtype, as SDPA would run; otherwise the wider of the two."""
+    if query.dtype == value.dtype:
+        return value.dtype
+    device = query.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(query.dtype, value.dtype)
+
+
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
         batch, heads, length, size = query.shape
+        ctx.dtypes = query.dtype, key.dtype, value.dtype
+        dtype = _compute_dtype(query, value)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         rows = query.reshape(batch, key.shape[1], -1, size)  # head h = kv * groups + g, as repeat_kv lays them out
-        out = torch.matmul(_probs(rows, key, scale, length).to(value.dtype), value)
+        out = torch.matmul(_probs(rows, key, scale, length).to(dtype), value)
         ctx.save_for_backward(rows, key, value)
         ctx.scale, ctx.shape = scale, query.shape
         return out.view(batch, heads, length, size)
@@ -76,7 +91,8 @@ class _CausalAttention(torch.autograd.Function):
         grad_scores = grad_scores.to(rows.dtype)
         grad_query = torch.matmul(grad_scores, key).view(batch, heads, length, size)
         grad_key = torch.matmul(grad_scores.transpose(-1, -2), rows)
-        return grad_query, grad_key, grad_value, None
+        query_dtype, key_dtype, value_dtype = ctx.dtypes
+        return grad_query.to(query_dtype), grad_key.to(key_dtype), grad_value.to(value_dtype), None
 
 
 def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
