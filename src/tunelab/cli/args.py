@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shot-overflow", choices=["error", "drop"], default="error",
                    help="a prompt longer than the model's context: stop (error), or leave out the demonstrations "
                    "farthest from the question and report how many (drop)")  # fmt: skip
+    p.add_argument("--long-prompts", choices=["error", "hierarchical"], default="error",
+                   help="a prompt longer than the model's context: stop (error), or answer it from the model's notes "
+                   "on the parts of its longest message (hierarchical)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of random demonstrations")
     _suite_arguments(p)
     _harness_arguments(p)
@@ -212,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="waiting sequences before 429")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
+    p.add_argument("--long-prompts", choices=["error", "hierarchical"], default="error",
+                   help="a chat prompt with no room left for its answer: 400 (error), or answer it from the model's "
+                   "notes on the parts of its longest message (hierarchical)")  # fmt: skip
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request before 504")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to send a request body before 408")

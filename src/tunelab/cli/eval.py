@@ -156,6 +156,7 @@ def _generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: li
         model, tokenizer, examples, max_examples=args.max_examples, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, system_prompt=args.system, precision="bf16" if args.bf16 else "fp32",
         schema=load_schema(args.json_schema) if args.json_schema else None, similarity_encoder=args.similarity,
+        long_prompts=args.long_prompts,
     )  # fmt: skip
 
 

@@ -37,6 +37,7 @@ def serve(args: argparse.Namespace) -> None:
         max_tokens_limit=args.max_tokens_limit,
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
+        long_prompts=args.long_prompts,
         request_timeout=args.timeout,
         body_timeout=args.body_timeout,
         max_connections=args.max_connections,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from tunelab.core.schema import Section
+from tunelab.models.condense import LongPrompts
 
 
 class EvalSection(Section):
@@ -24,6 +25,10 @@ class EvalSection(Section):
     similarity: str | None = None
     """An encoder (e.g. `minilm-l6`, the embedded all-MiniLM-L6-v2) that scores each generated answer's embedding
     similarity to its reference. Empty: not scored (it loads a second model)."""
+    long_prompts: LongPrompts = "error"
+    """A validation prompt longer than the model's context (less the tokens to generate): `error` stops with the
+    row named; `hierarchical` answers it from the model's own notes on the parts of its longest message
+    (`tunelab.models.condense`), counted as `prompts_condensed`."""
     json_schema: str | None = None
     """A JSON Schema file that structured answers must validate against (`json_schema` metric). Validity and shape
     against the reference (`json_valid`, `json_match`) are scored without it whenever every reference is JSON."""

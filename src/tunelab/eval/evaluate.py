@@ -14,10 +14,12 @@ from transformers import PreTrainedTokenizerBase
 from tunelab.core.errors import DataError
 from tunelab.core.types import Message
 from tunelab.data.records import Example
+from tunelab.eval.fewshot.context import context_window
 from tunelab.eval.labels import LabelReport, is_label_task, label_report
 from tunelab.eval.metrics import aggregate, bleu, chrf, exact_match, rouge_scores, token_f1
 from tunelab.eval.similarity import embedding_similarity
 from tunelab.eval.structured import is_structured_task, structured_scores
+from tunelab.models.condense import Condenser, LongPrompts, condense
 from tunelab.models.generate import Precision, generate_answers
 
 
@@ -34,11 +36,14 @@ def generation_metrics(
     show_progress: bool = True,
     schema: Draft202012Validator | None = None,
     similarity_encoder: str | None = None,
+    long_prompts: LongPrompts = "error",
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Answer the first `max_examples` examples greedily and score the answers against their last assistant turn.
 
     Returns the metrics (`answer_scores`) and one prediction dict per example: origin, prompt (the last user
-    message), reference, prediction and the per-example scores. No examples gives ({}, []).
+    message), reference, prediction and the per-example scores. No examples gives ({}, []). A prompt longer than
+    the model's context less `max_new_tokens` is an error, or with `long_prompts="hierarchical"` is answered from
+    the model's notes on its parts (`fit_prompts`; such rows say `condensed_parts`).
     """
     chosen = examples if max_examples is None else examples[:max_examples]
     prompts: list[list[Message]] = []
@@ -54,17 +59,20 @@ def generation_metrics(
         references.append(reference)
     if not chosen:
         return {}, []
+    settings = {"batch_size": batch_size, "system_prompt": system_prompt, "precision": precision}
+    asked, parts = fit_prompts(model, tokenizer, prompts, [ex.origin for ex in chosen], max_new_tokens,
+                                 long_prompts, **settings)  # fmt: skip
     predictions = generate_answers(
         model,
         tokenizer,
-        prompts,
+        asked,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         system_prompt=system_prompt,
         show_progress=show_progress,
         precision=precision,
     )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "origin": ex.origin,
             "prompt": next((m.content for m in reversed(prompt) if m.role == "user"), ""),
@@ -73,7 +81,54 @@ def generation_metrics(
         }
         for ex, prompt, ref, pred in zip(chosen, prompts, references, predictions, strict=True)
     ]
-    return answer_scores(rows, schema=schema, similarity_encoder=similarity_encoder), rows
+    for k, count in parts.items():
+        rows[k]["condensed_parts"] = count
+    metrics = answer_scores(rows, schema=schema, similarity_encoder=similarity_encoder)
+    if parts:
+        metrics["prompts_condensed"] = float(len(parts))
+    return metrics, rows
+
+
+def fit_prompts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[Message]],
+    origins: list[str],
+    max_new_tokens: int,
+    long_prompts: LongPrompts,
+    *,
+    batch_size: int,
+    system_prompt: str | None,
+    precision: Precision,
+) -> tuple[list[list[Message]], dict[int, int]]:
+    """The prompts within the model's context less `max_new_tokens`, and for each one condensed (`long_prompts`
+    `hierarchical`) the parts its longest message was cut into. Raises DataError for an over-long prompt under
+    `error`, naming the row and both ways out."""
+    window = context_window(model)
+    if window is None:
+        return prompts, {}
+    condenser = Condenser(tokenizer, window - max_new_tokens, system_prompt=system_prompt)
+    over = [k for k, prompt in enumerate(prompts) if condenser.count(prompt) > condenser.budget]
+    if not over:
+        return prompts, {}
+    if long_prompts == "error":
+        first = over[0]
+        raise DataError(
+            f"{len(over)} prompt(s) are longer than the model's context of {window} tokens less the {max_new_tokens} "
+            f"to generate; the first is {origins[first]} ({condenser.count(prompts[first])} tokens). Shorten them, "
+            "or have them answered from the model's notes on their parts: `--long-prompts hierarchical` "
+            "(eval.long_prompts: hierarchical in a config)."
+        )
+
+    def notes(asks: list[list[Message]]) -> list[str]:
+        return generate_answers(model, tokenizer, asks, max_new_tokens=condenser.note_tokens, batch_size=batch_size,
+                                system_prompt=system_prompt, show_progress=False, precision=precision)  # fmt: skip
+
+    fitted, parts = list(prompts), {}
+    for k in over:
+        done = condense(condenser, prompts[k], notes)
+        fitted[k], parts[k] = done.messages, done.parts
+    return fitted, parts
 
 
 def _words(references: list[str]) -> float:

@@ -393,6 +393,7 @@ def _generate(model, tokenizer, examples, cfg: EvalSection, system_prompt, bf16)
         max_examples=cfg.max_examples, max_new_tokens=generation_budget(cfg, tokenizer, examples),
         batch_size=cfg.batch_size, system_prompt=system_prompt, precision="bf16" if bf16 else "fp32",
         schema=load_schema(cfg.json_schema) if cfg.json_schema else None, similarity_encoder=cfg.similarity,
+        long_prompts=cfg.long_prompts,
     )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ from tunelab.serve.generation import (
     chat_prompt,
     complete,
     completion_prompts,
+    fit_chat_prompt,
     response_schema,
     stream,
 )
@@ -158,6 +159,7 @@ def create_app(state: ServerState) -> FastAPI:
         body = await _read(request, ChatCompletionRequest, state.config)
         engine, adapter = await _generator(state, body.model)
         prompt = await anyio.to_thread.run_sync(chat_prompt, engine.tokenizer, body)
+        prompt = await anyio.to_thread.run_sync(fit_chat_prompt, engine, body, prompt, state.config, adapter, deadline)
         schema = response_schema(body)
         # In a worker thread: a new JSON schema waits for its compile (in a separate process; seconds for large
         # schemas on a large vocabulary), and the event loop must keep serving other requests meanwhile.

@@ -9,10 +9,14 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import cast
 
+import anyio
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.core.errors import DataError
+from tunelab.core.types import Message
+from tunelab.models.chat import render
+from tunelab.models.condense import Condenser, condense
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.constraints import ANY_OBJECT_SCHEMA, ConstraintCompiler, ConstraintError
 from tunelab.serve.engine import Engine, EngineStoppedError, Event, Handle, QueueFullError, SequenceSpec
@@ -49,8 +53,8 @@ Finished = Callable[[list[str], list[str | None], int], None]
 """Called once a streamed response has ended: each choice's text, finish reasons, completion tokens."""
 
 
-def chat_prompt(tokenizer: PreTrainedTokenizerBase, body: ChatCompletionRequest) -> list[int]:
-    """The conversation rendered with the model's chat template, plus the assistant prompt, as token ids."""
+def chat_messages(body: ChatCompletionRequest) -> list[Message]:
+    """The request's conversation (a developer message read as a system one); 400 for what is not supported."""
     if body.tools:
         raise APIError(
             400, "Tool calling is not supported by this server; send the request without `tools`.", param="tools"
@@ -61,10 +65,17 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, body: ChatCompletionRequest)
             raise APIError(
                 400, "Messages with role 'tool' are not supported (no tool calling).", param=f"messages[{i}]"
             )
-        role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": message.text()})
+        messages.append(Message("system" if message.role == "developer" else message.role, message.text()))
+    return messages
+
+
+def chat_prompt(
+    tokenizer: PreTrainedTokenizerBase, body: ChatCompletionRequest, messages: list[Message] | None = None
+) -> list[int]:
+    """The conversation (`messages`, or the request's) rendered with the model's chat template, plus the assistant
+    prompt, as token ids."""
     try:
-        text = cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        text = render(tokenizer, messages if messages is not None else chat_messages(body), add_generation_prompt=True)
     except Exception as exc:  # jinja templates raise their own errors for conversations they refuse
         raise APIError(400, f"The model's chat template rejected these messages: {exc}", param="messages") from None
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -194,6 +205,45 @@ def _banned_sequences(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> l
         return []
     encoded = tokenizer(variants, add_special_tokens=False)["input_ids"]  # one call for all of them
     return [list(ids) for ids in dict.fromkeys(tuple(ids) for ids in encoded if ids)]
+
+
+def fit_chat_prompt(
+    engine: Engine,
+    body: ChatCompletionRequest,
+    prompt: list[int],
+    config: ServeConfig,
+    adapter: str | None,
+    deadline: float,
+) -> list[int]:
+    """`prompt`, or with `long_prompts: hierarchical` and no room left for the answer, the prompt of the request's
+    conversation condensed from the model's own notes (greedy, through the engine). Runs in a worker thread: the
+    notes are generated on the event loop (anyio.from_thread), the long text is tokenized here."""
+    budget = engine.context_length - (body.wanted_tokens() or min(config.default_max_tokens, config.max_tokens_limit))
+    if config.long_prompts != "hierarchical" or len(prompt) <= budget:
+        return prompt
+    condenser = Condenser(engine.tokenizer, budget)
+
+    async def notes(asks: list[list[Message]]) -> list[str]:
+        params = SamplingParams(max_tokens=condenser.note_tokens, temperature=0.0)
+        ids = [chat_prompt(engine.tokenizer, body, ask) for ask in asks]
+        handle = submit(engine, [SequenceSpec(k, p, params, None, adapter) for k, p in enumerate(ids)])
+        texts = [""] * len(ids)
+        async with contextlib.aclosing(events(handle, len(ids), deadline)) as stream_:
+            async for event in stream_:
+                if event.error:
+                    raise APIError(event.error_status, event.error, code="generation_failed")
+                texts[event.index] += event.text
+        return texts
+
+    try:
+        done = condense(condenser, chat_messages(body), lambda asks: anyio.from_thread.run(notes, asks))
+    except DataError as exc:
+        raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from None
+    except TimeoutError:
+        raise APIError(
+            504, f"Taking notes on the long prompt took longer than {config.request_timeout:.0f}s; send a shorter one."
+        ) from None
+    return chat_prompt(engine.tokenizer, body, done.messages)
 
 
 def submit(engine: Engine, specs: list[SequenceSpec]) -> Handle:
