@@ -116,6 +116,12 @@ def test_ppo_raises_the_reward_and_saves_the_policy_only(tmp_path: Path, tiny_mo
     assert not any("value_head" in name for name, _ in result.body.named_parameters())
 
 
+def test_ppo_trains_under_bf16_autocast(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The value head's matmul comes out of autocast in bf16; the rollout's values are kept in fp32 all the same."""
+    result = _rl(tmp_path, tiny_model_dir, "training.precision=bf16", "training.max_steps=2", name="ppo")
+    assert result.final["steps"] == 2 and (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_grpo_on_a_trained_reward_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A reward model trained to prefer 'yes' to 'no' scores rollouts; GRPO on its score alone raises it."""
     rm = run_training(preference_config(tmp_path, tiny_model_dir, "objective=reward", "training.learning_rate=1e-2",

@@ -69,7 +69,8 @@ def logps_and_values(model: PolicyWithValue, batch: Batch) -> tuple[torch.Tensor
     decoder, head = parts
     hidden = decoder(**causal_inputs(batch)).last_hidden_state[:, :-1][keep]
     logps = head(hidden).float().log_softmax(-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
-    values = model.value_head(hidden.float()).squeeze(-1)
+    # fp32 out whatever autocast made of the head's matmul: GAE and the value loss add up many small terms.
+    values = model.value_head(hidden.float()).float().squeeze(-1)
     return logps, values, keep.nonzero()[:, 0]
 
 
