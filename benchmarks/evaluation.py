@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunelab.eval.report_tables import bias_rows, metric_rows, robustness_rows  # noqa: E402
+from tunelab.eval.report_tables import bias_rows, metric_rows, robustness_rows, test_text  # noqa: E402
 
 DATES = ROOT / "examples" / "dates"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -262,8 +262,10 @@ def robustness_section(run: Path) -> list[str]:
         for model in doc["models"]:
             change = per.get(model, {}).get("change")
             if change:
-                d, ok = change["delta"], change["significant"]
-                said.append(f"{model} {100 * d['estimate']:+.1f} pp ({'significant' if ok else 'n.s.'}, "
+                d, ok = change["delta"], test_text(change, 100)[1]  # the Holm-adjusted verdict the table shows
+                raw = change.get("significant_unadjusted", change["significant"])
+                verdict = "significant" if ok else "n.s. after Holm's adjustment" if raw else "n.s."
+                said.append(f"{model} {100 * d['estimate']:+.1f} pp ({verdict}, "
                             f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}])")  # fmt: skip
         reading.append(f"{entry['name']}: {'; '.join(said)}")
     notes = doc.get("notes", [])

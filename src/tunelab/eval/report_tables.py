@@ -155,9 +155,10 @@ def test_text(found: dict[str, Any] | None, scale: float = 1) -> tuple[str, bool
         return "—", None
     d = found["delta"]
     p = found.get("p_holm", found["p_value"])
+    significant = bool(found["significant"]) and p < found.get("alpha", 0.05)  # the p shown decides, as in suites
     unit = " pp" if scale == 100 else ""
     text = f"{scale * d['estimate']:+.3g}{unit} [{scale * d['low']:+.3g}, {scale * d['high']:+.3g}] p={p:.3g}"
-    return text + ("" if found["significant"] else " n.s."), bool(found["significant"])
+    return text + ("" if significant else " n.s."), significant
 
 
 def robustness_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]], list[bool | None]]:

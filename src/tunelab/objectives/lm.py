@@ -119,7 +119,9 @@ def chunked_head_loss(
     return loss_sum, correct
 
 
-def _chunk(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, smoothing: float):
+def _chunk(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     return _head_loss(head(hidden), targets, smoothing)
 
 

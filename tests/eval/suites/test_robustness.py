@@ -64,6 +64,11 @@ def test_change_from_clean_and_its_test_by_hand() -> None:
         (7, CUSTOM): "base: too long; tuned: too long",
     }
     assert custom["models"]["base"]["change"]["p_holm"] >= custom["models"]["base"]["change"]["p_value"]
+    for change in (p["models"][m]["change"] for p in out["perturbations"] for m in p["models"]):
+        # The verdict every table marks is the adjusted one: significant only when the Holm p is under alpha.
+        assert change["significant"] == (change["significant_unadjusted"] and change["p_holm"] < change["alpha"])
+    raw = custom["models"]["base"]["change"]  # p = 0.0078 raw; Holm over the perturbations keeps it significant
+    assert raw["significant_unadjusted"] and raw["significant"] == (raw["p_holm"] < 0.05)
     assert len(result.predictions) == 10 + 10 + 8
 
 

@@ -190,7 +190,10 @@ def run_robustness(
     for subject in subjects:  # several perturbations read together: Holm-adjusted p-values beside the raw ones
         entries = [p["models"][subject.name] for p in table if subject.name in p["models"]]
         for entry, adjusted in zip(entries, holm([e["change"]["p_value"] for e in entries]), strict=True):
-            entry["change"]["p_holm"] = adjusted
+            # Significance is read from the adjusted p (the one every table shows); the raw verdict is kept.
+            change = entry["change"]
+            change.update(p_holm=adjusted, significant_unadjusted=change["significant"])
+            change["significant"] = bool(change["significant"] and adjusted < change["alpha"])
     return RobustnessResult(metric, suite, [s.name for s in subjects], table, clean, notes, list(predictions.values()))
 
 
