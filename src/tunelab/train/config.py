@@ -91,11 +91,12 @@ class TrainingSection(Section):
     them). `weights`: the trainable tensors themselves."""
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     """Spread this much of each target's probability over the whole vocabulary (or label set)."""
-    loss_chunk_tokens: int = Field(default=8192, ge=0)
+    loss_chunk_tokens: int = Field(default=2048, ge=0)
     """Above this many next-token targets in a micro-batch, the output head and the cross-entropy run in chunks of
     this many, each chunk's logits recomputed in the backward pass: the (targets x vocabulary) logits never exist
     whole, which is what makes long rows fit (a 32k-token row of a 49k-vocabulary model: 6 GiB of fp32 logits and
-    as much for their gradient). Costs one more output-head matmul per chunk; 0 keeps the loss in one piece."""
+    as much for their gradient; a 2,048-target chunk: 0.4 GiB). Costs one more output-head matmul per chunk (short
+    answers, with fewer targets than this, never pay it); 0 keeps the loss in one piece."""
     neftune_alpha: float | None = Field(default=None, gt=0)
     """NEFTune: add uniform noise of scale alpha / sqrt(length * hidden) to input embeddings while training
     (the paper uses 5). Off when null."""
