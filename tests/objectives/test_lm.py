@@ -70,21 +70,21 @@ def test_label_smoothing_by_hand() -> None:
     assert smoothed != pytest.approx(plain, rel=1e-3)
 
 
-def test_sft_setup_carries_training_label_smoothing(
+def test_sft_setup_carries_training_label_smoothing_and_loss_chunks(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = SetupArgs(nn.Linear(1, 1), None, torch.device("cpu"), False, tmp_path, None, "full", 0.2)
     built = OBJECTIVES["sft"].setup(None, args)
     assert built.module is args.model and built.ctx == LMContext(label_smoothing=0.2)
     # Through a real run: the value in the config is what the loss context receives.
-    seen: list[float] = []
+    seen: list[tuple[float, int]] = []
 
-    def recording(label_smoothing: float = 0.0) -> LMContext:
-        seen.append(label_smoothing)
-        return LMContext(label_smoothing)
+    def recording(label_smoothing: float = 0.0, loss_chunk_tokens: int = 0) -> LMContext:
+        seen.append((label_smoothing, loss_chunk_tokens))
+        return LMContext(label_smoothing, loss_chunk_tokens)
 
     monkeypatch.setattr(base, "LMContext", recording)
     cfg = tiny_config(tmp_path, tiny_model_dir, "eval.generate=false", "eval.baseline=false", "training.max_steps=1",
-                      "training.label_smoothing=0.15")  # fmt: skip
+                      "training.label_smoothing=0.15", "training.loss_chunk_tokens=64")  # fmt: skip
     run_training(cfg)
-    assert seen == [0.15]
+    assert seen == [(0.15, 64)]
