@@ -90,29 +90,26 @@ def write_text_rows(path: Path, tokenizer, docs: list[list[int]]) -> Path:
     return path
 
 
-def train_overrides(data: Path, out: Path, name: str, length: int, steps: int) -> list[str]:
+def train_overrides(length: int, steps: int) -> list[str]:
+    """The settings every run here shares: continued pretraining of one row per step with LoRA r 16 in bf16."""
     return [
-        f"data.train={data}", "data.val_fraction=0", f"data.max_length={length}", "objective=pretrain",
+        "data.val_fraction=0", f"data.max_length={length}", "objective=pretrain",
         "method=lora", "method.r=16", "method.alpha=32", "training.batch_size=1", f"training.max_steps={steps}",
         "training.learning_rate=5e-4", "training.warmup_ratio=0", "training.log_every=1", "training.precision=bf16",
-        f"output.dir={out}", f"output.name={name}", "eval.generate=false",
+        "eval.generate=false",
     ]  # fmt: skip
 
 
-def tunelab_train(overrides: list[str], log: Path) -> Path:
-    """`tunelab train` with these settings (its output appended to `log`); the run folder."""
-    data = next(o.split("=", 1)[1] for o in overrides if o.startswith("data.train="))
-    args = [str(Path(sys.executable).with_name("tunelab")), "train", "--data", data]
-    for item in overrides:
-        if not item.startswith("data.train="):
-            args += ["--set", item]
+def tunelab_train(data: Path, run: Path, overrides: list[str], log: Path) -> Path:
+    """`tunelab train --data DATA` into the run folder `run` with these settings (its output appended to `log`)."""
+    args = [str(Path(sys.executable).with_name("tunelab")), "train", "--data", str(data)]
+    for item in [f"output.dir={run.parent}", f"output.name={run.name}", *overrides]:
+        args += ["--set", item]
     with log.open("a") as out:
         done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"tunelab train failed (exit {done.returncode}); see {log}")
-    out_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("output.dir="))
-    name = next(o.split("=", 1)[1] for o in overrides if o.startswith("output.name="))
-    return Path(out_dir) / name
+    return run
 
 
 def step_metrics(run: Path) -> dict:
@@ -131,13 +128,12 @@ def measure_memory(args: argparse.Namespace, tokenizer, work: Path, log: Path, d
                 continue
             data = write_text_rows(work / f"doc_{length}.jsonl", tokenizer, documents(tokenizer, length - SLACK, 1))
             steps = 2 if length <= 8192 else 1
-            sets = [*train_overrides(data, work, f"{name.replace(' ', '_')}_{length}", length, steps),
-                    *SETTINGS[name]]  # fmt: skip
+            sets = [*train_overrides(length, steps), *SETTINGS[name]]
             if length > CONTEXT:
                 sets.append("model.rope_scaling={type: yarn, factor: 4}")
             started = time.perf_counter()
             try:
-                run = tunelab_train(sets, log)
+                run = tunelab_train(data, work / f"{name.replace(' ', '_')}_{length}", sets, log)
             except RuntimeError as exc:
                 results[name][length] = {"failed": str(exc)}
                 done(results)
@@ -212,10 +208,10 @@ def measure_rope(args: argparse.Namespace, tokenizer, work: Path, log: Path, don
         del model
     data = write_text_rows(work / "rope_train.jsonl", tokenizer,
                            documents(tokenizer, length - SLACK, args.tune_docs, skip=args.rope_docs))  # fmt: skip
-    sets = [*train_overrides(data, work, "yarn_tuned", length, args.tune_steps), "training.gradient_checkpointing=true",
+    sets = [*train_overrides(length, args.tune_steps), "training.gradient_checkpointing=true",
             "model.rope_scaling={type: yarn, factor: 2}", f"training.learning_rate={args.tune_lr}"]  # fmt: skip
     started = time.perf_counter()
-    run = tunelab_train(sets, log)
+    run = tunelab_train(data, work / "yarn_tuned", sets, log)
     train_s = time.perf_counter() - started
     model, _ = load_trained(str(run))
     results["yarn + fine-tune"] = {**score(model, held_out), "train_s": train_s, **step_metrics(run)}

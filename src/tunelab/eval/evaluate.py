@@ -59,9 +59,9 @@ def generation_metrics(
         references.append(reference)
     if not chosen:
         return {}, []
-    settings = {"batch_size": batch_size, "system_prompt": system_prompt, "precision": precision}
     asked, parts = fit_prompts(model, tokenizer, prompts, [ex.origin for ex in chosen], max_new_tokens,
-                                 long_prompts, **settings)  # fmt: skip
+                               long_prompts, batch_size=batch_size, system_prompt=system_prompt,
+                               precision=precision)  # fmt: skip
     predictions = generate_answers(
         model,
         tokenizer,

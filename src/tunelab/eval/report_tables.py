@@ -12,6 +12,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from tunelab.eval.stats import shown_verdict
 from tunelab.eval.table import is_rate
 
 Rows = list[dict[str, Any]]
@@ -154,8 +155,7 @@ def test_text(found: dict[str, Any] | None, scale: float = 1) -> tuple[str, bool
     if not found:
         return "—", None
     d = found["delta"]
-    p = found.get("p_holm", found["p_value"])
-    significant = bool(found["significant"]) and p < found.get("alpha", 0.05)  # the p shown decides, as in suites
+    p, significant = shown_verdict(found)
     unit = " pp" if scale == 100 else ""
     text = f"{scale * d['estimate']:+.3g}{unit} [{scale * d['low']:+.3g}, {scale * d['high']:+.3g}] p={p:.3g}"
     return text + ("" if significant else " n.s."), significant

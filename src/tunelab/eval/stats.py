@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -241,6 +242,13 @@ def compare(
     if _binary(left) and _binary(right):
         return mcnemar(left, right, confidence=confidence, alpha=alpha)
     return paired_bootstrap(left, right, confidence=confidence, resamples=resamples, seed=seed, alpha=alpha)
+
+
+def shown_verdict(test: dict[str, Any]) -> tuple[float, bool]:
+    """The p-value a table shows for a paired test document (`Comparison.to_dict`: the Holm-adjusted `p_holm`
+    where the test was read with others) and whether the difference is significant at that p."""
+    p = float(test.get("p_holm", test["p_value"]))
+    return p, bool(test["significant"]) and p < float(test.get("alpha", 0.05))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -15,7 +15,7 @@ text at once (count every occurrence) is answered from notes, not from the text.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
@@ -46,7 +46,7 @@ class Plan:
     """The message that is cut into parts."""
     chunks: list[str]
     request: str
-    asks: list[list[Message]] = field(default_factory=list)
+    asks: list[list[Message]]
 
     def combine(self, notes: list[str]) -> list[Message]:
         """The conversation with the long message replaced by the notes on its parts and its request."""
@@ -99,44 +99,47 @@ class Condenser:
         if self.count(messages) <= self.budget:
             return None
         index = max(range(len(messages)), key=lambda i: len(messages[i].content))
-        document, request = self._split_request(messages[index].content)
+        lines, counts, request = self._split_request(messages[index].content)
         rest = [*messages[:index], replace(messages[index], content=request), *messages[index + 1 :]]
         overhead = self.count([Message("user", NOTE_ASK.format(part=99, parts=99, chunk="", request=request))])
         room = self.budget - max(overhead, self.count(rest)) - self.note_tokens
-        if room < 32 or not document.strip():
+        if room < 32 or not "".join(lines).strip():
             raise DataError(
                 f"A conversation of {self.count(messages)} tokens is over the model's prompt budget of {self.budget} "
                 f"tokens, and the rest of it (its other messages and the last {self.request_tokens} tokens of its "
                 "longest message) leaves no room for parts of that message. Shorten the other messages."
             )
-        chunks = self._chunks(document, room)
+        chunks = self._chunks(lines, counts, room)
         asks = [[Message("user", NOTE_ASK.format(part=k, parts=len(chunks), chunk=c, request=request))]
                 for k, c in enumerate(chunks, 1)]  # fmt: skip
         return Plan(messages, index, chunks, request, asks)
 
-    def _split_request(self, text: str) -> tuple[str, str]:
-        """(the document, the request): the request is the text's last whole lines within `request_tokens`
-        tokens (the question after a pasted text, as a rule), or its last `request_tokens` tokens when even its
-        last line is longer."""
-        lines = text.rstrip().splitlines(keepends=True)
-        counts = [len(x) for x in self.tokenizer(lines, add_special_tokens=False)["input_ids"]] if lines else []
+    def _lines(self, text: str) -> tuple[list[str], list[int]]:
+        """`text`'s lines (with their ends) and each one's token count, tokenized once as a batch."""
+        lines = text.splitlines(keepends=True)
+        return lines, [len(x) for x in self.tokenizer(lines, add_special_tokens=False)["input_ids"]] if lines else []
+
+    def _split_request(self, text: str) -> tuple[list[str], list[int], str]:
+        """The document's lines and their token counts, and the request: the text's last whole lines within
+        `request_tokens` tokens (the question after a pasted text, as a rule), or its last `request_tokens` tokens
+        when even its last line is longer."""
+        lines, counts = self._lines(text.rstrip())
         used, start = 0, len(lines)
         while start > 1 and used + counts[start - 1] <= self.request_tokens:
             start -= 1
             used += counts[start]
         if start < len(lines):
-            return "".join(lines[:start]), "".join(lines[start:]).strip()
+            return lines[:start], counts[:start], "".join(lines[start:]).strip()
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         cut = max(0, len(ids) - self.request_tokens)
-        return self._decode(ids[:cut]), self._decode(ids[cut:]).strip()
+        return *self._lines(self._decode(ids[:cut])), self._decode(ids[cut:]).strip()
 
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=False))
 
-    def _chunks(self, text: str, size: int) -> list[str]:
-        """`text` cut into parts of at most `size` tokens, at line ends where a line fits."""
-        lines = text.splitlines(keepends=True)
-        counts = [len(x) for x in self.tokenizer(lines, add_special_tokens=False)["input_ids"]] if lines else []
+    def _chunks(self, lines: list[str], counts: list[int], size: int) -> list[str]:
+        """The lines (with their token counts) joined into parts of at most `size` tokens, cut at line ends where
+        a line fits."""
         chunks: list[str] = []
         current, used = "", 0
         for line, n in zip(lines, counts, strict=True):

@@ -37,11 +37,16 @@ class RopeScaling(Section):
     """The context the model was trained at (default: its config's `max_position_embeddings`)."""
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""Where model configs keep their context length (Llama-style, GPT-2, and others)."""
+
+
 def context_length(config: object) -> int | None:
-    """How many positions a row may use: `max_position_embeddings`, times the factor of a dynamic scaling (which
-    keeps the original context in `max_position_embeddings`, the length where its base starts to grow)."""
-    size = getattr(config, "max_position_embeddings", None)
-    if not isinstance(size, int):
+    """How many positions a row may use (None if the config does not say): its context length, times the factor
+    of a dynamic scaling (which keeps the original context in `max_position_embeddings`, the length where its base
+    starts to grow)."""
+    size = next((v for k in CONTEXT_KEYS if isinstance(v := getattr(config, k, None), int) and v > 0), None)
+    if size is None:
         return None
     params = getattr(config, "rope_parameters", None) or {}
     kinds = [params] if "rope_theta" in params else [v for v in params.values() if isinstance(v, dict)]

@@ -34,20 +34,29 @@ def token_length(item: Tokenized) -> int:
     return len(item.input_ids)
 
 
+def selected_hidden(model: nn.Module, batch: Batch, keep: torch.Tensor) -> tuple[torch.Tensor, nn.Module] | None:
+    """The body's last hidden states at the positions `keep` (B x T-1, aligned with labels[:, 1:]) and the output
+    head that reads them; None when the forward must run whole (prompt tuning)."""
+    parts = decoder_and_head(model)
+    if parts is None:
+        return None
+    decoder, head = parts
+    return decoder(**causal_inputs(batch)).last_hidden_state[:, :-1][keep], head
+
+
 def selected_logits(model: nn.Module, batch: Batch, keep: torch.Tensor) -> torch.Tensor:
     """Next-token logits at the positions `keep` (B x T-1, aligned with labels[:, 1:]) only.
 
     The output head runs only on those positions: with a 49k vocabulary, full logits for every prompt token
     would cost more memory and time than the whole transformer body for short answers.
     """
-    parts = decoder_and_head(model)
-    if parts is None:
+    found = selected_hidden(model, batch, keep)
+    if found is None:
         # Prompt tuning prepends num_virtual_tokens positions to the output; the last T are the input's own.
         logits = model(**model_inputs(batch), use_cache=False).logits[:, -batch["input_ids"].shape[1] :]
         return logits[:, :-1][keep]
-    decoder, head = parts
-    hidden = decoder(**causal_inputs(batch)).last_hidden_state
-    return head(hidden[:, :-1][keep])
+    hidden, head = found
+    return head(hidden)
 
 
 def causal_inputs(batch: Batch) -> dict[str, Any]:
@@ -81,15 +90,12 @@ def causal_lm_loss(model: nn.Module, batch: Batch, ctx: Any = None) -> LossParts
     keep = labels != IGNORE
     targets = labels[keep]
     smoothing = getattr(ctx, "label_smoothing", 0.0) if model.training else 0.0
-    chunk = getattr(ctx, "loss_chunk_tokens", 0)
-    parts = decoder_and_head(model) if chunk and targets.numel() > chunk else None
-    if parts is not None:
-        decoder, head = parts
-        hidden = decoder(**causal_inputs(batch)).last_hidden_state[:, :-1][keep]
-        loss_sum, correct = chunked_head_loss(head, hidden, targets, chunk, smoothing)
-        return LossParts(loss_sum=loss_sum, count=keep.sum(), correct=correct)
-    logits = selected_logits(model, batch, keep)
-    loss_sum, correct = _head_loss(logits, targets, smoothing)
+    found = selected_hidden(model, batch, keep)
+    if found is None:
+        loss_sum, correct = _head_loss(selected_logits(model, batch, keep), targets, smoothing)
+    else:
+        hidden, head = found
+        loss_sum, correct = chunked_head_loss(head, hidden, targets, getattr(ctx, "loss_chunk_tokens", 0), smoothing)
     return LossParts(loss_sum=loss_sum, count=keep.sum(), correct=correct)
 
 
@@ -105,7 +111,10 @@ def chunked_head_loss(
     """`_head_loss(head(hidden), targets)` computed `chunk` rows at a time, each chunk's logits recomputed in the
     backward pass (activation checkpointing) instead of kept: peak memory holds one chunk's logits (chunk x V) rather
     than all of them. A 32k-token row of a 49k-vocabulary model would otherwise hold 6 GiB of fp32 logits, and as
-    much again for their gradient. Same sums and gradients as the one-piece loss, for one more head matmul."""
+    much again for their gradient. Same sums and gradients as the one-piece loss, for one more head matmul. With
+    `chunk` 0, or no more targets than that, it is the one-piece loss."""
+    if not chunk or targets.numel() <= chunk:
+        return _head_loss(head(hidden), targets, smoothing)
     loss_sum = hidden.new_zeros((), dtype=torch.float32)
     correct = torch.zeros((), dtype=torch.long, device=hidden.device)
     grad = torch.is_grad_enabled() and hidden.requires_grad

@@ -158,8 +158,9 @@ def create_app(state: ServerState) -> FastAPI:
         deadline = arrived + state.config.request_timeout  # compiling a constraint counts too
         body = await _read(request, ChatCompletionRequest, state.config)
         engine, adapter = await _generator(state, body.model)
-        prompt = await anyio.to_thread.run_sync(chat_prompt, engine.tokenizer, body)
-        prompt = await anyio.to_thread.run_sync(fit_chat_prompt, engine, body, prompt, state.config, adapter, deadline)
+        prompt = await anyio.to_thread.run_sync(
+            lambda: fit_chat_prompt(engine, body, chat_prompt(engine.tokenizer, body), state.config, adapter, deadline)
+        )
         schema = response_schema(body)
         # In a worker thread: a new JSON schema waits for its compile (in a separate process; seconds for large
         # schemas on a large vocabulary), and the event loop must keep serving other requests meanwhile.

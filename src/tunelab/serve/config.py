@@ -20,10 +20,10 @@ class ServeConfig:
     max_batch_size: int = 16
     """Sequences decoded together in one forward pass."""
     max_queue: int = 64
-    long_prompts: LongPrompts = "error"
-    """A chat prompt longer than the context left for its answer: 400 (`error`), or answered from the model's
-    notes on the parts of its longest message (`hierarchical`, tunelab.models.condense)."""
     """Sequences waiting for a batch slot; past that, requests get 429."""
+    long_prompts: LongPrompts = "error"
+    """A chat prompt with no room left for its answer: 400 (`error`), or answered from the model's notes on the
+    parts of its longest message (`hierarchical`, tunelab.models.condense)."""
     request_timeout: float = 120.0
     """Seconds a request may take in all; then 504 (or an error event when streaming)."""
     max_embedding_inputs: int = 256

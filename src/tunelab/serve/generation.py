@@ -215,13 +215,15 @@ def fit_chat_prompt(
     adapter: str | None,
     deadline: float,
 ) -> list[int]:
-    """`prompt`, or with `long_prompts: hierarchical` and no room left for the answer, the prompt of the request's
-    conversation condensed from the model's own notes (greedy, through the engine). Runs in a worker thread: the
-    notes are generated on the event loop (anyio.from_thread), the long text is tokenized here."""
-    budget = engine.context_length - (body.wanted_tokens() or min(config.default_max_tokens, config.max_tokens_limit))
-    if config.long_prompts != "hierarchical" or len(prompt) <= budget:
+    """`prompt`, or with `long_prompts: hierarchical` and no room left for the answer (what `build_specs` refuses),
+    the prompt of the request's conversation condensed from the model's own notes (greedy, through the engine) to
+    leave room for `max_tokens` (or the default answer length). Runs in a worker thread: the notes are generated on
+    the event loop (anyio.from_thread), the long text is tokenized here."""
+    wanted = body.wanted_tokens()
+    if config.long_prompts != "hierarchical" or len(prompt) + (wanted or 1) <= engine.context_length:
         return prompt
-    condenser = Condenser(engine.tokenizer, budget)
+    answer = wanted or min(config.default_max_tokens, config.max_tokens_limit)
+    condenser = Condenser(engine.tokenizer, engine.context_length - answer)
 
     async def notes(asks: list[list[Message]]) -> list[str]:
         params = SamplingParams(max_tokens=condenser.note_tokens, temperature=0.0)

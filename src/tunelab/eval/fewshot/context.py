@@ -24,20 +24,12 @@ from tunelab.models.chat import prompt_text
 from tunelab.models.rope import context_length
 
 Overflow = Literal["error", "drop"]
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 def context_window(model: nn.Module) -> int | None:
     """The model's context in tokens (its config's `max_position_embeddings` or equivalent, with a dynamic RoPE
     scaling's reach); None if unknown."""
-    config = getattr(model, "config", None)
-    if (scaled := context_length(config)) is not None:
-        return scaled
-    for key in CONTEXT_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return context_length(getattr(model, "config", None))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tunelab.eval.stats import shown_verdict
 from tunelab.eval.suites.bias import LIMITS
 
 
@@ -24,8 +25,8 @@ def _test(test: dict[str, Any], rate: bool = True) -> Text:
     """A paired test's difference (pp for rates), its p-value, and "n.s." (dimmed) when it is not significant."""
     delta = test["delta"]["estimate"]
     text = f"{100 * delta:+.1f} pp" if rate else f"{delta:+.3g}"
-    p = test.get("p_holm", test["p_value"])
-    if not test["significant"] or p >= test["alpha"]:
+    p, significant = shown_verdict(test)
+    if not significant:
         return Text(f"{text} p={p:.2g} n.s.", style="dim")
     return Text(f"{text} p={p:.2g}", style="green" if delta > 0 else "red")
 

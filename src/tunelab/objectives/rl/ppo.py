@@ -22,7 +22,7 @@ from tunelab.core.types import Batch, LossParts
 from tunelab.data.tokenize import IGNORE
 from tunelab.models.parts import decoder_and_head, input_embeddings
 from tunelab.objectives.base import Objective, Setup, SetupArgs
-from tunelab.objectives.lm import causal_inputs
+from tunelab.objectives.lm import selected_hidden
 from tunelab.objectives.rl.grpo import (
     RLContext,
     RLSettings,
@@ -64,10 +64,9 @@ def logps_and_values(model: PolicyWithValue, batch: Batch) -> tuple[torch.Tensor
     """Per completion token (flat): log π of the token and the value of the state before it; and their rows."""
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    parts = decoder_and_head(model.model)
-    assert parts is not None  # _setup refuses a model without them
-    decoder, head = parts
-    hidden = decoder(**causal_inputs(batch)).last_hidden_state[:, :-1][keep]
+    found = selected_hidden(model.model, batch, keep)
+    assert found is not None  # _setup refuses a model without a separate body and head
+    hidden, head = found
     logps = head(hidden).float().log_softmax(-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
     # fp32 out whatever autocast made of the head's matmul: GAE and the value loss add up many small terms.
     values = model.value_head(hidden.float()).float().squeeze(-1)
