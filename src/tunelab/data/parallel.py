@@ -6,10 +6,12 @@ memory would grow with the file; here at most `2 * num_proc` chunks exist at any
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -34,7 +36,8 @@ def bounded_map(
     # fork is fast and shares the imported modules; spawn is the only choice where fork does not exist.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+    start = (initializer, initargs)
+    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_worker, initargs=start) as pool:
         pending: deque[Future[R]] = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
@@ -54,3 +57,32 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    gc.freeze()
+    gc.set_threshold(*FEW_COLLECTIONS)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+FEW_COLLECTIONS = (50_000, 20, 1_000)
+"""Garbage-collector thresholds while rows stream through (Python's default is 700, 10, 10)."""
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Collect garbage rarely while millions of small row objects come and go.
+
+    Rows make no reference cycles worth collecting, but each collection of the oldest generation walks every live
+    object; with the default thresholds, tokenising short chat rows spent a third of its time there (8.8k rows/s
+    against 14k with collections rare). What existed before is frozen out of the walks; thresholds come back after.
+    """
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*FEW_COLLECTIONS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

@@ -41,13 +41,13 @@ from tunelab.data.ingest import (
 )
 from tunelab.data.load import LoadOptions, check_counts
 from tunelab.data.pack import pack
-from tunelab.data.parallel import bounded_map, chunked
+from tunelab.data.parallel import bounded_map, chunked, fewer_collections
 from tunelab.data.records import Example, JsonlWriter, Reject, Removed
 from tunelab.data.report import build_report, padding_report, write_report
 from tunelab.data.schedule import Schedule, make_schedule
 from tunelab.data.split import split_indices
 from tunelab.data.store import SPLITS, TOKENIZED, PreparedDataset, save_as_dataset, selected_rows, tokenized_items
-from tunelab.data.tokenize import tokenize_records
+from tunelab.data.tokenize import ChatCache, tokenize_records
 from tunelab.models.generate import generate_answers
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.pooling import encoder_vectors
@@ -90,7 +90,8 @@ def prepare_dataset(
         root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=root, prefix=f".{fp}-"))
         try:
-            _build(cfg, tokenizer, seed, work, fp)
+            with fewer_collections():
+                _build(cfg, tokenizer, seed, work, fp)
             publish(work, entry, replace_complete=not cfg.cache)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -328,7 +329,8 @@ _TOKENIZE: dict[str, Any] = {}
 
 
 def _set_tokenize(tokenizer: PreTrainedTokenizerBase, cfg: DataSection) -> None:
-    _TOKENIZE.update(tokenizer=tokenizer, cfg=cfg)
+    fast = getattr(tokenizer, "is_fast", False)
+    _TOKENIZE.update(tokenizer=tokenizer, cfg=cfg, cache=ChatCache.of(cast(Any, tokenizer)) if fast else None)
 
 
 def _write_split(
@@ -387,7 +389,11 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
     examples = [Example.from_row(row) for row in rows]
     lm = [ex for ex in examples if ex.kind in ("chat", "text")]
     # One batched call for the chunk (shared chat-template shapes, one fast-tokenizer batch), in row order.
-    outcomes = iter(tokenize_records(lm, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt, cfg.truncation))
+    outcomes = iter(
+        tokenize_records(
+            lm, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt, cfg.truncation, _TOKENIZE["cache"]
+        )
+    )
     for row, example in zip(rows, examples, strict=True):
         keep.append(False)
         if example.kind not in ("chat", "text"):

@@ -10,7 +10,8 @@ text is lost to truncation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -19,11 +20,11 @@ import torch
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from tunelab.core.types import Message
-from tunelab.data.chat_shapes import ShapeRenderer
+from tunelab.data.chat_shapes import Shape, ShapeRenderer
 from tunelab.data.records import Example, Reject
+from tunelab.data.token_pieces import IGNORE, TRUST_AFTER, PieceCache, SeamKey, ShapePieces
 from tunelab.models.chat import prompt_text, render, with_system
 
-IGNORE = -100
 LossOn = Literal["assistant", "last", "all"]
 Truncation = Literal["right", "left", "reject"]
 
@@ -105,17 +106,6 @@ def loss_turns(messages: list[Message], loss_on: LossOn) -> list[int]:
     return turns[-1:] if loss_on == "last" else turns
 
 
-def shaped_spans(renderer: ShapeRenderer, messages: list[Message], loss_on: LossOn) -> tuple[str, list]:
-    """`loss_spans` through `renderer`'s cached shapes; the three-render path where a shape cannot say."""
-    shape = renderer.shape(messages, loss_turns(messages, loss_on))
-    if shape is None:
-        return loss_spans(renderer.tokenizer, messages, loss_on)
-    text, spans = shape.assemble([m.content for m in messages])
-    if renderer.mode == "verified" and render(renderer.tokenizer, messages) != text:
-        return loss_spans(renderer.tokenizer, messages, loss_on)
-    return text, [(0, len(text))] if loss_on == "all" else spans
-
-
 def token_length(example: Example, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None) -> int:
     """How many tokens the record takes (chat: after the chat template; preference: prompt plus the longer
     answer; classification: the text and its pair; pairs: the longest text)."""
@@ -172,7 +162,15 @@ def _span_labels_np(ids: list[int], offsets: list[tuple[int, int]], spans: list[
     return np.where(hit, np.asarray(ids), IGNORE).tolist()
 
 
-def _fit(example: Example, ids: list[int], labels: list[int], max_length: int, truncation: Truncation) -> Tokenized:
+def _fit(
+    example: Example,
+    ids: list[int],
+    labels: list[int],
+    max_length: int,
+    truncation: Truncation,
+    targets: int | None = None,
+) -> Tokenized:
+    """The sequence fit to `max_length`; `targets` (the loss tokens of `labels`, when known) spares counting them."""
     cut = len(ids) > max_length
     if cut and truncation == "reject":
         raise ValueError(f"{len(ids)} tokens, more than data.max_length={max_length} (data.truncation=reject)")
@@ -180,7 +178,7 @@ def _fit(example: Example, ids: list[int], labels: list[int], max_length: int, t
     tokenized = Tokenized(
         input_ids=ids[window], labels=labels[window], origin=example.origin, task=example.task, truncated=cut
     )
-    if tokenized.target_tokens == 0:
+    if (tokenized.target_tokens if cut or targets is None else targets) == 0:
         raise ValueError(
             f"no answer tokens within data.max_length={max_length} (the row has {len(ids)} tokens); "
             "raise data.max_length, shorten the prompt, or set data.truncation=left"
@@ -223,6 +221,19 @@ def tokenize_record(
     return [tokenize_example(example, tokenizer, max_length, loss_on, system_prompt, truncation)]
 
 
+@dataclass
+class ChatCache:
+    """What batched chat tokenising learns about a tokenizer and keeps across calls: the template's shapes and the
+    shapes' token pieces with their seams' trust. One per tokenizer (a worker process keeps its own)."""
+
+    renderer: ShapeRenderer
+    pieces: PieceCache
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerFast) -> ChatCache:
+        return cls(ShapeRenderer(tokenizer), PieceCache(tokenizer.backend_tokenizer))
+
+
 def tokenize_records(
     examples: list[Example],
     tokenizer: PreTrainedTokenizerBase,
@@ -230,45 +241,125 @@ def tokenize_records(
     loss_on: LossOn = "assistant",
     system_prompt: str | None = None,
     truncation: Truncation = "right",
+    cache: ChatCache | None = None,
 ) -> list[list[Tokenized] | ValueError]:
     """`tokenize_record` for many records at once, each its sequences or the ValueError that rejects it.
 
-    Chat records go through one shape renderer and one batched call of the fast tokenizer (the same ids and
-    labels as one by one, several times faster on short rows); other records, and every record of a slow
-    tokenizer, go one by one."""
+    Chat records go through the template's cached shapes and batched calls of the fast tokenizer: rows whose seams
+    are trusted are tokenised in pieces (only their contents), the others whole, with character offsets
+    (data.token_pieces); the ids and labels are those of one by one. Other records, and every record of a slow
+    tokenizer, go one by one. Give `cache` to keep what was learnt about the template across calls."""
     out: list[list[Tokenized] | ValueError] = [ValueError("not tokenized")] * len(examples)
     chats = [i for i, ex in enumerate(examples) if ex.kind == "chat"] if getattr(tokenizer, "is_fast", False) else []
-    renderer, texts, spans, placed = ShapeRenderer(tokenizer), [], [], []
-    for i in chats:
-        try:
-            text, span = shaped_spans(renderer, with_system(examples[i].messages, system_prompt), loss_on)
-        except ValueError as exc:
-            out[i] = exc
-            continue
-        texts.append(text)
-        spans.append(span)
-        placed.append(i)
-    # The backend's own batch call: what tokenizer(texts) runs, without building a BatchEncoding around it.
-    # The backend keeps the padding and truncation of the tokenizer's last call (transformers sets them per call and
-    # leaves them); an earlier padded call would pad these rows to the batch's longest, so both are switched off.
-    backend = cast(PreTrainedTokenizerFast, tokenizer).backend_tokenizer
-    if texts:
-        backend.no_padding()
-        backend.no_truncation()
-    encodings = backend.encode_batch(texts, add_special_tokens=False) if texts else []
-    for j, i in enumerate(placed):
-        ids = encodings[j].ids
-        try:
-            labels = _span_labels_np(ids, encodings[j].offsets, spans[j])
-            out[i] = [_fit(examples[i], ids, labels, max_length, truncation)]
-        except ValueError as exc:
-            out[i] = exc
+    if chats:
+        fast = cast(PreTrainedTokenizerFast, tokenizer)
+        batch = _ChatBatch(cache if cache is not None else ChatCache.of(fast), fast, loss_on)
+        for i in chats:
+            try:
+                batch.add(i, with_system(examples[i].messages, system_prompt))
+            except ValueError as exc:
+                out[i] = exc
+        for i, ids, labels, targets in batch.run():
+            try:
+                out[i] = [_fit(examples[i], ids, labels, max_length, truncation, targets)]
+            except ValueError as exc:
+                out[i] = exc
     for i in set(range(len(examples))) - set(chats):
         try:
             out[i] = tokenize_record(examples[i], tokenizer, max_length, loss_on, system_prompt, truncation)
         except ValueError as exc:
             out[i] = exc
     return out
+
+
+_Trial = tuple[ShapePieces, list[SeamKey], list[str]]
+"""A row also tokenised in pieces to try its seams: the shape's pieces, the row's seam keys and its contents."""
+
+
+class _ChatBatch:
+    """One call's chat rows: each is tokenised in pieces (trusted seams), whole and compared in pieces (seams on
+    trial, up to `TRUST_AFTER` rows a seam), or held until the trials say which (see data.token_pieces)."""
+
+    def __init__(self, cache: ChatCache, tokenizer: PreTrainedTokenizerFast, loss_on: LossOn) -> None:
+        self.cache = cache
+        self.loss_on: LossOn = loss_on
+        self.backend = tokenizer.backend_tokenizer
+        self.pieced: list[tuple[int, ShapePieces, list[str]]] = []
+        self.whole: list[tuple[int, str, list[tuple[int, int]], _Trial | None]] = []
+        self.held: list[tuple[int, list[Message], Shape, ShapePieces, list[SeamKey], list[str]]] = []
+        self.on_trial: Counter[SeamKey] = Counter()
+
+    def add(self, i: int, messages: list[Message]) -> None:
+        """Plan row `i`; raises the ValueError that rejects it (a template that is not prefix-stable)."""
+        shape = self.cache.renderer.shape(messages, loss_turns(messages, self.loss_on))
+        if shape is None or self.cache.renderer.mode != "blind":
+            self._add_whole(i, messages, shape, None)
+            return
+        pieces = self.cache.pieces.get(shape, self.loss_on == "all")
+        texts = [m.content for m in messages]
+        keys = pieces.seams(texts)
+        if pieces.trusted(keys):
+            self.pieced.append((i, pieces, texts))
+            return
+        trial = [k for k in keys if pieces.trust.get(k, 0) >= 0 and pieces.trust.get(k, 0) < TRUST_AFTER]
+        if trial and all(pieces.trust.get(k, 0) + self.on_trial[k] >= TRUST_AFTER for k in trial):
+            self.held.append((i, messages, shape, pieces, keys, texts))  # enough rows already try these seams
+            return
+        self.on_trial.update(trial)
+        self._add_whole(i, messages, shape, (pieces, keys, texts) if trial else None)
+
+    def _add_whole(self, i: int, messages: list[Message], shape: Shape | None, trial: _Trial | None) -> None:
+        text, spans = _spans(self.cache.renderer, shape, messages, self.loss_on)
+        self.whole.append((i, text, spans, trial))
+
+    def run(self) -> Iterator[tuple[int, list[int], list[int], int | None]]:
+        """(row, ids, labels, loss tokens or None when not counted) for every planned row."""
+        # The backend's own batch call: what tokenizer(texts) runs, without building a BatchEncoding around it.
+        # The backend keeps the padding and truncation of the tokenizer's last call (transformers sets them per call
+        # and leaves them); an earlier padded call would pad these rows to the batch's longest, so both are off.
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        yield from self._run_whole()
+        for i, messages, shape, pieces, keys, texts in self.held:
+            if pieces.trusted(keys):
+                self.pieced.append((i, pieces, texts))
+            else:
+                self._add_whole(i, messages, shape, None)
+        yield from self._run_whole()
+        contents = [t for _, _, texts in self.pieced for t in texts]
+        content_ids = iter(self._ids(contents))
+        for i, pieces, texts in self.pieced:
+            yield i, *pieces.assemble([next(content_ids) for _ in texts])
+
+    def _run_whole(self) -> Iterator[tuple[int, list[int], list[int], int | None]]:
+        rows, self.whole = self.whole, []
+        if not rows:
+            return
+        trials = [t for *_, trial in rows if trial is not None for t in trial[2]]
+        trial_ids = iter(self._ids(trials))
+        encodings = self.backend.encode_batch([text for _, text, _, _ in rows], add_special_tokens=False)
+        for (i, _, spans, trial), enc in zip(rows, encodings, strict=True):
+            ids = enc.ids
+            if trial is not None:
+                pieces, keys, texts = trial
+                pieces.record(keys, pieces.assemble([next(trial_ids) for _ in texts])[0] == ids)
+            yield i, ids, _span_labels_np(ids, enc.offsets, spans), None
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)] if texts else []
+
+
+def _spans(
+    renderer: ShapeRenderer, shape: Shape | None, messages: list[Message], loss_on: LossOn
+) -> tuple[str, list[tuple[int, int]]]:
+    """A conversation's text and loss spans: through its shape where it has one (in a template that inspects
+    contents, when the row renders the same), else by the three renders of `loss_spans`."""
+    if shape is None:
+        return loss_spans(renderer.tokenizer, messages, loss_on)
+    text, spans = shape.assemble([m.content for m in messages])
+    if renderer.mode == "verified" and render(renderer.tokenizer, messages) != text:
+        return loss_spans(renderer.tokenizer, messages, loss_on)
+    return text, [(0, len(text))] if loss_on == "all" else spans
 
 
 def tokenize_all(
