@@ -35,6 +35,7 @@ from tunelab.methods.registry import METHODS
 from tunelab.methods.trained import CONFIG_FILE, artifact_dir
 from tunelab.models.families import check_rows_fit
 from tunelab.models.kernels.fast_path import apply_fast_path_
+from tunelab.models.kernels.lora import use_fast_lora_
 from tunelab.models.load import load_model, load_tokenizer, pad_id, resolve_source
 from tunelab.models.rope import scale_rope_
 from tunelab.objectives.base import Objective, PrepareArgs, Setup, SetupArgs
@@ -148,6 +149,7 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
         check_rows_fit(getattr(model, "config", None), lengths, cfg.data.max_length)
     fast_path = apply_fast_path_(model, cfg.training.fused_modules)  # before the method wraps the linear layers
     model = method.apply_(model, cfg.method)
+    fast_lora = use_fast_lora_(model) if cfg.training.fused_modules is not False else (0, 0)
     hooks = method.step_hooks(model, cfg.method)
     # A reference model, a teacher, or a head around the model.
     args = SetupArgs(
@@ -169,6 +171,7 @@ def setup_training(cfg: TunelabConfig, run_dir: Path, accelerator: Accelerator, 
             f"[bold]{cfg.method.name}[/]: {trainable:,} trainable of {total:,} parameters "
             f"({trainable / total:.2%}); compute {'bf16 autocast' if bf16 else 'fp32'} on {device.type}; "
             f"{fast_path.describe()}"
+            + (f"; fast LoRA on {fast_lora[0]} layers, {fast_lora[1]} sibling groups" if fast_lora[0] else "")
         )
     stats = run_stats(cfg, data, objective, trainable, total, accelerator.num_processes)
     resolved = resolve_auto(cfg.training, stats)

@@ -137,9 +137,10 @@ class TrainingSection(Section):
     """CPU threads for torch; default: all cores."""
     fused_modules: Literal["auto"] | bool = "auto"
     """The fast path: leaner RMSNorm and gated-MLP modules (same maths, fewer saved activations) and matrix-product
-    causal attention for rows of up to 128 tokens (faster than the CPU flash kernel there). `auto`: the parts the
-    model's family can take (the README's support matrix says which, and why not the others); `true`: all of
-    them, refusing a model that cannot take one; `false`: off."""
+    causal attention for rows of up to 128 tokens (faster than the CPU flash kernel there), and a leaner forward of
+    peft's LoRA layers (models/kernels/lora.py). `auto`: the parts the model's family can take (the README's support
+    matrix says which, and why not the others); `true`: all of them, refusing a model that cannot take one; `false`:
+    off."""
     adversarial: AdversarialSection | None = None
     """Embedding-space adversarial training (fgm, pgd, freelb, smart) on top of the objective; off when null."""
     task_weights: dict[str, float] = {}
