@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+import pytest
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tunelab.core.types import Message
 from tunelab.data.records import Example
-from tunelab.data.token_pieces import TRUST_AFTER, edge_class
+from tunelab.data.token_pieces import TRUST_AFTER, ContentTokenizer, edge_class
 from tunelab.data.tokenize import ChatCache, tokenize_example, tokenize_records
 from tunelab.models.load import CHATML_TEMPLATE
 
@@ -84,3 +85,70 @@ def test_edge_classes_spell_out_whitespace_runs() -> None:
     assert edge_class("ends.", start=False) == "|Po" and edge_class("it's", start=True) == "|Ll"
     assert edge_class("'s", start=True) == "|'" and edge_class("", start=True) == ""
     assert edge_class(" " * 20 + "x", start=True) == "long|Ll"
+
+
+LLAMA3_SPLIT = (  # Llama 3's and Qwen2's pre-tokenizer pattern
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+TEXTS = [
+    "Hello world, it's 2024!", "  leading and trailing  ", "tabs\tand\nnew\n\nlines\r\n", "numbers 1234567 3.14",
+    "東京 は 🦙 llama", "don't WE'LL they've", "a  b   c", "x" * 40, "", "mixed123abc", "<b>&amp;</b> {{x}}",
+    "ending with space ", "\n\nstarts with newlines", "emoji 🦙🦙 and accents café naïve",
+]  # fmt: skip
+
+
+def _bpe(pre: pre_tokenizers.PreTokenizer) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre
+    trainer = trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<|special|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TEXTS * 20, trainer=trainer)
+    return tok
+
+
+@pytest.mark.parametrize(
+    "pre",
+    [
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+        pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        ),
+        pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        ),
+    ],
+    ids=["gpt2", "llama3", "digits"],
+)
+def test_word_path_equals_the_library(pre) -> None:
+    backend = _bpe(pre)
+    contents = ContentTokenizer(backend)
+    assert contents.by_words
+    texts = TEXTS * 3 + [t + " <|special|> after" for t in TEXTS[:3]]  # an added token's text: the library's path
+    got = contents.ids(texts)
+    assert got == [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    assert contents.by_words  # no check disagreed
+
+
+def test_pipelines_the_word_path_cannot_follow_use_the_library() -> None:
+    prefix = _bpe(pre_tokenizers.ByteLevel(add_prefix_space=True))
+    metaspace = _bpe(pre_tokenizers.Metaspace())
+    normalised = _bpe(pre_tokenizers.ByteLevel(add_prefix_space=False))
+    normalised.normalizer = normalizers.NFKC()
+    for backend in (prefix, metaspace, normalised):
+        contents = ContentTokenizer(backend)
+        assert not contents.by_words
+        assert contents.ids(TEXTS) == [e.ids for e in backend.encode_batch(TEXTS, add_special_tokens=False)]
+
+
+def test_a_disagreeing_check_turns_the_word_path_off() -> None:
+    backend = _bpe(pre_tokenizers.ByteLevel(add_prefix_space=False))
+    contents = ContentTokenizer(backend)
+    contents.words["Hello"] = [0]  # a wrong memory, as a pre-tokenizer this module misread would give
+    got = contents.ids(TEXTS)
+    assert not contents.by_words
+    assert got == [e.ids for e in backend.encode_batch(TEXTS, add_special_tokens=False)]

@@ -346,7 +346,7 @@ class _ChatBatch:
             yield i, ids, _span_labels_np(ids, enc.offsets, spans), None
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)] if texts else []
+        return self.cache.pieces.contents.ids(texts)
 
 
 def _spans(
