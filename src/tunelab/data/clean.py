@@ -61,6 +61,9 @@ def normalise(
     if strip_html:
         text = _TAG.sub("", _BREAK.sub("\n", _SCRIPT.sub("", text)))
         text = html.unescape(text)
+    if text.isascii() and text.isprintable():
+        # Printable ASCII: already in every Unicode form, no control characters, no line breaks (most rows).
+        return text.strip() if whitespace else text
     if unicode_form != "none":
         text = unicodedata.normalize(unicode_form, text)
     if control:

@@ -34,11 +34,19 @@ def key_text(example: Example) -> str:
     whitespace-normalised. The label is left out, so the same text with two labels counts as a duplicate
     (a label conflict)."""
     parts = [example.kind]
-    parts += [f"{m.role}:{_SPACES.sub(' ', m.content).strip()}" for m in example.messages]
+    parts += [f"{m.role}:{_spaced(m.content)}" for m in example.messages]
     for name, text in example.texts():
         if not name.startswith("messages["):
-            parts.append(f"{name}:{_SPACES.sub(' ', text).strip()}")
-    return unicodedata.normalize("NFKC", "\x1f".join(parts))
+            parts.append(f"{name}:{_spaced(text)}")
+    joined = "\x1f".join(parts)
+    return joined if joined.isascii() else unicodedata.normalize("NFKC", joined)
+
+
+def _spaced(text: str) -> str:
+    """Runs of whitespace as one space, ends stripped."""
+    if text.isprintable() and "  " not in text:  # no tab, newline or other break, no double space: nothing to do
+        return text.strip()
+    return _SPACES.sub(" ", text).strip()
 
 
 def exact_hash(example: Example) -> int:
@@ -49,7 +57,8 @@ def exact_hash(example: Example) -> int:
 
 def near_text(example: Example) -> str:
     """The record's content as compared for near duplicates: lower case, punctuation and spacing removed."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", example.content()).lower()).strip()
+    text = example.content()
+    return _NON_WORD.sub(" ", (text if text.isascii() else unicodedata.normalize("NFKC", text)).lower()).strip()
 
 
 def shingle_batch(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:

@@ -383,7 +383,8 @@ def _write_split(
 def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Reject], list[Removed], Counter]:
     tokenizer, cfg = _TOKENIZE["tokenizer"], _TOKENIZE["cfg"]
     c = cfg.clean
-    keep, sequences, bad, gone = [], [], [], []
+    keep, bad, gone = [], [], []
+    columns: dict[str, list] = {name: [] for name in TOKENIZED.names}
     stats: Counter[str] = Counter()
     rows = chunk.to_pylist()
     examples = [Example.from_row(row) for row in rows]
@@ -424,20 +425,20 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
         keep[-1] = True
         stats["truncated"] += any(s.truncated for s in seqs)
         stats["sequences"] += len(seqs)
+        difficulty = example.meta.get("difficulty")
         for s in seqs:
-            sequences.append(
-                {
-                    "input_ids": s.input_ids,
-                    "labels": s.labels,
-                    "origin": s.origin,
-                    "task": s.task,
-                    "label": example.label,
-                    "kind": example.kind,
-                    "length": len(s.input_ids),
-                    "truncated": s.truncated,
-                    "synthetic": example.synthetic,
-                    "difficulty": example.meta.get("difficulty"),
-                }
-            )
+            for name, value in (
+                ("input_ids", s.input_ids),
+                ("labels", s.labels),
+                ("origin", s.origin),
+                ("task", s.task),
+                ("label", example.label),
+                ("kind", example.kind),
+                ("length", len(s.input_ids)),
+                ("truncated", s.truncated),
+                ("synthetic", example.synthetic),
+                ("difficulty", difficulty),
+            ):
+                columns[name].append(value)
     kept = chunk.filter(pa.array(keep, type=pa.bool_()))
-    return kept, pa.RecordBatch.from_pylist(sequences, schema=TOKENIZED), bad, gone, stats
+    return kept, pa.RecordBatch.from_pydict(columns, schema=TOKENIZED), bad, gone, stats
