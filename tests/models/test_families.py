@@ -281,19 +281,31 @@ def test_serve(model_type: str, trained) -> None:
     prompt = served.tokenizer(str(text), add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         want = model.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False)  # both stop at <|im_end|>
-    text = asyncio.run(_generate(Engine(model, served.tokenizer).start(), prompt))
-    assert text == served.tokenizer.decode(want[0, len(prompt) :], skip_special_tokens=True)
+        with model.disable_adapter():
+            base = model.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False)
+    # The adapter's request and the base model's, together: batched (per-row adapters) or one after the other
+    # where peft cannot mix adapters in a batch (LoRA on a mixture of experts' expert tensors).
+    texts = asyncio.run(_generate(Engine(model, served.tokenizer).start(), prompt, ["default", None]))
+    assert texts == [served.tokenizer.decode(w[0, len(prompt) :], skip_special_tokens=True) for w in (want, base)]
 
 
-async def _generate(engine: Engine, prompt: list[int]) -> str:
+async def _generate(engine: Engine, prompt: list[int], adapters: list[str | None]) -> list[str]:
     try:
-        handle = Handle(asyncio.get_running_loop())
-        engine.submit([SequenceSpec(0, prompt, SamplingParams(max_tokens=3, temperature=0), adapter="default")], handle)
-        text = ""
-        while True:
-            event = await handle.events.get()
-            text += event.text
-            if event.finish_reason:
-                return text
+        loop = asyncio.get_running_loop()
+        handles = [Handle(loop) for _ in adapters]
+        for handle, adapter in zip(handles, adapters, strict=True):
+            engine.submit(
+                [SequenceSpec(0, prompt, SamplingParams(max_tokens=3, temperature=0), adapter=adapter)], handle
+            )
+        return [await _text(handle) for handle in handles]
     finally:
         engine.stop()
+
+
+async def _text(handle: Handle) -> str:
+    text = ""
+    while True:
+        event = await handle.events.get()
+        text += event.text
+        if event.finish_reason:
+            return text

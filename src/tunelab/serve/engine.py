@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
+from peft.tuners.lora.layer import ParamWrapper
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -116,6 +117,8 @@ class Engine:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self._mixes = mixes_adapters(model)
+        self._adapter: str | None = None
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.metrics = metrics
@@ -198,11 +201,12 @@ class Engine:
                             break
                         calls = list(self._calls)
                         self._calls.clear()
-                        room = self.max_batch_size - len(self._active)
-                        admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                        admitted = self._take(self.max_batch_size - len(self._active))
                         self._report_queue()
                     for fn, future in calls:
                         _run_call(fn, future)
+                    if calls:
+                        self._mixes = mixes_adapters(self.model)  # a call may have loaded an adapter
                     try:
                         self._admit([s for s in admitted if not s.handle.cancelled.is_set()])
                         if self._active:
@@ -214,6 +218,21 @@ class Engine:
                         self._batch.keep([])
         finally:
             self._abandon()
+
+    def _take(self, room: int) -> list[_Sequence]:
+        """Up to `room` waiting sequences, first come first served. On a model whose adapters cannot share a batch,
+        only those asking for the first waiting one's adapter, and none until the rows in flight of another adapter
+        are done (so no adapter waits behind a stream of another's); the rest keep their place in the queue."""
+        if self._mixes or not self._waiting:
+            return [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        adapter = self._waiting[0].spec.adapter
+        if self._active and self._active[0].spec.adapter != adapter:
+            return []
+        taken, kept = [], deque()
+        for seq in self._waiting:
+            (taken if len(taken) < room and seq.spec.adapter == adapter else kept).append(seq)
+        self._waiting = kept
+        return taken
 
     def _abandon(self) -> None:
         """The worker is ending (stopped, or killed by an error): tell every request still here, so none waits
@@ -325,11 +344,32 @@ class Engine:
         # peft routes each row through its own LoRA adapter when given one name per row.
         if not hasattr(self.model, "peft_config"):
             return {}
-        return {"adapter_names": [s.spec.adapter or BASE_ADAPTER for s in rows]}
+        if self._mixes:
+            return {"adapter_names": [s.spec.adapter or BASE_ADAPTER for s in rows]}
+        self._use_adapter(rows[0].spec.adapter)  # `_take` admitted only rows of one adapter
+        return {}
+
+    def _use_adapter(self, name: str | None) -> None:
+        """Make `name` (None: the base model) the active adapter of a model that cannot mix them in a batch."""
+        if name == self._adapter:
+            return
+        model = cast(Any, self.model)
+        if name is None:
+            model.base_model.disable_adapter_layers()
+        else:
+            model.base_model.enable_adapter_layers()
+            model.set_adapter(name)
+        self._adapter = name
 
     def _report_queue(self) -> None:
         if self.metrics:
             self.metrics.queue_depth.set(self.queue_depth)
+
+
+def mixes_adapters(model: nn.Module) -> bool:
+    """Whether peft can run rows of different adapters in one batch of `model`: not once LoRA sits on parameters
+    rather than layers (the expert tensors of a mixture of experts), which peft's mixed batches do not support."""
+    return not any(isinstance(m, ParamWrapper) for m in model.modules())
 
 
 def _run_call(fn: Callable[[], Any], future: concurrent.futures.Future) -> None:
