@@ -285,8 +285,11 @@ def test_serve(model_type: str, trained) -> None:
             base = model.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False)
     # The adapter's request and the base model's, together: batched (per-row adapters) or one after the other
     # where peft cannot mix adapters in a batch (LoRA on a mixture of experts' expert tensors).
-    texts = asyncio.run(_generate(Engine(model, served.tokenizer).start(), prompt, ["default", None]))
-    assert texts == [served.tokenizer.decode(w[0, len(prompt) :], skip_special_tokens=True) for w in (want, base)]
+    answers = [served.tokenizer.decode(w[0, len(prompt) :], skip_special_tokens=True) for w in (want, base)]
+    # The base model's request first, on the model as peft loaded it (its adapter active): the engine must not
+    # take that adapter for the base model's rows.
+    assert asyncio.run(_generate(Engine(model, served.tokenizer).start(), prompt, [None, "default"])) == answers[::-1]
+    assert asyncio.run(_generate(Engine(model, served.tokenizer).start(), prompt, ["default", None])) == answers
 
 
 async def _generate(engine: Engine, prompt: list[int], adapters: list[str | None]) -> list[str]:

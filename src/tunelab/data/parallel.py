@@ -60,8 +60,7 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
-    gc.freeze()
-    gc.set_threshold(*FEW_COLLECTIONS)
+    _collect_rarely()  # for the worker's whole life: it only ever streams rows
     if initializer is not None:
         initializer(*initargs)
 
@@ -79,10 +78,14 @@ def fewer_collections() -> Iterator[None]:
     against 14k with collections rare). What existed before is frozen out of the walks; thresholds come back after.
     """
     before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(*FEW_COLLECTIONS)
+    _collect_rarely()
     try:
         yield
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def _collect_rarely() -> None:
+    gc.freeze()
+    gc.set_threshold(*FEW_COLLECTIONS)

@@ -61,12 +61,16 @@ class ShapePieces:
     def trusted(self, keys: list[SeamKey]) -> bool:
         return all(self.trust.get(key, 0) >= TRUST_AFTER for key in keys)
 
+    def on_trial(self, keys: list[SeamKey]) -> list[SeamKey]:
+        """The keys among `keys` neither trusted yet nor seen differing."""
+        return [key for key in keys if 0 <= self.trust.get(key, 0) < TRUST_AFTER]
+
     def record(self, keys: list[SeamKey], agreed: bool) -> None:
         """What one row compared both ways said about its seams."""
         for key in keys:
             seen = self.trust.get(key, 0)
-            if seen >= 0 and not (agreed and seen >= TRUST_AFTER):
-                self.trust[key] = seen + 1 if agreed else -1
+            if seen >= 0:
+                self.trust[key] = min(seen + 1, TRUST_AFTER) if agreed else -1
 
     def assemble(self, content_ids: list[list[int]]) -> tuple[list[int], list[int], int]:
         """The row's ids, labels and number of loss tokens from its contents' ids."""

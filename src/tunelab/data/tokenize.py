@@ -253,7 +253,7 @@ def tokenize_records(
     chats = [i for i, ex in enumerate(examples) if ex.kind == "chat"] if getattr(tokenizer, "is_fast", False) else []
     if chats:
         fast = cast(PreTrainedTokenizerFast, tokenizer)
-        batch = _ChatBatch(cache if cache is not None else ChatCache.of(fast), fast, loss_on)
+        batch = _ChatBatch(cache if cache is not None else ChatCache.of(fast), loss_on)
         for i in chats:
             try:
                 batch.add(i, with_system(examples[i].messages, system_prompt))
@@ -280,10 +280,10 @@ class _ChatBatch:
     """One call's chat rows: each is tokenised in pieces (trusted seams), whole and compared in pieces (seams on
     trial, up to `TRUST_AFTER` rows a seam), or held until the trials say which (see data.token_pieces)."""
 
-    def __init__(self, cache: ChatCache, tokenizer: PreTrainedTokenizerFast, loss_on: LossOn) -> None:
+    def __init__(self, cache: ChatCache, loss_on: LossOn) -> None:
         self.cache = cache
         self.loss_on: LossOn = loss_on
-        self.backend = tokenizer.backend_tokenizer
+        self.backend = cache.pieces.backend
         self.pieced: list[tuple[int, ShapePieces, list[str]]] = []
         self.whole: list[tuple[int, str, list[tuple[int, int]], _Trial | None]] = []
         self.held: list[tuple[int, list[Message], Shape, ShapePieces, list[SeamKey], list[str]]] = []
@@ -301,7 +301,7 @@ class _ChatBatch:
         if pieces.trusted(keys):
             self.pieced.append((i, pieces, texts))
             return
-        trial = [k for k in keys if pieces.trust.get(k, 0) >= 0 and pieces.trust.get(k, 0) < TRUST_AFTER]
+        trial = pieces.on_trial(keys)
         if trial and all(pieces.trust.get(k, 0) + self.on_trial[k] >= TRUST_AFTER for k in trial):
             self.held.append((i, messages, shape, pieces, keys, texts))  # enough rows already try these seams
             return

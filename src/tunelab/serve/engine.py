@@ -38,6 +38,7 @@ from tunelab.serve.sampling import Constraint, Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
+_UNKNOWN = object()
 
 
 class QueueFullError(Exception):
@@ -118,7 +119,8 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self._mixes = mixes_adapters(model)
-        self._adapter: str | None = None
+        self._adapter: str | object | None = _UNKNOWN
+        """The active adapter (None: the base model) where adapters cannot share a batch; `_UNKNOWN` until set."""
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.metrics = metrics
@@ -205,8 +207,8 @@ class Engine:
                         self._report_queue()
                     for fn, future in calls:
                         _run_call(fn, future)
-                    if calls:
-                        self._mixes = mixes_adapters(self.model)  # a call may have loaded an adapter
+                    if calls:  # a call may have loaded an adapter, and made it the active one
+                        self._mixes, self._adapter = mixes_adapters(self.model), _UNKNOWN
                     try:
                         self._admit([s for s in admitted if not s.handle.cancelled.is_set()])
                         if self._active:
@@ -252,7 +254,8 @@ class Engine:
         if not new:
             return
         try:
-            logits, cache, mask = prefill(self.model, [s.spec.prompt for s in new], self.pad_id, self._extra(new))
+            prompts = [s.spec.prompt for s in new]
+            logits, cache, mask = prefill(self.model, prompts, self.pad_id, self._adapter_args(new))
         except Exception as exc:
             if len(new) == 1:
                 self._fail(new, exc, "prefill failed")
@@ -269,7 +272,7 @@ class Engine:
         if self.metrics:
             self.metrics.batch_size.observe(len(self._active))
         try:
-            logits = self._batch.step([s.next_token for s in self._active], self._extra(self._active))
+            logits = self._batch.step([s.next_token for s in self._active], self._adapter_args(self._active))
         except Exception as exc:  # the shared forward pass (a bug or out of memory): every row in it fails
             self._fail(self._active, exc, "decode step failed")
             self._active = []
@@ -340,8 +343,9 @@ class Engine:
     def _text(self, seq: _Sequence) -> str:
         return cast(str, self.tokenizer.decode(seq.generated, skip_special_tokens=True))  # one sequence: one text
 
-    def _extra(self, rows: list[_Sequence]) -> dict[str, Any]:
-        # peft routes each row through its own LoRA adapter when given one name per row.
+    def _adapter_args(self, rows: list[_Sequence]) -> dict[str, Any]:
+        """The forward's keyword arguments that route `rows` through their adapters: one name per row for peft, or
+        none after making the rows' one adapter the active one (a model whose adapters cannot share a batch)."""
         if not hasattr(self.model, "peft_config"):
             return {}
         if self._mixes:
