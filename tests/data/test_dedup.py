@@ -9,7 +9,9 @@ from tunelab.data.dedup import (
     FN_WEIGHT,
     FP_WEIGHT,
     MinHasher,
+    ShingleSets,
     band_keys,
+    candidate_pairs,
     exact_duplicates,
     jaccard,
     near_duplicates,
@@ -65,5 +67,41 @@ def test_near_duplicates_on_a_known_fixture() -> None:
     bands, rows = optimal_bands(0.8, 128)
     hashes, counts = shingle_batch(normal, 5)
     keys = band_keys(MinHasher(128, 5).signatures(hashes, counts), bands, rows)
-    found = near_duplicates(lambda b: keys[:, b], bands, lambda i, j: jaccard(sets[i], sets[j]), 0.8)
+    found = near_duplicates(lambda b: keys[:, b], bands, ShingleSets(normal, 5).jaccard, 0.8)
     assert set(found) == {2, 3} and found[2][0] == 0 and found[3] == (0, 1.0)
+
+
+def test_batched_jaccard_equals_the_pairwise_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "épsilon", "zeta", "η"]
+    texts = ["", "ab", "abcde"] + [" ".join(rng.choice(words, rng.integers(1, 40))) for _ in range(60)]
+    sets = ShingleSets(texts, 5)
+    a, b = rng.integers(0, len(texts), 500), rng.integers(0, len(texts), 500)
+    monkeypatch.setattr(ShingleSets, "BUDGET", 64)  # many small sorts: the budget splitting is checked too
+    got = sets.jaccard(a, b)
+    want = [jaccard(shingles(texts[i], 5), shingles(texts[j], 5)) for i, j in zip(a, b, strict=True)]
+    assert np.allclose(got, want)
+
+
+def test_candidate_pairs_link_each_row_to_its_groups_first_and_previous_row() -> None:
+    keys = np.array([5, 9, 5, 5, 9, 1, 5])
+    codes = candidate_pairs(keys)
+    pairs = {(int(c) >> 32, int(c) & 0xFFFFFFFF) for c in codes}
+    assert pairs == {(0, 2), (0, 3), (2, 3), (0, 6), (3, 6), (1, 4)}
+    skip = np.zeros(len(keys), dtype=bool)
+    skip[[0, 4]] = True
+    pairs = {(int(c) >> 32, int(c) & 0xFFFFFFFF) for c in candidate_pairs(keys, skip)}
+    assert pairs == {(2, 3), (2, 6), (3, 6)}
+    assert len(candidate_pairs(np.array([1, 2, 3]))) == 0
+
+
+def test_near_duplicate_clusters_follow_chains_and_keep_the_first_row() -> None:
+    # 0~1 and 1~2 are similar, 0 and 2 are not: single linkage puts all three in 0's cluster
+    keys = np.array([[1, 7], [1, 2], [3, 2], [4, 5]])
+    sims = {(0, 1): 0.9, (1, 2): 0.85, (0, 2): 0.1}
+
+    def similarities(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        return np.array([sims.get(pair, 0.0) for pair in zip(first.tolist(), second.tolist(), strict=True)])
+
+    found = near_duplicates(lambda b: keys[:, b], 2, similarities, 0.8)
+    assert found == {1: (0, 0.9), 2: (0, 0.85)}

@@ -89,13 +89,72 @@ def shingle_batch(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]
 
 def shingles(text: str, ngram: int) -> np.ndarray:
     """The sorted unique shingle hashes of one text (for exact Jaccard similarity)."""
-    return np.unique(shingle_batch([text], ngram)[0])
+    return distinct(shingle_batch([text], ngram)[0])
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Jaccard similarity of two sorted unique shingle arrays."""
     inter = len(np.intersect1d(a, b, assume_unique=True))
     return inter / (len(a) + len(b) - inter) if len(a) + len(b) else 1.0
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values: one sort and one comparison, where numpy 2's `np.unique` hashes integers,
+    100x slower on millions of them."""
+    ordered = np.sort(values)
+    keep = np.ones(len(ordered), dtype=bool)
+    keep[1:] = ordered[1:] != ordered[:-1]
+    return ordered[keep]
+
+
+class ShingleSets:
+    """The unique shingle sets of many texts, held as one flat array, and the exact Jaccard similarity of many
+    pairs of them at once (the shared shingles of a pair are found by one sort instead of a set operation per
+    pair)."""
+
+    BUDGET = 1 << 22
+    """Shingles compared in one sort (32 MB of keys)."""
+
+    def __init__(self, texts: list[str], ngram: int) -> None:
+        hashes, counts = shingle_batch(texts, ngram)
+        owner = np.repeat(np.arange(len(texts), dtype=np.uint64), counts)
+        unique = distinct((owner << np.uint64(32)) | hashes.astype(np.uint64))
+        self.hashes = (unique & MAX_HASH).astype(np.uint32)
+        self.lengths = np.bincount((unique >> np.uint64(32)).astype(np.int64), minlength=len(texts))
+        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64)
+
+    def jaccard(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Similarity of text a[k] and text b[k] for every k (indices into the texts given)."""
+        out = np.empty(len(a), dtype=np.float64)
+        sizes = self.lengths[a] + self.lengths[b]
+        ends = np.cumsum(sizes)
+        start = 0
+        while start < len(a):
+            base = ends[start - 1] if start else 0
+            stop = max(int(np.searchsorted(ends, base + self.BUDGET, side="right")), start + 1)
+            out[start:stop] = self._jaccard(a[start:stop], b[start:stop])
+            start = stop
+        return out
+
+    def _jaccard(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        pair = np.arange(len(a), dtype=np.uint64)
+        keys = np.concatenate([
+            (np.repeat(pair, self.lengths[side]) << np.uint64(32))
+            | self.hashes[ranges(self.starts[side], self.lengths[side])].astype(np.uint64)
+            for side in (a, b)
+        ])  # fmt: skip
+        keys.sort()
+        shared = keys[1:][keys[1:] == keys[:-1]] >> np.uint64(32)  # each set is unique: a repeat is in both
+        inter = np.bincount(shared.astype(np.int64), minlength=len(a))
+        union = self.lengths[a] + self.lengths[b] - inter
+        return np.divide(inter, union, out=np.ones(len(a)), where=union > 0)
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices start[0] .. start[0]+length[0]-1, then those of the second range, and so on."""
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths
+    return np.arange(total, dtype=np.int64) - np.repeat(offsets - starts, lengths)
 
 
 class MinHasher:
@@ -199,10 +258,30 @@ class UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
+def sharing(keys: np.ndarray, skip: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the rows whose key another row (not marked in `skip`) holds too, ordered by key and then
+    by index. Keys are sorted once (a vectorised sort, ~20x faster than an argsort) to find the repeated ones;
+    the rows that may hold one are found through a bitmap of their low bits, and only those, usually few, are
+    searched for and argsorted."""
+    ordered = np.sort(keys)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
+    if not len(repeated):
+        return np.zeros(0, dtype=np.int64)
+    low = np.int64((1 << max(16, min(26, 2 * len(repeated).bit_length()))) - 1)
+    bitmap = np.zeros(int(low) + 1, dtype=bool)
+    bitmap[repeated & low] = True
+    rows = np.flatnonzero(bitmap[keys & low])
+    held = keys[rows]
+    rows = rows[repeated[np.minimum(np.searchsorted(repeated, held), len(repeated) - 1)] == held]
+    if skip is not None:
+        rows = rows[~skip[rows]]
+    return rows[np.argsort(keys[rows], kind="stable")]
+
+
 def shared_groups(keys: np.ndarray) -> Iterator[np.ndarray]:
-    """Indices of rows sharing a key, one array per key held by two or more rows (ascending indices). Only
-    the sort order and one flag per row are held (17 bytes a row); the groups themselves are small."""
-    order = np.argsort(keys, kind="stable")
+    """Indices of rows sharing a key, one array per key held by two or more rows (ascending indices)."""
+    order = sharing(keys)
     same = keys[order[1:]] == keys[order[:-1]]  # same[p]: sorted rows p and p+1 share a key
     pos = np.flatnonzero(same)
     if not len(pos):
@@ -212,37 +291,63 @@ def shared_groups(keys: np.ndarray) -> Iterator[np.ndarray]:
         yield order[run[0] : run[-1] + 2]
 
 
+def candidate_pairs(keys: np.ndarray, skip: np.ndarray | None = None) -> np.ndarray:
+    """Pairs of rows that share a key, to verify, as sorted int64 codes `first << 32 | second` (first <
+    second): each row of a group with the group's first row and with the row before it (ascending indices),
+    rows marked in `skip` left out. Linking each row to those two finds a group's clusters without comparing
+    every pair of its rows."""
+    order = sharing(keys, skip)
+    ordered = keys[order]
+    follows = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # sorted positions that share the key before them
+    if not len(follows):
+        return np.zeros(0, dtype=np.int64)
+    is_start = np.ones(len(order), dtype=bool)
+    is_start[follows] = False
+    group_start = np.maximum.accumulate(np.where(is_start, np.arange(len(order)), 0))[follows]
+    second = order[follows].astype(np.int64)
+    firsts = order[group_start].astype(np.int64)
+    previous = order[follows - 1].astype(np.int64)
+    not_first = follows - 1 != group_start
+    codes = np.concatenate([(firsts << 32) | second, (previous[not_first] << 32) | second[not_first]])
+    return distinct(codes)
+
+
 def near_duplicates(
     band_columns: Callable[[int], np.ndarray],
     bands: int,
-    similarity: Callable[[int, int], float],
+    similarities: Callable[[np.ndarray, np.ndarray], np.ndarray],
     threshold: float,
     *,
     skip: set[int] | None = None,
-    pair_ok: Callable[[int, int], bool] | None = None,
+    batch: int = 16_384,
 ) -> dict[int, tuple[int, float]]:
-    """{index: (index of the kept row of its cluster, similarity to the row it matched)} for near duplicates.
+    """{index: (index of the kept row of its cluster, its highest similarity to a row it matched)} for near
+    duplicates: rows linked by verified candidate pairs form a cluster (single linkage), and its first row is
+    kept.
 
     `band_columns(b)` returns band b's keys for all rows (read one band at a time, so the keys of every band
-    never have to be in memory together). `skip` holds rows already removed (exact duplicates); `pair_ok`
-    restricts which candidate pairs count (for contamination: only pairs across train and validation).
+    never have to be in memory together). The candidate pairs of all bands are gathered first (8 bytes a
+    pair), then verified `batch` pairs at a time by `similarities(first, second)`, which returns the exact
+    similarity of each pair. `skip` holds rows already removed (exact duplicates).
     """
-    skip = skip or set()
+    codes, mask = np.zeros(0, dtype=np.int64), None
+    for band in range(bands):
+        keys = band_columns(band)
+        if skip and mask is None:
+            mask = np.zeros(len(keys), dtype=bool)
+            mask[list(skip)] = True
+        codes = distinct(np.concatenate([codes, candidate_pairs(keys, mask)]))
+        del keys
     uf = UnionFind()
     matched: dict[int, float] = {}
-    for band in range(bands):
-        for group in shared_groups(band_columns(band)):
-            members = [i for i in group.tolist() if i not in skip]
-            for k, m in enumerate(members[1:], start=1):
-                for other in (members[0], members[k - 1]) if k > 1 else (members[0],):
-                    if uf.find(m) == uf.find(other) or (pair_ok is not None and not pair_ok(other, m)):
-                        continue
-                    sim = similarity(other, m)
-                    if sim >= threshold:
-                        uf.union(other, m)
-                        matched[m] = max(matched.get(m, 0.0), sim)
-                        matched[other] = max(matched.get(other, 0.0), sim)
-                        break
+    for start in range(0, len(codes), batch):
+        chunk = codes[start : start + batch]
+        first, second = chunk >> 32, chunk & 0xFFFFFFFF
+        sims = similarities(first, second)
+        for i, j, sim in zip(*(x[sims >= threshold].tolist() for x in (first, second, sims)), strict=True):
+            uf.union(i, j)
+            matched[i] = max(matched.get(i, 0.0), sim)
+            matched[j] = max(matched.get(j, 0.0), sim)
     out: dict[int, tuple[int, float]] = {}
     for i in matched:
         root = uf.find(i)

@@ -22,17 +22,19 @@ from tunelab.data.clean import Cleaner, CleanStats
 from tunelab.data.config import CleanSection
 from tunelab.data.dedup import (
     MinHasher,
+    ShingleSets,
     band_keys,
+    distinct,
     exact_duplicates,
     exact_hash,
-    jaccard,
     near_duplicates,
     near_text,
     optimal_bands,
+    ranges,
     shingle_batch,
-    shingles,
 )
 from tunelab.data.load import FileInfo, LoadOptions, stream_files
+from tunelab.data.parallel import chunked
 from tunelab.data.records import Example, JsonlWriter, Reject, Removed
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("trainable", pa.bool_())])
@@ -206,8 +208,30 @@ def _absorb(chunk: ChunkOut, out: Ingested, writer, band_files, rejects, removed
             np.ascontiguousarray(chunk.bands[:, b]).tofile(fh)
 
 
+def take_rows(table: pa.Table, indices: np.ndarray, release: Callable[[], object] = lambda: None) -> list[dict]:
+    """The rows of `table` at `indices`, in that order, taken batch by batch: `Table.take` joins all the
+    chunks of a column into one array first, which copies a memory-mapped file into memory. `release` is
+    called every RELEASE_EVERY rows to drop the mapped pages read so far."""
+    out: list[dict] = [{}] * len(indices)
+    batches = table.to_batches()
+    ends = np.cumsum([b.num_rows for b in batches])
+    which = np.searchsorted(ends, indices, side="right")
+    read = 0
+    for b in distinct(which).tolist():
+        where = np.flatnonzero(which == b)
+        read += len(where)
+        if read >= RELEASE_EVERY:
+            release()
+            read = 0
+        local = indices[where] - (ends[b - 1] if b else 0)
+        for k, row in zip(where.tolist(), batches[b].take(pa.array(local, type=pa.int64())).to_pylist(), strict=True):
+            out[k] = row
+    return out
+
+
 class RowTexts:
-    """Shingle sets of records read back by index (only rows that LSH makes candidates are ever read)."""
+    """Records read back by index, in batches, for the exact similarity of candidate pairs (only rows that LSH
+    makes candidates are ever read)."""
 
     def __init__(
         self,
@@ -216,32 +240,35 @@ class RowTexts:
         release: Callable[[], object] = lambda: None,
     ) -> None:
         # Each source is a table and the indices into it that the combined numbering covers (None: all rows).
-        # `release` is called now and then to drop the mapped pages read so far; what it returns is ignored.
-        self.release, self.reads = release, 0
+        # `release` is called after each batch to drop the mapped pages it read; what it returns is ignored.
+        self.release = release
         self.parts = []
         for table, idx in sources:
             self.parts.append((table, np.arange(table.num_rows) if idx is None else idx))
         self.offsets = np.cumsum([0] + [len(idx) for _, idx in self.parts])
         self.ngram = ngram
-        self.cache: dict[int, np.ndarray] = {}
 
-    def row(self, i: int) -> dict:
-        self.reads += 1
-        if self.reads % RELEASE_EVERY == 0:
-            self.release()
-        part = int(np.searchsorted(self.offsets, i, side="right")) - 1
-        table, idx = self.parts[part]
-        return table.slice(int(idx[i - self.offsets[part]]), 1).to_pylist()[0]
+    def rows(self, indices: np.ndarray) -> list[dict]:
+        """The records at `indices` (combined numbering), in that order."""
+        out: list[dict] = [{}] * len(indices)
+        part_of = np.searchsorted(self.offsets, indices, side="right") - 1
+        for part, (table, idx) in enumerate(self.parts):
+            where = np.flatnonzero(part_of == part)
+            if len(where):
+                rows = take_rows(table, idx[indices[where] - self.offsets[part]], self.release)
+                for k, row in zip(where.tolist(), rows, strict=True):
+                    out[k] = row
+        self.release()
+        return out
 
-    def shingles(self, i: int) -> np.ndarray:
-        if i not in self.cache:
-            if len(self.cache) > 20_000:
-                self.cache.clear()
-            self.cache[i] = shingles(near_text(Example.from_row(self.row(i))), self.ngram)
-        return self.cache[i]
-
-    def similarity(self, i: int, j: int) -> float:
-        return jaccard(self.shingles(i), self.shingles(j))
+    def similarities(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Exact shingle Jaccard similarity of rows first[k] and second[k] for every k."""
+        both = np.concatenate([first, second])
+        unique = distinct(both)
+        inverse = np.searchsorted(unique, both)
+        texts = [near_text(Example.from_row(r)) for r in self.rows(unique)]
+        sets = ShingleSets(texts, self.ngram)
+        return sets.jaccard(inverse[: len(first)], inverse[len(first) :])
 
 
 @dataclass
@@ -264,22 +291,22 @@ def find_duplicates(ing: Ingested, mode: str) -> Duplicates:
     if mode == "near" and ing.near is not None:
         texts = RowTexts([(ing.table(), None)], ing.near.ngram, ing.release)
         found.near = near_duplicates(
-            ing.band_column, ing.near.bands[0], texts.similarity, ing.near.threshold, skip=set(found.exact)
+            ing.band_column, ing.near.bands[0], texts.similarities, ing.near.threshold, skip=set(found.exact)
         )
     return found
 
 
 def removed_rows(ing: Ingested, dups: dict[int, tuple[int, float]], name: str) -> Iterator[Removed]:
-    """`Removed` entries for duplicate rows, naming the row each one duplicates."""
+    """`Removed` entries for duplicate rows, naming the row each one duplicates (read 2,000 rows at a time)."""
     table = ing.table()
-    for n, i in enumerate(sorted(dups), start=1):
-        if n % RELEASE_EVERY == 0:
-            ing.release()
-        j, sim = dups[i]
-        row = table.slice(i, 1).to_pylist()[0]
-        kept = table.slice(j, 1).to_pylist()[0]["origin"]
-        how = "exact duplicate" if name == "exact_duplicate" else f"near duplicate (Jaccard {sim:.2f})"
-        yield Removed(origin=row["origin"], filter=name, reason=f"{how} of {kept}", record=row)
+    for chunk in chunked(sorted(dups), 2000):
+        rows = take_rows(table, np.asarray(chunk), ing.release)
+        kept = [r["origin"] for r in take_rows(table, np.asarray([dups[i][0] for i in chunk]), ing.release)]
+        ing.release()
+        for i, row, of in zip(chunk, rows, kept, strict=True):
+            sim = dups[i][1]
+            how = "exact duplicate" if name == "exact_duplicate" else f"near duplicate (Jaccard {sim:.2f})"
+            yield Removed(origin=row["origin"], filter=name, reason=f"{how} of {of}", record=row)
 
 
 @dataclass
@@ -326,26 +353,29 @@ def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, n
     if not near or li.near is None:
         return overlap
     texts = RowTexts([(li.table(), lidx), (ri.table(), ridx)], li.near.ngram, lambda: (li.release(), ri.release()))
-    verdict: dict[tuple[int, int], float] = {}  # (left hash, right index) -> similarity: exact copies count once
+    found = []  # (training index, validation index) candidates, band by band, in the order they are met
     for band in range(li.near.bands[0]):
         rkeys = ri.band_column(band)[ridx]
         rorder = np.argsort(rkeys, kind="stable")
         rsorted = rkeys[rorder]
         lkeys = li.band_column(band)[lidx]
         start = np.searchsorted(rsorted, lkeys, side="left")
-        stop = np.searchsorted(rsorted, lkeys, side="right")
+        sizes = np.searchsorted(rsorted, lkeys, side="right") - start
         del lkeys
-        for i in np.flatnonzero(stop > start).tolist():
-            for j in rorder[start[i] : stop[i]].tolist():
-                if i in overlap.left and j in overlap.right:
-                    continue
-                key = (int(lhash[i]), j)
-                if key not in verdict:
-                    verdict[key] = texts.similarity(i, n + j)
-                sim = verdict[key]
-                if sim >= li.near.threshold:
-                    overlap.left.setdefault(i, (j, sim))
-                    overlap.right.setdefault(j, (i, sim))
+        hit = np.flatnonzero(sizes)
+        found.append((np.repeat(hit, sizes[hit]), rorder[ranges(start[hit], sizes[hit])]))
+    codes = np.concatenate([(i.astype(np.int64) << 32) | j for i, j in found])
+    order = np.argsort(codes, kind="stable")
+    first = np.ones(len(codes), dtype=bool)
+    first[1:] = codes[order[1:]] != codes[order[:-1]]
+    codes = codes[np.sort(order[first])]  # each pair once, in the order first met
+    for lo in range(0, len(codes), 16_384):
+        chunk = codes[lo : lo + 16_384]
+        i_all, j_all = chunk >> 32, chunk & 0xFFFFFFFF
+        sims = texts.similarities(i_all, n + j_all)
+        for i, j, sim in zip(*(x[sims >= li.near.threshold].tolist() for x in (i_all, j_all, sims)), strict=True):
+            overlap.left.setdefault(i, (j, sim))
+            overlap.right.setdefault(j, (i, sim))
     return overlap
 
 
