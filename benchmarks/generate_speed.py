@@ -8,9 +8,9 @@
    greedy answers with tunelab's (`generate_answers`, fp32) on the examples/dates test prompts.
 3. Speed: greedy tokens/s at 1 and at 32 concurrent sequences, same prompts, same thread count, for tunelab's
    batched `generate_answers` (what `tunelab eval` runs), tunelab's serve engine (continuous batching, what
-   `tunelab serve` runs) and llama.cpp (its C API driven like its `batched` example: one llama_decode per step
-   for every running sequence). Tokens counted are the ones each engine returns (up to a stop token); time
-   includes the prompts' prefill.
+   `tunelab serve` runs, with bf16 weights as the server loads them by default, and fp32) and llama.cpp (its C
+   API driven like its `batched` example: one llama_decode per step for every running sequence). Tokens counted
+   are the ones each engine returns (up to a stop token); time includes the prompts' prefill.
 
     flock /tmp/bench.lock .venv/bin/python benchmarks/generate_speed.py [--tuned runs/dates-demo]
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import platform
 import subprocess
@@ -151,14 +152,16 @@ def interop(spec: str, label: str, tmp: Path, threads: int, max_new: int) -> tup
 def speed(setup: dict, threads: int, max_new: int, single: int, many: int) -> list[dict]:
     """tokens/s at 1 and `many` concurrent sequences for tunelab eval, tunelab serve and llama.cpp."""
     model, tokenizer, ids = setup["model"], setup["tokenizer"], setup["ids"]
+    served = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16)}  # bf16: as `tunelab serve` loads it
     conversations = dates_prompts()[0]
     runs: list[tuple[str, str, int, Greedy]] = []
     for concurrent, n in ((1, single), (many, many)):
         for precision in ("fp32", "bf16"):
             result = tunelab_eval(model, tokenizer, conversations[:n], max_new, concurrent, precision)[0]
             runs.append((f"tunelab eval (generate_answers, {precision})", "-", concurrent, result))
-        result = tunelab_serve(model, tokenizer, ids[:n], max_new, concurrent)
-        runs.append(("tunelab serve engine (fp32)", "-", concurrent, result))
+        for precision, weights in served.items():
+            result = tunelab_serve(weights, tokenizer, ids[:n], max_new, concurrent)
+            runs.append((f"tunelab serve engine ({precision})", "-", concurrent, result))
         for quant, path in setup["files"].items():
             llama = LlamaCpp(path, threads=threads, n_seq=concurrent, n_ctx=max(4096, 256 * concurrent))
             try:
@@ -167,7 +170,7 @@ def speed(setup: dict, threads: int, max_new: int, single: int, many: int) -> li
             finally:
                 llama.close()
             runs.append(("llama.cpp", quant, concurrent, result))
-        for name, quant, c, result in runs[-6:]:
+        for name, quant, c, result in runs[-7:]:
             print(f"{name} {quant} x{c}: {result.tokens / result.seconds:.1f} tokens/s", flush=True)
     return [
         {
