@@ -57,7 +57,11 @@ def exact_hash(example: Example) -> int:
 
 def near_text(example: Example) -> str:
     """The record's content as compared for near duplicates: lower case, punctuation and spacing removed."""
-    text = example.content()
+    return near_form(example.content())
+
+
+def near_form(text: str) -> str:
+    """`text` as near duplicates are compared (`near_text` of a record whose content it is)."""
     return _NON_WORD.sub(" ", (text if text.isascii() else unicodedata.normalize("NFKC", text)).lower()).strip()
 
 

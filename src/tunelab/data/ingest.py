@@ -28,6 +28,7 @@ from tunelab.data.dedup import (
     exact_duplicates,
     exact_hash,
     near_duplicates,
+    near_form,
     near_text,
     optimal_bands,
     ranges,
@@ -93,9 +94,10 @@ class ChunkProcessor:
             cleaned = self.cleaner.clean(item, stats)
             (removed if isinstance(cleaned, Removed) else kept).append(cleaned)
         bands = None
+        contents = [e.content() for e in kept]
         if self.near is not None:
             hasher = MinHasher(self.near.num_perm, self.near.ngram)
-            hashes, counts = shingle_batch([near_text(e) for e in kept], self.near.ngram)
+            hashes, counts = shingle_batch([near_form(c) for c in contents], self.near.ngram)
             bands = band_keys(hasher.signatures(hashes, counts), *self.near.bands)
         return ChunkOut(
             rejects=rejects,
@@ -103,7 +105,7 @@ class ChunkProcessor:
             batch=pa.RecordBatch.from_pylist([e.to_row() for e in kept], schema=SCHEMA),
             exact=np.fromiter((exact_hash(e) for e in kept), dtype=np.int64, count=len(kept)),
             bands=bands,
-            chars=np.fromiter((len(e.content()) for e in kept), dtype=np.int64, count=len(kept)),
+            chars=np.fromiter((len(c) for c in contents), dtype=np.int64, count=len(kept)),
             stats=stats,
         )
 

@@ -425,20 +425,18 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
         keep[-1] = True
         stats["truncated"] += any(s.truncated for s in seqs)
         stats["sequences"] += len(seqs)
-        difficulty = example.meta.get("difficulty")
-        for s in seqs:
-            for name, value in (
-                ("input_ids", s.input_ids),
-                ("labels", s.labels),
-                ("origin", s.origin),
-                ("task", s.task),
-                ("label", example.label),
-                ("kind", example.kind),
-                ("length", len(s.input_ids)),
-                ("truncated", s.truncated),
-                ("synthetic", example.synthetic),
-                ("difficulty", difficulty),
-            ):
-                columns[name].append(value)
+        columns["input_ids"] += [s.input_ids for s in seqs]
+        columns["labels"] += [s.labels for s in seqs]
+        columns["origin"] += [s.origin for s in seqs]
+        columns["task"] += [s.task for s in seqs]
+        columns["length"] += [len(s.input_ids) for s in seqs]
+        columns["truncated"] += [s.truncated for s in seqs]
+        for name, value in (
+            ("label", example.label),
+            ("kind", example.kind),
+            ("synthetic", example.synthetic),
+            ("difficulty", example.meta.get("difficulty")),
+        ):
+            columns[name] += [value] * len(seqs)
     kept = chunk.filter(pa.array(keep, type=pa.bool_()))
     return kept, pa.RecordBatch.from_pydict(columns, schema=TOKENIZED), bad, gone, stats
