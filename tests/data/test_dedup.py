@@ -13,12 +13,22 @@ from tunelab.data.dedup import (
     band_keys,
     candidate_pairs,
     exact_duplicates,
-    jaccard,
     near_duplicates,
     optimal_bands,
     shingle_batch,
-    shingles,
 )
+
+
+def shingles(text: str, ngram: int) -> np.ndarray:
+    """The reference: one text's sorted unique shingle hashes."""
+    return np.unique(shingle_batch([text], ngram)[0])
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The reference: Jaccard similarity of two sorted unique shingle arrays."""
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter) if len(a) + len(b) else 1.0
+
 
 BASE = "The committee approved the new budget for the public library after a long debate on Tuesday evening."
 TEXTS = [
@@ -47,9 +57,9 @@ def test_signatures_match_datasketch() -> None:
 
 
 def test_shingles_and_exact_jaccard() -> None:
-    a, b = shingles("abcdef", 3), shingles("abcdeg", 3)
-    assert len(a) == 4 and jaccard(a, b) == 3 / 5  # abc bcd cde shared; def vs deg differ
-    assert len(shingles("ab", 5)) == 1 and len(shingles("", 5)) == 1
+    sets = ShingleSets(["abcdef", "abcdeg", "ab", ""], 3)
+    assert sets.lengths.tolist() == [4, 4, 1, 1]  # a text shorter than the n-gram is one shingle
+    assert sets.jaccard(np.array([0, 2]), np.array([1, 2])).tolist() == [3 / 5, 1.0]  # abc bcd cde shared
 
 
 def test_exact_duplicates_point_at_the_first_occurrence() -> None:

@@ -91,17 +91,6 @@ def shingle_batch(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]
     return (h[inside] & MAX_HASH).astype(np.uint32), lengths - ngram + 1
 
 
-def shingles(text: str, ngram: int) -> np.ndarray:
-    """The sorted unique shingle hashes of one text (for exact Jaccard similarity)."""
-    return distinct(shingle_batch([text], ngram)[0])
-
-
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Jaccard similarity of two sorted unique shingle arrays."""
-    inter = len(np.intersect1d(a, b, assume_unique=True))
-    return inter / (len(a) + len(b) - inter) if len(a) + len(b) else 1.0
-
-
 def distinct(values: np.ndarray) -> np.ndarray:
     """The sorted distinct values: one sort and one comparison, where numpy 2's `np.unique` hashes integers,
     100x slower on millions of them."""
