@@ -252,24 +252,29 @@ class UnionFind:
 
 
 def sharing(keys: np.ndarray, skip: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the rows whose key another row (not marked in `skip`) holds too, ordered by key and then
-    by index. Keys are sorted once (a vectorised sort, ~20x faster than an argsort) to find the repeated ones;
-    the rows that may hold one are found through a bitmap of their low bits, and only those, usually few, are
-    searched for and argsorted."""
+    """Indices of the rows not marked in `skip` whose key another row holds too, ordered by key and then by
+    index. Keys are sorted once (a vectorised sort, ~20x faster than an argsort) to find the repeated ones; only
+    the rows holding one (`holding`), usually few, are argsorted."""
     ordered = np.sort(keys)
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     del ordered
-    if not len(repeated):
-        return np.zeros(0, dtype=np.int64)
-    low = np.int64((1 << max(16, min(26, 2 * len(repeated).bit_length()))) - 1)
-    bitmap = np.zeros(int(low) + 1, dtype=bool)
-    bitmap[repeated & low] = True
-    rows = np.flatnonzero(bitmap[keys & low])
-    held = keys[rows]
-    rows = rows[repeated[np.minimum(np.searchsorted(repeated, held), len(repeated) - 1)] == held]
+    rows = holding(keys, repeated)
     if skip is not None:
         rows = rows[~skip[rows]]
     return rows[np.argsort(keys[rows], kind="stable")]
+
+
+def holding(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the `keys` that are among the sorted int64 `values`. A bitmap of the values' low
+    bits rules out most keys with one vectorised lookup; only the rest are binary-searched."""
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    low = np.int64((1 << max(16, min(26, 2 * len(values).bit_length()))) - 1)
+    bitmap = np.zeros(int(low) + 1, dtype=bool)
+    bitmap[values & low] = True
+    rows = np.flatnonzero(bitmap[keys & low])
+    held = keys[rows]
+    return rows[values[np.minimum(np.searchsorted(values, held), len(values) - 1)] == held]
 
 
 def shared_groups(keys: np.ndarray) -> Iterator[np.ndarray]:

@@ -27,6 +27,7 @@ from tunelab.data.dedup import (
     distinct,
     exact_duplicates,
     exact_hash,
+    holding,
     near_duplicates,
     near_form,
     near_text,
@@ -361,11 +362,11 @@ def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, n
         rorder = np.argsort(rkeys, kind="stable")
         rsorted = rkeys[rorder]
         lkeys = li.band_column(band)[lidx]
-        start = np.searchsorted(rsorted, lkeys, side="left")
-        sizes = np.searchsorted(rsorted, lkeys, side="right") - start
+        hit = holding(lkeys, rsorted)  # training rows sharing this band's key with some validation row
+        start = np.searchsorted(rsorted, lkeys[hit], side="left")
+        sizes = np.searchsorted(rsorted, lkeys[hit], side="right") - start
         del lkeys
-        hit = np.flatnonzero(sizes)
-        found.append((np.repeat(hit, sizes[hit]), rorder[ranges(start[hit], sizes[hit])]))
+        found.append((np.repeat(hit, sizes), rorder[ranges(start, sizes)]))
     codes = np.concatenate([(i.astype(np.int64) << 32) | j for i, j in found])
     order = np.argsort(codes, kind="stable")
     first = np.ones(len(codes), dtype=bool)
