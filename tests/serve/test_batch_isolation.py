@@ -235,3 +235,20 @@ def test_a_stopped_engine_answers_waiting_requests_and_refuses_new_ones(sharp_mo
 
     event = asyncio.run(scenario())
     assert event.finish_reason == "error" and event.error_status == 503 and not engine.alive
+
+
+def test_prefill_keeps_only_the_last_logits_and_they_equal_the_full_forward(sharp_model) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.serve.batch import keeps_last_logits, prefill
+
+    model, _ = sharp_model
+    wrapped = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model.name_or_path).eval(), LoraConfig(r=2, target_modules=["q_proj"])
+    )
+    assert keeps_last_logits(model) and keeps_last_logits(wrapped)
+    with torch.inference_mode():
+        logits = prefill(model, PROMPTS, 0, {})[0]
+        for row, prompt in enumerate(PROMPTS):
+            full = model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+            assert torch.allclose(logits[row], full, atol=1e-4), row

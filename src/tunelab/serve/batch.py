@@ -12,6 +12,7 @@ fixed for the whole call. Everything here is plain tensor bookkeeping around the
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, cast
 
 import torch
@@ -32,6 +33,8 @@ def prefill(
         ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
         mask[row, width - len(prompt) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    if keeps_last_logits(model):  # only the last position's logits are used: skip the LM head on the others
+        extra = {**extra, "logits_to_keep": 1}
     out = model(
         input_ids=ids,
         attention_mask=mask,
@@ -41,6 +44,13 @@ def prefill(
         **extra,
     )
     return out.logits[:, -1, :].float(), out.cache, mask
+
+
+def keeps_last_logits(model: nn.Module) -> bool:
+    """Whether the causal LM under any adapter wrapper takes `logits_to_keep` (transformers' LMs do; a remote-code
+    model may not). On a 32-prompt prefill of SmolLM2 the LM head over every position is ~15% of the time."""
+    base = cast(Any, model).get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(cast(Any, base).forward).parameters
 
 
 class Batch:
