@@ -310,6 +310,21 @@ def candidate_pairs(keys: np.ndarray, skip: np.ndarray | None = None) -> np.ndar
     return distinct(codes)
 
 
+def verified_pairs(
+    codes: np.ndarray,
+    similarities: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    threshold: float,
+    batch: int = 16_384,
+) -> Iterator[tuple[int, int, float]]:
+    """(first, second, similarity) of the pair codes (`first << 32 | second`, in their order) whose exact
+    similarity reaches `threshold`, verified `batch` pairs at a time."""
+    for start in range(0, len(codes), batch):
+        chunk = codes[start : start + batch]
+        first, second = chunk >> 32, chunk & 0xFFFFFFFF
+        sims = similarities(first, second)
+        yield from zip(*(x[sims >= threshold].tolist() for x in (first, second, sims)), strict=True)
+
+
 def near_duplicates(
     band_columns: Callable[[int], np.ndarray],
     bands: int,
@@ -338,14 +353,10 @@ def near_duplicates(
         del keys
     uf = UnionFind()
     matched: dict[int, float] = {}
-    for start in range(0, len(codes), batch):
-        chunk = codes[start : start + batch]
-        first, second = chunk >> 32, chunk & 0xFFFFFFFF
-        sims = similarities(first, second)
-        for i, j, sim in zip(*(x[sims >= threshold].tolist() for x in (first, second, sims)), strict=True):
-            uf.union(i, j)
-            matched[i] = max(matched.get(i, 0.0), sim)
-            matched[j] = max(matched.get(j, 0.0), sim)
+    for i, j, sim in verified_pairs(codes, similarities, threshold, batch):
+        uf.union(i, j)
+        matched[i] = max(matched.get(i, 0.0), sim)
+        matched[j] = max(matched.get(j, 0.0), sim)
     out: dict[int, tuple[int, float]] = {}
     for i in matched:
         root = uf.find(i)

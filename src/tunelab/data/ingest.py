@@ -34,6 +34,7 @@ from tunelab.data.dedup import (
     optimal_bands,
     ranges,
     shingle_batch,
+    verified_pairs,
 )
 from tunelab.data.load import FileInfo, LoadOptions, stream_files
 from tunelab.data.parallel import chunked
@@ -372,13 +373,9 @@ def cross_duplicates(left: tuple[Ingested, np.ndarray], right: tuple[Ingested, n
     first = np.ones(len(codes), dtype=bool)
     first[1:] = codes[order[1:]] != codes[order[:-1]]
     codes = codes[np.sort(order[first])]  # each pair once, in the order first met
-    for lo in range(0, len(codes), 16_384):
-        chunk = codes[lo : lo + 16_384]
-        i_all, j_all = chunk >> 32, chunk & 0xFFFFFFFF
-        sims = texts.similarities(i_all, n + j_all)
-        for i, j, sim in zip(*(x[sims >= li.near.threshold].tolist() for x in (i_all, j_all, sims)), strict=True):
-            overlap.left.setdefault(i, (j, sim))
-            overlap.right.setdefault(j, (i, sim))
+    for i, j, sim in verified_pairs(codes, lambda a, b: texts.similarities(a, n + b), li.near.threshold):
+        overlap.left.setdefault(i, (j, sim))
+        overlap.right.setdefault(j, (i, sim))
     return overlap
 
 
