@@ -45,6 +45,14 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
 PII_MASKS = {"email": "[EMAIL]", "ip": "[IP]", "phone": "[PHONE]"}
 _DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
 _WORDS = re.compile(r"\w+")
+_REQUIRED = {
+    "text": ("text",),
+    "preference": ("chosen", "rejected"),
+    "classification": ("text",),
+    "pairs": ("anchor", "positive"),
+    "token_classification": ("text",),
+}
+"""The texts each kind of record (other than chat, whose trainable answers are) needs non-empty."""
 TRIVIAL_ANSWERS = {"n/a", "na", "null", "nan", "none.", "todo", "tbd", "lorem ipsum", "...", "-", "?"}
 
 
@@ -138,11 +146,11 @@ class Cleaner:
 
     def clean(self, example: Example, stats: CleanStats) -> Example | Removed:
         """The cleaned record, or a `Removed` naming the filter that took it; `stats` counts what happened."""
-        pii = Counter()
-        cleaned = example.map_texts(self._text_fn(pii))
-        if cleaned != example:
-            stats.changed += 1
-        stats.pii.update(pii)
+        pii, changed = Counter(), [False]
+        cleaned = example.map_texts(self._text_fn(pii, changed))
+        stats.changed += changed[0]
+        if pii:
+            stats.pii.update(pii)
         reason = _emptied(cleaned)
         name = "normalize"
         if reason is None:
@@ -152,12 +160,17 @@ class Cleaner:
             return Removed(origin=example.origin, filter=name, reason=reason, record=example.to_row())
         return cleaned
 
-    def _text_fn(self, pii: Counter[str]):
+    def _text_fn(self, pii: Counter[str], changed: list[bool]):
+        """The cleaning of one text; it counts masked personal data into `pii` and sets `changed[0]` when a
+        text comes out different."""
         cfg = self.cfg
 
         def fn(text: str) -> str:
-            text = normalise(text, cfg.unicode, cfg.whitespace, cfg.remove_control, cfg.strip_html)
-            return mask_pii(text, cfg.pii, pii) if cfg.pii else text
+            new = normalise(text, cfg.unicode, cfg.whitespace, cfg.remove_control, cfg.strip_html)
+            new = mask_pii(new, cfg.pii, pii) if cfg.pii else new
+            if new != text:
+                changed[0] = True
+            return new
 
         return fn
 
@@ -192,16 +205,12 @@ class Cleaner:
 
 def _emptied(ex: Example) -> str | None:
     """A required text that normalisation left empty (it held only whitespace, control characters or HTML)."""
-    required = {
-        "chat": [
+    if ex.kind == "chat":
+        required = [
             (f"messages[{i}]", m.content) for i, m in enumerate(ex.messages) if m.role == "assistant" and m.trainable
-        ],
-        "text": [("text", ex.text)],
-        "preference": [("chosen", ex.chosen), ("rejected", ex.rejected)],
-        "classification": [("text", ex.text)],
-        "pairs": [("anchor", ex.anchor), ("positive", ex.positive)],
-        "token_classification": [("text", ex.text)],
-    }[ex.kind]
+        ]
+    else:
+        required = [(name, getattr(ex, name)) for name in _REQUIRED[ex.kind]]
     for name, text in required:
         if not text:
             return f"{name} is empty after normalisation (it held only whitespace, control characters or markup)"

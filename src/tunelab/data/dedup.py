@@ -27,6 +27,7 @@ from tunelab.data.records import Example
 MAX_HASH = np.uint64((1 << 32) - 1)
 _NON_WORD = re.compile(r"[\W_]+")
 _SPACES = re.compile(r"\s+")
+_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum()})
 
 
 def key_text(example: Example) -> str:
@@ -62,7 +63,9 @@ def near_text(example: Example) -> str:
 
 def near_form(text: str) -> str:
     """`text` as near duplicates are compared (`near_text` of a record whose content it is)."""
-    return _NON_WORD.sub(" ", (text if text.isascii() else unicodedata.normalize("NFKC", text)).lower()).strip()
+    if text.isascii():  # the same as below, by a character table: a third of the time on short rows
+        return " ".join(text.lower().translate(_ASCII_NON_WORD).split())
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 
 def shingle_batch(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:

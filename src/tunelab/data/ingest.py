@@ -8,6 +8,7 @@ out as they come, and the only per-row state is 8 bytes of hash in memory plus 8
 
 from __future__ import annotations
 
+import json
 import mmap
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from tunelab.core.types import Message
 from tunelab.data.clean import Cleaner, CleanStats
 from tunelab.data.config import CleanSection
 from tunelab.data.dedup import (
@@ -38,7 +40,7 @@ from tunelab.data.dedup import (
 )
 from tunelab.data.load import FileInfo, LoadOptions, stream_files
 from tunelab.data.parallel import chunked
-from tunelab.data.records import Example, JsonlWriter, Reject, Removed
+from tunelab.data.records import TEXT_FIELDS, Example, JsonlWriter, Reject, Removed
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("trainable", pa.bool_())])
 SCHEMA = pa.schema(
@@ -51,6 +53,56 @@ RELEASE_EVERY = 256
 """Random row reads between releases of the mapped record pages. Each read maps in about 200 KB: the kernel
 maps the neighbours of a faulting page too when they are in the page cache (fault-around, 64 KB), once per
 column buffer touched; so this bounds the mapped pages at ~50 MB whatever the file size."""
+
+
+def records_batch(examples: Sequence[Example]) -> pa.RecordBatch:
+    """`examples` as a record batch of `SCHEMA`, built column by column: the same batch as
+    `RecordBatch.from_pylist([e.to_row() ...])` at a fifth of its cost, which on short rows was a third of
+    reading and cleaning them."""
+    messages = [m for e in examples for m in e.messages]
+    offsets = np.zeros(len(examples) + 1, dtype=np.int32)
+    np.cumsum([len(e.messages) for e in examples], out=offsets[1:])
+    turns = pa.StructArray.from_arrays(
+        [
+            pa.array([m.role for m in messages], pa.string()),
+            pa.array([m.content for m in messages], pa.string()),
+            pa.array([m.trainable for m in messages], pa.bool_()),
+        ],
+        fields=list(MESSAGE),
+    )
+    metas = [json.dumps(e.meta, ensure_ascii=False, sort_keys=True) if e.meta else "" for e in examples]
+    columns = {
+        "messages": pa.ListArray.from_arrays(pa.array(offsets), turns, type=SCHEMA.field("messages").type),
+        "origin": pa.array([e.origin for e in examples], pa.string()),
+        "meta": pa.array(metas, pa.string()),
+        "kind": pa.array([e.kind for e in examples], pa.string()),
+        **{name: pa.array([getattr(e, name) for e in examples], pa.string()) for name in TEXT_FIELDS},
+        "label": pa.array([e.label for e in examples], pa.string()),
+        "task": pa.array([e.task for e in examples], pa.string()),
+        "synthetic": pa.array([e.synthetic for e in examples], pa.bool_()),
+    }
+    return pa.RecordBatch.from_arrays([columns[name] for name in SCHEMA.names], schema=SCHEMA)
+
+
+def records_examples(records: pa.Table | pa.RecordBatch) -> list[Example]:
+    """The `Example`s of a table of `SCHEMA`, read column by column (the inverse of `records_batch`; the same
+    as `Example.from_row` on each row of `to_pylist()`, at a third of its cost)."""
+    turns = records.column("messages")
+    if isinstance(turns, pa.ChunkedArray):
+        turns = turns.combine_chunks() if turns.num_chunks != 1 else turns.chunk(0)
+    flat = turns.flatten()
+    roles, contents, trainable = (values.to_pylist() for values in flat.flatten())
+    starts = (turns.offsets.to_numpy() - turns.offsets[0].as_py()).tolist()
+    column = {name: records.column(name).to_pylist() for name in SCHEMA.names if name != "messages"}
+    column["meta"] = [json.loads(m) if m else {} for m in column["meta"]]
+    order = ["origin", "meta", "kind", *TEXT_FIELDS, "label", "task", "synthetic"]
+    out = []
+    for k, (origin, meta, kind, *text, label, task, synthetic) in enumerate(
+        zip(*(column[name] for name in order), strict=True)
+    ):
+        messages = [Message(roles[j], contents[j], trainable[j]) for j in range(starts[k], starts[k + 1])]
+        out.append(Example(messages, origin, meta, kind, *text, label=label, task=task, synthetic=synthetic))
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,7 +156,7 @@ class ChunkProcessor:
         return ChunkOut(
             rejects=rejects,
             removed=removed,
-            batch=pa.RecordBatch.from_pylist([e.to_row() for e in kept], schema=SCHEMA),
+            batch=records_batch(kept),
             exact=np.fromiter((exact_hash(e) for e in kept), dtype=np.int64, count=len(kept)),
             bands=bands,
             chars=np.fromiter((len(c) for c in contents), dtype=np.int64, count=len(kept)),

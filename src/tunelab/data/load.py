@@ -18,7 +18,7 @@ from typing import Any, Literal
 from tunelab.core.errors import DataError
 from tunelab.data.formats import RowError, convert, detect_file
 from tunelab.data.parallel import bounded_map, chunked
-from tunelab.data.readers import FileProblem, RawRow, TextUnit, expand_paths, preview, read_rows, sniff
+from tunelab.data.readers import FileProblem, RawRow, RawRows, TextUnit, expand_paths, preview, read_rows, sniff
 from tunelab.data.records import Example, Reject
 
 DETECT_ROWS = 100
@@ -143,7 +143,7 @@ def _open(path: Path, options: LoadOptions) -> tuple[Iterator[list[RawRow]], str
         file_format = detect_file(parsed)
     if file_format is None and head:
         file_format = "unknown"
-    return chunked(chain(head, rows), CHUNK_ROWS), file_format, file_type
+    return (RawRows(c) for c in chunked(chain(head, rows), CHUNK_ROWS)), file_format, file_type
 
 
 def _counted(results: Iterator[tuple[Any, dict[str, int]]], info: FileInfo, flat: bool) -> Iterator[Any]:

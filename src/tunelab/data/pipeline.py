@@ -37,6 +37,8 @@ from tunelab.data.ingest import (
     cross_duplicates,
     find_duplicates,
     ingest,
+    records_batch,
+    records_examples,
     removed_rows,
 )
 from tunelab.data.load import LoadOptions, check_counts
@@ -133,9 +135,7 @@ def prepare_chat_data(
     val = tokenized_items(prepared.table("validation"))
     records = prepared.table("validation_records")
     val_origins = {t.origin for t in val}
-    val_examples = [
-        ex for row in records.to_pylist() if (ex := Example.from_row(row)).kind == "chat" and ex.origin in val_origins
-    ]
+    val_examples = [ex for ex in records_examples(records) if ex.kind == "chat" and ex.origin in val_origins]
     if cfg.packing:
         train = pack(train, cfg.max_length)
         prepared.report["packed_sequences"] = len(train)
@@ -236,11 +236,7 @@ def _augment(
     if not (a.eda or a.oversample or a.paraphrase or a.smote) or not len(idx):
         return []
     table = ing.table()
-    examples = [
-        Example.from_row(r)
-        for c in chunked(idx.tolist(), 2000)
-        for r in table.take(pa.array(c, type=pa.int64())).to_pylist()
-    ]
+    examples = [e for c in chunked(idx.tolist(), 2000) for e in records_examples(table.take(pa.array(c, pa.int64())))]
     extra: list[Example] = []
     if a.eda:
         extra += augment.augment_eda(examples, a.eda, a.eda_alpha, seed)
@@ -359,7 +355,7 @@ def _write_split(
     ):
         chunks = chain(
             selected_rows(ing, idx),
-            (pa.Table.from_pylist([e.to_row() for e in c], schema=SCHEMA) for c in chunked(extra, 2000)),
+            (pa.Table.from_batches([records_batch(c)]) for c in chunked(extra, 2000)),
         )
         results = bounded_map(_tokenize_chunk, chunks, cfg.num_proc, _set_tokenize, (tokenizer, cfg))
         # An empty batch first: `datasets` cannot read an Arrow stream without any batch (an empty split).
@@ -386,8 +382,7 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
     keep, bad, gone = [], [], []
     columns: dict[str, list] = {name: [] for name in TOKENIZED.names}
     stats: Counter[str] = Counter()
-    rows = chunk.to_pylist()
-    examples = [Example.from_row(row) for row in rows]
+    examples = records_examples(chunk)
     lm = [ex for ex in examples if ex.kind in ("chat", "text")]
     # One batched call for the chunk (shared chat-template shapes, one fast-tokenizer batch), in row order.
     outcomes = iter(
@@ -395,7 +390,7 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
             lm, tokenizer, cfg.max_length, cfg.loss_on, cfg.system_prompt, cfg.truncation, _TOKENIZE["cache"]
         )
     )
-    for row, example in zip(rows, examples, strict=True):
+    for k, example in enumerate(examples):
         keep.append(False)
         if example.kind not in ("chat", "text"):
             keep[-1] = True
@@ -406,7 +401,7 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
                 Reject(
                     origin=example.origin,
                     reason=str(seqs),
-                    row=json.dumps(row, ensure_ascii=False)[:500],
+                    row=json.dumps(_row(chunk, k), ensure_ascii=False)[:500],
                     stage="tokenize",
                 )
             )
@@ -418,9 +413,8 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
                 if c.min_tokens is not None and n < c.min_tokens
                 else f"more than clean.max_tokens={c.max_tokens}"
             )
-            gone.append(
-                Removed(origin=example.origin, filter="length_tokens", reason=f"{n} tokens, {bound}", record=row)
-            )
+            reason = f"{n} tokens, {bound}"
+            gone.append(Removed(origin=example.origin, filter="length_tokens", reason=reason, record=_row(chunk, k)))
             continue
         keep[-1] = True
         stats["truncated"] += any(s.truncated for s in seqs)
@@ -440,3 +434,7 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
             columns[name] += [value] * len(seqs)
     kept = chunk.filter(pa.array(keep, type=pa.bool_()))
     return kept, pa.RecordBatch.from_pydict(columns, schema=TOKENIZED), bad, gone, stats
+
+
+def _row(table: pa.Table, k: int) -> dict[str, Any]:
+    return table.slice(k, 1).to_pylist()[0]

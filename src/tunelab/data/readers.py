@@ -65,6 +65,23 @@ class RawRow:
     """1-based position of the row in a JSON list (several rows share a line when the list is on one line)."""
 
 
+class RawRows(list[RawRow]):
+    """A chunk of rows on its way to a worker process. It pickles the usual row (a line with its number and size,
+    nothing else set) as a plain tuple: a dataclass pickles with its field names, which on short rows cost twice
+    as much as the row's text in the main process (a third of the main process's time on short chat rows)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpacked, ([(r.line, r.payload, r.size) if _is_plain(r) else r for r in self],))
+
+
+def _is_plain(row: RawRow) -> bool:
+    return row.error is None and row.forced_format is None and not row.parsed and row.item is None
+
+
+def _unpacked(packed: list[tuple[int, Any, int] | RawRow]) -> RawRows:
+    return RawRows(r if isinstance(r, RawRow) else RawRow(*r) for r in packed)
+
+
 def preview(payload: Any) -> str:
     """The first 500 characters of a row, for rejects.jsonl (invalid UTF-8 shown as backslash escapes)."""
     if isinstance(payload, bytes):
