@@ -10,6 +10,7 @@ import torch
 
 from tunelab.cli.main import main
 from tunelab.core.types import Message
+from tunelab.serve import server as server_module
 from tunelab.serve.client import RemoteError, stream_remote_reply
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.server import build_state, free_port, serve_in_thread
@@ -52,3 +53,20 @@ def test_chat_cli_with_url(server, tiny_model_dir: Path, monkeypatch: pytest.Mon
 def test_serve_refuses_a_public_bind_without_a_key(tiny_model_dir: Path, capsys) -> None:
     assert main(["serve", str(tiny_model_dir), "--host", "0.0.0.0"]) == 2
     assert "without an API key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_served_weights_are_bf16_only_where_the_device_computes_it_fast(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_bf16: bool
+) -> None:
+    # On a CPU without AVX512-BF16 or AMX a bf16 matmul runs hundreds of times slower than fp32.
+    monkeypatch.setattr(server_module, "use_bf16", lambda precision, device: precision == "auto" and fast_bf16)
+    state = build_state(str(tiny_model_dir), ServeConfig(), device="cpu")
+    try:
+        assert state.engine is not None
+        assert next(state.engine.model.parameters()).dtype == (torch.bfloat16 if fast_bf16 else torch.float32)
+    finally:
+        state.engine.stop()
+    pinned = build_state(str(tiny_model_dir), ServeConfig(), device="cpu", dtype=torch.float32)
+    assert pinned.engine is not None and next(pinned.engine.model.parameters()).dtype == torch.float32
+    pinned.engine.stop()

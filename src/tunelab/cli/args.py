@@ -208,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", action="append", help="accepted Bearer key (repeatable; or TUNELAB_API_KEYS)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"], help="weights dtype (default bf16)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp32", "fp16"],
+        help="weights dtype (default auto: bf16 where the device computes it fast, else fp32)",
+    )
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of Linear layers (CPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

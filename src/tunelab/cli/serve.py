@@ -48,7 +48,7 @@ def serve(args: argparse.Namespace) -> None:
         constraint_memory_mb=args.constraint_memory_mb,
         constraint_workers=args.constraint_workers,
     )
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     state = build_state(
         args.model, config, adapters=dict(args.adapter or []), adapter_dir=args.adapter_dir,
         embedding_model=args.embedding_model, dtype=torch.float32 if args.int8 else dtype, int8=args.int8,

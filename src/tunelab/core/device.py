@@ -31,7 +31,8 @@ def default_device() -> torch.device:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 when asked, or under `auto` when the device has fast bf16 matmuls (recent GPUs, AVX512-BF16/AMX CPUs)."""
+    """bf16 when asked, or under `auto` when the device has fast bf16 matmuls (recent GPUs, AVX512-BF16/AMX CPUs):
+    on a CPU without them (AVX2 only) a bf16 matmul is hundreds of times slower than fp32, so `auto` is fp32 there."""
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":

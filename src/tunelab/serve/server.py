@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
+from tunelab.core.device import use_bf16
 from tunelab.core.errors import TunelabError
 from tunelab.models.int8 import quantize_int8_
 from tunelab.serve.adapters import Adapters
@@ -36,7 +37,7 @@ def build_state(
     adapters: dict[str, Path] | None = None,
     adapter_dir: Path | None = None,
     embedding_model: str | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     int8: bool = False,
     trust_remote_code: bool = False,
     name: str | None = None,
@@ -47,11 +48,15 @@ def build_state(
     """Load `spec` (and an optional embedding model) and start its engine; the result feeds `create_app`.
 
     `device`: "cpu", "cuda", ... (default: cuda when available and not `int8`, which is a CPU format).
+    `dtype`: the weights' dtype; default bf16 where the device has fast bf16 matmuls (recent GPUs, CPUs with
+    AVX512-BF16 or AMX), else fp32: on a CPU without them a bf16 matmul runs hundreds of times slower than fp32.
     `log`: where and how answers and feedback are logged (None: not at all).
     `champion`: a champion pointer (`tunelab retrain`): a LoRA run is served with the promoted adapter when one
     is, and POST /v1/admin/reload swaps in a later one.
     """
     device = device or ("cuda" if torch.cuda.is_available() and not int8 else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if use_bf16("auto", torch.device(device)) and not int8 else torch.float32
     config = config or ServeConfig()
     state = ServerState(config=config, metrics=ServerMetrics())
     if log is not None:  # first: a database URL that cannot work is refused before any model loads
