@@ -49,7 +49,7 @@ from tunelab.data.report import build_report, padding_report, write_report
 from tunelab.data.schedule import Schedule, make_schedule
 from tunelab.data.split import split_indices
 from tunelab.data.store import SPLITS, TOKENIZED, PreparedDataset, save_as_dataset, selected_rows, tokenized_items
-from tunelab.data.tokenize import ChatCache, tokenize_records
+from tunelab.data.tokenize import ChatCache, Tokenized, tokenize_records
 from tunelab.models.generate import generate_answers
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.pooling import encoder_vectors
@@ -380,7 +380,7 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
     tokenizer, cfg = _TOKENIZE["tokenizer"], _TOKENIZE["cfg"]
     c = cfg.clean
     keep, bad, gone = [], [], []
-    columns: dict[str, list] = {name: [] for name in TOKENIZED.names}
+    kept_seqs: list[tuple[Example, list[Tokenized]]] = []
     stats: Counter[str] = Counter()
     examples = records_examples(chunk)
     lm = [ex for ex in examples if ex.kind in ("chat", "text")]
@@ -419,21 +419,28 @@ def _tokenize_chunk(chunk: pa.Table) -> tuple[pa.Table, pa.RecordBatch, list[Rej
         keep[-1] = True
         stats["truncated"] += any(s.truncated for s in seqs)
         stats["sequences"] += len(seqs)
-        columns["input_ids"] += [s.input_ids for s in seqs]
-        columns["labels"] += [s.labels for s in seqs]
-        columns["origin"] += [s.origin for s in seqs]
-        columns["task"] += [s.task for s in seqs]
-        columns["length"] += [len(s.input_ids) for s in seqs]
-        columns["truncated"] += [s.truncated for s in seqs]
-        for name, value in (
-            ("label", example.label),
-            ("kind", example.kind),
-            ("synthetic", example.synthetic),
-            ("difficulty", example.meta.get("difficulty")),
-        ):
-            columns[name] += [value] * len(seqs)
+        kept_seqs.append((example, seqs))
     kept = chunk.filter(pa.array(keep, type=pa.bool_()))
-    return kept, pa.RecordBatch.from_pydict(columns, schema=TOKENIZED), bad, gone, stats
+    return kept, _tokens_batch(kept_seqs), bad, gone, stats
+
+
+def _tokens_batch(rows: list[tuple[Example, list[Tokenized]]]) -> pa.RecordBatch:
+    """The `TOKENIZED` batch of each row's sequences, built column by column."""
+    seqs = [s for _, row_seqs in rows for s in row_seqs]
+    owners = [example for example, row_seqs in rows for _ in row_seqs]
+    columns = {
+        "input_ids": [s.input_ids for s in seqs],
+        "labels": [s.labels for s in seqs],
+        "origin": [s.origin for s in seqs],
+        "task": [s.task for s in seqs],
+        "label": [e.label for e in owners],
+        "kind": [e.kind for e in owners],
+        "length": [len(s.input_ids) for s in seqs],
+        "truncated": [s.truncated for s in seqs],
+        "synthetic": [e.synthetic for e in owners],
+        "difficulty": [e.meta.get("difficulty") for e in owners],
+    }
+    return pa.RecordBatch.from_pydict(columns, schema=TOKENIZED)
 
 
 def _row(table: pa.Table, k: int) -> dict[str, Any]:

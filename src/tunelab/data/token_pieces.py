@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain
 from typing import Any, cast
 
 import regex
@@ -92,14 +94,21 @@ def edge_class(text: str, start: bool) -> str:
     class ('' for an empty content). Apostrophes (contractions) and ASCII whitespace are their own classes."""
     if not text:
         return ""
+    edge = text[0] if start else text[-1]
+    if not edge.isspace():  # most contents: no whitespace run at the edge, the class is the character's
+        return _char_class(edge)
     stripped = text.lstrip() if start else text.rstrip()
     run = text[: len(text) - len(stripped)] if start else text[len(stripped) :]
     if len(run) > EDGE_SPACES:
         run = "long"
     if not stripped:
         return run + "|"
-    c = stripped[0] if start else stripped[-1]
-    return run + "|" + (c if c == "'" else unicodedata.category(c))
+    return run + _char_class(stripped[0] if start else stripped[-1])
+
+
+@lru_cache(maxsize=8192)
+def _char_class(c: str) -> str:
+    return "|" + (c if c == "'" else unicodedata.category(c))
 
 
 def shape_pieces(backend: Tokenizer, shape: Shape, label_all: bool) -> ShapePieces:
@@ -199,15 +208,14 @@ class ContentTokenizer:
         pieces = [text]
         for split in self.splits:
             pieces = [w for piece in pieces for w in split(piece)]
-        out: list[int] = []
-        for word in pieces:
-            got = self.words.get(word)
-            if got is None:
-                if len(self.words) >= WORDS_KEPT:
-                    self.words.clear()
-                got = self.words[word] = self.backend.encode(word, add_special_tokens=False).ids
-            out += got
-        return out
+        got = list(map(self.words.get, pieces))
+        if None in got:
+            for k, word in enumerate(pieces):
+                if got[k] is None:
+                    if len(self.words) >= WORDS_KEPT:
+                        self.words.clear()
+                    got[k] = self.words[word] = self.backend.encode(word, add_special_tokens=False).ids
+        return list(chain.from_iterable(cast(list[list[int]], got)))
 
 
 def word_splits(config: dict[str, Any]) -> list | None:
@@ -232,10 +240,16 @@ def word_splits(config: dict[str, Any]) -> list | None:
                 return None
             splits.append(_isolated(regex.compile(source)))
         elif kind == "Digits":
-            splits.append(_isolated(regex.compile(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")))
+            splits.append(_isolated_nonempty(r"\p{N}" if step.get("individual_digits") else r"\p{N}+"))
         else:
             return None
     return splits or None
+
+
+def _isolated_nonempty(source: str):
+    """`_isolated` for a pattern that never matches the empty string and has no groups: one `split` in C."""
+    split = regex.compile(f"({source})").split
+    return lambda text: [piece for piece in split(text) if piece]
 
 
 def _isolated(pattern: regex.Pattern):
