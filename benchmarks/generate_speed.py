@@ -8,7 +8,8 @@
    greedy answers with tunelab's (`generate_answers`, fp32) on the examples/dates test prompts.
 3. Speed: greedy tokens/s at 1 and at 32 concurrent sequences, same prompts, same thread count, for tunelab's
    batched `generate_answers` (what `tunelab eval` runs), tunelab's serve engine (continuous batching, what
-   `tunelab serve` runs, with bf16 weights as the server loads them by default, and fp32) and llama.cpp (its C
+   `tunelab serve` runs, with bf16 weights as the server loads them where the CPU computes bf16 fast, and fp32;
+   on a CPU without AVX512-BF16/AMX the bf16 rows are not what a user runs) and llama.cpp (its C
    API driven like its `batched` example: one llama_decode per step for every running sequence). Tokens counted
    are the ones each engine returns (up to a stop token); time includes the prompts' prefill.
 
@@ -152,7 +153,7 @@ def interop(spec: str, label: str, tmp: Path, threads: int, max_new: int) -> tup
 def speed(setup: dict, threads: int, max_new: int, single: int, many: int) -> list[dict]:
     """tokens/s at 1 and `many` concurrent sequences for tunelab eval, tunelab serve and llama.cpp."""
     model, tokenizer, ids = setup["model"], setup["tokenizer"], setup["ids"]
-    served = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16)}  # bf16: as `tunelab serve` loads it
+    served = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16)}  # bf16: as `tunelab serve` loads it on AMX
     conversations = dates_prompts()[0]
     runs: list[tuple[str, str, int, Greedy]] = []
     for concurrent, n in ((1, single), (many, many)):

@@ -94,7 +94,7 @@ LLAMA3_SPLIT = (  # Llama 3's and Qwen2's pre-tokenizer pattern
 TEXTS = [
     "Hello world, it's 2024!", "  leading and trailing  ", "tabs\tand\nnew\n\nlines\r\n", "numbers 1234567 3.14",
     "東京 は 🦙 llama", "don't WE'LL they've", "a  b   c", "x" * 40, "", "mixed123abc", "<b>&amp;</b> {{x}}",
-    "ending with space ", "\n\nstarts with newlines", "emoji 🦙🦙 and accents café naïve",
+    "ending with space ", "\n\nstarts with newlines", "emoji 🦙🦙 and accents café naïve", "٣٤ and ½ 12ab34 5",
 ]  # fmt: skip
 
 
@@ -121,8 +121,11 @@ def _bpe(pre: pre_tokenizers.PreTokenizer) -> Tokenizer:
         pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
         ),
+        pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        ),
     ],
-    ids=["gpt2", "llama3", "digits"],
+    ids=["gpt2", "llama3", "digits", "digit-runs"],
 )
 def test_word_path_equals_the_library(pre) -> None:
     backend = _bpe(pre)
