@@ -153,7 +153,7 @@ def interop(spec: str, label: str, tmp: Path, threads: int, max_new: int) -> tup
 def speed(setup: dict, threads: int, max_new: int, single: int, many: int) -> list[dict]:
     """tokens/s at 1 and `many` concurrent sequences for tunelab eval, tunelab serve and llama.cpp."""
     model, tokenizer, ids = setup["model"], setup["tokenizer"], setup["ids"]
-    served = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16)}  # bf16: as `tunelab serve` loads it on AMX
+    served = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16)}  # bf16: as serve loads it on AMX
     conversations = dates_prompts()[0]
     runs: list[tuple[str, str, int, Greedy]] = []
     for concurrent, n in ((1, single), (many, many)):
