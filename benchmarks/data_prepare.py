@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--tokenizer", default="smollm2-135m", help="model source whose tokenizer is used")
     parser.add_argument("--arms", default=",".join(ARMS), help="which of: " + ", ".join(ARMS))
+    parser.add_argument("--name", default="data_prepare", help="results file name (results/NAME.json and .md)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--arm", default="tunelab", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -179,12 +180,15 @@ def main() -> None:
             data.unlink()
             valid.unlink()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "tokenizer": args.tokenizer}
+    from tunelab.core.device import cpu_name  # here: the measured children import tunelab themselves
+
+    machine = {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": sys.version.split()[0], "tokenizer": args.tokenizer}
     results.sort(key=lambda r: (r["file_mb"], ARMS.index(r["arm"])))
-    (RESULTS / "data_prepare.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     lines = ["# Data pipeline benchmark", "",
              f"Short generated chat rows, validate + clean + exact/near dedup (MinHash, threshold 0.8) + tokenize "
-             f"({args.tokenizer} tokenizer, ChatML template), {args.num_proc} processes, {os.cpu_count()} CPUs.", "",
+             f"({args.tokenizer} tokenizer, ChatML template), {args.num_proc} processes, {os.cpu_count()} CPUs "
+             f"({machine['cpu']}).", "",
              "Each size's rows/s ratio is against the datasets.map arm on the same rows (that arm does only the "
              "template and tokenizer).", "",
              "| arm | rows | file MB | seconds | rows/s | vs datasets.map | peak RSS main MB | peak RSS worker MB |",
@@ -200,7 +204,7 @@ def main() -> None:
         if runs:
             lines.append(f"- {arm}: " + json.dumps(runs[-1]["stages"]))
     lines.append("")
-    (RESULTS / "data_prepare.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

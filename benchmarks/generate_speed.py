@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import copy
 import json
-import platform
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ import torch
 from llama_cpp_setup import TABLE, Greedy, LlamaCpp, extract_table, sdist
 from torch import nn
 
+from tunelab.core.device import cpu_name, use_bf16
 from tunelab.core.types import Message
 from tunelab.methods.trained import load_trained
 from tunelab.models.chat import prompt_text
@@ -150,14 +150,23 @@ def interop(spec: str, label: str, tmp: Path, threads: int, max_new: int) -> tup
     return rows, {"model": model, "tokenizer": tokenizer, "files": files, "ids": hf_ids, "stops": stops}
 
 
+PRECISIONS = ("fp32", "bf16") if use_bf16("auto", torch.device("cpu")) else ("fp32",)
+"""The tunelab rows' precisions: bf16 only where the CPU computes it fast (AVX512-BF16/AMX); without, a bf16 matmul
+is hundreds of times slower than fp32 and `tunelab serve` loads fp32."""
+
+
 def speed(setup: dict, threads: int, max_new: int, single: int, many: int) -> list[dict]:
     """tokens/s at 1 and `many` concurrent sequences for tunelab eval, tunelab serve and llama.cpp."""
     model, tokenizer, ids = setup["model"], setup["tokenizer"], setup["ids"]
-    served = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16)}  # bf16: as serve loads it on AMX
+    precisions = PRECISIONS
+    served = {"fp32": model}
+    if "bf16" in precisions:  # as serve loads it where the CPU computes bf16 fast
+        served["bf16"] = copy.deepcopy(model).to(torch.bfloat16)
     conversations = dates_prompts()[0]
     runs: list[tuple[str, str, int, Greedy]] = []
     for concurrent, n in ((1, single), (many, many)):
-        for precision in ("fp32", "bf16"):
+        first = len(runs)
+        for precision in precisions:
             result = tunelab_eval(model, tokenizer, conversations[:n], max_new, concurrent, precision)[0]
             runs.append((f"tunelab eval (generate_answers, {precision})", "-", concurrent, result))
         for precision, weights in served.items():
@@ -171,7 +180,7 @@ def speed(setup: dict, threads: int, max_new: int, single: int, many: int) -> li
             finally:
                 llama.close()
             runs.append(("llama.cpp", quant, concurrent, result))
-        for name, quant, c, result in runs[-7:]:
+        for name, quant, c, result in runs[first:]:
             print(f"{name} {quant} x{c}: {result.tokens / result.seconds:.1f} tokens/s", flush=True)
     return [
         {
@@ -213,10 +222,11 @@ def main() -> int:
     report = "\n\n".join(
         [
             "# Generation: tunelab vs llama.cpp on tunelab's GGUF exports",
-            f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads for both (torch and "
+            f"Machine: {cpu_name()}, {args.threads} threads for both (torch and "
             f"llama.cpp), llama-cpp-python 0.3.36 built from source (CPU). Prompts: examples/dates/test.jsonl, "
             f"greedy, at most {args.max_new} new tokens. Vendored pre-tokenizer table equal to the sdist's: "
-            f"{'yes' if same_table else 'NO'}.",
+            f"{'yes' if same_table else 'NO'}. Fast bf16 on this CPU: {'yes' if 'bf16' in PRECISIONS else 'no'} "
+            f"(tunelab rows in {', '.join(PRECISIONS)}).",
             "## Interop: llama.cpp loads the export, tokenises and answers like tunelab",
             table(checks),
             f"## Speed: 1 and {args.concurrent} concurrent sequences",

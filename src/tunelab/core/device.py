@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,6 +30,15 @@ name_cpu_for_deepspeed()
 def default_device() -> torch.device:
     """CUDA when there is a GPU, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for reports: CPUs differ several times in speed
+    and in whether they compute bf16 fast."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text(errors="replace").splitlines() if info.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
