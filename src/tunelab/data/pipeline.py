@@ -235,8 +235,7 @@ def _augment(
     a = cfg.augment
     if not (a.eda or a.oversample or a.paraphrase or a.smote) or not len(idx):
         return []
-    table = ing.table()
-    examples = [e for c in chunked(idx.tolist(), 2000) for e in records_examples(table.take(pa.array(c, pa.int64())))]
+    examples = [e for rows in selected_rows(ing, idx) for e in records_examples(rows)]  # idx ascending: same order
     extra: list[Example] = []
     if a.eda:
         extra += augment.augment_eda(examples, a.eda, a.eda_alpha, seed)

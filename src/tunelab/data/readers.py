@@ -67,8 +67,8 @@ class RawRow:
 
 class RawRows(list[RawRow]):
     """A chunk of rows on its way to a worker process. It pickles the usual row (a line with its number and size,
-    nothing else set) as a plain tuple: a dataclass pickles with its field names, which on short rows cost twice
-    as much as the row's text in the main process (a third of the main process's time on short chat rows)."""
+    nothing else set) as a plain tuple: a dataclass pickles with its field names, and on short chat rows sending
+    a chunk to a worker and back took 10 µs a row that way against 4 µs as tuples."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_unpacked, ([(r.line, r.payload, r.size) if _is_plain(r) else r for r in self],))
